@@ -1,0 +1,2 @@
+//! provision binary.
+fn main() {}

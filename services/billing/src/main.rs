@@ -1,0 +1,2 @@
+//! billing binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! gateway binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! inventory binary.
+fn main() {}
