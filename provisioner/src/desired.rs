@@ -1,0 +1,202 @@
+//! The desired state of one host: what rendering the inventory produces, and what `plan` compares
+//! with the host's facts and `apply` converges the host to.
+//!
+//! This is the contract between the two halves of the provisioner: `inventory`/`env_file`/`render`
+//! build it without any network; `transport`/`plan`/`apply` consume it without knowing about TOML or
+//! templates.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A value that must never reach a log, a `Debug` output or a command line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is written to a 0600 file or a process's stdin.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How to reach a host over SSH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    /// Private key file, already resolved against the inventory file's folder.
+    pub private_key: PathBuf,
+    /// Prefix privileged commands with `sudo -n`.
+    pub sudo: bool,
+}
+
+/// What a host is for; several per host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Gateway,
+    Inventory,
+    Billing,
+    Postgres,
+    Rabbitmq,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Inventory => "inventory",
+            Self::Billing => "billing",
+            Self::Postgres => "postgres",
+            Self::Rabbitmq => "rabbitmq",
+        }
+    }
+}
+
+/// Everything one host must end up with.
+#[derive(Debug, Clone)]
+pub struct DesiredHost {
+    pub name: String,
+    pub connection: Connection,
+    pub roles: Vec<Role>,
+    /// Debian packages that must be installed (e.g. `postgresql`, `rabbitmq-server`).
+    pub packages: Vec<String>,
+    /// System accounts the services run as (no login shell, no home).
+    pub system_users: Vec<String>,
+    /// PostgreSQL roles and databases, when the host runs PostgreSQL.
+    pub postgres: Option<PostgresState>,
+    /// RabbitMQ vhost, user and permissions, when the host runs the broker.
+    pub rabbitmq: Option<RabbitMqState>,
+    /// Rendered text files: units, env files, PostgreSQL and RabbitMQ configuration.
+    pub files: Vec<DesiredFile>,
+    /// Service binaries pushed from the workspace.
+    pub binaries: Vec<DesiredBinary>,
+    /// systemd services of the platform on this host, in start order.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// A file the host must hold, byte for byte.
+#[derive(Debug, Clone)]
+pub struct DesiredFile {
+    pub path: String,
+    pub content: FileContent,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    /// What must happen when this file changes.
+    pub on_change: Vec<Handler>,
+}
+
+/// File bytes; secret files are never shown in a diff.
+#[derive(Clone)]
+pub enum FileContent {
+    Text(String),
+    /// Holds credentials: plan shows only that it changes, never its content.
+    SecretText(Secret),
+}
+
+impl fmt::Debug for FileContent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text(text) => f.debug_tuple("Text").field(&text.len()).finish(),
+            Self::SecretText(_) => f.write_str("SecretText(***)"),
+        }
+    }
+}
+
+impl FileContent {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Text(text) => text.as_bytes(),
+            Self::SecretText(secret) => secret.expose().as_bytes(),
+        }
+    }
+}
+
+/// A reaction to a change, run once per apply however many files asked for it (Ansible's handlers).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Handler {
+    /// `systemctl daemon-reload` (a unit file changed).
+    DaemonReload,
+    /// Restart this systemd unit, e.g. `inventory` or `postgresql`.
+    Restart(String),
+    /// Reload this systemd unit, e.g. `postgresql` after a pg_hba change.
+    Reload(String),
+}
+
+/// A service binary: pushed when its SHA-256 differs, atomically, the previous one kept beside it.
+#[derive(Debug, Clone)]
+pub struct DesiredBinary {
+    /// The unit it belongs to (`gateway`, `inventory`, `billing`): restarted when the binary changes.
+    pub service: String,
+    pub local_path: PathBuf,
+    /// e.g. `/usr/local/bin/inventory`; the previous binary is kept as `<path>.previous`.
+    pub remote_path: String,
+}
+
+/// A platform service running under systemd.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Unit name without `.service`.
+    pub unit: String,
+    /// Asked on the host itself (e.g. `http://127.0.0.1:8080/health`) after a restart.
+    pub health_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresState {
+    pub roles: Vec<PostgresRole>,
+    pub databases: Vec<PostgresDatabase>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresRole {
+    pub name: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresDatabase {
+    pub name: String,
+    pub owner: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RabbitMqState {
+    pub vhost: String,
+    pub user: String,
+    pub password: Secret,
+    /// Configure, write and read permission regexes on the vhost.
+    pub permissions: (String, String, String),
+    /// Delete the default `guest` user.
+    pub remove_guest: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let file = DesiredFile {
+            path: "/etc/billing/billing.env".into(),
+            content: FileContent::SecretText(Secret::new("DATABASE_URL=postgres://u:hunter2@h/db")),
+            mode: 0o600,
+            owner: "billing".into(),
+            group: "billing".into(),
+            on_change: vec![Handler::Restart("billing".into())],
+        };
+        let shown = format!("{file:?} {:?}", Secret::new("hunter2"));
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}
