@@ -1,2 +1,3 @@
-//! provision binary.
+//! The `provision` command line: parses arguments and runs the command.
+
 fn main() {}

@@ -1,0 +1,1 @@
+//! (render half: being written)
