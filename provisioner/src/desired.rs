@@ -85,6 +85,22 @@ pub struct DesiredHost {
     pub services: Vec<ServiceSpec>,
 }
 
+/// Stands in a [`DesiredFile::path`] for the PostgreSQL major version installed on the host
+/// (`14` on Ubuntu 22.04, `15` on Debian 12), e.g.
+/// `/etc/postgresql/{pg_version}/main/pg_hba.conf`.
+///
+/// Render cannot know it (no network); plan/apply fill it in with [`resolve_pg_version`] from a
+/// fact: the directory name listed by `ls /etc/postgresql` on the host (the highest number if there
+/// are several). apply reads that fact again after installing the `postgresql` package, so a
+/// fresh host gets its files in the right place; plan on a host without PostgreSQL yet shows such
+/// files as to be created, with the placeholder left in the path.
+pub const PG_VERSION_PLACEHOLDER: &str = "{pg_version}";
+
+/// `path` with [`PG_VERSION_PLACEHOLDER`] replaced by `pg_version` (e.g. `"15"`).
+pub fn resolve_pg_version(path: &str, pg_version: &str) -> String {
+    path.replace(PG_VERSION_PLACEHOLDER, pg_version)
+}
+
 /// A file the host must hold, byte for byte.
 #[derive(Debug, Clone)]
 pub struct DesiredFile {
@@ -180,6 +196,9 @@ pub struct RabbitMqState {
     pub permissions: (String, String, String),
     /// Delete the default `guest` user.
     pub remove_guest: bool,
+    /// User tags (`rabbitmqctl set_user_tags`), e.g. `management` so the user can log in to the
+    /// management UI that the Vagrantfile forwards to the host.
+    pub tags: Vec<String>,
 }
 
 #[cfg(test)]
