@@ -9,11 +9,6 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// May appear in a [`DesiredFile::path`] (e.g. `/etc/postgresql/{pg_version}/main/pg_hba.conf`):
-/// the converge half replaces it with the version directory found on the host
-/// (`ls /etc/postgresql`), since Debian 12 ships 15 and Ubuntu 22.04 ships 14.
-pub const POSTGRES_VERSION_PLACEHOLDER: &str = "{pg_version}";
-
 /// A value that must never reach a log, a `Debug` output or a command line.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
