@@ -1,0 +1,319 @@
+//! The movie catalogue: `/api/movies` and `/api/movies/{id}`, create, list and search, read, partial
+//! update, delete one and delete all.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{json, Value};
+use tracing::instrument;
+
+use crate::error::{Error, Result};
+use crate::extract::{Json, Path, Query};
+use crate::AppState;
+
+/// Longest accepted title, in characters; the column's CHECK constraint says the same.
+pub const MAX_TITLE_CHARS: usize = 255;
+
+/// Longest accepted description, in characters: generous for a synopsis, yet bounded so one
+/// request cannot fill the database.
+pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
+
+/// A movie as stored and as answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Movie {
+    pub id: i64,
+    pub title: String,
+    /// Absent descriptions are `null`.
+    pub description: Option<String>,
+}
+
+/// Routes of the catalogue.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/movies",
+            get(list_movies)
+                .post(create_movie)
+                .delete(delete_all_movies),
+        )
+        .route(
+            "/api/movies/{id}",
+            get(get_movie).put(update_movie).delete(delete_movie),
+        )
+}
+
+/// The body of `POST` and `PUT`, before validation. Each field distinguishes "absent" (`None`)
+/// from "null" (`Some(None)`), which a partial update needs. Unknown fields are ignored so that a
+/// client sending back a whole movie, `id` included, is not refused.
+#[derive(Debug, Default, Deserialize)]
+pub struct MovieFields {
+    #[serde(default, deserialize_with = "present")]
+    title: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    description: Option<Option<String>>,
+}
+
+/// Marks a field that appears in the body, even as `null`, as present.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A validated new movie.
+#[derive(Debug)]
+struct NewMovie {
+    title: String,
+    description: Option<String>,
+}
+
+/// A validated partial update: `None` leaves a field as it is.
+#[derive(Debug)]
+struct MovieChanges {
+    title: Option<String>,
+    description: Option<Option<String>>,
+}
+
+impl MovieFields {
+    fn into_new_movie(self) -> Result<NewMovie> {
+        let title = match self.title {
+            Some(Some(title)) => validate_title(&title)?,
+            None | Some(None) => return Err(Error::Validation("title is required".to_owned())),
+        };
+        let description = self
+            .description
+            .flatten()
+            .map(validate_description)
+            .transpose()?;
+        Ok(NewMovie { title, description })
+    }
+
+    fn into_changes(self) -> Result<MovieChanges> {
+        let title = match self.title {
+            None => None,
+            Some(None) => {
+                return Err(Error::Validation("title must not be null".to_owned()));
+            }
+            Some(Some(title)) => Some(validate_title(&title)?),
+        };
+        let description = match self.description {
+            None => None,
+            Some(description) => Some(description.map(validate_description).transpose()?),
+        };
+        Ok(MovieChanges { title, description })
+    }
+}
+
+/// Trims the title and checks it is non-empty and at most [`MAX_TITLE_CHARS`] characters.
+fn validate_title(title: &str) -> Result<String> {
+    let title = title.trim();
+    if title.is_empty() {
+        return Err(Error::Validation("title must not be empty".to_owned()));
+    }
+    if title.chars().count() > MAX_TITLE_CHARS {
+        return Err(Error::Validation(format!(
+            "title must be at most {MAX_TITLE_CHARS} characters"
+        )));
+    }
+    reject_nul("title", title)?;
+    Ok(title.to_owned())
+}
+
+/// Checks the description is at most [`MAX_DESCRIPTION_CHARS`] characters; kept as sent.
+fn validate_description(description: String) -> Result<String> {
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(Error::Validation(format!(
+            "description must be at most {MAX_DESCRIPTION_CHARS} characters"
+        )));
+    }
+    reject_nul("description", &description)?;
+    Ok(description)
+}
+
+/// PostgreSQL text cannot hold U+0000: refuse it here as a client error rather than let the
+/// database fail with a 500.
+fn reject_nul(field: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::Validation(format!(
+            "{field} must not contain NUL characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The query string of `GET /api/movies`.
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    /// Case-insensitive substring of the title; `%`, `_` and `\` match themselves.
+    title: Option<String>,
+}
+
+/// Turns a substring into an `ILIKE … ESCAPE '\'` pattern in which the wildcard characters of the
+/// substring match literally.
+fn contains_pattern(substring: &str) -> String {
+    let mut pattern = String::with_capacity(substring.len() + 2);
+    pattern.push('%');
+    for c in substring.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// `GET /api/movies[?title=x]`: every movie, or those whose title contains `x`, ordered by id.
+#[instrument(skip(state))]
+async fn list_movies(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<Vec<Movie>>> {
+    let pattern = match params.title {
+        Some(title) => {
+            if title.contains('\0') {
+                return Err(Error::InvalidQuery(
+                    "title must not contain NUL characters".to_owned(),
+                ));
+            }
+            Some(contains_pattern(&title))
+        }
+        None => None,
+    };
+    let movies = sqlx::query_as::<_, Movie>(
+        r"SELECT id, title, description FROM movies
+          WHERE $1::text IS NULL OR title ILIKE $1 ESCAPE '\'
+          ORDER BY id",
+    )
+    .bind(pattern)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(axum::Json(movies))
+}
+
+/// `POST /api/movies`: 201 with the movie and its `Location`.
+#[instrument(skip(state))]
+async fn create_movie(
+    State(state): State<AppState>,
+    Json(fields): Json<MovieFields>,
+) -> Result<(StatusCode, HeaderMap, axum::Json<Movie>)> {
+    let new = fields.into_new_movie()?;
+    let movie = sqlx::query_as::<_, Movie>(
+        "INSERT INTO movies (title, description) VALUES ($1, $2)
+         RETURNING id, title, description",
+    )
+    .bind(&new.title)
+    .bind(&new.description)
+    .fetch_one(&state.db)
+    .await?;
+    tracing::info!(id = movie.id, "movie created");
+    let mut headers = HeaderMap::new();
+    let location = HeaderValue::from_str(&format!("/api/movies/{}", movie.id))
+        .map_err(|err| Error::Internal(format!("location header: {err}")))?;
+    headers.insert(header::LOCATION, location);
+    Ok((StatusCode::CREATED, headers, axum::Json(movie)))
+}
+
+/// `GET /api/movies/{id}`: 200 or 404.
+#[instrument(skip(state))]
+async fn get_movie(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<Movie>> {
+    let movie =
+        sqlx::query_as::<_, Movie>("SELECT id, title, description FROM movies WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&state.db)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+    Ok(axum::Json(movie))
+}
+
+/// `PUT /api/movies/{id}`: changes only the fields given; 200 with the movie, or 404.
+#[instrument(skip(state))]
+async fn update_movie(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Json(fields): Json<MovieFields>,
+) -> Result<axum::Json<Movie>> {
+    let changes = fields.into_changes()?;
+    let movie = sqlx::query_as::<_, Movie>(
+        "UPDATE movies
+         SET title = COALESCE($2, title),
+             description = CASE WHEN $3 THEN $4 ELSE description END
+         WHERE id = $1
+         RETURNING id, title, description",
+    )
+    .bind(id)
+    .bind(&changes.title)
+    .bind(changes.description.is_some())
+    .bind(changes.description.flatten())
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| not_found(id))?;
+    tracing::info!(id, "movie updated");
+    Ok(axum::Json(movie))
+}
+
+/// `DELETE /api/movies/{id}`: 200 with a message, or 404.
+#[instrument(skip(state))]
+async fn delete_movie(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<Value>> {
+    let deleted = sqlx::query("DELETE FROM movies WHERE id = $1")
+        .bind(id)
+        .execute(&state.db)
+        .await?
+        .rows_affected();
+    if deleted == 0 {
+        return Err(not_found(id));
+    }
+    tracing::info!(id, "movie deleted");
+    Ok(axum::Json(json!({
+        "message": format!("movie {id} deleted"),
+        "id": id,
+    })))
+}
+
+/// `DELETE /api/movies`: deletes every movie; 200 with how many.
+#[instrument(skip(state))]
+async fn delete_all_movies(State(state): State<AppState>) -> Result<axum::Json<Value>> {
+    let deleted = sqlx::query("DELETE FROM movies")
+        .execute(&state.db)
+        .await?
+        .rows_affected();
+    tracing::info!(deleted, "all movies deleted");
+    Ok(axum::Json(json!({
+        "message": format!("{deleted} movies deleted"),
+        "deleted": deleted,
+    })))
+}
+
+fn not_found(id: i64) -> Error {
+    Error::NotFound(format!("movie {id} does not exist"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_pattern_escapes_wildcards_and_backslash() {
+        assert_eq!(contains_pattern("matrix"), "%matrix%");
+        assert_eq!(contains_pattern(r"100%_\x"), r"%100\%\_\\x%");
+    }
+
+    #[test]
+    fn title_is_trimmed_and_bounded_in_characters_not_bytes() {
+        assert_eq!(validate_title("  Alien ").expect("valid"), "Alien");
+        assert!(validate_title(" \t ").is_err());
+        assert!(validate_title(&"é".repeat(MAX_TITLE_CHARS)).is_ok());
+        let err = validate_title(&"x".repeat(MAX_TITLE_CHARS + 1)).expect_err("too long");
+        assert!(err.to_string().contains("255"), "{err}");
+    }
+}
