@@ -1,0 +1,288 @@
+//! The gateway's configuration: read once from the environment (or flags) by clap, so that
+//! `gateway --help` documents every variable, then validated into typed values.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use http::Uri;
+use lapin::uri::AMQPUri;
+
+/// Everything the gateway needs to start. Every field has an environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gateway", version, about)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Base URL(s) of the inventory service, comma-separated (e.g.
+    /// `http://10.0.0.11:8080,http://10.0.0.12:8080`); requests are spread round-robin.
+    #[arg(
+        long,
+        env = "INVENTORY_URL",
+        value_delimiter = ',',
+        required = true,
+        num_args = 1..
+    )]
+    pub inventory_url: Vec<InventoryUrl>,
+
+    /// RabbitMQ URL, e.g. `amqp://user:password@127.0.0.1:5672/%2f`. Set it in the environment,
+    /// not on the command line: it carries a password. Its value is never shown.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: AmqpUrl,
+
+    /// Durable queue billing orders are published to (through the default exchange).
+    #[arg(long, env = "BILLING_QUEUE", default_value = service_common::DEFAULT_BILLING_QUEUE)]
+    pub billing_queue: String,
+
+    /// Largest accepted request body, in bytes; larger bodies get a JSON 413.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long to wait for a TCP connection to an inventory instance, in milliseconds.
+    #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT_MS", default_value_t = 2_000)]
+    pub upstream_connect_timeout_ms: u64,
+
+    /// How long an inventory request may take until its response headers arrive (and, after
+    /// that, the longest pause between two chunks of its body), in milliseconds.
+    #[arg(long, env = "UPSTREAM_TIMEOUT_MS", default_value_t = 10_000)]
+    pub upstream_timeout_ms: u64,
+
+    /// How long an inventory instance that refused a connection is left out of the rotation, in
+    /// milliseconds.
+    #[arg(long, env = "UPSTREAM_COOLDOWN_MS", default_value_t = 3_000)]
+    pub upstream_cooldown_ms: u64,
+
+    /// How long a billing order may wait for the broker's publisher confirm, in milliseconds.
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
+    pub publish_timeout_ms: u64,
+}
+
+impl Config {
+    /// Parses the process arguments and environment, exiting with clap's message on error.
+    pub fn from_env() -> Self {
+        Self::parse()
+    }
+
+    pub fn upstream_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_connect_timeout_ms)
+    }
+
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_timeout_ms)
+    }
+
+    pub fn upstream_cooldown(&self) -> Duration {
+        Duration::from_millis(self.upstream_cooldown_ms)
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+}
+
+/// Why a configuration value was refused; clap prints it next to the variable's name.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("not a URL: {0}")]
+    NotAUrl(String),
+    #[error("only http:// URLs are supported (the gateway speaks plain HTTP to inventory)")]
+    NotHttp,
+    #[error("the URL has no host")]
+    NoHost,
+    #[error("the URL must not carry a query string")]
+    HasQuery,
+    #[error("not an AMQP URL: {0}")]
+    NotAmqp(String),
+}
+
+/// A validated inventory base URL: `http://host:port` with an optional path prefix (kept
+/// without its trailing slash) that is put in front of every proxied path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryUrl {
+    /// `host:port` (or `host`), as given.
+    pub authority: String,
+    /// Path prefix without a trailing slash; empty when the URL has none.
+    pub path_prefix: String,
+}
+
+impl InventoryUrl {
+    /// The URL of `path_and_query` (e.g. `/api/movies?title=x`) on this instance.
+    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme("http")
+            .authority(self.authority.as_str())
+            .path_and_query(format!("{}{}", self.path_prefix, path_and_query))
+            .build()
+    }
+}
+
+impl fmt::Display for InventoryUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.path_prefix)
+    }
+}
+
+impl FromStr for InventoryUrl {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let uri: Uri = s
+            .trim()
+            .parse()
+            .map_err(|err: http::uri::InvalidUri| ConfigError::NotAUrl(err.to_string()))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(ConfigError::NotHttp);
+        }
+        let authority = uri.authority().ok_or(ConfigError::NoHost)?;
+        if authority.host().is_empty() {
+            return Err(ConfigError::NoHost);
+        }
+        if uri.query().is_some() {
+            return Err(ConfigError::HasQuery);
+        }
+        Ok(Self {
+            authority: authority.as_str().to_owned(),
+            path_prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+/// The broker URL. It carries a password, so its `Debug` and `Display` hide it.
+#[derive(Clone)]
+pub struct AmqpUrl {
+    raw: String,
+    uri: AMQPUri,
+}
+
+impl AmqpUrl {
+    /// The parsed URL, password included: only for handing to the AMQP client.
+    pub fn to_amqp_uri(&self) -> AMQPUri {
+        self.uri.clone()
+    }
+
+    /// The URL with its password replaced by `***`, safe for logs.
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.raw.split_once("://") else {
+            return "***".to_owned();
+        };
+        // The userinfo ends at the last '@' before the first '/', as in RFC 3986.
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                format!("{scheme}://{user}:***{}", &rest[at..])
+            }
+            None => self.raw.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AmqpUrl").field(&self.redacted()).finish()
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl FromStr for AmqpUrl {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // lapin's own parser, so that a URL accepted here is one the client can use. Its error
+        // text may quote the whole URL, password included, hence the replacement.
+        let mut uri =
+            AMQPUri::from_str(s).map_err(|err| ConfigError::NotAmqp(err.replace(s, "AMQP_URL")))?;
+        // amq-protocol-uri 7 only keeps host names and silently turns an IP address into
+        // "localhost" (it reads `Url::domain`), so the host is taken from the URL ourselves.
+        let parsed: Uri = s
+            .parse()
+            .map_err(|_| ConfigError::NotAmqp("AMQP_URL is not a valid URL".to_owned()))?;
+        if let Some(host) = parsed.host().filter(|host| !host.is_empty()) {
+            uri.authority.host = host.to_owned();
+        }
+        Ok(Self {
+            raw: s.to_owned(),
+            uri,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inventory_url_keeps_authority_and_prefix() {
+        let url: InventoryUrl = "http://127.0.0.1:8080/".parse().expect("valid");
+        assert_eq!(url.authority, "127.0.0.1:8080");
+        assert_eq!(url.path_prefix, "");
+        let joined = url.join("/api/movies?title=x").expect("joins");
+        assert_eq!(
+            joined.to_string(),
+            "http://127.0.0.1:8080/api/movies?title=x"
+        );
+
+        let url: InventoryUrl = "http://inv.local/v1/".parse().expect("valid");
+        assert_eq!(
+            url.join("/api/movies").expect("joins").to_string(),
+            "http://inv.local/v1/api/movies"
+        );
+    }
+
+    #[test]
+    fn inventory_url_refuses_what_cannot_work() {
+        for bad in [
+            "https://x:1",
+            "127.0.0.1:8080",
+            "",
+            "http://x/?a=1",
+            "ftp://x",
+        ] {
+            assert!(bad.parse::<InventoryUrl>().is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn amqp_url_never_shows_its_password() {
+        let url: AmqpUrl = "amqp://guest:s3cret@127.0.0.1:5672/%2f"
+            .parse()
+            .expect("valid");
+        let shown = format!("{url:?} {url}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("guest:***@127.0.0.1:5672/%2f"), "{shown}");
+        let uri = url.to_amqp_uri();
+        assert_eq!(uri.authority.userinfo.password, "s3cret");
+        // An IP address stays an IP address (the parser alone would make it "localhost").
+        assert_eq!(uri.authority.host, "127.0.0.1");
+        let url: AmqpUrl = "amqp://u:p@10.1.2.3:5673/vh".parse().expect("valid");
+        assert_eq!(url.to_amqp_uri().authority.host, "10.1.2.3");
+        assert_eq!(url.to_amqp_uri().authority.port, 5673);
+        assert_eq!(url.to_amqp_uri().vhost, "vh");
+    }
+
+    #[test]
+    fn config_requires_inventory_and_splits_on_commas() {
+        let config = Config::try_parse_from([
+            "gateway",
+            "--inventory-url",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--amqp-url",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        ])
+        .expect("parses");
+        assert_eq!(config.inventory_url.len(), 2);
+        assert_eq!(config.billing_queue, "billing_queue");
+        assert_eq!(config.max_body_bytes, 1024 * 1024);
+    }
+}

@@ -1,0 +1,140 @@
+//! The gateway's one error type: every failure a handler can meet, each becoming an HTTP status and
+//! the platform's JSON [`ErrorBody`]. Internal details go to the log, never to the client.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use service_common::{ErrorBody, OrderError};
+
+/// Everything that can go wrong while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 400: the billing order is not acceptable; the message names the field.
+    #[error("{0}")]
+    InvalidOrder(#[from] OrderError),
+
+    /// 404: no route matches the path.
+    #[error("no route for {0}")]
+    NotFound(String),
+
+    /// 405: the path exists but not with this method.
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+
+    /// 413: the request body is larger than the configured limit.
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+
+    /// 415: the endpoint only accepts `application/json`.
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+
+    /// 400: the request body could not be read (client went away, bad chunking).
+    #[error("cannot read the request body")]
+    BadRequestBody(#[source] axum::Error),
+
+    /// 502: inventory could not be reached (connection refused, reset, malformed answer).
+    #[error("inventory is unreachable")]
+    BadGateway(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// 503: every inventory instance failed recently and is cooling off.
+    #[error("no inventory instance is available")]
+    NoHealthyUpstream { retry_after: Duration },
+
+    /// 504: inventory did not answer within the configured time.
+    #[error("inventory did not answer in time")]
+    GatewayTimeout,
+
+    /// 503: the broker is unreachable, or did not confirm the order (nack, unroutable, timeout).
+    #[error("the order could not be confirmed by the message broker: {0}")]
+    BrokerUnavailable(#[from] crate::billing::PublishError),
+
+    /// 503: a dependency `/ready` checks is not there.
+    #[error("{0}")]
+    NotReady(String),
+
+    /// 500: a bug of ours; the detail is logged, the client gets an opaque message.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl Error {
+    /// The HTTP status this error becomes.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidOrder(_) | Self::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::NoHealthyUpstream { .. } | Self::BrokerUnavailable(_) | Self::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code put in [`ErrorBody::error`].
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidOrder(_) => "validation_failed",
+            Self::BadRequestBody(_) => "bad_request",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BadGateway(_) => "bad_gateway",
+            Self::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            Self::GatewayTimeout => "gateway_timeout",
+            Self::BrokerUnavailable(_) => "broker_unavailable",
+            Self::NotReady(_) => "not_ready",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        // Server-side failures are logged with their whole cause chain; client errors are not
+        // worth more than a debug line.
+        if status.is_server_error() {
+            tracing::error!(error = %DisplayChain(&self), status = status.as_u16(), "request failed");
+        } else {
+            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
+        }
+        let retry_after = match &self {
+            Self::NoHealthyUpstream { retry_after } => Some(retry_after.as_secs().max(1)),
+            Self::BrokerUnavailable(_) | Self::NotReady(_) => Some(1),
+            _ => None,
+        };
+        let body = ErrorBody::new(self.code(), self.to_string());
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// Formats an error with its sources, `outer: inner: innermost`, for the log.
+#[derive(Debug)]
+pub struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! The gateway: the platform's single entry point. It proxies `/api/movies` to inventory and
+//! publishes billing orders to RabbitMQ with publisher confirms.
+//!
+//! Invariant: the gateway never opens a database connection; inventory owns the catalogue and
+//! billing is the only writer of orders.
+
+pub mod billing;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod proxy;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, Uri};
+use axum::Router;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use billing::{Publisher, PublisherTask};
+pub use config::Config;
+pub use error::Error;
+pub use proxy::InventoryProxy;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The pooled client in front of the inventory instances.
+    pub proxy: Arc<InventoryProxy>,
+    /// The confirm-mode publisher of billing orders.
+    pub publisher: Publisher,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    /// Builds the state and starts the broker connection in the background; the returned task
+    /// must be stopped once the server is done.
+    pub fn build(config: &Config) -> (Self, PublisherTask) {
+        let (publisher, task) = Publisher::start(
+            config.amqp_url.clone(),
+            config.billing_queue.clone(),
+            config.publish_timeout(),
+        );
+        let state = Self {
+            proxy: Arc::new(InventoryProxy::new(config)),
+            publisher,
+            max_body_bytes: config.max_body_bytes,
+        };
+        (state, task)
+    }
+}
+
+/// Every route of the gateway, with request ids, tracing, and JSON 404/405.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(proxy::router())
+        .merge(billing::router())
+        .fallback(|uri: Uri| async move { Error::NotFound(uri.path().to_owned()) })
+        .method_not_allowed_fallback(|method: Method| async move {
+            Error::MethodNotAllowed(method.to_string())
+        })
+        // The first layer listed is the outermost: the id is set before the span is made, so
+        // every log line of the request carries it, and it is copied onto the response.
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
+        .with_state(state)
+}
+
+fn request_span(request: &Request) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    tracing::info_span!(
+        "request",
+        request_id,
+        method = %request.method(),
+        path = request.uri().path(),
+        route,
+    )
+}
+
+/// Serves the gateway on `listener` until `shutdown` completes, then lets in-flight requests
+/// finish and closes the broker connection.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (state, publisher_task) = AppState::build(&config);
+    let address = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    tracing::info!(
+        %address,
+        inventory = ?config.inventory_url.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        queue = %config.billing_queue,
+        "gateway listening"
+    );
+    let served = axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("the HTTP server failed");
+    publisher_task.stop().await;
+    served
+}

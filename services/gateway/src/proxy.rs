@@ -1,0 +1,328 @@
+//! The reverse proxy in front of inventory: `/api/movies` and everything under it is forwarded, as
+//! is, to one of the configured inventory instances, and inventory's answer comes back unchanged
+//! except for hop-by-hop headers.
+//!
+//! Instances are used round-robin. One that cannot be connected to is skipped for the request
+//! (retrying is safe whatever the method, since nothing was sent) and left out for a short
+//! cool-off. A request that was sent is never retried: it may have had its effect.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response};
+use axum::routing::any;
+use axum::Router;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use tokio::time::Instant;
+use tower_http::timeout::TimeoutBody;
+
+use crate::body::read_limited;
+use crate::config::{Config, InventoryUrl};
+use crate::error::Error;
+use crate::AppState;
+
+/// The routes this module answers: the movie catalogue, all methods.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/movies", any(forward))
+        .route("/api/movies/", any(forward))
+        .route("/api/movies/{*rest}", any(forward))
+}
+
+/// Headers that concern one connection only (RFC 9110 §7.6.1, plus the proxy authentication
+/// pair of RFC 9110 §11.7); never forwarded in either direction.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The pooled HTTP client and the inventory instances it spreads requests over.
+#[derive(Debug)]
+pub struct InventoryProxy {
+    /// One pool of keep-alive connections shared by every request.
+    client: Client<HttpConnector, Full<Bytes>>,
+    upstreams: Vec<Upstream>,
+    /// Round-robin cursor; wraps around harmlessly.
+    next: AtomicUsize,
+    /// Deadline for the response headers, and longest pause while streaming the response body.
+    timeout: Duration,
+    /// How long an instance that could not be connected to stays out of the rotation.
+    cooldown: Duration,
+    max_body_bytes: usize,
+}
+
+/// One inventory instance and what we last learnt about it.
+#[derive(Debug)]
+struct Upstream {
+    url: InventoryUrl,
+    /// Until when the instance is skipped; `None` when it is believed up.
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// What `/ready` shows about an instance.
+#[derive(Debug, Serialize)]
+pub struct UpstreamStatus {
+    pub url: String,
+    /// `up`, or `cooling_off` after a failed connection.
+    pub state: &'static str,
+}
+
+impl Upstream {
+    fn cooling_off_for(&self, now: Instant) -> Option<Duration> {
+        let down_until = *self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        down_until
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+    }
+
+    fn mark_down(&self, cooldown: Duration) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + cooldown);
+    }
+
+    fn mark_up(&self) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl InventoryProxy {
+    pub fn new(config: &Config) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.upstream_connect_timeout()));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self {
+            client,
+            upstreams: config
+                .inventory_url
+                .iter()
+                .map(|url| Upstream {
+                    url: url.clone(),
+                    down_until: Mutex::new(None),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            timeout: config.upstream_timeout(),
+            cooldown: config.upstream_cooldown(),
+            max_body_bytes: config.max_body_bytes,
+        }
+    }
+
+    /// The instances and whether each is currently in the rotation.
+    pub fn status(&self) -> Vec<UpstreamStatus> {
+        let now = Instant::now();
+        self.upstreams
+            .iter()
+            .map(|upstream| UpstreamStatus {
+                url: upstream.url.to_string(),
+                state: if upstream.cooling_off_for(now).is_some() {
+                    "cooling_off"
+                } else {
+                    "up"
+                },
+            })
+            .collect()
+    }
+
+    /// Sends the request to the first instance, in round-robin order, that accepts a connection.
+    async fn send(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<Response<Incoming>, Error> {
+        let count = self.upstreams.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut last_connect_error = None;
+        let mut shortest_cooldown: Option<Duration> = None;
+        for offset in 0..count {
+            let upstream = &self.upstreams[(start + offset) % count];
+            if let Some(left) = upstream.cooling_off_for(now) {
+                shortest_cooldown = Some(shortest_cooldown.map_or(left, |s| s.min(left)));
+                continue;
+            }
+            let uri = upstream
+                .url
+                .join(path_and_query)
+                .map_err(|err| Error::Internal(err.into()))?;
+            let mut request = http::Request::new(Full::new(body.clone()));
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = uri;
+            *request.headers_mut() = headers.clone();
+            match self.client.request(request).await {
+                Ok(response) => {
+                    upstream.mark_up();
+                    return Ok(response);
+                }
+                Err(err) if err.is_connect() => {
+                    tracing::warn!(
+                        upstream = %upstream.url,
+                        error = %crate::error::DisplayChain(&err),
+                        cooldown_ms = self.cooldown.as_millis() as u64,
+                        "cannot connect to inventory; skipping it for a while"
+                    );
+                    upstream.mark_down(self.cooldown);
+                    last_connect_error = Some(err);
+                }
+                Err(err) => return Err(Error::BadGateway(err.into())),
+            }
+        }
+        match last_connect_error {
+            Some(err) if is_timeout(&err) => Err(Error::GatewayTimeout),
+            Some(err) => Err(Error::BadGateway(err.into())),
+            None => Err(Error::NoHealthyUpstream {
+                retry_after: shortest_cooldown.unwrap_or(self.cooldown),
+            }),
+        }
+    }
+}
+
+/// Whether an error was, at bottom, a timed-out connection attempt.
+fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        source = current.source();
+    }
+    false
+}
+
+/// Removes the hop-by-hop headers: the fixed list, and every header named in `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// The headers inventory receives: the client's end-to-end headers plus the `X-Forwarded-*`
+/// trio. `Host` and `Content-Length` are left for the client to set for the new hop.
+fn upstream_headers(mut headers: HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
+    let original_host = headers.remove(header::HOST);
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+
+    if let Some(client) = client {
+        let ip = client.ip().to_string();
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(previous) => format!("{previous}, {ip}"),
+            None => ip,
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+    }
+    // A proxy in front of us knows better than we do which scheme and host the client used.
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if let Some(host) = original_host {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+    }
+    headers
+}
+
+/// Forwards the request to inventory and streams its answer back.
+async fn forward(State(state): State<AppState>, request: Request) -> Result<Response<Body>, Error> {
+    let proxy = &state.proxy;
+    let (parts, body) = request.into_parts();
+    let body = read_limited(&parts.headers, body, proxy.max_body_bytes).await?;
+    let client = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let headers = upstream_headers(parts.headers, client);
+
+    // The deadline covers every connection attempt too, so trying several dead instances cannot
+    // add up to more than one timeout.
+    let response = tokio::time::timeout(
+        proxy.timeout,
+        proxy.send(&parts.method, &path_and_query, &headers, &body),
+    )
+    .await
+    .map_err(|_| Error::GatewayTimeout)??;
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // An answer whose body stalls is cut off rather than left hanging.
+    let body = Body::new(TimeoutBody::new(proxy.timeout, body));
+    Ok(Response::from_parts(parts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_fixed_and_connection_named_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret-Hop"),
+        );
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert_eq!(headers["x-end-to-end"], "kept");
+    }
+
+    #[test]
+    fn adds_forwarded_headers_and_appends_to_existing_chain() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("gw.example:8080"));
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        let client: SocketAddr = "127.0.0.7:5555".parse().expect("addr");
+        let out = upstream_headers(headers, Some(client));
+        assert_eq!(out[X_FORWARDED_FOR], "203.0.113.9, 127.0.0.7");
+        assert_eq!(out[X_FORWARDED_PROTO], "http");
+        assert_eq!(out[X_FORWARDED_HOST], "gw.example:8080");
+        assert!(!out.contains_key(header::HOST));
+        assert!(!out.contains_key(header::CONTENT_LENGTH));
+    }
+}
