@@ -1,0 +1,167 @@
+//! The worker's configuration, read once from the environment (or flags) so `--help` documents it.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::Parser;
+use service_common::DEFAULT_BILLING_QUEUE;
+
+use crate::consumer::ConsumerSettings;
+
+/// Everything the billing worker needs to run. Every field has an environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "billing",
+    version,
+    about = "Consumes billing orders from RabbitMQ into PostgreSQL."
+)]
+pub struct Config {
+    /// PostgreSQL database that owns the `orders` table.
+    // `hide_env_values` keeps the password out of `--help`, which otherwise echoes the value.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: SecretUrl,
+
+    /// RabbitMQ broker the orders arrive through (amqp://user:password@host:port/vhost).
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: SecretUrl,
+
+    /// Durable queue consumed; poison messages go to `<queue>.dead-letter`.
+    #[arg(long, env = "BILLING_QUEUE", default_value = DEFAULT_BILLING_QUEUE)]
+    pub billing_queue: String,
+
+    /// Address of the small HTTP listener serving /health and /ready.
+    #[arg(long, env = "HEALTH_LISTEN_ADDR", default_value = "127.0.0.1:8081")]
+    pub health_listen_addr: SocketAddr,
+
+    /// How many unacknowledged deliveries the broker may push ahead of the worker.
+    #[arg(long, env = "BILLING_PREFETCH", default_value_t = 100,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+
+    /// Most messages committed in one database transaction (capped at the prefetch).
+    #[arg(long, env = "BILLING_BATCH_SIZE", default_value_t = 100,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub batch_size: u16,
+
+    /// How long, in milliseconds, a batch waits for more messages before it is committed.
+    #[arg(long, env = "BILLING_BATCH_TIMEOUT_MS", default_value_t = 50)]
+    pub batch_timeout_ms: u64,
+
+    /// Largest pause, in milliseconds, between retries while PostgreSQL or RabbitMQ is down.
+    #[arg(long, env = "BILLING_MAX_BACKOFF_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_backoff_ms: u64,
+}
+
+impl Config {
+    /// The consumer's tuning, derived from the raw values above.
+    pub fn consumer_settings(&self) -> ConsumerSettings {
+        ConsumerSettings {
+            queue: self.billing_queue.clone(),
+            prefetch: self.prefetch,
+            // A batch larger than the prefetch could never fill and would always wait the timeout.
+            batch_size: usize::from(self.batch_size.min(self.prefetch)),
+            batch_timeout: Duration::from_millis(self.batch_timeout_ms),
+            max_backoff: Duration::from_millis(self.max_backoff_ms),
+        }
+    }
+}
+
+/// A connection URL that may carry a password: `Debug` and `Display` show it with the password
+/// replaced by `***`; only [`SecretUrl::expose`] gives the real text, to hand to a client library.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The full URL, password included. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password masked, safe for logs.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+            return url.clone();
+        };
+        let rest = &url[scheme_end..];
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        let Some(at) = authority.rfind('@') else {
+            return url.clone();
+        };
+        let Some(colon) = authority[..at].find(':') else {
+            return url.clone();
+        };
+        format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &authority[..colon],
+            &rest[at..]
+        )
+    }
+}
+
+impl FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s))
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SecretUrl").field(&self.redacted()).finish()
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show_in_debug_or_display() {
+        let url = SecretUrl::new("amqp://guest:s3cr%40t@127.0.0.1:5672/%2f");
+        assert_eq!(url.to_string(), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert!(!format!("{url:?}").contains("s3cr"));
+        assert_eq!(url.expose(), "amqp://guest:s3cr%40t@127.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn urls_without_password_are_shown_as_is() {
+        for raw in [
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "postgres://127.0.0.1/db?user=a",
+            "not a url",
+        ] {
+            assert_eq!(SecretUrl::new(raw).to_string(), raw);
+        }
+    }
+
+    #[test]
+    fn batch_never_exceeds_prefetch() {
+        let config = Config::parse_from([
+            "billing",
+            "--database-url",
+            "postgres://x",
+            "--amqp-url",
+            "amqp://x",
+            "--prefetch",
+            "10",
+            "--batch-size",
+            "50",
+        ]);
+        assert_eq!(config.consumer_settings().batch_size, 10);
+        assert_eq!(config.billing_queue, "billing_queue");
+    }
+}

@@ -1,0 +1,580 @@
+//! The consumer: a pure [`handle`] step deciding what one message becomes, and the loop that takes
+//! deliveries in batches, commits them in one transaction, and only then acks them.
+//!
+//! Invariants: a delivery is acked only after its row is committed or its dead letter is confirmed
+//! by the broker; a poison message is never requeued; a database outage never acks anything.
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    },
+    protocol::basic::AMQPProperties,
+    publisher_confirm::Confirmation,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+};
+use service_common::{dead_letter_queue_name, BillingOrder};
+use sqlx::PgPool;
+use tokio::{sync::watch, time::Instant};
+use tracing::{info, instrument, warn};
+use uuid::Uuid;
+
+use crate::{
+    config::SecretUrl,
+    error::{chain, Error},
+    orders::{self, NewOrder},
+};
+
+/// Header of a dead-lettered message holding why billing refused it.
+pub const DEATH_REASON_HEADER: &str = "x-death-reason";
+/// Header of a dead-lettered message naming the queue it was consumed from.
+pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
+
+/// Smallest pause between two attempts while a dependency is down.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How the consumer is tuned; [`crate::Config::consumer_settings`] builds it from the environment.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Durable queue consumed; its dead-letter queue is derived from it.
+    pub queue: String,
+    /// Unacknowledged deliveries the broker may push ahead; above 1 so batches can fill.
+    pub prefetch: u16,
+    /// Most deliveries per database transaction; at least 1.
+    pub batch_size: usize,
+    /// How long a started batch waits for more deliveries before it is committed.
+    pub batch_timeout: Duration,
+    /// Largest pause between retries while PostgreSQL or RabbitMQ is down.
+    pub max_backoff: Duration,
+}
+
+impl ConsumerSettings {
+    /// The production defaults for `queue`.
+    pub fn new(queue: impl Into<String>) -> Self {
+        Self {
+            queue: queue.into(),
+            prefetch: 100,
+            batch_size: 100,
+            batch_timeout: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether the consumer currently holds a live subscription; `/ready` reads it.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn is_consuming(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, consuming: bool) {
+        self.0.store(consuming, Ordering::Release);
+    }
+}
+
+/// What one message becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A valid order, to be inserted (idempotently when it has a message id).
+    Store(NewOrder),
+    /// A message that can never be stored, with the reason; it goes to the dead-letter queue.
+    DeadLetter(String),
+}
+
+/// The pure step: parses and validates one message body and picks its idempotency key from the
+/// AMQP `message_id` property. No I/O, so tests drive it one message at a time.
+#[instrument(skip_all, fields(message_id = ?properties.message_id().as_ref().map(ShortString::as_str)))]
+pub fn handle(body: &[u8], properties: &BasicProperties) -> Outcome {
+    let order = match BillingOrder::from_json_slice(body) {
+        Ok(order) => order,
+        Err(err) => {
+            warn!(reason = %err, "invalid billing order, dead-lettering it");
+            return Outcome::DeadLetter(format!("invalid billing order: {err}"));
+        }
+    };
+    if order.user_id.contains('\0') {
+        // PostgreSQL text cannot hold NUL, so such a row would fail forever.
+        return Outcome::DeadLetter(
+            "invalid billing order: user_id contains a NUL character".into(),
+        );
+    }
+    let message_id = match properties.message_id() {
+        Some(id) => match Uuid::parse_str(id.as_str()) {
+            Ok(uuid) => Some(uuid),
+            Err(_) => {
+                warn!("message_id is not a UUID; storing without idempotency key");
+                None
+            }
+        },
+        None => {
+            warn!("message has no message_id; storing without idempotency key");
+            None
+        }
+    };
+    Outcome::Store(NewOrder { message_id, order })
+}
+
+/// Runs the consumer until `shutdown` completes: connects, consumes, reconnects with backoff when
+/// the broker goes away, and on shutdown commits and acks the in-flight batch before closing.
+/// The database schema must already be migrated.
+pub async fn run(
+    pool: PgPool,
+    amqp_url: SecretUrl,
+    settings: ConsumerSettings,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = Worker {
+        pool,
+        amqp_url,
+        settings,
+        readiness,
+        stop: Stop(stop_rx),
+    };
+    let signal = async move {
+        shutdown.await;
+        info!("shutdown requested: finishing the in-flight batch");
+        let _ = stop_tx.send(true);
+        // Keep the sender alive: dropping it would look like a second signal to no one.
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        result = worker.run() => result,
+        () = signal => Ok(()),
+    }
+}
+
+/// The shutdown flag as every await point of the worker sees it.
+#[derive(Debug, Clone)]
+struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    fn requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes once shutdown is requested.
+    async fn wait(&self) {
+        // A clone, so that waiting never needs `&mut` and can sit in any `select!`. An error means
+        // the sender is gone, which only happens when `run` itself returns.
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+struct Worker {
+    pool: PgPool,
+    amqp_url: SecretUrl,
+    settings: ConsumerSettings,
+    readiness: Readiness,
+    stop: Stop,
+}
+
+/// One connection, its channel, and the subscription on it.
+struct Session {
+    connection: Connection,
+    channel: Channel,
+    consumer: Consumer,
+    consumer_tag: String,
+}
+
+/// How a session ended without an error.
+enum SessionEnd {
+    Shutdown,
+}
+
+impl Worker {
+    /// The outer loop: lapin does not reconnect by itself, so each failure rebuilds the session.
+    async fn run(self) -> Result<(), Error> {
+        let mut backoff = MIN_BACKOFF;
+        while !self.stop.requested() {
+            let session = tokio::select! {
+                session = self.connect() => session,
+                () = self.stop.wait() => break,
+            };
+            match session {
+                Ok(mut session) => {
+                    info!(queue = %self.settings.queue, broker = %self.amqp_url, "consuming");
+                    self.readiness.set(true);
+                    backoff = MIN_BACKOFF;
+                    let result = self.consume(&mut session).await;
+                    self.readiness.set(false);
+                    match result {
+                        Ok(SessionEnd::Shutdown) => {
+                            close(session).await;
+                            break;
+                        }
+                        Err(err) => {
+                            warn!(error = %chain(&err), "consumer session ended; reconnecting");
+                            // Unacked deliveries are requeued by the broker when the connection
+                            // closes; idempotency makes their redelivery harmless.
+                            let _ = session.connection.close(320, "reconnecting").await;
+                        }
+                    }
+                }
+                Err(err) => {
+                    warn!(error = %chain(&err), broker = %self.amqp_url, retry_in = ?backoff,
+                          "cannot reach RabbitMQ");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.stop.wait() => break,
+            }
+            backoff = (backoff * 2).min(self.settings.max_backoff);
+        }
+        info!("consumer stopped");
+        Ok(())
+    }
+
+    async fn connect(&self) -> Result<Session, Error> {
+        let connection =
+            Connection::connect(self.amqp_url.expose(), ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        // Confirms on the one channel we publish dead letters on: the original is acked only
+        // once the broker has taken responsibility for its dead letter.
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channel
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        // No arguments: the gateway declares the same queue the same way, and RabbitMQ refuses a
+        // second declaration whose arguments differ.
+        channel
+            .queue_declare(&self.settings.queue, durable, FieldTable::default())
+            .await?;
+        channel
+            .queue_declare(
+                &dead_letter_queue_name(&self.settings.queue),
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer_tag = format!("billing-{}", Uuid::new_v4());
+        let consumer = channel
+            .basic_consume(
+                &self.settings.queue,
+                &consumer_tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Session {
+            connection,
+            channel,
+            consumer,
+            consumer_tag,
+        })
+    }
+
+    /// The inner loop: collect a batch, store it, ack it; until shutdown or a broker failure.
+    async fn consume(&self, session: &mut Session) -> Result<SessionEnd, Error> {
+        loop {
+            let first = tokio::select! {
+                // Shutdown wins over a ready delivery: stop taking new work.
+                biased;
+                () = self.stop.wait() => return Ok(SessionEnd::Shutdown),
+                next = session.consumer.next() => next,
+            };
+            let mut batch = vec![delivery(first)?];
+            let deadline = Instant::now() + self.settings.batch_timeout;
+            let mut broken = None;
+            while batch.len() < self.settings.batch_size && !self.stop.requested() {
+                let next = tokio::select! {
+                    biased;
+                    () = self.stop.wait() => break,
+                    next = tokio::time::timeout_at(deadline, session.consumer.next()) => next,
+                };
+                match next {
+                    Err(_elapsed) => break,
+                    Ok(next) => match delivery(next) {
+                        Ok(d) => batch.push(d),
+                        Err(err) => {
+                            // Still store what we hold: acks fail on a dead channel, but the
+                            // commit is idempotent and the redelivery will be skipped.
+                            broken = Some(err);
+                            break;
+                        }
+                    },
+                }
+            }
+            let stored = self.process_batch(&session.channel, batch).await?;
+            if !stored {
+                // Shutdown arrived while the database was down: nothing was acked, and closing
+                // the channel hands the deliveries back to the queue.
+                return Ok(SessionEnd::Shutdown);
+            }
+            if let Some(err) = broken {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Dead-letters the poison messages, commits the valid ones, then acks the whole batch.
+    /// Returns `Ok(false)` when shutdown interrupted a database retry, leaving the batch unacked.
+    #[instrument(skip_all, fields(
+        size = batch.len(),
+        first_tag = batch.first().map(|d| d.delivery_tag),
+        last_tag = batch.last().map(|d| d.delivery_tag),
+    ))]
+    async fn process_batch(&self, channel: &Channel, batch: Vec<Delivery>) -> Result<bool, Error> {
+        let Some(last_tag) = batch.last().map(|d| d.delivery_tag) else {
+            return Ok(true);
+        };
+        let mut to_store = Vec::with_capacity(batch.len());
+        let mut poison = Vec::new();
+        for d in &batch {
+            match handle(&d.data, &d.properties) {
+                Outcome::Store(order) => to_store.push((d, order)),
+                Outcome::DeadLetter(reason) => poison.push((d, reason)),
+            }
+        }
+
+        let orders: Vec<NewOrder> = to_store.iter().map(|(_, o)| o.clone()).collect();
+        match self.store_with_retry(&orders).await {
+            Some(Ok(inserted)) => {
+                info!(
+                    inserted,
+                    skipped = orders.len() as u64 - inserted,
+                    "batch committed"
+                );
+            }
+            Some(Err(err)) => {
+                // PostgreSQL rejects something in this batch; store row by row so one bad row
+                // cannot block the others, and dead-letter the rows it refuses.
+                warn!(error = %chain(&err), "batch rejected by the database; storing one by one");
+                for (d, order) in to_store {
+                    match self.store_with_retry(std::slice::from_ref(&order)).await {
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => {
+                            poison.push((d, format!("rejected by the database: {}", chain(&err))))
+                        }
+                        None => return Ok(false),
+                    }
+                }
+            }
+            None => return Ok(false),
+        }
+
+        self.dead_letter(channel, &poison).await?;
+        // Every delivery of this channel up to `last_tag` is in this batch (earlier batches were
+        // acked in full), so one multiple-ack covers exactly the batch.
+        channel
+            .basic_ack(last_tag, BasicAckOptions { multiple: true })
+            .await?;
+        Ok(true)
+    }
+
+    /// Inserts `orders`, retrying with backoff while the database is unreachable. Returns
+    /// `Some(Ok)` once committed, `Some(Err)` when the database rejects the data itself (retrying
+    /// cannot help), and `None` when shutdown was requested before the database came back.
+    async fn store_with_retry(&self, orders: &[NewOrder]) -> Option<Result<u64, Error>> {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match orders::insert_batch(&self.pool, orders).await {
+                Ok(inserted) => return Some(Ok(inserted)),
+                Err(err) => {
+                    let err = Error::from(err);
+                    if err.is_rejected_data() {
+                        return Some(Err(err));
+                    }
+                    warn!(error = %chain(&err), retry_in = ?backoff,
+                          "cannot store the batch; keeping it unacked and retrying");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.stop.wait() => {
+                    warn!(size = orders.len(), "shutdown while the database is down; \
+                           leaving the batch unacked for redelivery");
+                    return None;
+                }
+            }
+            backoff = (backoff * 2).min(self.settings.max_backoff);
+        }
+    }
+
+    /// Publishes each poison message to the dead-letter queue, persistent, with its reason, and
+    /// waits until the broker confirms every one of them.
+    async fn dead_letter(
+        &self,
+        channel: &Channel,
+        poison: &[(&Delivery, String)],
+    ) -> Result<(), Error> {
+        let queue = dead_letter_queue_name(&self.settings.queue);
+        let mut confirms = Vec::with_capacity(poison.len());
+        for (d, reason) in poison {
+            warn!(delivery_tag = d.delivery_tag, %reason, "dead-lettering");
+            let properties = dead_letter_properties(&d.properties, reason, &self.settings.queue);
+            let confirm = channel
+                .basic_publish(
+                    "",
+                    &queue,
+                    BasicPublishOptions::default(),
+                    &d.data,
+                    properties,
+                )
+                .await?;
+            confirms.push((d.delivery_tag, confirm));
+        }
+        for (delivery_tag, confirm) in confirms {
+            match confirm.await? {
+                Confirmation::Ack(None) => {}
+                _ => return Err(Error::DeadLetterNotConfirmed { delivery_tag }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The original properties (message id, content type, headers…) plus the reason, made persistent.
+fn dead_letter_properties(original: &AMQPProperties, reason: &str, queue: &str) -> BasicProperties {
+    let mut headers = original.headers().clone().unwrap_or_default();
+    headers.insert(
+        DEATH_REASON_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    headers.insert(
+        ORIGINAL_QUEUE_HEADER.into(),
+        AMQPValue::LongString(LongString::from(queue)),
+    );
+    original.clone().with_delivery_mode(2).with_headers(headers)
+}
+
+/// Unwraps what the consumer stream yielded; its end means the broker cancelled us.
+fn delivery(next: Option<Result<Delivery, lapin::Error>>) -> Result<Delivery, Error> {
+    match next {
+        Some(Ok(delivery)) => Ok(delivery),
+        Some(Err(err)) => Err(err.into()),
+        None => Err(Error::ConsumerCancelled),
+    }
+}
+
+/// Ends a session cleanly: cancel the subscription so no new deliveries arrive, then close the
+/// channel (which requeues anything delivered but not acked) and the connection.
+async fn close(session: Session) {
+    let Session {
+        connection,
+        channel,
+        consumer_tag,
+        ..
+    } = session;
+    if let Err(err) = channel
+        .basic_cancel(&consumer_tag, BasicCancelOptions::default())
+        .await
+    {
+        warn!(error = %chain(&err), "cannot cancel the consumer");
+    }
+    if let Err(err) = channel.close(200, "shutting down").await {
+        warn!(error = %chain(&err), "cannot close the channel");
+    }
+    if let Err(err) = connection.close(200, "shutting down").await {
+        warn!(error = %chain(&err), "cannot close the connection");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::Decimal;
+
+    fn with_id(id: &str) -> BasicProperties {
+        BasicProperties::default().with_message_id(id.into())
+    }
+
+    #[test]
+    fn strings_and_numbers_both_become_an_order_keyed_by_message_id() {
+        let id = Uuid::new_v4();
+        for body in [
+            r#"{"user_id": "20", "number_of_items": "99", "total_amount": "250"}"#,
+            r#"{"user_id": 20, "number_of_items": 99, "total_amount": 250}"#,
+        ] {
+            let Outcome::Store(new) = handle(body.as_bytes(), &with_id(&id.to_string())) else {
+                panic!("{body} should be stored");
+            };
+            assert_eq!(new.message_id, Some(id));
+            assert_eq!(new.order.user_id, "20");
+            assert_eq!(new.order.number_of_items, 99);
+            assert_eq!(new.order.total_amount, Decimal::from(250));
+        }
+    }
+
+    #[test]
+    fn missing_or_malformed_message_id_still_stores_without_key() {
+        let body = br#"{"user_id": "u", "number_of_items": 1, "total_amount": "9.99"}"#;
+        for properties in [BasicProperties::default(), with_id("not-a-uuid")] {
+            let Outcome::Store(new) = handle(body, &properties) else {
+                panic!("should be stored");
+            };
+            assert_eq!(new.message_id, None);
+        }
+    }
+
+    #[test]
+    fn invalid_messages_are_dead_lettered_with_the_reason() {
+        let cases = [
+            ("not json", "not a JSON object"),
+            (
+                r#"{"user_id": "u", "number_of_items": 0, "total_amount": 1}"#,
+                "number_of_items",
+            ),
+            (
+                r#"{"user_id": "u", "number_of_items": 1, "total_amount": -5}"#,
+                "total_amount",
+            ),
+            (
+                r#"{"number_of_items": 1, "total_amount": 1}"#,
+                "user_id is required",
+            ),
+            (
+                r#"{"user_id": "a\u0000b", "number_of_items": 1, "total_amount": 1}"#,
+                "NUL",
+            ),
+        ];
+        for (body, expected) in cases {
+            match handle(body.as_bytes(), &with_id(&Uuid::new_v4().to_string())) {
+                Outcome::DeadLetter(reason) => {
+                    assert!(reason.contains(expected), "{body}: {reason}")
+                }
+                other => panic!("{body} should be dead-lettered, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn dead_letter_keeps_original_properties_and_adds_the_reason() {
+        let original = with_id("abc").with_content_type("application/json".into());
+        let props = dead_letter_properties(&original, "bad amount", "q");
+        assert_eq!(
+            props.message_id().as_ref().map(ShortString::as_str),
+            Some("abc")
+        );
+        assert_eq!(props.delivery_mode(), &Some(2));
+        let headers = props.headers().clone().unwrap_or_default();
+        assert_eq!(
+            headers.inner().get(DEATH_REASON_HEADER),
+            Some(&AMQPValue::LongString("bad amount".into()))
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! The worker's one error type, and how the health listener turns "not ready" into a JSON 503.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use service_common::ErrorBody;
+
+/// Everything that can stop a consumer session or the worker. None of these is shown to a client:
+/// the health listener only ever answers [`NotReady`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// PostgreSQL refused or could not be reached; the batch is retried, nothing is acked.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+
+    /// The embedded migrations could not be applied.
+    #[error("cannot apply the database migrations")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// The broker connection, channel or consumer failed; the session is rebuilt.
+    #[error("RabbitMQ error")]
+    Amqp(#[from] lapin::Error),
+
+    /// The broker did not confirm a dead-lettered message, so the original is not acked.
+    #[error("the broker refused to take dead-lettered message {delivery_tag}")]
+    DeadLetterNotConfirmed { delivery_tag: u64 },
+
+    /// The broker ended the consumer (queue deleted, connection closed); the session is rebuilt.
+    #[error("the broker cancelled the consumer")]
+    ConsumerCancelled,
+
+    /// The health listener could not bind or serve.
+    #[error("health listener failed")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// True when retrying the same rows cannot help because PostgreSQL rejects the data itself
+    /// (SQLSTATE class 22, data exception, or 23, integrity constraint violation), as opposed to
+    /// an outage, which retrying does cure.
+    pub fn is_rejected_data(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+            _ => false,
+        }
+    }
+}
+
+/// `/ready` answered 503: which dependency is not available. Rendered as the platform's
+/// [`ErrorBody`] with the code `not_ready`.
+#[derive(Debug)]
+pub struct NotReady(pub &'static str);
+
+impl IntoResponse for NotReady {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ErrorBody::new("not_ready", self.0)),
+        )
+            .into_response()
+    }
+}
+
+/// Formats an error with its whole `source()` chain on one line, for logs.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,127 @@
+//! The billing worker: consumes billing orders from a durable RabbitMQ queue into PostgreSQL,
+//! acking each message only after its row is committed, and serves /health and /ready.
+//!
+//! Code map: [`config`] (environment), [`consumer`] (the pure `handle` step and the batch loop),
+//! [`orders`] (the table; billing is its only writer), [`health`] (HTTP probes), [`error`].
+
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod health;
+pub mod orders;
+
+use std::{future::Future, time::Duration};
+
+use anyhow::Context as _;
+use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
+use tokio::{net::TcpListener, sync::watch};
+use tracing::{info, warn};
+
+pub use config::{Config, SecretUrl};
+pub use consumer::{handle, ConsumerSettings, Outcome, Readiness};
+pub use error::Error;
+
+/// The embedded schema; applied at start-up.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// A pool that connects on first use, so the worker starts (and `/health` answers) even while
+/// PostgreSQL is down.
+pub fn lazy_pool(database_url: &SecretUrl) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(5)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(database_url.expose())
+        .with_context(|| format!("invalid DATABASE_URL {database_url}"))
+}
+
+/// Runs the worker until `shutdown` completes: binds the health listener, applies the migrations
+/// (retrying while PostgreSQL is down), consumes, and on shutdown finishes the in-flight batch.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let pool = lazy_pool(&config.database_url)?;
+    let readiness = Readiness::default();
+    let listener = TcpListener::bind(config.health_listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.health_listen_addr))?;
+    info!(addr = %config.health_listen_addr, "health listener ready");
+
+    // One stop flag for both halves: set by the shutdown signal, or by the consumer when it ends
+    // on its own (a fatal error), so the health listener never outlives the worker.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let app = health::router(health::HealthState {
+        pool: pool.clone(),
+        readiness: readiness.clone(),
+    });
+    let server = async {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped())
+            .await
+            .context("health listener failed")
+    };
+
+    let worker = async {
+        let settings = config.consumer_settings();
+        let result = async {
+            tokio::select! {
+                migrated = migrate_with_retry(&pool, settings.max_backoff) => migrated?,
+                () = stopped() => return Ok(()),
+            }
+            consumer::run(
+                pool.clone(),
+                config.amqp_url.clone(),
+                settings,
+                readiness,
+                stopped(),
+            )
+            .await
+        }
+        .await;
+        let _ = stop_tx.send(true);
+        result.context("billing consumer failed")
+    };
+
+    let both = async { tokio::join!(server, worker) };
+    tokio::pin!(both);
+    let (served, consumed) = tokio::select! {
+        out = &mut both => out,
+        () = shutdown => {
+            info!("shutdown requested");
+            let _ = stop_tx.send(true);
+            both.await
+        }
+    };
+    pool.close().await;
+    consumed?;
+    served?;
+    info!("billing stopped");
+    Ok(())
+}
+
+/// Applies the migrations, retrying with backoff while PostgreSQL is unreachable.
+async fn migrate_with_retry(pool: &PgPool, max_backoff: Duration) -> Result<(), Error> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(err)) if is_unreachable(&err) => {
+                warn!(error = %error::chain(&err), retry_in = ?backoff, "database unavailable; retrying migrations");
+            }
+            Err(err) => return Err(err.into()),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+fn is_unreachable(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+    )
+}
