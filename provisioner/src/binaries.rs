@@ -1,1 +1,541 @@
-//! (render half: being written)
+//! The service binaries pushed to the hosts: found in `--binaries DIR` or built from the
+//! workspace, refused when they are not ELF executables for the hosts' architecture, with their
+//! SHA-256 and the newest glibc symbol version they need (read from the ELF, no external tool).
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// The services whose binaries are deployed, by package and binary name.
+pub const SERVICES: [&str; 3] = ["gateway", "inventory", "billing"];
+
+/// The newest glibc the binaries may need: Ubuntu 22.04 ships 2.35 (Debian 12 ships 2.36).
+pub const MAX_GLIBC: GlibcVersion = GlibcVersion {
+    major: 2,
+    minor: 35,
+};
+
+/// A CPU architecture the hosts may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86_64",
+            Self::Aarch64 => "aarch64",
+        }
+    }
+
+    /// Parses the names `uname -m` prints (`arm64` too, as Debian calls it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "x86_64" | "amd64" => Some(Self::X86_64),
+            "aarch64" | "arm64" => Some(Self::Aarch64),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `GLIBC_major.minor` symbol version (a third component, as in `GLIBC_2.2.5`, is dropped:
+/// it never decides whether a distribution's glibc is new enough).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GlibcVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl GlibcVersion {
+    /// Parses `GLIBC_2.34` or `GLIBC_2.2.5`; `None` for anything else (`GLIBC_PRIVATE`, …).
+    pub fn parse(symbol_version: &str) -> Option<Self> {
+        let rest = symbol_version.strip_prefix("GLIBC_")?;
+        let mut parts = rest.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(Self { major, minor })
+    }
+}
+
+impl fmt::Display for GlibcVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GLIBC_{}.{}", self.major, self.minor)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BinaryError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no such binary (expected gateway, inventory and billing in {dir})")]
+    Missing { path: PathBuf, dir: PathBuf },
+    #[error("{path} is not an ELF executable: {reason}")]
+    NotElf { path: PathBuf, reason: String },
+    #[error("{path} is built for {found}, but the hosts are {expected}: refusing to deploy it")]
+    WrongArch {
+        path: PathBuf,
+        found: String,
+        expected: Arch,
+    },
+    #[error("{path} needs {needed}, newer than {max} (glibc of Ubuntu 22.04): build it on an older system or link it statically")]
+    GlibcTooNew {
+        path: PathBuf,
+        needed: GlibcVersion,
+        max: GlibcVersion,
+    },
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}); its output is above")]
+    CommandFailed { command: String, status: String },
+    #[error("cannot understand `cargo metadata` output: {0}")]
+    Metadata(String),
+}
+
+/// One checked binary.
+#[derive(Debug, Clone)]
+pub struct Binary {
+    /// Service (and unit) name: `gateway`, `inventory` or `billing`.
+    pub service: String,
+    pub path: PathBuf,
+    /// Lower-case hex SHA-256 of the file, as `sha256sum` prints it on the host.
+    pub sha256: String,
+    pub arch: Arch,
+}
+
+/// The three service binaries, checked.
+#[derive(Debug, Clone)]
+pub struct BinarySet {
+    binaries: Vec<Binary>,
+}
+
+impl BinarySet {
+    /// Takes the binaries from `dir` when given, else builds them in `workspace` (cargo itself
+    /// does nothing when they are fresh), then checks each one.
+    pub fn locate(dir: Option<&Path>, workspace: &Path, arch: Arch) -> Result<Self, BinaryError> {
+        let dir = match dir {
+            Some(dir) => dir.to_owned(),
+            None => build_release(workspace)?,
+        };
+        Self::from_dir(&dir, arch)
+    }
+
+    /// Checks `gateway`, `inventory` and `billing` in `dir`: present, ELF for `arch`, hashed.
+    pub fn from_dir(dir: &Path, arch: Arch) -> Result<Self, BinaryError> {
+        let binaries = SERVICES
+            .iter()
+            .map(|service| {
+                let path = dir.join(service);
+                if !path.is_file() {
+                    return Err(BinaryError::Missing {
+                        path,
+                        dir: dir.to_owned(),
+                    });
+                }
+                check_binary(service, &path, arch)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { binaries })
+    }
+
+    /// The binary of `service`, if it is one of [`SERVICES`].
+    pub fn get(&self, service: &str) -> Option<&Binary> {
+        self.binaries
+            .iter()
+            .find(|binary| binary.service == service)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Binary> {
+        self.binaries.iter()
+    }
+}
+
+/// Reads `path`, refuses it unless it is an ELF executable for `arch`, and hashes it.
+pub fn check_binary(service: &str, path: &Path, arch: Arch) -> Result<Binary, BinaryError> {
+    let bytes = read(path)?;
+    let found = elf_arch(&bytes).map_err(|reason| BinaryError::NotElf {
+        path: path.to_owned(),
+        reason,
+    })?;
+    if found != Ok(arch) {
+        return Err(BinaryError::WrongArch {
+            path: path.to_owned(),
+            found: match found {
+                Ok(other) => other.to_string(),
+                Err(machine) => format!("ELF machine {machine:#x}"),
+            },
+            expected: arch,
+        });
+    }
+    Ok(Binary {
+        service: service.to_owned(),
+        path: path.to_owned(),
+        sha256: sha256_hex(&bytes),
+        arch,
+    })
+}
+
+/// Runs `cargo build --release --locked -p gateway -p inventory -p billing` in `workspace` and
+/// returns the folder holding the binaries (`<target dir>/release`, the target dir asked of
+/// `cargo metadata` so `CARGO_TARGET_DIR` and `.cargo/config.toml` are honoured).
+pub fn build_release(workspace: &Path) -> Result<PathBuf, BinaryError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(&cargo);
+    build
+        .current_dir(workspace)
+        .args(["build", "--release", "--locked"]);
+    for service in SERVICES {
+        build.args(["-p", service]);
+    }
+    let command = "cargo build --release --locked -p gateway -p inventory -p billing";
+    // cargo's progress goes to our stderr, where the user sees it live.
+    let status = build.status().map_err(|source| BinaryError::Spawn {
+        command: command.to_owned(),
+        source,
+    })?;
+    if !status.success() {
+        return Err(BinaryError::CommandFailed {
+            command: command.to_owned(),
+            status: status.to_string(),
+        });
+    }
+    Ok(target_directory(workspace)?.join("release"))
+}
+
+/// The workspace's target directory, from `cargo metadata --format-version 1 --no-deps`.
+pub fn target_directory(workspace: &Path) -> Result<PathBuf, BinaryError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let command = "cargo metadata --format-version 1 --no-deps";
+    let output = Command::new(cargo)
+        .current_dir(workspace)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .map_err(|source| BinaryError::Spawn {
+            command: command.to_owned(),
+            source,
+        })?;
+    if !output.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        return Err(BinaryError::CommandFailed {
+            command: command.to_owned(),
+            status: output.status.to_string(),
+        });
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|error| BinaryError::Metadata(error.to_string()))?;
+    metadata["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| BinaryError::Metadata("no target_directory".to_owned()))
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Lower-case hex SHA-256 of a file, read in chunks.
+pub fn sha256_file(path: &Path) -> Result<String, BinaryError> {
+    let read_error = |source| BinaryError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; 1 << 16];
+    loop {
+        let count = file.read(&mut buffer).map_err(read_error)?;
+        if count == 0 {
+            break;
+        }
+        hasher.update(&buffer[..count]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The newest `GLIBC_x.y` the binary at `path` needs; `None` when it needs no glibc (static).
+pub fn max_glibc(path: &Path) -> Result<Option<GlibcVersion>, BinaryError> {
+    let bytes = read(path)?;
+    let versions = required_glibc_versions(&bytes).map_err(|reason| BinaryError::NotElf {
+        path: path.to_owned(),
+        reason,
+    })?;
+    Ok(versions.into_iter().max())
+}
+
+/// Refuses a binary that needs a glibc newer than `max`.
+pub fn check_glibc(path: &Path, max: GlibcVersion) -> Result<(), BinaryError> {
+    match max_glibc(path)? {
+        Some(needed) if needed > max => Err(BinaryError::GlibcTooNew {
+            path: path.to_owned(),
+            needed,
+            max,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, BinaryError> {
+    std::fs::read(path).map_err(|source| BinaryError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+const ELFCLASS64: u8 = 2;
+const ELFDATA2LSB: u8 = 1;
+const ET_EXEC: u16 = 2;
+const ET_DYN: u16 = 3;
+const EM_X86_64: u16 = 0x3e;
+const EM_AARCH64: u16 = 0xb7;
+const SHT_GNU_VERNEED: u32 = 0x6fff_fffe;
+
+/// The architecture of a 64-bit little-endian ELF executable: `Ok(Ok(arch))` for a known one,
+/// `Ok(Err(e_machine))` for another machine, `Err(reason)` when it is no such executable.
+pub fn elf_arch(bytes: &[u8]) -> Result<Result<Arch, u16>, String> {
+    let elf = Elf::new(bytes)?;
+    let kind = elf.u16(16)?;
+    if kind != ET_EXEC && kind != ET_DYN {
+        return Err(format!("ELF type {kind} is not an executable"));
+    }
+    Ok(match elf.u16(18)? {
+        EM_X86_64 => Ok(Arch::X86_64),
+        EM_AARCH64 => Ok(Arch::Aarch64),
+        other => Err(other),
+    })
+}
+
+/// Every `GLIBC_x.y` version named in the ELF's version needs (`.gnu.version_r`), sorted and
+/// without duplicates.
+pub fn required_glibc_versions(bytes: &[u8]) -> Result<Vec<GlibcVersion>, String> {
+    let elf = Elf::new(bytes)?;
+    let mut versions = Vec::new();
+    for needs in elf.sections()?.filter(|s| s.kind == SHT_GNU_VERNEED) {
+        let strings = elf.section(needs.link)?;
+        let mut entry = needs.offset;
+        // One Verneed entry per library, each with a chain of Vernaux entries (one per version).
+        for _ in 0..needs.info {
+            let count = elf.u16(entry + 2)?;
+            let mut aux = entry + elf.u32(entry + 8)? as usize;
+            for _ in 0..count {
+                let name = elf.c_string(strings.offset + elf.u32(aux + 8)? as usize)?;
+                if let Some(version) = GlibcVersion::parse(name) {
+                    versions.push(version);
+                }
+                aux += elf.u32(aux + 12)? as usize;
+            }
+            let next = elf.u32(entry + 12)? as usize;
+            if next == 0 {
+                break;
+            }
+            entry += next;
+        }
+    }
+    versions.sort();
+    versions.dedup();
+    Ok(versions)
+}
+
+/// A minimal reader of 64-bit little-endian ELF files: just what the checks above need.
+struct Elf<'a> {
+    bytes: &'a [u8],
+}
+
+struct Section {
+    kind: u32,
+    offset: usize,
+    link: u32,
+    info: u32,
+}
+
+impl<'a> Elf<'a> {
+    fn new(bytes: &'a [u8]) -> Result<Self, String> {
+        if bytes.len() < 64 || &bytes[..4] != ELF_MAGIC {
+            return Err("no ELF magic number".to_owned());
+        }
+        if bytes[4] != ELFCLASS64 || bytes[5] != ELFDATA2LSB {
+            return Err("not a 64-bit little-endian ELF".to_owned());
+        }
+        Ok(Self { bytes })
+    }
+
+    fn slice(&self, at: usize, len: usize) -> Result<&'a [u8], String> {
+        at.checked_add(len)
+            .and_then(|end| self.bytes.get(at..end))
+            .ok_or_else(|| format!("truncated ELF (offset {at:#x})"))
+    }
+
+    fn u16(&self, at: usize) -> Result<u16, String> {
+        let b = self.slice(at, 2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&self, at: usize) -> Result<u32, String> {
+        let b = self.slice(at, 4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&self, at: usize) -> Result<usize, String> {
+        let b = self.slice(at, 8)?;
+        let mut word = [0; 8];
+        word.copy_from_slice(b);
+        usize::try_from(u64::from_le_bytes(word)).map_err(|e| e.to_string())
+    }
+
+    fn c_string(&self, at: usize) -> Result<&'a str, String> {
+        let rest = self.bytes.get(at..).ok_or("string outside the file")?;
+        let end = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or("unterminated string")?;
+        std::str::from_utf8(&rest[..end]).map_err(|e| e.to_string())
+    }
+
+    fn section(&self, index: u32) -> Result<Section, String> {
+        let table = self.u64(0x28)?;
+        let entry_size = usize::from(self.u16(0x3a)?);
+        let at = table + entry_size * index as usize;
+        Ok(Section {
+            kind: self.u32(at + 4)?,
+            offset: self.u64(at + 0x18)?,
+            link: self.u32(at + 0x28)?,
+            info: self.u32(at + 0x2c)?,
+        })
+    }
+
+    fn sections(&self) -> Result<impl Iterator<Item = Section> + '_, String> {
+        let count = u32::from(self.u16(0x3c)?);
+        let sections = (0..count)
+            .map(|index| self.section(index))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(sections.into_iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own_executable() -> PathBuf {
+        std::env::current_exe().expect("the test knows its own path")
+    }
+
+    fn host_arch() -> Arch {
+        Arch::from_name(std::env::consts::ARCH).expect("tests run on x86_64 or aarch64")
+    }
+
+    #[test]
+    fn reads_the_architecture_of_a_real_binary() {
+        let bytes = std::fs::read(own_executable()).expect("readable");
+        assert_eq!(elf_arch(&bytes), Ok(Ok(host_arch())));
+    }
+
+    #[test]
+    fn lists_the_glibc_versions_a_real_binary_needs() {
+        let bytes = std::fs::read(own_executable()).expect("readable");
+        let versions = required_glibc_versions(&bytes).expect("an ELF");
+        // Every dynamically linked Rust program on glibc needs at least GLIBC_2.2.5 or 2.17.
+        assert!(!versions.is_empty(), "no GLIBC version found");
+        assert!(versions.iter().all(|v| v.major == 2), "{versions:?}");
+        // The reader must agree with the dynamic linker's view, as `objdump -T` would print it.
+        if let Ok(output) = Command::new("objdump")
+            .arg("-T")
+            .arg(own_executable())
+            .output()
+        {
+            let text = String::from_utf8_lossy(&output.stdout);
+            let mut expected: Vec<GlibcVersion> = text
+                .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+                .filter_map(GlibcVersion::parse)
+                .collect();
+            expected.sort();
+            expected.dedup();
+            assert_eq!(versions, expected);
+        }
+    }
+
+    #[test]
+    fn refuses_a_binary_for_another_architecture() {
+        let mut bytes = std::fs::read(own_executable()).expect("readable");
+        let other = match host_arch() {
+            Arch::X86_64 => EM_AARCH64,
+            Arch::Aarch64 => EM_X86_64,
+        };
+        bytes[18..20].copy_from_slice(&other.to_le_bytes());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("gateway");
+        std::fs::write(&path, &bytes).expect("write");
+        let error = check_binary("gateway", &path, host_arch()).expect_err("wrong arch");
+        let message = error.to_string();
+        assert!(message.contains("refusing"), "{message}");
+        assert!(message.contains(host_arch().as_str()), "{message}");
+    }
+
+    #[test]
+    fn refuses_a_file_that_is_not_elf() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("billing");
+        std::fs::write(&path, "#!/bin/sh\necho hi\n").expect("write");
+        let message = check_binary("billing", &path, Arch::X86_64)
+            .expect_err("a script")
+            .to_string();
+        assert!(message.contains("not an ELF"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_binary_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let message = BinarySet::from_dir(dir.path(), Arch::X86_64)
+            .expect_err("empty dir")
+            .to_string();
+        assert!(message.contains("gateway"), "{message}");
+    }
+
+    #[test]
+    fn hashes_like_sha256sum() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").expect("write");
+        assert_eq!(sha256_file(&path).expect("hash"), sha256_hex(b"abc"));
+    }
+
+    #[test]
+    fn glibc_check_compares_versions_numerically() {
+        let v = |s| GlibcVersion::parse(s).expect("parses");
+        assert!(v("GLIBC_2.9") < v("GLIBC_2.35"));
+        assert_eq!(v("GLIBC_2.2.5"), v("GLIBC_2.2"));
+        assert_eq!(GlibcVersion::parse("GLIBC_PRIVATE"), None);
+        // The test binary is built here (glibc 2.36): the check must at least accept 2.36.
+        check_glibc(
+            &own_executable(),
+            GlibcVersion {
+                major: 2,
+                minor: 36,
+            },
+        )
+        .expect("needs at most the build machine's glibc");
+        let too_old = check_glibc(&own_executable(), GlibcVersion { major: 2, minor: 1 });
+        assert!(matches!(too_old, Err(BinaryError::GlibcTooNew { .. })));
+    }
+}
