@@ -1,1 +1,557 @@
-//! (converge half: being written)
+//! Converging hosts: executes each host's plan, hosts in parallel, PostgreSQL and RabbitMQ on
+//! every host before any platform service; then restarts only what changed, waits for health
+//! and puts the previous binary back when a new one is unhealthy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::desired::{DesiredHost, Handler};
+use crate::facts::{self, FactsError, HostFacts};
+use crate::plan::{self, Action, Change, ChangeKind, HostPlan, Phase};
+use crate::scram;
+use crate::transport::{shell_quote, Transport, TransportError};
+
+/// How long a restarted service gets to answer its health URL.
+const HEALTH_WAIT_SECS: u32 = 30;
+
+/// One change as the JSON document of the contract shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeReport {
+    pub kind: ChangeKind,
+    pub target: String,
+    pub detail: String,
+}
+
+impl From<&Change> for ChangeReport {
+    fn from(change: &Change) -> Self {
+        Self { kind: change.kind, target: change.target.clone(), detail: change.detail.clone() }
+    }
+}
+
+/// The outcome of plan or apply on one host (the contract's `hosts[]` entry).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostReport {
+    pub host: String,
+    pub ok: usize,
+    pub changed: usize,
+    pub failed: usize,
+    pub changes: Vec<ChangeReport>,
+    pub restarted: Vec<String>,
+    pub rolled_back: Vec<String>,
+    pub error: Option<String>,
+}
+
+impl HostReport {
+    pub fn new(host: &str) -> Self {
+        Self { host: host.to_string(), ..Self::default() }
+    }
+
+    pub fn failed_with(host: &str, error: impl std::fmt::Display) -> Self {
+        Self { host: host.to_string(), failed: 1, error: Some(error.to_string()), ..Self::default() }
+    }
+
+    /// What `plan` reports: the changes it would make and the services it would restart.
+    pub fn from_plan(plan: &HostPlan) -> Self {
+        Self {
+            host: plan.host.clone(),
+            ok: plan.unchanged(),
+            changed: plan.changes.len(),
+            changes: plan.changes.iter().map(ChangeReport::from).collect(),
+            restarted: plan.restarts.clone(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Why one step of apply failed on a host.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Facts(#[from] FactsError),
+    #[error("{host}: PostgreSQL is installed but /etc/postgresql holds no version directory")]
+    NoPostgresVersion { host: String },
+    #[error("{host}: {message}")]
+    Other { host: String, message: String },
+}
+
+/// Prints one progress line for a host on stderr (stdout is kept for the result).
+pub fn progress(host: &str, message: &str) {
+    eprintln!("[{host}] {message}");
+}
+
+/// One host being converged: its connection, desired state, current plan and report so far.
+pub struct HostRun<'a> {
+    pub transport: &'a dyn Transport,
+    pub desired: &'a DesiredHost,
+    local_binaries: &'a BTreeMap<PathBuf, String>,
+    plan: HostPlan,
+    pub report: HostReport,
+    /// Binaries pushed in this run, by service: only those can be rolled back.
+    pushed: BTreeSet<String>,
+    /// Handlers triggered by phase-1 changes but to run in phase 2 (daemon-reload, restarts).
+    pending_handlers: BTreeSet<Handler>,
+    /// Services not running before this apply.
+    to_start: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for HostRun<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostRun").field("host", &self.desired.name).field("report", &self.report).finish_non_exhaustive()
+    }
+}
+
+impl<'a> HostRun<'a> {
+    pub fn new(
+        transport: &'a dyn Transport,
+        desired: &'a DesiredHost,
+        local_binaries: &'a BTreeMap<PathBuf, String>,
+    ) -> Self {
+        Self {
+            transport,
+            desired,
+            local_binaries,
+            plan: HostPlan::default(),
+            report: HostReport::new(&desired.name),
+            pushed: BTreeSet::new(),
+            pending_handlers: BTreeSet::new(),
+            to_start: BTreeSet::new(),
+        }
+    }
+
+    fn host(&self) -> &str {
+        &self.desired.name
+    }
+
+    fn gather(&self) -> Result<(HostFacts, HostPlan), ApplyError> {
+        let facts = facts::gather(self.transport, self.desired, self.local_binaries)?;
+        let plan = plan::plan(self.desired, &facts);
+        Ok((facts, plan))
+    }
+
+    /// Phase 1: facts, packages (then facts again, since installing PostgreSQL creates its
+    /// version directory and its user), users, PostgreSQL and RabbitMQ files, objects and handlers.
+    pub fn backing_phase(&mut self) -> Result<(), ApplyError> {
+        let (_, mut plan) = self.gather()?;
+        let checked = plan.checked;
+        let packages: Vec<Change> = plan.changes.iter().filter(|change| change.kind == ChangeKind::Package).cloned().collect();
+        if let Some(Action::InstallPackages(names)) = packages.first().map(|change| &change.action) {
+            progress(self.host(), &format!("installing {}", names.join(" ")));
+            self.transport.run(&install_command(names), None, true)?;
+            self.record_all(&packages);
+            let (facts, replanned) = self.gather()?;
+            if facts.pg_version.is_none() && self.desired.files.iter().any(|file| plan::unresolved(&file.path)) {
+                return Err(ApplyError::NoPostgresVersion { host: self.host().to_string() });
+            }
+            plan = replanned;
+        }
+        self.report.ok = checked.saturating_sub(plan.changes.len() + self.report.changed);
+        self.to_start = plan
+            .changes
+            .iter()
+            .filter_map(|change| match &change.action {
+                Action::StartService(unit) => Some(unit.clone()),
+                _ => None,
+            })
+            .collect();
+        self.plan = plan;
+        if self.plan.is_empty() {
+            progress(self.host(), "nothing to change");
+        }
+
+        let backing: Vec<Change> = self.plan.changes.iter().filter(|change| change.phase == Phase::Backing).cloned().collect();
+        let mut handlers = BTreeSet::new();
+        for change in &backing {
+            self.execute(change)?;
+            self.record(change);
+            if let Action::WriteFile { file, .. } = &change.action {
+                handlers.extend(self.desired.files[*file].on_change.iter().cloned());
+            }
+        }
+        // Handlers of backing files (e.g. reload postgresql after pg_hba) run before the
+        // services that need them; the others wait for phase 2.
+        let platform: BTreeSet<&str> = self.desired.services.iter().map(|service| service.unit.as_str()).collect();
+        for handler in handlers {
+            match &handler {
+                Handler::Restart(unit) | Handler::Reload(unit) if !platform.contains(unit.as_str()) => {
+                    self.run_handler(&handler)?;
+                }
+                _ => {
+                    self.pending_handlers.insert(handler);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Phase 2: binaries, units and env files, daemon-reload, enable, (re)start, health, rollback.
+    pub fn services_phase(&mut self) -> Result<(), ApplyError> {
+        let services: Vec<Change> = self.plan.changes.iter().filter(|change| change.phase == Phase::Services).cloned().collect();
+        let mut handlers = std::mem::take(&mut self.pending_handlers);
+        for change in &services {
+            self.execute(change)?;
+            self.record(change);
+            match &change.action {
+                Action::WriteFile { file, .. } => handlers.extend(self.desired.files[*file].on_change.iter().cloned()),
+                Action::PushBinary(index) => {
+                    let service = self.desired.binaries[*index].service.clone();
+                    handlers.insert(Handler::Restart(service.clone()));
+                    self.pushed.insert(service);
+                }
+                _ => {}
+            }
+        }
+        if handlers.contains(&Handler::DaemonReload) {
+            self.run_handler(&Handler::DaemonReload)?;
+        }
+        for handler in &handlers {
+            if let Handler::Reload(_) = handler {
+                self.run_handler(handler)?;
+            }
+        }
+        let restarts: Vec<_> = self
+            .desired
+            .services
+            .iter()
+            .filter(|service| self.to_start.contains(&service.unit) || handlers.contains(&Handler::Restart(service.unit.clone())))
+            .cloned()
+            .collect();
+        for service in restarts {
+            self.restart_and_check(&service.unit, &service.health_url);
+        }
+        // Restarts of other units asked by service files (unusual) run last.
+        let platform: BTreeSet<&str> = self.desired.services.iter().map(|service| service.unit.as_str()).collect();
+        for handler in &handlers {
+            if let Handler::Restart(unit) = handler {
+                if !platform.contains(unit.as_str()) {
+                    self.run_handler(handler)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, change: &Change) {
+        progress(self.host(), &format!("changed {} {}", kind_name(change.kind), change.target));
+        self.report.changed += 1;
+        self.report.changes.push(ChangeReport::from(change));
+    }
+
+    fn record_all(&mut self, changes: &[Change]) {
+        for change in changes {
+            self.record(change);
+        }
+    }
+
+    fn run_handler(&self, handler: &Handler) -> Result<(), ApplyError> {
+        let command = match handler {
+            Handler::DaemonReload => "systemctl daemon-reload".to_string(),
+            Handler::Restart(unit) => format!("systemctl restart {}", shell_quote(unit)),
+            Handler::Reload(unit) => format!("systemctl reload-or-restart {}", shell_quote(unit)),
+        };
+        progress(self.host(), &command);
+        self.transport.run(&command, None, true)?;
+        Ok(())
+    }
+
+    /// Restarts a platform service and waits for its health URL; a new binary that does not
+    /// become healthy is replaced by the previous one, which must then be healthy again.
+    fn restart_and_check(&mut self, unit: &str, health_url: &str) {
+        let host = self.host().to_string();
+        progress(&host, &format!("restarting {unit}"));
+        let restarted = self.transport.run(&format!("systemctl restart {}", shell_quote(unit)), None, true);
+        self.report.restarted.push(unit.to_string());
+        let healthy = restarted.is_ok() && self.wait_healthy(health_url);
+        if healthy {
+            progress(&host, &format!("{unit} healthy"));
+            return;
+        }
+        let why = match &restarted {
+            Err(error) => error.to_string(),
+            Ok(_) => format!("{unit} not healthy at {health_url} after {HEALTH_WAIT_SECS} s"),
+        };
+        self.report.failed += 1;
+        let binary = self.desired.binaries.iter().find(|binary| binary.service == unit).map(|binary| binary.remote_path.clone());
+        let message = match binary.filter(|_| self.pushed.contains(unit)) {
+            Some(path) => {
+                progress(&host, &format!("{why}; rolling back to {path}.previous"));
+                let rolled = self.transport.run(&rollback_command(&path, unit), None, true).is_ok() && self.wait_healthy(health_url);
+                if rolled {
+                    self.report.rolled_back.push(unit.to_string());
+                    format!("{why}: rolled back to the previous binary, which is healthy again")
+                } else {
+                    format!("{why}: rolled back to the previous binary, still not healthy")
+                }
+            }
+            None => format!("{why}{}", self.last_log_lines(unit)),
+        };
+        progress(&host, &message);
+        self.append_error(message);
+    }
+
+    fn wait_healthy(&self, health_url: &str) -> bool {
+        self.transport
+            .exec(&health_command(health_url), None, false)
+            .is_ok_and(|output| output.success())
+    }
+
+    fn last_log_lines(&self, unit: &str) -> String {
+        let command = format!("journalctl -u {} -n 3 --no-pager -o cat", shell_quote(unit));
+        match self.transport.exec(&command, None, true) {
+            Ok(output) if output.success() && !output.stdout.is_empty() => {
+                format!(" (last log lines: {})", output.stdout_text().trim().replace('\n', " | "))
+            }
+            _ => String::new(),
+        }
+    }
+
+    fn append_error(&mut self, message: String) {
+        self.report.error = Some(match self.report.error.take() {
+            Some(previous) => format!("{previous}; {message}"),
+            None => message,
+        });
+    }
+
+    fn execute(&mut self, change: &Change) -> Result<(), ApplyError> {
+        let transport = self.transport;
+        let desired = self.desired;
+        match &change.action {
+            // Installed at the start of phase 1.
+            Action::InstallPackages(_) => Ok(()),
+            Action::CreateUser(user) => {
+                let user = shell_quote(user);
+                transport.run(
+                    &format!("id -u {user} >/dev/null 2>&1 || useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {user}"),
+                    None,
+                    true,
+                )?;
+                Ok(())
+            }
+            Action::WriteFile { file, path } => {
+                let file = &desired.files[*file];
+                if plan::unresolved(path) {
+                    return Err(ApplyError::NoPostgresVersion { host: self.host().to_string() });
+                }
+                transport.write_file_atomic(path, file.content.bytes(), file.mode, &file.owner, &file.group)?;
+                Ok(())
+            }
+            Action::CreateRole(_) | Action::SetRolePassword(_) | Action::CreateDatabase(_) | Action::SetDatabaseOwner(_) => {
+                let sql = self.postgres_sql(&change.action)?;
+                transport.run(PSQL, Some(sql.as_bytes()), true)?;
+                Ok(())
+            }
+            Action::AddVhost
+            | Action::AddRabbitUser
+            | Action::SetRabbitPassword
+            | Action::SetRabbitTags
+            | Action::SetRabbitPermissions
+            | Action::DeleteGuest => self.rabbitmq(&change.action),
+            Action::PushBinary(index) => {
+                let binary = &desired.binaries[*index];
+                let bytes = std::fs::read(&binary.local_path).map_err(|error| ApplyError::Other {
+                    host: self.host().to_string(),
+                    message: format!("reading {}: {error}", binary.local_path.display()),
+                })?;
+                progress(self.host(), &format!("uploading {} ({} MB)", binary.remote_path, bytes.len() / 1_000_000));
+                transport.run(&push_binary_script(&binary.remote_path), Some(&bytes), true)?;
+                Ok(())
+            }
+            Action::EnableService(unit) => {
+                transport.run(&format!("systemctl enable {}", shell_quote(&format!("{unit}.service"))), None, true)?;
+                Ok(())
+            }
+            // Started with the restarts, after daemon-reload.
+            Action::StartService(_) => Ok(()),
+        }
+    }
+
+    fn postgres_sql(&self, action: &Action) -> Result<String, ApplyError> {
+        let postgres = self.desired.postgres.as_ref().ok_or_else(|| ApplyError::Other {
+            host: self.host().to_string(),
+            message: "a PostgreSQL change without PostgreSQL in the desired state".into(),
+        })?;
+        let verifier = |password: &str| {
+            scram::make_verifier(password).map_err(|error| ApplyError::Other {
+                host: self.host().to_string(),
+                message: format!("reading /dev/urandom: {error}"),
+            })
+        };
+        Ok(match action {
+            Action::CreateRole(index) => {
+                let role = &postgres.roles[*index];
+                // A verifier, not the password: the clear text never reaches the server or its logs.
+                format!("CREATE ROLE {} LOGIN PASSWORD {};\n", ident(&role.name), literal(&verifier(role.password.expose())?))
+            }
+            Action::SetRolePassword(index) => {
+                let role = &postgres.roles[*index];
+                format!("ALTER ROLE {} WITH LOGIN PASSWORD {};\n", ident(&role.name), literal(&verifier(role.password.expose())?))
+            }
+            Action::CreateDatabase(index) => {
+                let database = &postgres.databases[*index];
+                format!("CREATE DATABASE {} OWNER {};\n", ident(&database.name), ident(&database.owner))
+            }
+            Action::SetDatabaseOwner(index) => {
+                let database = &postgres.databases[*index];
+                format!("ALTER DATABASE {} OWNER TO {};\n", ident(&database.name), ident(&database.owner))
+            }
+            _ => String::new(),
+        })
+    }
+
+    fn rabbitmq(&self, action: &Action) -> Result<(), ApplyError> {
+        let Some(rabbitmq) = &self.desired.rabbitmq else {
+            return Ok(());
+        };
+        let user = shell_quote(&rabbitmq.user);
+        let vhost = shell_quote(&rabbitmq.vhost);
+        let password = Some(rabbitmq.password.expose().as_bytes());
+        let (command, stdin) = match action {
+            Action::AddVhost => (format!("rabbitmqctl -q add_vhost {vhost}"), None),
+            // Without the password argument rabbitmqctl reads it from stdin.
+            Action::AddRabbitUser => (format!("rabbitmqctl -q add_user {user}"), password),
+            Action::SetRabbitPassword => (format!("rabbitmqctl -q change_password {user}"), password),
+            Action::SetRabbitTags => {
+                let tags = rabbitmq.tags.iter().map(|tag| shell_quote(tag)).collect::<Vec<_>>().join(" ");
+                (format!("rabbitmqctl -q set_user_tags {user} {tags}"), None)
+            }
+            Action::SetRabbitPermissions => {
+                let (configure, write, read) = &rabbitmq.permissions;
+                (
+                    format!(
+                        "rabbitmqctl -q set_permissions -p {vhost} {user} {} {} {}",
+                        shell_quote(configure),
+                        shell_quote(write),
+                        shell_quote(read)
+                    ),
+                    None,
+                )
+            }
+            Action::DeleteGuest => ("rabbitmqctl -q list_users | grep -q '^guest\\b' && rabbitmqctl -q delete_user guest || true".into(), None),
+            _ => return Ok(()),
+        };
+        self.transport.run(&command, stdin, true)?;
+        Ok(())
+    }
+}
+
+/// psql as the postgres superuser over the local socket, SQL on stdin, stopping at the first error.
+pub const PSQL: &str = "cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres";
+
+pub fn install_command(packages: &[String]) -> String {
+    let names = packages.iter().map(|name| shell_quote(name)).collect::<Vec<_>>().join(" ");
+    format!(
+        "export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null && \
+         apt-get install -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {names} >/dev/null"
+    )
+}
+
+/// Upload on stdin to a temporary file beside the binary, keep the current one as `.previous`
+/// (a hard link, so the running process is untouched), then rename: never a half-written binary.
+pub fn push_binary_script(path: &str) -> String {
+    let dir = path.rsplit_once('/').map_or("/", |(dir, _)| if dir.is_empty() { "/" } else { dir });
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let quoted = shell_quote(path);
+    let previous = shell_quote(&format!("{path}.previous"));
+    format!(
+        "set -e; mkdir -p {dir}; tmp=$(mktemp {template}); trap 'rm -f \"$tmp\"' EXIT; cat > \"$tmp\"; \
+         chown root:root \"$tmp\"; chmod 755 \"$tmp\"; if [ -f {quoted} ]; then ln -f {quoted} {previous}; fi; \
+         mv -f \"$tmp\" {quoted}; trap - EXIT",
+        dir = shell_quote(dir),
+        template = shell_quote(&format!("{dir}/.{name}.provision.XXXXXX")),
+    )
+}
+
+/// Puts `<path>.previous` back in place (keeping it as `.previous` too) and restarts the unit.
+pub fn rollback_command(path: &str, unit: &str) -> String {
+    let quoted = shell_quote(path);
+    let previous = shell_quote(&format!("{path}.previous"));
+    let staging = shell_quote(&format!("{path}.rollback"));
+    format!(
+        "set -e; [ -f {previous} ]; cp -p {previous} {staging}; mv -f {staging} {quoted}; systemctl restart {}",
+        shell_quote(unit)
+    )
+}
+
+/// Polls the health URL on the host itself, once a second, printing the body when it answers.
+pub fn health_command(url: &str) -> String {
+    format!(
+        "i=0; while [ $i -lt {HEALTH_WAIT_SECS} ]; do curl -fsS -m 2 {url} && exit 0; i=$((i+1)); sleep 1; done; exit 1",
+        url = shell_quote(url)
+    )
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+pub fn kind_name(kind: ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::File => "file",
+        ChangeKind::Binary => "binary",
+        ChangeKind::Package => "package",
+        ChangeKind::Postgres => "postgres",
+        ChangeKind::Rabbitmq => "rabbitmq",
+        ChangeKind::Unit => "unit",
+        ChangeKind::Service => "service",
+        ChangeKind::User => "user",
+    }
+}
+
+/// Converges every host: phase 1 on all hosts in parallel, then phase 2 on all hosts in
+/// parallel, so every database and broker is ready before any service restarts.
+/// `transports` holds a connection per host, or the one-line error of connecting to it.
+pub fn apply_all(
+    hosts: &[(&DesiredHost, Result<&dyn Transport, String>)],
+    local_binaries: &BTreeMap<PathBuf, String>,
+) -> Vec<HostReport> {
+    let mut runs: Vec<Result<HostRun<'_>, Box<HostReport>>> = hosts
+        .iter()
+        .map(|(desired, transport)| match transport {
+            Ok(transport) => Ok(HostRun::new(*transport, desired, local_binaries)),
+            Err(error) => Err(Box::new(HostReport::failed_with(&desired.name, error))),
+        })
+        .collect();
+
+    for phase in [Phase::Backing, Phase::Services] {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = runs
+                .iter_mut()
+                .map(|run| {
+                    scope.spawn(move || {
+                        let Ok(host_run) = run else { return };
+                        let result = match phase {
+                            Phase::Backing => host_run.backing_phase(),
+                            Phase::Services => host_run.services_phase(),
+                        };
+                        if let Err(error) = result {
+                            progress(host_run.host(), &format!("failed: {error}"));
+                            let mut report = std::mem::take(&mut host_run.report);
+                            report.failed += 1;
+                            report.error = Some(match report.error.take() {
+                                Some(previous) => format!("{previous}; {error}"),
+                                None => error.to_string(),
+                            });
+                            *run = Err(Box::new(report));
+                        }
+                    })
+                })
+                .collect();
+            for handle in handles {
+                let _ = handle.join();
+            }
+        });
+    }
+    runs.into_iter()
+        .map(|run| match run {
+            Ok(host_run) => host_run.report,
+            Err(report) => *report,
+        })
+        .collect()
+}

@@ -1,1 +1,477 @@
-//! (converge half: being written)
+//! The command line: raw arguments (clap) validated into a command, and each command run against
+//! the hosts, in parallel, with one SSH session per host.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::apply::{self, progress, HostReport};
+use crate::desired::DesiredHost;
+use crate::facts;
+use crate::plan;
+use crate::ssh::{HostKeyStatus, SshTransport};
+use crate::transport::{shell_quote, Transport};
+
+/// Infrastructure as code for the platform: plan and apply over SSH to machines with systemd.
+#[derive(Debug, Parser)]
+#[command(name = "provision", version)]
+pub struct Args {
+    /// The inventory: hosts, roles and settings.
+    #[arg(short = 'i', long, global = true, default_value = "inventory.toml")]
+    pub inventory: PathBuf,
+    /// Credentials and names (`.env.example` documents each variable).
+    #[arg(long, global = true, default_value = ".env")]
+    pub env_file: PathBuf,
+    /// Tera templates of units and configuration files.
+    #[arg(long, global = true, default_value = "templates")]
+    pub templates: PathBuf,
+    /// Take the gateway, inventory and billing binaries from this folder instead of building the
+    /// workspace with `cargo build --release`.
+    #[arg(long, global = true)]
+    pub binaries: Option<PathBuf>,
+    /// Only these hosts (inventory names); repeatable.
+    #[arg(long = "limit", global = true, value_name = "HOST")]
+    pub limit: Vec<String>,
+    /// Print one JSON document on stdout (plan, apply, status); progress stays on stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show per host what apply would change. Exit 0: nothing; 2: changes; 1: error.
+    Plan,
+    /// Converge every host; exit 0 when all converged, 1 otherwise.
+    Apply,
+    /// Per host and service: active, healthy, deployed version; billing queue depth and consumers.
+    Status,
+    /// Write every file for every host into DIR/<host>/<absolute path>, without any network.
+    Render {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// `systemctl stop SERVICE` on the hosts running it.
+    Stop { service: String },
+    /// `systemctl start SERVICE` on the hosts running it.
+    Start { service: String },
+    /// `systemctl restart SERVICE` on the hosts running it.
+    Restart { service: String },
+    /// The service's journal on the hosts running it.
+    Logs {
+        service: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many past lines to show.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: u32,
+    },
+}
+
+/// Where the desired state comes from (the render half), in one place so that wiring it is a
+/// one-line change.
+fn load_desired(args: &Args) -> anyhow::Result<Vec<DesiredHost>> {
+    bail!("rendering {} is not wired yet (render half pending)", args.inventory.display())
+}
+
+fn render_to_dir(args: &Args, out: &Path) -> anyhow::Result<()> {
+    bail!("rendering {} into {} is not wired yet (render half pending)", args.inventory.display(), out.display())
+}
+
+/// Runs the command; the exit code follows the contract (plan: 0/2/1, others 0/1).
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    match &args.command {
+        Command::Render { out } => {
+            render_to_dir(args, out)?;
+            eprintln!("rendered into {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan => run_plan(args),
+        Command::Apply => run_apply(args),
+        Command::Status => run_status(args),
+        Command::Stop { service } => run_systemctl(args, "stop", service),
+        Command::Start { service } => run_systemctl(args, "start", service),
+        Command::Restart { service } => run_systemctl(args, "restart", service),
+        Command::Logs { service, follow, lines } => run_logs(args, service, *follow, *lines),
+    }
+}
+
+/// The desired hosts kept by `--limit`; an unknown name is an error naming the known ones.
+fn selected_hosts(args: &Args) -> anyhow::Result<Vec<DesiredHost>> {
+    let hosts = load_desired(args)?;
+    select(hosts, &args.limit)
+}
+
+pub fn select(hosts: Vec<DesiredHost>, limit: &[String]) -> anyhow::Result<Vec<DesiredHost>> {
+    if let Some(unknown) = limit.iter().find(|name| !hosts.iter().any(|host| &host.name == *name)) {
+        let known: Vec<&str> = hosts.iter().map(|host| host.name.as_str()).collect();
+        bail!("--limit {unknown}: no such host in the inventory (hosts: {})", known.join(", "));
+    }
+    Ok(hosts.into_iter().filter(|host| limit.is_empty() || limit.contains(&host.name)).collect())
+}
+
+/// One SSH session per host, opened in parallel; a host that cannot be reached gets its
+/// one-line error and the others carry on.
+fn connect_all(hosts: &[DesiredHost]) -> Vec<Result<SshTransport, String>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = hosts
+            .iter()
+            .map(|host| {
+                scope.spawn(move || {
+                    let connected = SshTransport::connect(&host.name, &host.connection);
+                    match &connected {
+                        Ok(transport) if transport.host_key == HostKeyStatus::Recorded => progress(
+                            &host.name,
+                            &format!("first contact: host key recorded in {}", host.connection.known_hosts.display()),
+                        ),
+                        Ok(_) => {}
+                        Err(error) => eprintln!("error: {error}"),
+                    }
+                    connected.map_err(|error| error.to_string())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or_else(|_| Err("connection thread panicked".into())))
+            .collect()
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct Document<T> {
+    hosts: Vec<T>,
+}
+
+fn print_json<T: Serialize>(hosts: Vec<T>) -> anyhow::Result<()> {
+    let document = serde_json::to_string_pretty(&Document { hosts }).context("encoding the JSON document")?;
+    println!("{document}");
+    Ok(())
+}
+
+fn run_plan(args: &Args) -> anyhow::Result<ExitCode> {
+    let hosts = selected_hosts(args)?;
+    let local = facts::local_checksums(&hosts)?;
+    let transports = connect_all(&hosts);
+    let reports: Vec<HostReport> = std::thread::scope(|scope| {
+        let handles: Vec<_> = hosts
+            .iter()
+            .zip(&transports)
+            .map(|(host, transport)| {
+                let local = &local;
+                scope.spawn(move || match transport {
+                    Err(error) => HostReport::failed_with(&host.name, error),
+                    Ok(transport) => match facts::gather(transport, host, local) {
+                        Ok(facts) => HostReport::from_plan(&plan::plan(host, &facts)),
+                        Err(error) => HostReport::failed_with(&host.name, error),
+                    },
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(&hosts)
+            .map(|(handle, host)| handle.join().unwrap_or_else(|_| HostReport::failed_with(&host.name, "panicked")))
+            .collect()
+    });
+    if args.json {
+        print_json(reports.clone())?;
+    } else {
+        print_plan(&reports);
+    }
+    Ok(if reports.iter().any(|report| report.error.is_some()) {
+        ExitCode::from(1)
+    } else if reports.iter().any(|report| report.changed > 0 || !report.restarted.is_empty()) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_plan(reports: &[HostReport]) {
+    for report in reports {
+        if let Some(error) = &report.error {
+            println!("{}: ERROR {error}", report.host);
+            continue;
+        }
+        if report.changes.is_empty() && report.restarted.is_empty() {
+            println!("{}: up to date ({} checked)", report.host, report.ok);
+            continue;
+        }
+        println!("{}: {} to change, {} up to date", report.host, report.changed, report.ok);
+        for change in &report.changes {
+            println!("  ~ {} {}", apply::kind_name(change.kind), change.target);
+            for line in change.detail.lines() {
+                println!("      {line}");
+            }
+        }
+        if !report.restarted.is_empty() {
+            println!("  would restart: {}", report.restarted.join(", "));
+        }
+    }
+}
+
+fn run_apply(args: &Args) -> anyhow::Result<ExitCode> {
+    let hosts = selected_hosts(args)?;
+    let local = facts::local_checksums(&hosts)?;
+    let transports = connect_all(&hosts);
+    let pairs: Vec<(&DesiredHost, Result<&dyn Transport, String>)> = hosts
+        .iter()
+        .zip(&transports)
+        .map(|(host, transport)| (host, transport.as_ref().map(|t| t as &dyn Transport).map_err(Clone::clone)))
+        .collect();
+    let reports = apply::apply_all(&pairs, &local);
+    if args.json {
+        print_json(reports.clone())?;
+    } else {
+        print_summary(&reports);
+    }
+    Ok(if reports.iter().all(|report| report.failed == 0 && report.error.is_none()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_summary(reports: &[HostReport]) {
+    let width = reports.iter().map(|report| report.host.len()).max().unwrap_or(4).max(4);
+    println!("{:width$}  {:>4}  {:>7}  {:>6}  restarted", "host", "ok", "changed", "failed");
+    for report in reports {
+        let mut restarted = report.restarted.join(",");
+        if !report.rolled_back.is_empty() {
+            restarted.push_str(&format!(" (rolled back: {})", report.rolled_back.join(",")));
+        }
+        println!(
+            "{:width$}  {:>4}  {:>7}  {:>6}  {}",
+            report.host,
+            report.ok,
+            report.changed,
+            report.failed,
+            if restarted.is_empty() { "-" } else { &restarted }
+        );
+    }
+    for report in reports {
+        if let Some(error) = &report.error {
+            println!("{}: {error}", report.host);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ServiceStatus {
+    name: String,
+    active: bool,
+    healthy: bool,
+    version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct QueueStatus {
+    name: String,
+    messages: u64,
+    consumers: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct HostStatus {
+    host: String,
+    services: Vec<ServiceStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<QueueStatus>,
+    error: Option<String>,
+}
+
+/// The billing queue's name, as the services are configured with it.
+fn queue_name(args: &Args) -> String {
+    dotenvy::from_path_iter(&args.env_file)
+        .ok()
+        .and_then(|iter| iter.flatten().find(|(key, _)| key == "RABBITMQ_QUEUE").map(|(_, value)| value))
+        .unwrap_or_else(|| "billing_queue".to_string())
+}
+
+fn host_status(transport: &dyn Transport, host: &DesiredHost, queue: &str) -> anyhow::Result<HostStatus> {
+    let mut services = Vec::new();
+    for service in &host.services {
+        let active = transport
+            .exec(&format!("systemctl is-active --quiet {}", shell_quote(&service.unit)), None, false)?
+            .success();
+        let health = transport.exec(&format!("curl -fsS -m 3 {}", shell_quote(&service.health_url)), None, false)?;
+        let version = serde_json::from_slice::<serde_json::Value>(&health.stdout)
+            .ok()
+            .and_then(|body| body.get("version").and_then(|version| version.as_str().map(str::to_string)));
+        services.push(ServiceStatus { name: service.unit.clone(), active, healthy: health.success(), version });
+    }
+    let queue = match &host.rabbitmq {
+        Some(rabbitmq) => {
+            let output = transport.run(
+                &format!("rabbitmqctl -s list_queues -p {} name messages consumers", shell_quote(&rabbitmq.vhost)),
+                None,
+                true,
+            )?;
+            let text = output.stdout_text();
+            Some(
+                text.lines()
+                    .map(|line| line.split('\t').collect::<Vec<_>>())
+                    .find(|fields| fields.first() == Some(&queue))
+                    .map(|fields| QueueStatus {
+                        name: queue.to_string(),
+                        messages: fields.get(1).and_then(|value| value.trim().parse().ok()).unwrap_or(0),
+                        consumers: fields.get(2).and_then(|value| value.trim().parse().ok()).unwrap_or(0),
+                    })
+                    .unwrap_or(QueueStatus { name: format!("{queue} (not declared yet)"), messages: 0, consumers: 0 }),
+            )
+        }
+        None => None,
+    };
+    Ok(HostStatus { host: host.name.clone(), services, queue, error: None })
+}
+
+fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
+    let hosts = selected_hosts(args)?;
+    let queue = queue_name(args);
+    let transports = connect_all(&hosts);
+    let statuses: Vec<HostStatus> = std::thread::scope(|scope| {
+        let handles: Vec<_> = hosts
+            .iter()
+            .zip(&transports)
+            .map(|(host, transport)| {
+                let queue = queue.as_str();
+                scope.spawn(move || {
+                    let failed = |error: String| HostStatus { host: host.name.clone(), services: Vec::new(), queue: None, error: Some(error) };
+                    match transport {
+                        Err(error) => failed(error.clone()),
+                        Ok(transport) => host_status(transport, host, queue).unwrap_or_else(|error| failed(format!("{error:#}"))),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|handle| handle.join().expect("status thread")).collect()
+    });
+    let all_fine = statuses
+        .iter()
+        .all(|status| status.error.is_none() && status.services.iter().all(|service| service.active && service.healthy));
+    if args.json {
+        print_json(statuses)?;
+    } else {
+        for status in &statuses {
+            if let Some(error) = &status.error {
+                println!("{}: ERROR {error}", status.host);
+                continue;
+            }
+            println!("{}:", status.host);
+            for service in &status.services {
+                println!(
+                    "  {:10} {:8} {:9} {}",
+                    service.name,
+                    if service.active { "active" } else { "inactive" },
+                    if service.healthy { "healthy" } else { "unhealthy" },
+                    service.version.as_deref().unwrap_or("-")
+                );
+            }
+            if let Some(queue) = &status.queue {
+                println!("  queue {}: {} messages, {} consumers", queue.name, queue.messages, queue.consumers);
+            }
+        }
+    }
+    Ok(if all_fine { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The hosts running `service`, or an error naming the services the inventory knows.
+fn hosts_running(args: &Args, service: &str) -> anyhow::Result<Vec<DesiredHost>> {
+    let hosts = selected_hosts(args)?;
+    let known: BTreeMap<&str, ()> = hosts.iter().flat_map(|host| &host.services).map(|spec| (spec.unit.as_str(), ())).collect();
+    if !known.contains_key(service) {
+        let names: Vec<&str> = known.keys().copied().collect();
+        bail!("no selected host runs {service} (services: {})", names.join(", "));
+    }
+    let running: Vec<DesiredHost> = hosts.iter().filter(|host| host.services.iter().any(|spec| spec.unit == service)).cloned().collect();
+    Ok(running)
+}
+
+fn run_systemctl(args: &Args, verb: &str, service: &str) -> anyhow::Result<ExitCode> {
+    let hosts = hosts_running(args, service)?;
+    let transports = connect_all(&hosts);
+    let mut all_ok = true;
+    for (host, transport) in hosts.iter().zip(&transports) {
+        let Ok(transport) = transport else {
+            all_ok = false;
+            continue;
+        };
+        match transport.run(&format!("systemctl {verb} {}", shell_quote(service)), None, true) {
+            Ok(_) => progress(&host.name, &format!("systemctl {verb} {service}: done")),
+            Err(error) => {
+                eprintln!("error: {error}");
+                all_ok = false;
+            }
+        }
+    }
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Prefixes every line with the host's name when several hosts stream at once.
+struct Prefixed {
+    prefix: String,
+    pending: Vec<u8>,
+}
+
+impl Write for Prefixed {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(bytes);
+        while let Some(end) = self.pending.iter().position(|&byte| byte == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(self.prefix.as_bytes())?;
+            stdout.write_all(&line)?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
+fn run_logs(args: &Args, service: &str, follow: bool, lines: u32) -> anyhow::Result<ExitCode> {
+    let hosts = hosts_running(args, service)?;
+    let transports = connect_all(&hosts);
+    let command = format!(
+        "journalctl -u {} -n {lines} --no-pager{}",
+        shell_quote(service),
+        if follow { " -f" } else { "" }
+    );
+    let several = hosts.len() > 1;
+    let results: Vec<bool> = std::thread::scope(|scope| {
+        let handles: Vec<_> = hosts
+            .iter()
+            .zip(&transports)
+            .map(|(host, transport)| {
+                let command = command.as_str();
+                scope.spawn(move || {
+                    let Ok(transport) = transport else { return false };
+                    let mut out: Box<dyn Write> = if several {
+                        Box::new(Prefixed { prefix: format!("[{}] ", host.name), pending: Vec::new() })
+                    } else {
+                        Box::new(std::io::stdout())
+                    };
+                    match transport.exec_streaming(command, true, &mut out) {
+                        Ok(status) => status == 0,
+                        Err(error) => {
+                            eprintln!("error: {error}");
+                            false
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|handle| handle.join().unwrap_or(false)).collect()
+    });
+    Ok(if results.iter().all(|ok| *ok) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

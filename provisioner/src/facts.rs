@@ -1,1 +1,372 @@
-//! (converge half: being written)
+//! What a host holds now, gathered in one round trip: a shell script (sent on stdin, run as root)
+//! prints one section per kind of fact, pyinfra-style, and is parsed here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use crate::desired::{DesiredHost, FileContent, PG_VERSION_PLACEHOLDER};
+use crate::scram;
+use crate::transport::{shell_quote, Transport, TransportError};
+
+/// A regular file present on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFact {
+    /// Permission bits, e.g. `0o600`.
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    /// Hex SHA-256 of the content.
+    pub sha256: String,
+    /// The content, fetched only for non-secret text files, so plan can show a diff.
+    pub content: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnitFact {
+    pub active: bool,
+    pub enabled: bool,
+}
+
+/// PostgreSQL as seen by `psql` run as the postgres user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PostgresFacts {
+    /// Role name → whether its stored verifier accepts the desired password (false for roles
+    /// the inventory does not mention).
+    pub roles: BTreeMap<String, bool>,
+    /// Database name → owner.
+    pub databases: BTreeMap<String, String>,
+}
+
+/// RabbitMQ as seen by `rabbitmqctl`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RabbitMqFacts {
+    pub vhosts: BTreeSet<String>,
+    /// User → tags.
+    pub users: BTreeMap<String, Vec<String>>,
+    /// User → (configure, write, read) on the desired vhost.
+    pub permissions: BTreeMap<String, (String, String, String)>,
+    /// Whether `rabbitmqctl authenticate_user` accepted the desired password.
+    pub password_matches: bool,
+}
+
+/// Everything plan compares with a [`DesiredHost`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    /// Packages dpkg reports as installed.
+    pub packages: BTreeSet<String>,
+    /// Accounts among the desired system users that exist.
+    pub users: BTreeSet<String>,
+    /// The directory name under /etc/postgresql (e.g. `15`), when PostgreSQL is installed.
+    pub pg_version: Option<String>,
+    /// Desired file path (as written in the desired state, placeholder included) → what is there.
+    pub files: BTreeMap<String, FileFact>,
+    /// Remote binary path → hex SHA-256 of what is there.
+    pub binaries: BTreeMap<String, String>,
+    /// Local binary path → hex SHA-256 of what would be pushed.
+    pub local_binaries: BTreeMap<PathBuf, String>,
+    /// Unit name (without `.service`) → state.
+    pub units: BTreeMap<String, UnitFact>,
+    /// `None` when PostgreSQL is not installed or does not answer.
+    pub postgres: Option<PostgresFacts>,
+    /// `None` when RabbitMQ is not installed or does not answer.
+    pub rabbitmq: Option<RabbitMqFacts>,
+}
+
+/// Why facts could not be gathered.
+#[derive(Debug, thiserror::Error)]
+pub enum FactsError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("reading local binary {path}: {source}")]
+    LocalBinary { path: String, source: std::io::Error },
+}
+
+/// SHA-256 of every local binary the hosts need, each read once however many hosts use it.
+pub fn local_checksums<'a>(hosts: impl IntoIterator<Item = &'a DesiredHost>) -> Result<BTreeMap<PathBuf, String>, FactsError> {
+    let mut checksums = BTreeMap::new();
+    for binary in hosts.into_iter().flat_map(|host| &host.binaries) {
+        if !checksums.contains_key(&binary.local_path) {
+            let checksum = file_sha256(&binary.local_path).map_err(|source| FactsError::LocalBinary {
+                path: binary.local_path.display().to_string(),
+                source,
+            })?;
+            checksums.insert(binary.local_path.clone(), checksum);
+        }
+    }
+    Ok(checksums)
+}
+
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Runs the facts script on the host (one round trip) and parses what it prints.
+pub fn gather(
+    transport: &dyn Transport,
+    desired: &DesiredHost,
+    local_binaries: &BTreeMap<PathBuf, String>,
+) -> Result<HostFacts, FactsError> {
+    let script = facts_script(desired);
+    let output = transport.run("sh -s", Some(script.as_bytes()), true)?;
+    let mut facts = parse_facts(desired, &output.stdout_text());
+    facts.local_binaries = local_binaries.clone();
+    Ok(facts)
+}
+
+/// Marks the end of the RabbitMQ password on the script's stdin; chosen not to occur in a password.
+const SECRET_END: &str = "__PROVISION_SECRET_END_7f3a__";
+
+/// The facts script: plain POSIX sh, each command's stdin closed (the script itself arrives on
+/// stdin), secrets only inside here-documents, so never on a command line.
+pub fn facts_script(desired: &DesiredHost) -> String {
+    let mut script = String::from("{\ncd /\nTAB=$(printf '\\t')\n");
+    script.push_str("PGV=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)\necho @@pgversion\necho \"$PGV\"\n");
+
+    script.push_str("echo @@packages\n");
+    if !desired.packages.is_empty() {
+        let packages = quote_all(&desired.packages);
+        let _ = writeln!(script, "dpkg-query -W -f='${{Package}} ${{db:Status-Abbrev}}\\n' {packages} 2>/dev/null");
+    }
+
+    script.push_str("echo @@users\n");
+    if !desired.system_users.is_empty() {
+        let users = quote_all(&desired.system_users);
+        let _ = writeln!(script, "for u in {users}; do id -u \"$u\" >/dev/null 2>&1 && echo \"$u\"; done");
+    }
+
+    script.push_str("echo @@files\n");
+    for (index, file) in desired.files.iter().enumerate() {
+        let path = shell_path(&file.path);
+        let _ = writeln!(
+            script,
+            "f={path}; if [ -f \"$f\" ]; then echo \"F {index} $(stat -c '%a %U %G' \"$f\") $(sha256sum \"$f\" | cut -d' ' -f1)\"; fi"
+        );
+        if matches!(file.content, FileContent::Text(_)) {
+            let _ = writeln!(script, "if [ -f \"$f\" ]; then echo \"C {index} $(base64 -w0 \"$f\")\"; fi");
+        }
+    }
+
+    script.push_str("echo @@binaries\n");
+    for (index, binary) in desired.binaries.iter().enumerate() {
+        let path = shell_quote(&binary.remote_path);
+        let _ = writeln!(script, "if [ -f {path} ]; then echo \"B {index} $(sha256sum {path} | cut -d' ' -f1)\"; fi");
+    }
+
+    script.push_str("echo @@units\n");
+    if !desired.services.is_empty() {
+        let units = quote_all(desired.services.iter().map(|service| &service.unit));
+        let _ = writeln!(
+            script,
+            "for u in {units}; do echo \"$u $(systemctl is-active \"$u.service\" 2>/dev/null) $(systemctl is-enabled \"$u.service\" 2>/dev/null)\"; done"
+        );
+    }
+
+    if desired.postgres.is_some() {
+        script.push_str(
+            "if [ -n \"$PGV\" ] && command -v psql >/dev/null 2>&1 && id -u postgres >/dev/null 2>&1; then\n\
+             echo @@pgroles\n\
+             runuser -u postgres -- psql -XAtq -F \"$TAB\" -c 'select rolname, coalesce(rolpassword, '''') from pg_authid' 2>/dev/null || echo @@pgerror\n\
+             echo @@pgdatabases\n\
+             runuser -u postgres -- psql -XAtq -F \"$TAB\" -c 'select datname, pg_get_userbyid(datdba) from pg_database' 2>/dev/null || echo @@pgerror\n\
+             fi\n",
+        );
+    }
+
+    if let Some(rabbitmq) = &desired.rabbitmq {
+        let vhost = shell_quote(&rabbitmq.vhost);
+        let user = shell_quote(&rabbitmq.user);
+        let _ = write!(
+            script,
+            "if command -v rabbitmqctl >/dev/null 2>&1; then\n\
+             echo @@rmqvhosts\n\
+             rabbitmqctl -s list_vhosts 2>/dev/null || echo @@rmqerror\n\
+             echo @@rmqusers\n\
+             rabbitmqctl -s list_users 2>/dev/null || echo @@rmqerror\n\
+             echo @@rmqpermissions\n\
+             rabbitmqctl -s list_permissions -p {vhost} 2>/dev/null\n\
+             echo @@rmqauth\n\
+             rabbitmqctl -s authenticate_user {user} >/dev/null 2>&1 <<'{SECRET_END}'\n{password}\n{SECRET_END}\n\
+             echo $?\n\
+             fi\n",
+            password = rabbitmq.password.expose(),
+        );
+    }
+    script.push_str("echo @@end\n} </dev/null\n");
+    script
+}
+
+/// A desired path as a shell word, the PostgreSQL version placeholder becoming `$PGV`.
+fn shell_path(path: &str) -> String {
+    path.split(PG_VERSION_PLACEHOLDER)
+        .map(shell_quote)
+        .collect::<Vec<_>>()
+        .join("\"$PGV\"")
+}
+
+fn quote_all<'a>(values: impl IntoIterator<Item = &'a String>) -> String {
+    values.into_iter().map(|value| shell_quote(value)).collect::<Vec<_>>().join(" ")
+}
+
+/// Parses the script's output into facts; password checks happen here, locally.
+pub fn parse_facts(desired: &DesiredHost, output: &str) -> HostFacts {
+    let mut facts = HostFacts::default();
+    let mut section = "";
+    let mut pg_roles: Option<BTreeMap<String, bool>> = None;
+    let mut pg_databases: Option<BTreeMap<String, String>> = None;
+    let mut pg_failed = false;
+    let mut rabbitmq: Option<RabbitMqFacts> = None;
+    let mut rabbitmq_failed = false;
+    for line in output.lines() {
+        if let Some(name) = line.strip_prefix("@@") {
+            section = match name {
+                "pgerror" => {
+                    pg_failed = true;
+                    section
+                }
+                "rmqerror" => {
+                    rabbitmq_failed = true;
+                    section
+                }
+                other => other,
+            };
+            match section {
+                "pgroles" => pg_roles = Some(pg_roles.take().unwrap_or_default()),
+                "pgdatabases" => pg_databases = Some(pg_databases.take().unwrap_or_default()),
+                "rmqvhosts" => rabbitmq = Some(rabbitmq.take().unwrap_or_default()),
+                _ => {}
+            }
+            continue;
+        }
+        match section {
+            "pgversion" if !line.trim().is_empty() => facts.pg_version = Some(line.trim().to_string()),
+            "packages" => {
+                let mut fields = line.split_whitespace();
+                if let (Some(name), Some(status)) = (fields.next(), fields.next()) {
+                    if status.starts_with("ii") {
+                        // dpkg-query may print `name:arch` for multi-arch packages.
+                        let name = name.split(':').next().unwrap_or(name);
+                        facts.packages.insert(name.to_string());
+                    }
+                }
+            }
+            "users" if !line.trim().is_empty() => {
+                facts.users.insert(line.trim().to_string());
+            }
+            "files" => parse_file_line(desired, line, &mut facts),
+            "binaries" => {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if let ["B", index, sha] = fields[..] {
+                    if let Some(binary) = index.parse::<usize>().ok().and_then(|index| desired.binaries.get(index)) {
+                        facts.binaries.insert(binary.remote_path.clone(), sha.to_string());
+                    }
+                }
+            }
+            "units" => {
+                let mut fields = line.split_whitespace();
+                if let Some(unit) = fields.next() {
+                    let active = fields.next() == Some("active");
+                    let enabled = fields.next() == Some("enabled");
+                    facts.units.insert(unit.to_string(), UnitFact { active, enabled });
+                }
+            }
+            "pgroles" => {
+                if let (Some(roles), Some((name, verifier))) = (pg_roles.as_mut(), line.split_once('\t')) {
+                    let matches = desired
+                        .postgres
+                        .iter()
+                        .flat_map(|postgres| &postgres.roles)
+                        .find(|role| role.name == name)
+                        .is_some_and(|role| scram::verify(verifier, role.password.expose()));
+                    roles.insert(name.to_string(), matches);
+                }
+            }
+            "pgdatabases" => {
+                if let (Some(databases), Some((name, owner))) = (pg_databases.as_mut(), line.split_once('\t')) {
+                    databases.insert(name.to_string(), owner.to_string());
+                }
+            }
+            "rmqvhosts" => {
+                if let Some(rabbitmq) = rabbitmq.as_mut().filter(|_| !line.is_empty()) {
+                    rabbitmq.vhosts.insert(line.to_string());
+                }
+            }
+            "rmqusers" => {
+                if let (Some(rabbitmq), Some((user, tags))) = (rabbitmq.as_mut(), line.split_once('\t')) {
+                    let tags = tags
+                        .trim()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|tag| !tag.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    rabbitmq.users.insert(user.to_string(), tags);
+                }
+            }
+            "rmqpermissions" => {
+                let fields: Vec<&str> = line.split('\t').collect();
+                if let (Some(rabbitmq), [user, configure, write, read]) = (rabbitmq.as_mut(), &fields[..]) {
+                    rabbitmq.permissions.insert(
+                        (*user).to_string(),
+                        ((*configure).to_string(), (*write).to_string(), (*read).to_string()),
+                    );
+                }
+            }
+            "rmqauth" => {
+                if let Some(rabbitmq) = rabbitmq.as_mut() {
+                    rabbitmq.password_matches = line.trim() == "0";
+                }
+            }
+            _ => {}
+        }
+    }
+    if !pg_failed {
+        if let (Some(roles), Some(databases)) = (pg_roles, pg_databases) {
+            facts.postgres = Some(PostgresFacts { roles, databases });
+        }
+    }
+    if !rabbitmq_failed {
+        facts.rabbitmq = rabbitmq;
+    }
+    facts
+}
+
+fn parse_file_line(desired: &DesiredHost, line: &str, facts: &mut HostFacts) {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let file = |index: &str| index.parse::<usize>().ok().and_then(|index| desired.files.get(index));
+    match fields[..] {
+        ["F", index, mode, owner, group, sha] => {
+            if let Some(file) = file(index) {
+                facts.files.insert(
+                    file.path.clone(),
+                    FileFact {
+                        mode: u32::from_str_radix(mode, 8).unwrap_or(0),
+                        owner: owner.to_string(),
+                        group: group.to_string(),
+                        sha256: sha.to_string(),
+                        content: None,
+                    },
+                );
+            }
+        }
+        ["C", index, content] => {
+            if let Some(fact) = file(index).and_then(|file| facts.files.get_mut(&file.path)) {
+                fact.content = STANDARD.decode(content.trim()).ok();
+            }
+        }
+        _ => {}
+    }
+}

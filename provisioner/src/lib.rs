@@ -12,5 +12,6 @@ pub mod apply;
 pub mod cli;
 pub mod facts;
 pub mod plan;
+pub mod scram;
 pub mod ssh;
 pub mod transport;

@@ -1,1 +1,321 @@
-//! (converge half: being written)
+//! The difference between a host's desired state and its facts: a pure function, so what
+//! changes and what restarts is tested without a network. apply executes exactly this list.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use similar::TextDiff;
+
+use crate::desired::{resolve_pg_version, DesiredFile, DesiredHost, FileContent, Handler, PG_VERSION_PLACEHOLDER};
+use crate::facts::{sha256_hex, HostFacts};
+
+/// The `kind` of a change in the JSON document of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    File,
+    Binary,
+    Package,
+    Postgres,
+    Rabbitmq,
+    Unit,
+    Service,
+    User,
+}
+
+/// What apply does for one change; secrets are looked up in the desired state, never copied here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    InstallPackages(Vec<String>),
+    CreateUser(String),
+    /// `file` indexes [`DesiredHost::files`]; `path` has the PostgreSQL version filled in.
+    WriteFile { file: usize, path: String },
+    /// Indexes [`crate::desired::PostgresState::roles`].
+    CreateRole(usize),
+    SetRolePassword(usize),
+    /// Indexes [`crate::desired::PostgresState::databases`].
+    CreateDatabase(usize),
+    SetDatabaseOwner(usize),
+    AddVhost,
+    AddRabbitUser,
+    SetRabbitPassword,
+    SetRabbitTags,
+    SetRabbitPermissions,
+    DeleteGuest,
+    /// Indexes [`DesiredHost::binaries`].
+    PushBinary(usize),
+    EnableService(String),
+    StartService(String),
+}
+
+/// When an action runs: databases and broker on every host first, then the services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Packages, users, PostgreSQL and RabbitMQ configuration and objects.
+    Backing,
+    /// Binaries, units, env files and the platform services themselves.
+    Services,
+}
+
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub kind: ChangeKind,
+    pub target: String,
+    /// A unified diff for text files, checksums for binaries, a sentence otherwise; never a secret.
+    pub detail: String,
+    pub action: Action,
+    pub phase: Phase,
+}
+
+/// Everything that differs on one host, and the handlers those differences trigger.
+#[derive(Debug, Clone, Default)]
+pub struct HostPlan {
+    pub host: String,
+    pub changes: Vec<Change>,
+    /// Deduplicated and ordered: one daemon-reload, one restart per unit.
+    pub handlers: BTreeSet<Handler>,
+    /// Platform services to (re)start, in the host's start order: their binary or configuration
+    /// changed, or they are not running.
+    pub restarts: Vec<String>,
+    /// How many things were compared (the "ok" column counts those that needed nothing).
+    pub checked: usize,
+}
+
+impl HostPlan {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.restarts.is_empty()
+    }
+
+    pub fn unchanged(&self) -> usize {
+        self.checked.saturating_sub(self.changes.len())
+    }
+}
+
+/// Compares the desired state with the facts.
+pub fn plan(desired: &DesiredHost, facts: &HostFacts) -> HostPlan {
+    let mut plan = HostPlan { host: desired.name.clone(), ..HostPlan::default() };
+    let platform_units: BTreeSet<&str> = desired.services.iter().map(|service| service.unit.as_str()).collect();
+
+    plan_packages(desired, facts, &mut plan);
+    plan_users(desired, facts, &mut plan);
+    for (index, file) in desired.files.iter().enumerate() {
+        plan_file(index, file, facts, &platform_units, &mut plan);
+    }
+    plan_postgres(desired, facts, &mut plan);
+    plan_rabbitmq(desired, facts, &mut plan);
+    plan_binaries(desired, facts, &mut plan);
+
+    let mut to_start = BTreeSet::new();
+    for service in &desired.services {
+        plan.checked += 2;
+        let unit = facts.units.get(&service.unit).copied().unwrap_or_default();
+        if !unit.enabled {
+            plan.push(ChangeKind::Service, &service.unit, "enable at boot".into(), Action::EnableService(service.unit.clone()), Phase::Services);
+        }
+        if !unit.active {
+            plan.push(ChangeKind::Service, &service.unit, "start (not running)".into(), Action::StartService(service.unit.clone()), Phase::Services);
+            to_start.insert(service.unit.as_str());
+        }
+    }
+    plan.restarts = desired
+        .services
+        .iter()
+        .map(|service| service.unit.as_str())
+        .filter(|unit| to_start.contains(unit) || plan.handlers.contains(&Handler::Restart((*unit).to_string())))
+        .map(str::to_string)
+        .collect();
+    plan
+}
+
+impl HostPlan {
+    fn push(&mut self, kind: ChangeKind, target: &str, detail: String, action: Action, phase: Phase) {
+        self.changes.push(Change { kind, target: target.to_string(), detail, action, phase });
+    }
+}
+
+fn plan_packages(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
+    plan.checked += desired.packages.len();
+    let missing: Vec<String> = desired
+        .packages
+        .iter()
+        .filter(|package| !facts.packages.contains(*package))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        // One change per package for the report, one action installing them all.
+        for package in &missing {
+            plan.push(ChangeKind::Package, package, "install".into(), Action::InstallPackages(missing.clone()), Phase::Backing);
+        }
+    }
+}
+
+fn plan_users(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
+    plan.checked += desired.system_users.len();
+    for user in &desired.system_users {
+        if !facts.users.contains(user) {
+            plan.push(ChangeKind::User, user, "create system user (no login, no home)".into(), Action::CreateUser(user.clone()), Phase::Backing);
+        }
+    }
+}
+
+/// Whether a file belongs to the platform services (units, env files) rather than to PostgreSQL
+/// or RabbitMQ, which must be configured before any service starts.
+fn file_phase(file: &DesiredFile, platform_units: &BTreeSet<&str>) -> Phase {
+    let touches_service = file.on_change.iter().any(|handler| match handler {
+        Handler::DaemonReload => true,
+        Handler::Restart(unit) | Handler::Reload(unit) => platform_units.contains(unit.as_str()),
+    });
+    if touches_service {
+        Phase::Services
+    } else {
+        Phase::Backing
+    }
+}
+
+fn plan_file(index: usize, file: &DesiredFile, facts: &HostFacts, platform_units: &BTreeSet<&str>, plan: &mut HostPlan) {
+    plan.checked += 1;
+    let path = match &facts.pg_version {
+        Some(version) => resolve_pg_version(&file.path, version),
+        None => file.path.clone(),
+    };
+    let kind = if path.starts_with("/etc/systemd/system/") && path.ends_with(".service") {
+        ChangeKind::Unit
+    } else {
+        ChangeKind::File
+    };
+    let wanted = file.content.bytes();
+    let current = facts.files.get(&file.path);
+    let mut details = Vec::new();
+    match current {
+        None => details.push(match &file.content {
+            FileContent::Text(text) => format!("create (mode {:o} {}:{})\n{}", file.mode, file.owner, file.group, diff("", text, &path)),
+            FileContent::SecretText(_) => format!("create secret file (mode {:o} {}:{}, content not shown)", file.mode, file.owner, file.group),
+        }),
+        Some(current) => {
+            if current.sha256 != sha256_hex(wanted) {
+                details.push(match (&file.content, &current.content) {
+                    (FileContent::Text(text), Some(old)) => diff(&String::from_utf8_lossy(old), text, &path),
+                    (FileContent::Text(_), None) => format!("content changes (sha256 {} → {})", short(&current.sha256), short(&sha256_hex(wanted))),
+                    (FileContent::SecretText(_), _) => "secret file changed (content not shown)".into(),
+                });
+            }
+            if current.mode != file.mode {
+                details.push(format!("mode {:o} → {:o}", current.mode, file.mode));
+            }
+            if current.owner != file.owner || current.group != file.group {
+                details.push(format!("owner {}:{} → {}:{}", current.owner, current.group, file.owner, file.group));
+            }
+        }
+    }
+    if details.is_empty() {
+        return;
+    }
+    plan.handlers.extend(file.on_change.iter().cloned());
+    let phase = file_phase(file, platform_units);
+    plan.push(kind, &path, details.join("\n"), Action::WriteFile { file: index, path: path.clone() }, phase);
+}
+
+fn diff(old: &str, new: &str, path: &str) -> String {
+    TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("{path} (on host)"), &format!("{path} (rendered)"))
+        .to_string()
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+fn plan_postgres(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
+    let Some(postgres) = &desired.postgres else {
+        return;
+    };
+    let current = facts.postgres.clone().unwrap_or_default();
+    for (index, role) in postgres.roles.iter().enumerate() {
+        plan.checked += 1;
+        match current.roles.get(&role.name) {
+            None => plan.push(ChangeKind::Postgres, &format!("role {}", role.name), "create login role with its password".into(), Action::CreateRole(index), Phase::Backing),
+            Some(false) => plan.push(ChangeKind::Postgres, &format!("role {}", role.name), "password changes".into(), Action::SetRolePassword(index), Phase::Backing),
+            Some(true) => {}
+        }
+    }
+    for (index, database) in postgres.databases.iter().enumerate() {
+        plan.checked += 1;
+        let target = format!("database {}", database.name);
+        match current.databases.get(&database.name) {
+            None => plan.push(ChangeKind::Postgres, &target, format!("create, owned by {}", database.owner), Action::CreateDatabase(index), Phase::Backing),
+            Some(owner) if *owner != database.owner => {
+                plan.push(ChangeKind::Postgres, &target, format!("owner {owner} → {}", database.owner), Action::SetDatabaseOwner(index), Phase::Backing);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+fn plan_rabbitmq(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
+    let Some(rabbitmq) = &desired.rabbitmq else {
+        return;
+    };
+    let current = facts.rabbitmq.clone().unwrap_or_default();
+    let user_target = format!("user {}", rabbitmq.user);
+    plan.checked += 5;
+    if !current.vhosts.contains(&rabbitmq.vhost) {
+        plan.push(ChangeKind::Rabbitmq, &format!("vhost {}", rabbitmq.vhost), "create".into(), Action::AddVhost, Phase::Backing);
+    }
+    match current.users.get(&rabbitmq.user) {
+        None => plan.push(ChangeKind::Rabbitmq, &user_target, "create with its password".into(), Action::AddRabbitUser, Phase::Backing),
+        Some(_) if !current.password_matches => {
+            plan.push(ChangeKind::Rabbitmq, &user_target, "password changes".into(), Action::SetRabbitPassword, Phase::Backing);
+        }
+        Some(_) => {}
+    }
+    let mut wanted_tags = rabbitmq.tags.clone();
+    wanted_tags.sort();
+    let mut current_tags = current.users.get(&rabbitmq.user).cloned().unwrap_or_default();
+    current_tags.sort();
+    if wanted_tags != current_tags {
+        plan.push(
+            ChangeKind::Rabbitmq,
+            &user_target,
+            format!("tags [{}] → [{}]", current_tags.join(", "), wanted_tags.join(", ")),
+            Action::SetRabbitTags,
+            Phase::Backing,
+        );
+    }
+    if current.permissions.get(&rabbitmq.user) != Some(&rabbitmq.permissions) {
+        let (configure, write, read) = &rabbitmq.permissions;
+        plan.push(
+            ChangeKind::Rabbitmq,
+            &format!("permissions {} on {}", rabbitmq.user, rabbitmq.vhost),
+            format!("configure {configure:?} write {write:?} read {read:?}"),
+            Action::SetRabbitPermissions,
+            Phase::Backing,
+        );
+    }
+    if rabbitmq.remove_guest && (current.users.contains_key("guest") || facts.rabbitmq.is_none()) {
+        plan.push(ChangeKind::Rabbitmq, "user guest", "delete the default user".into(), Action::DeleteGuest, Phase::Backing);
+    }
+}
+
+fn plan_binaries(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
+    for (index, binary) in desired.binaries.iter().enumerate() {
+        plan.checked += 1;
+        let local = facts.local_binaries.get(&binary.local_path).map(String::as_str).unwrap_or("unknown");
+        let remote = facts.binaries.get(&binary.remote_path);
+        if remote.map(String::as_str) == Some(local) {
+            continue;
+        }
+        let detail = match remote {
+            Some(remote) => format!("sha256 {} → {}", short(remote), short(local)),
+            None => format!("new (sha256 {})", short(local)),
+        };
+        plan.handlers.insert(Handler::Restart(binary.service.clone()));
+        plan.push(ChangeKind::Binary, &binary.remote_path, detail, Action::PushBinary(index), Phase::Services);
+    }
+}
+
+/// `true` when the path still waits for the PostgreSQL version (not installed yet).
+pub fn unresolved(path: &str) -> bool {
+    path.contains(PG_VERSION_PLACEHOLDER)
+}
