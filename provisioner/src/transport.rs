@@ -176,11 +176,19 @@ pub mod fake {
         pub sudo: bool,
     }
 
+    /// A scripted answer: used for commands containing `needle`, `remaining` times (or forever).
+    #[derive(Debug, Clone)]
+    pub struct Rule {
+        pub needle: String,
+        pub output: ExecOutput,
+        pub remaining: Option<usize>,
+    }
+
     #[derive(Debug, Default)]
     pub struct FakeTransport {
         pub name: String,
-        /// `(substring of the command, answer)`, first match wins; unmatched commands succeed silently.
-        pub rules: Mutex<Vec<(String, ExecOutput)>>,
+        /// First match wins; unmatched commands succeed silently.
+        pub rules: Mutex<Vec<Rule>>,
         pub calls: Mutex<Vec<Call>>,
     }
 
@@ -189,9 +197,19 @@ pub mod fake {
             Self { name: name.to_string(), ..Self::default() }
         }
 
+        /// Answers every command containing `needle`.
         pub fn answer(&self, needle: &str, status: i32, stdout: &str) {
+            self.push_rule(needle, status, stdout, None);
+        }
+
+        /// Answers the next `times` commands containing `needle`, then lets later rules answer.
+        pub fn answer_times(&self, needle: &str, times: usize, status: i32, stdout: &str) {
+            self.push_rule(needle, status, stdout, Some(times));
+        }
+
+        fn push_rule(&self, needle: &str, status: i32, stdout: &str, remaining: Option<usize>) {
             let output = ExecOutput { status, stdout: stdout.as_bytes().to_vec(), stderr: Vec::new() };
-            self.rules.lock().expect("rules lock").push((needle.to_string(), output));
+            self.rules.lock().expect("rules lock").push(Rule { needle: needle.to_string(), output, remaining });
         }
 
         pub fn calls(&self) -> Vec<Call> {
@@ -215,12 +233,19 @@ pub mod fake {
                 stdin: stdin.map(<[u8]>::to_vec),
                 sudo,
             });
-            let rules = self.rules.lock().expect("rules lock");
-            Ok(rules
-                .iter()
-                .find(|(needle, _)| command.contains(needle.as_str()))
-                .map(|(_, output)| output.clone())
-                .unwrap_or_default())
+            let mut rules = self.rules.lock().expect("rules lock");
+            let rule = rules
+                .iter_mut()
+                .find(|rule| rule.remaining != Some(0) && command.contains(rule.needle.as_str()));
+            Ok(match rule {
+                Some(rule) => {
+                    if let Some(remaining) = rule.remaining.as_mut() {
+                        *remaining -= 1;
+                    }
+                    rule.output.clone()
+                }
+                None => ExecOutput::default(),
+            })
         }
     }
 }
