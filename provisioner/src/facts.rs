@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+use crate::binaries::Arch;
 use crate::desired::{DesiredHost, FileContent, PG_VERSION_PLACEHOLDER};
 use crate::scram;
 use crate::transport::{shell_quote, Transport, TransportError};
@@ -61,6 +62,8 @@ pub struct HostFacts {
     pub packages: BTreeSet<String>,
     /// Accounts among the desired system users that exist.
     pub users: BTreeSet<String>,
+    /// `uname -m`: binaries for another architecture are refused.
+    pub arch: Option<String>,
     /// The directory name under /etc/postgresql (e.g. `15`), when PostgreSQL is installed.
     pub pg_version: Option<String>,
     /// Desired file path (as written in the desired state, placeholder included) → what is there.
@@ -82,6 +85,8 @@ pub struct HostFacts {
 pub enum FactsError {
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error("{host}: the host is {remote} but the binaries are built for {local}")]
+    Arch { host: String, remote: String, local: String },
     #[error("reading local binary {path}: {source}")]
     LocalBinary { path: String, source: std::io::Error },
 }
@@ -122,6 +127,12 @@ pub fn gather(
     let output = transport.run("sh -s", Some(script.as_bytes()), true)?;
     let mut facts = parse_facts(desired, &output.stdout_text());
     facts.local_binaries = local_binaries.clone();
+    if let Some(remote) = facts.arch.as_deref().filter(|_| !desired.binaries.is_empty()) {
+        let local = std::env::consts::ARCH;
+        if Arch::from_name(remote) != Arch::from_name(local) {
+            return Err(FactsError::Arch { host: desired.name.clone(), remote: remote.to_string(), local: local.to_string() });
+        }
+    }
     Ok(facts)
 }
 
@@ -131,7 +142,7 @@ const SECRET_END: &str = "__PROVISION_SECRET_END_7f3a__";
 /// The facts script: plain POSIX sh, each command's stdin closed (the script itself arrives on
 /// stdin), secrets only inside here-documents, so never on a command line.
 pub fn facts_script(desired: &DesiredHost) -> String {
-    let mut script = String::from("{\ncd /\nTAB=$(printf '\\t')\n");
+    let mut script = String::from("{\ncd /\nTAB=$(printf '\\t')\necho @@arch\nuname -m\n");
     script.push_str("PGV=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)\necho @@pgversion\necho \"$PGV\"\n");
 
     script.push_str("echo @@packages\n");
@@ -250,6 +261,7 @@ pub fn parse_facts(desired: &DesiredHost, output: &str) -> HostFacts {
             continue;
         }
         match section {
+            "arch" if !line.trim().is_empty() => facts.arch = Some(line.trim().to_string()),
             "pgversion" if !line.trim().is_empty() => facts.pg_version = Some(line.trim().to_string()),
             "packages" => {
                 let mut fields = line.split_whitespace();
