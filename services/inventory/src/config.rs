@@ -4,6 +4,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use std::ffi::OsStr;
+
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::Parser;
 use sqlx::postgres::PgConnectOptions;
 
@@ -18,7 +22,7 @@ use sqlx::postgres::PgConnectOptions;
 pub struct Config {
     /// PostgreSQL URL of the movies database, e.g. postgres://inventory:PASSWORD@127.0.0.1:5432/movies_db.
     /// Give it through the environment: it holds a password, which must not appear on a command line.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrlParser)]
     pub database_url: DatabaseUrl,
 
     /// Address and port the HTTP API listens on.
@@ -65,6 +69,47 @@ impl FromStr for DatabaseUrl {
     }
 }
 
+/// Parses `DATABASE_URL` for clap without letting clap quote the value in its error message, as it
+/// does for ordinary parsers: the value may hold a password.
+#[derive(Debug, Clone, Copy)]
+struct DatabaseUrlParser;
+
+impl TypedValueParser for DatabaseUrlParser {
+    type Value = DatabaseUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<DatabaseUrl, clap::Error> {
+        let invalid = |reason: &dyn fmt::Display| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("DATABASE_URL is {reason}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let url = value.to_str().ok_or_else(|| invalid(&"not valid UTF-8"))?;
+        url.parse().map_err(|err: InvalidDatabaseUrl| invalid(&err))
+    }
+}
+
+/// Shows the URL without its password, for messages such as "cannot connect to …".
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options = &self.0;
+        write!(
+            f,
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        )
+    }
+}
+
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseUrl")
@@ -100,6 +145,27 @@ mod tests {
             .parse::<DatabaseUrl>()
             .expect_err("wrong scheme");
         assert!(!err.to_string().contains("s3cr3t-pw"));
+    }
+
+    #[test]
+    fn clap_does_not_quote_an_invalid_url() {
+        let err =
+            Config::try_parse_from(["inventory", "--database-url", "mysql://u:s3cr3t-pw@h/db"])
+                .expect_err("wrong scheme");
+        let shown = err.to_string();
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+        assert!(shown.contains("DATABASE_URL"), "{shown}");
+    }
+
+    #[test]
+    fn display_shows_where_without_the_password() {
+        let url: DatabaseUrl = "postgres://inventory:s3cr3t-pw@db.local:5433/movies_db"
+            .parse()
+            .expect("valid url");
+        assert_eq!(
+            url.to_string(),
+            "postgres://inventory@db.local:5433/movies_db"
+        );
     }
 
     #[test]

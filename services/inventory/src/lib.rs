@@ -19,7 +19,7 @@ use axum::http::HeaderName;
 use axum::{BoxError, Router};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -121,12 +121,21 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .connect_options()
         .clone()
         .options([("statement_timeout", "10s")]);
+    let context = || format!("cannot connect to the database {}", config.database_url);
+    // One direct connection first: a pool reports any failure as "pool timed out", while this
+    // names the cause (refused, unknown host, bad password…).
+    PgConnection::connect_with(&options)
+        .await
+        .with_context(context)?
+        .close()
+        .await
+        .with_context(context)?;
     let db = PgPoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await
-        .with_context(|| format!("cannot connect to the database {:?}", config.database_url))?;
+        .with_context(context)?;
     MIGRATOR
         .run(&db)
         .await
