@@ -1,0 +1,216 @@
+//! `POST /api/billing` against the real RabbitMQ: a confirmed order is in the queue, persistent,
+//! with the id the client was given; a refused order publishes nothing; no broker, no 2xx.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use lapin::options::BasicGetOptions;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use service_common::BillingOrder;
+
+use crate::helpers::{
+    amqp_url, config, dead_upstream, unique_queue, Broker, TestGateway, DEAD_BROKER,
+};
+
+async fn gateway_on_queue(queue: &str) -> TestGateway {
+    let gateway = TestGateway::spawn(config(&[dead_upstream().await], &amqp_url(), queue)).await;
+    gateway.wait_ready().await;
+    gateway
+}
+
+async fn post_order(gateway: &TestGateway, order: &Value) -> reqwest::Response {
+    gateway
+        .client
+        .post(gateway.url("/api/billing"))
+        .json(order)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn confirmed_order_is_in_the_queue_persistent_with_the_returned_id() {
+    let queue = unique_queue();
+    let broker = Broker::connect().await;
+    let gateway = gateway_on_queue(&queue).await;
+
+    // The audit's shape: every value a string.
+    let response = post_order(
+        &gateway,
+        &json!({"user_id": "20", "number_of_items": "99", "total_amount": "250"}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["message"], "order accepted");
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
+
+    let message = broker
+        .channel
+        .basic_get(&queue, BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the confirmed order is in the queue");
+    let properties = &message.delivery.properties;
+    assert_eq!(
+        properties.message_id().as_ref().map(|s| s.as_str()),
+        Some(id.as_str())
+    );
+    assert_eq!(*properties.delivery_mode(), Some(2), "persistent");
+    assert_eq!(
+        properties.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    let order = BillingOrder::from_json_slice(&message.delivery.data).unwrap();
+    assert_eq!(order.user_id, "20");
+    assert_eq!(order.number_of_items, 99);
+    assert_eq!(order.total_amount.to_string(), "250");
+
+    gateway.stop().await;
+    broker.delete_queue(&queue).await;
+    broker.close().await;
+}
+
+#[tokio::test]
+async fn refused_orders_are_400_or_415_and_publish_nothing() {
+    let queue = unique_queue();
+    let broker = Broker::connect().await;
+    let gateway = gateway_on_queue(&queue).await;
+
+    for (order, field) in [
+        (json!({"number_of_items": 1, "total_amount": 1}), "user_id"),
+        (
+            json!({"user_id": "u", "number_of_items": 0, "total_amount": 1}),
+            "number_of_items",
+        ),
+        (
+            json!({"user_id": "u", "number_of_items": 1, "total_amount": "-3"}),
+            "total_amount",
+        ),
+        (
+            json!({"user_id": "u", "number_of_items": 1, "total_amount": 1.234}),
+            "total_amount",
+        ),
+    ] {
+        let response = post_order(&gateway, &order).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{order}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "validation_failed");
+        assert!(body["message"].as_str().unwrap().contains(field), "{body}");
+    }
+
+    let response = gateway
+        .client
+        .post(gateway.url("/api/billing"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    let response = gateway
+        .client
+        .post(gateway.url("/api/billing"))
+        .header("content-type", "text/plain")
+        .body(r#"{"user_id": "u", "number_of_items": 1, "total_amount": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "unsupported_media_type");
+
+    assert_eq!(
+        broker.message_count(&queue).await,
+        0,
+        "nothing was published"
+    );
+    gateway.stop().await;
+    broker.delete_queue(&queue).await;
+    broker.close().await;
+}
+
+#[tokio::test]
+async fn broker_down_is_a_quick_json_503_never_a_2xx() {
+    let gateway = TestGateway::spawn(config(&[dead_upstream().await], DEAD_BROKER, "unused")).await;
+    let started = Instant::now();
+    let response = post_order(
+        &gateway,
+        &json!({"user_id": "u", "number_of_items": 1, "total_amount": 1}),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "broker_unavailable");
+    // The gateway keeps serving everything else.
+    let response = gateway
+        .client
+        .get(gateway.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn an_unroutable_order_is_503_not_202() {
+    let queue = unique_queue();
+    let broker = Broker::connect().await;
+    let gateway = gateway_on_queue(&queue).await;
+    // The queue disappears behind the gateway's back: the broker would drop the message, and
+    // only the mandatory flag tells the gateway so.
+    broker.delete_queue(&queue).await;
+
+    let response = post_order(
+        &gateway,
+        &json!({"user_id": "u", "number_of_items": 1, "total_amount": 1}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "broker_unavailable");
+    gateway.stop().await;
+    broker.close().await;
+}
+
+#[tokio::test]
+async fn many_concurrent_orders_are_all_confirmed_on_one_connection() {
+    const ORDERS: usize = 200;
+    let queue = unique_queue();
+    let broker = Broker::connect().await;
+    let gateway = gateway_on_queue(&queue).await;
+
+    let started = Instant::now();
+    let orders: Vec<Value> = (0..ORDERS)
+        .map(|i| json!({"user_id": format!("user-{i}"), "number_of_items": i + 1, "total_amount": "9.99"}))
+        .collect();
+    let responses = join_all(orders.iter().map(|order| post_order(&gateway, order))).await;
+    let mut ids = HashSet::new();
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.unwrap();
+        ids.insert(body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), ORDERS, "every order has its own id");
+    // A bound, not a benchmark: a stuck confirm would show as a hang here.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(broker.message_count(&queue).await, ORDERS as u32);
+
+    gateway.stop().await;
+    broker.delete_queue(&queue).await;
+    broker.close().await;
+}

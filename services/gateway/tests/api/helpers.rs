@@ -1,0 +1,232 @@
+//! What every test shares: starting a gateway, an echo upstream, and talking to RabbitMQ.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use gateway::Config;
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The broker of the tests: `AMQP_URL`, or the local RabbitMQ's default account.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A broker address where nothing listens.
+pub const DEAD_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
+
+/// A queue name no other test uses.
+pub fn unique_queue() -> String {
+    format!("gateway-test-{}", uuid::Uuid::new_v4())
+}
+
+/// A configuration for tests: short timeouts so failures show quickly.
+pub fn config(inventory: &[String], amqp: &str, queue: &str) -> Config {
+    Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        inventory_url: inventory.iter().map(|url| url.parse().unwrap()).collect(),
+        amqp_url: amqp.parse().unwrap(),
+        billing_queue: queue.to_owned(),
+        max_body_bytes: 1024 * 1024,
+        upstream_connect_timeout_ms: 1_000,
+        upstream_timeout_ms: 3_000,
+        upstream_cooldown_ms: 2_000,
+        publish_timeout_ms: 5_000,
+    }
+}
+
+/// A gateway running in this process; stopped (gracefully) when dropped.
+pub struct TestGateway {
+    pub address: SocketAddr,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestGateway {
+    pub async fn spawn(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(gateway::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            address,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    /// Waits until `/ready` says the broker is connected.
+    pub async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if let Ok(response) = self.client.get(self.url("/ready")).send().await {
+                if response.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the gateway never became ready");
+    }
+
+    /// Stops the gateway and checks it exits cleanly.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(10), handle)
+                .await
+                .expect("the gateway did not stop within 10 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// Serves `app` on a loopback port; returns its base URL.
+pub async fn serve(app: Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}")
+}
+
+/// A base URL where nothing listens: a port that was just bound and released.
+pub async fn dead_upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{address}")
+}
+
+/// An upstream that describes the request it got as JSON, named `name`.
+///
+/// Request headers steer it: `x-echo-status` (status to answer), `x-echo-delay-ms` (sleep
+/// first), `x-echo-raw-body` (answer this text instead of the description). It always answers
+/// an end-to-end header `x-upstream: <name>` and hop-by-hop headers that must not reach the client.
+pub fn echo_app(name: &'static str) -> Router {
+    Router::new().fallback(move |request: Request| echo(name, request))
+}
+
+async fn echo(name: &'static str, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body: Bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(delay) = header("x-echo-delay-ms").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = header("x-echo-status")
+        .and_then(|v| v.parse::<u16>().ok())
+        .map_or(StatusCode::OK, |s| StatusCode::from_u16(s).unwrap());
+    let mut headers = HeaderMap::new();
+    headers.insert("x-upstream", HeaderValue::from_static(name));
+    headers.insert("connection", HeaderValue::from_static("x-upstream-hop"));
+    headers.insert("x-upstream-hop", HeaderValue::from_static("must not pass"));
+    headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    headers.insert("proxy-authenticate", HeaderValue::from_static("Basic"));
+    if let Some(raw) = header("x-echo-raw-body") {
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        return (status, headers, raw.to_owned()).into_response();
+    }
+    let request_headers: BTreeMap<String, Vec<String>> =
+        parts.headers.keys().fold(BTreeMap::new(), |mut map, key| {
+            let values = parts
+                .headers
+                .get_all(key)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            map.insert(key.as_str().to_owned(), values);
+            map
+        });
+    let description = json!({
+        "upstream": name,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": request_headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    (status, headers, axum::Json(description)).into_response()
+}
+
+/// The first value of a header in an echo description, if any.
+pub fn echoed_header<'a>(description: &'a Value, name: &str) -> Option<&'a str> {
+    description["headers"][name][0].as_str()
+}
+
+/// A connection and channel of the test's own, to look into queues.
+pub struct Broker {
+    pub connection: Connection,
+    pub channel: Channel,
+}
+
+impl Broker {
+    pub async fn connect() -> Self {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ must run at AMQP_URL for these tests");
+        let channel = connection.create_channel().await.unwrap();
+        Self {
+            connection,
+            channel,
+        }
+    }
+
+    /// How many messages wait in `queue` (declaring it as the gateway does, if needed).
+    pub async fn message_count(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue,
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    pub async fn delete_queue(&self, queue: &str) {
+        self.channel
+            .queue_delete(queue, QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "test done").await;
+    }
+}

@@ -1,0 +1,233 @@
+//! `/api/movies` reaches inventory unchanged and inventory's answers come back unchanged; inventory
+//! down or slow becomes a quick JSON error; several instances share the load and a dead one is
+//! skipped.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{
+    config, dead_upstream, echo_app, echoed_header, serve, TestGateway, DEAD_BROKER,
+};
+
+async fn gateway_in_front_of(upstreams: &[String]) -> TestGateway {
+    TestGateway::spawn(config(upstreams, DEAD_BROKER, "unused")).await
+}
+
+#[tokio::test]
+async fn forwards_method_path_query_body_and_end_to_end_headers() {
+    let upstream = serve(echo_app("a")).await;
+    let gateway = gateway_in_front_of(&[upstream]).await;
+
+    let response = gateway
+        .client
+        .post(gateway.url("/api/movies/42/extra?title=The%20Matrix&x=1&x=2&empty="))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("x-custom", "end-to-end")
+        .header("authorization", "Bearer abc")
+        .header("connection", "x-client-hop")
+        .header("x-client-hop", "must not pass")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-request-id", "req-123")
+        .header("x-echo-status", "201")
+        .body(r#"{"title": "The Matrix", "bytes": "é\u0000"}"#)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let headers = response.headers().clone();
+    assert_eq!(
+        headers["x-upstream"], "a",
+        "end-to-end response header kept"
+    );
+    assert_eq!(headers["x-request-id"], "req-123", "request id echoed back");
+    for hop in ["x-upstream-hop", "keep-alive", "proxy-authenticate"] {
+        assert!(
+            !headers.contains_key(hop),
+            "hop-by-hop {hop} leaked: {headers:?}"
+        );
+    }
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/api/movies/42/extra");
+    assert_eq!(echo["query"], "title=The%20Matrix&x=1&x=2&empty=");
+    assert_eq!(
+        echo["body"],
+        r#"{"title": "The Matrix", "bytes": "é\u0000"}"#
+    );
+    assert_eq!(
+        echoed_header(&echo, "content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(echoed_header(&echo, "x-custom"), Some("end-to-end"));
+    assert_eq!(echoed_header(&echo, "authorization"), Some("Bearer abc"));
+    assert_eq!(echoed_header(&echo, "x-request-id"), Some("req-123"));
+    assert_eq!(echoed_header(&echo, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(echoed_header(&echo, "x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        echoed_header(&echo, "x-forwarded-host"),
+        Some(gateway.address.to_string().as_str())
+    );
+    for hop in ["x-client-hop", "te", "proxy-authorization"] {
+        assert_eq!(
+            echoed_header(&echo, hop),
+            None,
+            "hop-by-hop {hop} forwarded: {echo}"
+        );
+    }
+    // The connection to inventory is the gateway's own: its Host, not the client's.
+    assert_ne!(
+        echoed_header(&echo, "host"),
+        Some(gateway.address.to_string().as_str())
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn every_method_and_the_bare_collection_path_are_forwarded() {
+    let upstream = serve(echo_app("a")).await;
+    let gateway = gateway_in_front_of(&[upstream]).await;
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/movies"),
+        (reqwest::Method::GET, "/api/movies?title=100%25_off"),
+        (reqwest::Method::DELETE, "/api/movies"),
+        (reqwest::Method::PUT, "/api/movies/7"),
+        (reqwest::Method::DELETE, "/api/movies/7"),
+        (reqwest::Method::PATCH, "/api/movies/7"),
+        (reqwest::Method::GET, "/api/movies/"),
+    ] {
+        let response = gateway
+            .client
+            .request(method.clone(), gateway.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{method} {path}");
+        let echo: Value = response.json().await.unwrap();
+        assert_eq!(echo["method"], method.as_str());
+        let (expected_path, expected_query) = path.split_once('?').unwrap_or((path, ""));
+        assert_eq!(echo["path"], expected_path);
+        assert_eq!(echo["query"].as_str().unwrap_or(""), expected_query);
+        assert!(
+            echoed_header(&echo, "x-request-id").is_some(),
+            "a request id is always sent"
+        );
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_status_codes_and_bodies_come_back_unchanged() {
+    let upstream = serve(echo_app("a")).await;
+    let gateway = gateway_in_front_of(&[upstream]).await;
+    for status in [200_u16, 201, 204, 400, 404, 418, 422, 500, 503] {
+        let body = if status == 204 {
+            ""
+        } else {
+            "exactly these bytes {\"not\": json"
+        };
+        let response = gateway
+            .client
+            .get(gateway.url("/api/movies/1"))
+            .header("x-echo-status", status.to_string())
+            .header("x-echo-raw-body", body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        assert_eq!(response.headers()["content-type"], "text/plain");
+        assert_eq!(response.text().await.unwrap(), body, "status {status}");
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn inventory_down_is_a_quick_json_502_then_503_while_cooling_off() {
+    let gateway = gateway_in_front_of(&[dead_upstream().await]).await;
+
+    let started = Instant::now();
+    let response = gateway
+        .client
+        .get(gateway.url("/api/movies"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "bad_gateway");
+    assert!(body["message"].is_string());
+
+    // The instance is now known to be down: no connection attempt, an immediate 503.
+    let response = gateway
+        .client
+        .get(gateway.url("/api/movies"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "no_healthy_upstream");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn slow_inventory_is_a_json_504_within_the_timeout() {
+    let upstream = serve(echo_app("slow")).await;
+    let mut config = config(&[upstream], DEAD_BROKER, "unused");
+    config.upstream_timeout_ms = 500;
+    let gateway = TestGateway::spawn(config).await;
+
+    let started = Instant::now();
+    let response = gateway
+        .client
+        .get(gateway.url("/api/movies"))
+        .header("x-echo-delay-ms", "5000")
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(2),
+        "{elapsed:?}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "gateway_timeout");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn requests_spread_over_instances_and_a_dead_one_is_skipped() {
+    let a = serve(echo_app("a")).await;
+    let b = serve(echo_app("b")).await;
+    let dead = dead_upstream().await;
+    let gateway = gateway_in_front_of(&[a, dead, b]).await;
+
+    let mut seen = HashSet::new();
+    for i in 0..30 {
+        // POST too: a connection that was never made is safe to retry whatever the method.
+        let response = gateway
+            .client
+            .post(gateway.url("/api/movies"))
+            .body(format!("request {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "request {i}");
+        let echo: Value = response.json().await.unwrap();
+        assert_eq!(echo["body"], format!("request {i}"));
+        seen.insert(echo["upstream"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, HashSet::from(["a".to_owned(), "b".to_owned()]));
+    gateway.stop().await;
+}
