@@ -174,13 +174,15 @@ impl<'a> HostRun<'a> {
         // Handlers of backing files (e.g. reload postgresql after pg_hba) run before the
         // services that need them; the others wait for phase 2.
         let platform: BTreeSet<&str> = self.desired.services.iter().map(|service| service.unit.as_str()).collect();
-        for handler in handlers {
-            match &handler {
+        for handler in &handlers {
+            match handler {
+                // A restart already reloads the configuration.
+                Handler::Reload(unit) if handlers.contains(&Handler::Restart(unit.clone())) => {}
                 Handler::Restart(unit) | Handler::Reload(unit) if !platform.contains(unit.as_str()) => {
-                    self.run_handler(&handler)?;
+                    self.run_handler(handler)?;
                 }
                 _ => {
-                    self.pending_handlers.insert(handler);
+                    self.pending_handlers.insert(handler.clone());
                 }
             }
         }

@@ -11,9 +11,13 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::apply::{self, progress, HostReport};
+use crate::binaries::{Arch, BinarySet};
 use crate::desired::DesiredHost;
+use crate::env_file::EnvFile;
 use crate::facts;
+use crate::inventory::Inventory;
 use crate::plan;
+use crate::render;
 use crate::ssh::{HostKeyStatus, SshTransport};
 use crate::transport::{shell_quote, Transport};
 
@@ -51,6 +55,7 @@ pub enum Command {
     /// Converge every host; exit 0 when all converged, 1 otherwise.
     Apply,
     /// Per host and service: active, healthy, deployed version; billing queue depth and consumers.
+    /// Exit 0 when every service is active and healthy, 1 otherwise.
     Status,
     /// Write every file for every host into DIR/<host>/<absolute path>, without any network.
     Render {
@@ -76,14 +81,52 @@ pub enum Command {
     },
 }
 
-/// Where the desired state comes from (the render half), in one place so that wiring it is a
-/// one-line change.
-fn load_desired(args: &Args) -> anyhow::Result<Vec<DesiredHost>> {
-    bail!("rendering {} is not wired yet (render half pending)", args.inventory.display())
+/// The rendered desired state and the settings commands need besides it.
+#[derive(Debug)]
+struct Loaded {
+    hosts: Vec<DesiredHost>,
+    /// The billing queue's name (`[settings] queue`), for `status`.
+    queue: String,
+}
+
+/// Where the desired state comes from (the render half): env file, inventory, binaries (built
+/// or taken from `--binaries`, checked for this machine's architecture), templates.
+fn load(args: &Args, with_binaries: bool) -> anyhow::Result<Loaded> {
+    let env = EnvFile::load(&args.env_file)?;
+    let inventory = Inventory::load(&args.inventory, &env)?;
+    let binaries = if with_binaries {
+        let arch = local_arch()?;
+        Some(BinarySet::locate(args.binaries.as_deref(), &workspace_dir(), arch).context("preparing the service binaries")?)
+    } else {
+        None
+    };
+    let hosts = render::desired_hosts(&inventory, &env, &args.templates, binaries.as_ref())?;
+    Ok(Loaded { hosts, queue: inventory.settings.queue.clone() })
+}
+
+/// The architecture binaries are built for here; a host of another one is refused by apply.
+fn local_arch() -> anyhow::Result<Arch> {
+    Arch::from_name(std::env::consts::ARCH)
+        .with_context(|| format!("unsupported local architecture {}", std::env::consts::ARCH))
+}
+
+/// The workspace to build: the current directory when it holds the workspace manifest, else
+/// the one this binary was built from.
+fn workspace_dir() -> PathBuf {
+    let here = PathBuf::from(".");
+    if here.join("Cargo.toml").is_file() && here.join("provisioner").is_dir() {
+        here
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or(here, Path::to_path_buf)
+    }
 }
 
 fn render_to_dir(args: &Args, out: &Path) -> anyhow::Result<()> {
-    bail!("rendering {} into {} is not wired yet (render half pending)", args.inventory.display(), out.display())
+    let loaded = load(args, false)?;
+    let hosts = select(loaded.hosts, &args.limit)?;
+    let written = render::render_to_dir(&hosts, out).with_context(|| format!("rendering into {}", out.display()))?;
+    eprintln!("{} files written", written.len());
+    Ok(())
 }
 
 /// Runs the command; the exit code follows the contract (plan: 0/2/1, others 0/1).
@@ -105,9 +148,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The desired hosts kept by `--limit`; an unknown name is an error naming the known ones.
-fn selected_hosts(args: &Args) -> anyhow::Result<Vec<DesiredHost>> {
-    let hosts = load_desired(args)?;
-    select(hosts, &args.limit)
+/// Only plan and apply need the binaries (and so, maybe, a release build).
+fn selected_hosts(args: &Args, with_binaries: bool) -> anyhow::Result<Loaded> {
+    let loaded = load(args, with_binaries)?;
+    Ok(Loaded { hosts: select(loaded.hosts, &args.limit)?, queue: loaded.queue })
 }
 
 pub fn select(hosts: Vec<DesiredHost>, limit: &[String]) -> anyhow::Result<Vec<DesiredHost>> {
@@ -158,7 +202,7 @@ fn print_json<T: Serialize>(hosts: Vec<T>) -> anyhow::Result<()> {
 }
 
 fn run_plan(args: &Args) -> anyhow::Result<ExitCode> {
-    let hosts = selected_hosts(args)?;
+    let hosts = selected_hosts(args, true)?.hosts;
     let local = facts::local_checksums(&hosts)?;
     let transports = connect_all(&hosts);
     let reports: Vec<HostReport> = std::thread::scope(|scope| {
@@ -220,7 +264,7 @@ fn print_plan(reports: &[HostReport]) {
 }
 
 fn run_apply(args: &Args) -> anyhow::Result<ExitCode> {
-    let hosts = selected_hosts(args)?;
+    let hosts = selected_hosts(args, true)?.hosts;
     let local = facts::local_checksums(&hosts)?;
     let transports = connect_all(&hosts);
     let pairs: Vec<(&DesiredHost, Result<&dyn Transport, String>)> = hosts
@@ -289,14 +333,6 @@ struct HostStatus {
     error: Option<String>,
 }
 
-/// The billing queue's name, as the services are configured with it.
-fn queue_name(args: &Args) -> String {
-    dotenvy::from_path_iter(&args.env_file)
-        .ok()
-        .and_then(|iter| iter.flatten().find(|(key, _)| key == "RABBITMQ_QUEUE").map(|(_, value)| value))
-        .unwrap_or_else(|| "billing_queue".to_string())
-}
-
 fn host_status(transport: &dyn Transport, host: &DesiredHost, queue: &str) -> anyhow::Result<HostStatus> {
     let mut services = Vec::new();
     for service in &host.services {
@@ -326,7 +362,8 @@ fn host_status(transport: &dyn Transport, host: &DesiredHost, queue: &str) -> an
                         messages: fields.get(1).and_then(|value| value.trim().parse().ok()).unwrap_or(0),
                         consumers: fields.get(2).and_then(|value| value.trim().parse().ok()).unwrap_or(0),
                     })
-                    .unwrap_or(QueueStatus { name: format!("{queue} (not declared yet)"), messages: 0, consumers: 0 }),
+                    // Not declared yet: nobody published or consumed, so nothing waits.
+                    .unwrap_or(QueueStatus { name: queue.to_string(), messages: 0, consumers: 0 }),
             )
         }
         None => None,
@@ -335,8 +372,7 @@ fn host_status(transport: &dyn Transport, host: &DesiredHost, queue: &str) -> an
 }
 
 fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
-    let hosts = selected_hosts(args)?;
-    let queue = queue_name(args);
+    let Loaded { hosts, queue } = selected_hosts(args, false)?;
     let transports = connect_all(&hosts);
     let statuses: Vec<HostStatus> = std::thread::scope(|scope| {
         let handles: Vec<_> = hosts
@@ -386,7 +422,7 @@ fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
 
 /// The hosts running `service`, or an error naming the services the inventory knows.
 fn hosts_running(args: &Args, service: &str) -> anyhow::Result<Vec<DesiredHost>> {
-    let hosts = selected_hosts(args)?;
+    let hosts = selected_hosts(args, false)?.hosts;
     let known: BTreeMap<&str, ()> = hosts.iter().flat_map(|host| &host.services).map(|spec| (spec.unit.as_str(), ())).collect();
     if !known.contains_key(service) {
         let names: Vec<&str> = known.keys().copied().collect();
