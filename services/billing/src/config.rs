@@ -25,7 +25,8 @@ pub struct Config {
     pub amqp_url: SecretUrl,
 
     /// Durable queue consumed; poison messages go to `<queue>.dead-letter`.
-    #[arg(long, env = "BILLING_QUEUE", default_value = DEFAULT_BILLING_QUEUE)]
+    #[arg(long, env = "BILLING_QUEUE", default_value = DEFAULT_BILLING_QUEUE,
+          value_parser = queue_name)]
     pub billing_queue: String,
 
     /// Address of the small HTTP listener serving /health and /ready.
@@ -64,6 +65,23 @@ impl Config {
             max_backoff: Duration::from_millis(self.max_backoff_ms),
         }
     }
+}
+
+/// A queue name RabbitMQ will treat as ours: an empty name would make the broker invent a fresh
+/// queue (consuming nothing the gateway sends), and `amq.` names are reserved by the broker.
+fn queue_name(raw: &str) -> Result<String, String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err("the queue name must not be empty".into());
+    }
+    if name.starts_with("amq.") {
+        return Err("names starting with `amq.` are reserved by RabbitMQ".into());
+    }
+    if name.len() > 200 {
+        // 255 bytes is the AMQP limit, and the dead-letter queue appends a suffix.
+        return Err("the queue name must be at most 200 bytes".into());
+    }
+    Ok(name.to_owned())
 }
 
 /// A connection URL that may carry a password: `Debug` and `Display` show it with the password
@@ -163,5 +181,21 @@ mod tests {
         ]);
         assert_eq!(config.consumer_settings().batch_size, 10);
         assert_eq!(config.billing_queue, "billing_queue");
+    }
+
+    #[test]
+    fn empty_or_reserved_queue_names_are_refused() {
+        for bad in ["", "  ", "amq.gen-x"] {
+            let parsed = Config::try_parse_from([
+                "billing",
+                "--database-url",
+                "postgres://x",
+                "--amqp-url",
+                "amqp://x",
+                "--billing-queue",
+                bad,
+            ]);
+            assert!(parsed.is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -421,20 +421,53 @@ async fn invalid_messages_are_dead_lettered_and_do_not_block_the_next(pool: PgPo
         &Some(2),
         "dead letters are persistent"
     );
-    let reason = match props
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(DEATH_REASON_HEADER))
-    {
-        Some(AMQPValue::LongString(reason)) => {
-            String::from_utf8_lossy(reason.as_bytes()).into_owned()
-        }
-        other => panic!("missing {DEATH_REASON_HEADER}: {other:?}"),
-    };
+    let reason = death_reason(&first);
     assert!(reason.contains("number_of_items"), "{reason}");
 
     let second = broker.get(&dlq).await.expect("second dead letter");
     assert_eq!(second.delivery.data, b"this is not json");
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrator = "billing::MIGRATOR")]
+async fn a_row_the_database_rejects_is_dead_lettered_without_blocking_its_batch(pool: PgPool) {
+    // Validation matches the schema, so stand in for "PostgreSQL refuses this row" with an extra
+    // constraint: retrying such a batch forever would block every message behind it.
+    sqlx::query("ALTER TABLE orders ADD CONSTRAINT no_mallory CHECK (user_id <> 'mallory')")
+        .execute(&pool)
+        .await
+        .expect("add constraint");
+    let broker = Broker::new().await;
+    let (before, rejected, after) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    broker
+        .publish(&order_json("alice", 1, "1"), Some(before))
+        .await;
+    broker
+        .publish(&order_json("mallory", 1, "1"), Some(rejected))
+        .await;
+    broker
+        .publish(&order_json("bob", 1, "1"), Some(after))
+        .await;
+
+    let worker = spawn_worker(pool.clone(), amqp_url(), broker.settings());
+    eventually("both acceptable rows are stored", || async {
+        stored(&pool, before).await && stored(&pool, after).await
+    })
+    .await;
+    eventually("the rejected one is dead-lettered", || async {
+        broker.ready(&broker.dead_letter_queue()).await == 1
+    })
+    .await;
+    worker.stop().await;
+
+    assert_eq!(count(&pool).await, 2);
+    assert_eq!(broker.ready(&broker.queue.clone()).await, 0);
+    let dead = broker
+        .get(&broker.dead_letter_queue())
+        .await
+        .expect("dead letter");
+    let reason = death_reason(&dead);
+    assert!(reason.contains("no_mallory"), "{reason}");
     broker.cleanup().await;
 }
 
@@ -752,4 +785,20 @@ async fn json_body<T: serde::de::DeserializeOwned>(response: axum::response::Res
         .await
         .expect("body");
     serde_json::from_slice(&bytes).expect("JSON body")
+}
+
+/// The `x-death-reason` header of a dead letter.
+fn death_reason(message: &BasicGetMessage) -> String {
+    match message
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(DEATH_REASON_HEADER))
+    {
+        Some(AMQPValue::LongString(reason)) => {
+            String::from_utf8_lossy(reason.as_bytes()).into_owned()
+        }
+        other => panic!("missing {DEATH_REASON_HEADER}: {other:?}"),
+    }
 }
