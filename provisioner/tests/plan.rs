@@ -138,6 +138,7 @@ fn converged(desired: &DesiredHost) -> HostFacts {
     HostFacts {
         packages: desired.packages.iter().cloned().collect(),
         users: desired.system_users.iter().cloned().collect(),
+        arch: Some(std::env::consts::ARCH.into()),
         pg_version: Some("15".into()),
         files: desired
             .files
@@ -187,7 +188,11 @@ fn converged(desired: &DesiredHost) -> HostFacts {
 
 /// What the facts script would print on a host holding `facts` (the inverse of parsing).
 fn script_output(desired: &DesiredHost, facts: &HostFacts) -> String {
-    let mut out = format!("@@pgversion\n{}\n@@packages\n", facts.pg_version.clone().unwrap_or_default());
+    let mut out = format!(
+        "@@arch\n{}\n@@pgversion\n{}\n@@packages\n",
+        facts.arch.clone().unwrap_or_default(),
+        facts.pg_version.clone().unwrap_or_default()
+    );
     for package in &facts.packages {
         let _ = writeln!(out, "{package} ii ");
     }
@@ -413,6 +418,18 @@ fn facts_are_gathered_in_one_round_trip_with_secrets_only_on_stdin() {
     );
     let parsed = facts::parse_facts(&desired, &output);
     assert_eq!(parsed.postgres.expect("postgres").roles.get("billing_user"), Some(&false));
+}
+
+#[test]
+fn a_host_of_another_architecture_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = desired_host(dir.path());
+    let mut facts = converged(&desired);
+    facts.arch = Some(if std::env::consts::ARCH == "aarch64" { "x86_64" } else { "aarch64" }.into());
+    let fake = FakeTransport::new("app-vm");
+    fake.answer("sh -s", 0, &script_output(&desired, &facts));
+    let error = facts::gather(&fake, &desired, &facts.local_binaries).expect_err("refused");
+    assert!(error.to_string().starts_with("app-vm: the host is "), "{error}");
 }
 
 fn apply_one(desired: &DesiredHost, fake: &FakeTransport) -> HostReport {
