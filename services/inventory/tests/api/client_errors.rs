@@ -212,7 +212,7 @@ async fn a_body_over_the_limit_is_413(db: PgPool) {
 }
 
 #[sqlx::test(migrator = "inventory::MIGRATOR")]
-async fn a_nul_in_the_search_is_400(db: PgPool) {
+async fn a_nul_in_the_search_is_400_not_a_database_error(db: PgPool) {
     let app = app(db);
     get(&app, "/api/movies?title=a%00b")
         .await
