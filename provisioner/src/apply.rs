@@ -264,7 +264,7 @@ impl<'a> HostRun<'a> {
     fn restart_and_check(&mut self, unit: &str, health_url: &str) {
         let host = self.host().to_string();
         progress(&host, &format!("restarting {unit}"));
-        let restarted = self.transport.run(&format!("systemctl restart {}", shell_quote(unit)), None, true);
+        let restarted = self.transport.run(&restart_command(unit), None, true);
         self.report.restarted.push(unit.to_string());
         let healthy = restarted.is_ok() && self.wait_healthy(health_url);
         if healthy {
@@ -472,9 +472,16 @@ pub fn rollback_command(path: &str, unit: &str) -> String {
     let previous = shell_quote(&format!("{path}.previous"));
     let staging = shell_quote(&format!("{path}.rollback"));
     format!(
-        "set -e; [ -f {previous} ]; cp -p {previous} {staging}; mv -f {staging} {quoted}; systemctl restart {}",
-        shell_quote(unit)
+        "set -e; [ -f {previous} ]; cp -p {previous} {staging}; mv -f {staging} {quoted}; {}",
+        restart_command(unit)
     )
+}
+
+/// Restarts a unit even after a crash loop: a unit that hit its start limit (as a binary that
+/// exits at once does within seconds) refuses `restart` until its failed state is reset.
+pub fn restart_command(unit: &str) -> String {
+    let unit = shell_quote(unit);
+    format!("systemctl reset-failed {unit} 2>/dev/null; systemctl restart {unit}")
 }
 
 /// Polls the health URL on the host itself, once a second, printing the body when it answers.
