@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::apply::{self, progress, HostReport};
-use crate::binaries::{Arch, BinarySet};
+use crate::binaries::BinarySet;
 use crate::desired::DesiredHost;
 use crate::env_file::EnvFile;
 use crate::facts;
@@ -95,19 +95,13 @@ fn load(args: &Args, with_binaries: bool) -> anyhow::Result<Loaded> {
     let env = EnvFile::load(&args.env_file)?;
     let inventory = Inventory::load(&args.inventory, &env)?;
     let binaries = if with_binaries {
-        let arch = local_arch()?;
+        let arch = inventory.settings.target_arch;
         Some(BinarySet::locate(args.binaries.as_deref(), &workspace_dir(), arch).context("preparing the service binaries")?)
     } else {
         None
     };
     let hosts = render::desired_hosts(&inventory, &env, &args.templates, binaries.as_ref())?;
     Ok(Loaded { hosts, queue: inventory.settings.queue.clone() })
-}
-
-/// The architecture binaries are built for here; a host of another one is refused by apply.
-fn local_arch() -> anyhow::Result<Arch> {
-    Arch::from_name(std::env::consts::ARCH)
-        .with_context(|| format!("unsupported local architecture {}", std::env::consts::ARCH))
 }
 
 /// The workspace to build: the current directory when it holds the workspace manifest, else

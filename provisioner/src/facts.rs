@@ -127,13 +127,28 @@ pub fn gather(
     let output = transport.run("sh -s", Some(script.as_bytes()), true)?;
     let mut facts = parse_facts(desired, &output.stdout_text());
     facts.local_binaries = local_binaries.clone();
-    if let Some(remote) = facts.arch.as_deref().filter(|_| !desired.binaries.is_empty()) {
-        let local = std::env::consts::ARCH;
-        if Arch::from_name(remote) != Arch::from_name(local) {
-            return Err(FactsError::Arch { host: desired.name.clone(), remote: remote.to_string(), local: local.to_string() });
+    let pushed = desired.binaries.first().and_then(|binary| elf_machine(&binary.local_path));
+    if let (Some(remote), Some(pushed)) = (facts.arch.as_deref(), pushed) {
+        if Arch::from_name(remote) != Some(pushed) {
+            return Err(FactsError::Arch { host: desired.name.clone(), remote: remote.to_string(), local: pushed.to_string() });
         }
     }
     Ok(facts)
+}
+
+/// The architecture an ELF executable is built for (`e_machine`), `None` when it is no ELF
+/// file of a known architecture (then nothing is refused here; render checked the binaries).
+fn elf_machine(path: &Path) -> Option<Arch> {
+    let mut header = [0_u8; 20];
+    std::io::Read::read_exact(&mut std::fs::File::open(path).ok()?, &mut header).ok()?;
+    if &header[..4] != b"\x7fELF" {
+        return None;
+    }
+    match u16::from_le_bytes([header[18], header[19]]) {
+        0x3e => Some(Arch::X86_64),
+        0xb7 => Some(Arch::Aarch64),
+        _ => None,
+    }
 }
 
 /// Marks the end of the RabbitMQ password on the script's stdin; chosen not to occur in a password.

@@ -423,13 +423,23 @@ fn facts_are_gathered_in_one_round_trip_with_secrets_only_on_stdin() {
 #[test]
 fn a_host_of_another_architecture_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let desired = desired_host(dir.path());
+    let mut desired = desired_host(dir.path());
+    // A real executable of this machine as the binary to push.
+    let local = dir.path().join("real-inventory");
+    std::fs::copy("/bin/true", &local).expect("copy /bin/true");
+    desired.binaries[0].local_path = local;
     let mut facts = converged(&desired);
     facts.arch = Some(if std::env::consts::ARCH == "aarch64" { "x86_64" } else { "aarch64" }.into());
     let fake = FakeTransport::new("app-vm");
     fake.answer("sh -s", 0, &script_output(&desired, &facts));
     let error = facts::gather(&fake, &desired, &facts.local_binaries).expect_err("refused");
     assert!(error.to_string().starts_with("app-vm: the host is "), "{error}");
+
+    // The same host with the binaries' own architecture is fine.
+    facts.arch = Some(std::env::consts::ARCH.into());
+    let fake = FakeTransport::new("app-vm");
+    fake.answer("sh -s", 0, &script_output(&desired, &facts));
+    facts::gather(&fake, &desired, &facts.local_binaries).expect("accepted");
 }
 
 fn apply_one(desired: &DesiredHost, fake: &FakeTransport) -> HostReport {
