@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use service_common::BillingOrder;
 
 use crate::helpers::{
-    amqp_url, config, dead_upstream, unique_queue, Broker, TestGateway, DEAD_BROKER,
+    amqp_url, config, dead_upstream, unique_queue, Broker, CuttableRelay, TestGateway, DEAD_BROKER,
 };
 
 async fn gateway_on_queue(queue: &str) -> TestGateway {
@@ -209,6 +209,63 @@ async fn many_concurrent_orders_are_all_confirmed_on_one_connection() {
         started.elapsed()
     );
     assert_eq!(broker.message_count(&queue).await, ORDERS as u32);
+
+    gateway.stop().await;
+    broker.delete_queue(&queue).await;
+    broker.close().await;
+}
+
+#[tokio::test]
+async fn the_publisher_reconnects_after_losing_the_broker() {
+    let queue = unique_queue();
+    let broker = Broker::connect().await;
+    let relay = CuttableRelay::start().await;
+    let gateway =
+        TestGateway::spawn(config(&[dead_upstream().await], &relay.amqp_url, &queue)).await;
+    gateway.wait_ready().await;
+    let order = json!({"user_id": "u", "number_of_items": 1, "total_amount": 1});
+    assert_eq!(
+        post_order(&gateway, &order).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        relay.accepted(),
+        1,
+        "one long-lived connection, not one per request"
+    );
+
+    relay.cut();
+    // During the outage an order is refused quickly or, once reconnected, accepted; never a hang
+    // and never a 202 for a message the broker did not confirm.
+    let started = Instant::now();
+    let status = post_order(&gateway, &order).await.status();
+    assert!(
+        status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::ACCEPTED,
+        "{status}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let accepted_during_outage = u32::from(status == StatusCode::ACCEPTED);
+
+    // The supervisor notices and reconnects by itself.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = post_order(&gateway, &order).await.status();
+        if status == StatusCode::ACCEPTED {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "no reconnection within 15 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        broker.message_count(&queue).await,
+        2 + accepted_during_outage
+    );
+    assert_eq!(relay.accepted(), 2, "exactly one reconnection");
 
     gateway.stop().await;
     broker.delete_queue(&queue).await;

@@ -230,3 +230,61 @@ impl Broker {
         let _ = self.connection.close(200, "test done").await;
     }
 }
+
+/// A TCP relay to RabbitMQ whose connections the test can cut, as a broker restart or a network
+/// failure would, without disturbing the shared broker.
+pub struct CuttableRelay {
+    /// `AMQP_URL`, pointed at the relay instead of the broker.
+    pub amqp_url: String,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CuttableRelay {
+    pub async fn start() -> Self {
+        let target: http::Uri = amqp_url().parse().unwrap();
+        let broker = format!(
+            "{}:{}",
+            target.host().unwrap(),
+            target.port_u16().unwrap_or(5672)
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let registry = connections.clone();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let broker = broker.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&broker).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                registry.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        let userinfo_and_rest = amqp_url();
+        let (_, after_at) = userinfo_and_rest.rsplit_once('@').unwrap();
+        let vhost = after_at.split_once('/').map_or("", |(_, vhost)| vhost);
+        Self {
+            amqp_url: format!("amqp://guest:guest@{address}/{vhost}"),
+            connections,
+            accepted,
+        }
+    }
+
+    /// How many connections the relay has accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Drops every relayed connection at once; new connections are still relayed.
+    pub fn cut(&self) {
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+}
