@@ -26,7 +26,11 @@ pub struct ChangeReport {
 
 impl From<&Change> for ChangeReport {
     fn from(change: &Change) -> Self {
-        Self { kind: change.kind, target: change.target.clone(), detail: change.detail.clone() }
+        Self {
+            kind: change.kind,
+            target: change.target.clone(),
+            detail: change.detail.clone(),
+        }
     }
 }
 
@@ -45,11 +49,19 @@ pub struct HostReport {
 
 impl HostReport {
     pub fn new(host: &str) -> Self {
-        Self { host: host.to_string(), ..Self::default() }
+        Self {
+            host: host.to_string(),
+            ..Self::default()
+        }
     }
 
     pub fn failed_with(host: &str, error: impl std::fmt::Display) -> Self {
-        Self { host: host.to_string(), failed: 1, error: Some(error.to_string()), ..Self::default() }
+        Self {
+            host: host.to_string(),
+            failed: 1,
+            error: Some(error.to_string()),
+            ..Self::default()
+        }
     }
 
     /// What `plan` reports: the changes it would make and the services it would restart.
@@ -100,7 +112,10 @@ pub struct HostRun<'a> {
 
 impl std::fmt::Debug for HostRun<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostRun").field("host", &self.desired.name).field("report", &self.report).finish_non_exhaustive()
+        f.debug_struct("HostRun")
+            .field("host", &self.desired.name)
+            .field("report", &self.report)
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,14 +152,28 @@ impl<'a> HostRun<'a> {
     pub fn backing_phase(&mut self) -> Result<(), ApplyError> {
         let (_, mut plan) = self.gather()?;
         let checked = plan.checked;
-        let packages: Vec<Change> = plan.changes.iter().filter(|change| change.kind == ChangeKind::Package).cloned().collect();
-        if let Some(Action::InstallPackages(names)) = packages.first().map(|change| &change.action) {
+        let packages: Vec<Change> = plan
+            .changes
+            .iter()
+            .filter(|change| change.kind == ChangeKind::Package)
+            .cloned()
+            .collect();
+        if let Some(Action::InstallPackages(names)) = packages.first().map(|change| &change.action)
+        {
             progress(self.host(), &format!("installing {}", names.join(" ")));
             self.transport.run(&install_command(names), None, true)?;
             self.record_all(&packages);
             let (facts, replanned) = self.gather()?;
-            if facts.pg_version.is_none() && self.desired.files.iter().any(|file| plan::unresolved(&file.path)) {
-                return Err(ApplyError::NoPostgresVersion { host: self.host().to_string() });
+            if facts.pg_version.is_none()
+                && self
+                    .desired
+                    .files
+                    .iter()
+                    .any(|file| plan::unresolved(&file.path))
+            {
+                return Err(ApplyError::NoPostgresVersion {
+                    host: self.host().to_string(),
+                });
             }
             plan = replanned;
         }
@@ -162,7 +191,13 @@ impl<'a> HostRun<'a> {
             progress(self.host(), "nothing to change");
         }
 
-        let backing: Vec<Change> = self.plan.changes.iter().filter(|change| change.phase == Phase::Backing).cloned().collect();
+        let backing: Vec<Change> = self
+            .plan
+            .changes
+            .iter()
+            .filter(|change| change.phase == Phase::Backing)
+            .cloned()
+            .collect();
         let mut handlers = BTreeSet::new();
         for change in &backing {
             self.execute(change)?;
@@ -173,12 +208,19 @@ impl<'a> HostRun<'a> {
         }
         // Handlers of backing files (e.g. reload postgresql after pg_hba) run before the
         // services that need them; the others wait for phase 2.
-        let platform: BTreeSet<&str> = self.desired.services.iter().map(|service| service.unit.as_str()).collect();
+        let platform: BTreeSet<&str> = self
+            .desired
+            .services
+            .iter()
+            .map(|service| service.unit.as_str())
+            .collect();
         for handler in &handlers {
             match handler {
                 // A restart already reloads the configuration.
                 Handler::Reload(unit) if handlers.contains(&Handler::Restart(unit.clone())) => {}
-                Handler::Restart(unit) | Handler::Reload(unit) if !platform.contains(unit.as_str()) => {
+                Handler::Restart(unit) | Handler::Reload(unit)
+                    if !platform.contains(unit.as_str()) =>
+                {
                     self.run_handler(handler)?;
                 }
                 _ => {
@@ -191,13 +233,21 @@ impl<'a> HostRun<'a> {
 
     /// Phase 2: binaries, units and env files, daemon-reload, enable, (re)start, health, rollback.
     pub fn services_phase(&mut self) -> Result<(), ApplyError> {
-        let services: Vec<Change> = self.plan.changes.iter().filter(|change| change.phase == Phase::Services).cloned().collect();
+        let services: Vec<Change> = self
+            .plan
+            .changes
+            .iter()
+            .filter(|change| change.phase == Phase::Services)
+            .cloned()
+            .collect();
         let mut handlers = std::mem::take(&mut self.pending_handlers);
         for change in &services {
             self.execute(change)?;
             self.record(change);
             match &change.action {
-                Action::WriteFile { file, .. } => handlers.extend(self.desired.files[*file].on_change.iter().cloned()),
+                Action::WriteFile { file, .. } => {
+                    handlers.extend(self.desired.files[*file].on_change.iter().cloned())
+                }
                 Action::PushBinary(index) => {
                     let service = self.desired.binaries[*index].service.clone();
                     handlers.insert(Handler::Restart(service.clone()));
@@ -218,14 +268,22 @@ impl<'a> HostRun<'a> {
             .desired
             .services
             .iter()
-            .filter(|service| self.to_start.contains(&service.unit) || handlers.contains(&Handler::Restart(service.unit.clone())))
+            .filter(|service| {
+                self.to_start.contains(&service.unit)
+                    || handlers.contains(&Handler::Restart(service.unit.clone()))
+            })
             .cloned()
             .collect();
         for service in restarts {
             self.restart_and_check(&service.unit, &service.health_url);
         }
         // Restarts of other units asked by service files (unusual) run last.
-        let platform: BTreeSet<&str> = self.desired.services.iter().map(|service| service.unit.as_str()).collect();
+        let platform: BTreeSet<&str> = self
+            .desired
+            .services
+            .iter()
+            .map(|service| service.unit.as_str())
+            .collect();
         for handler in &handlers {
             if let Handler::Restart(unit) = handler {
                 if !platform.contains(unit.as_str()) {
@@ -237,7 +295,10 @@ impl<'a> HostRun<'a> {
     }
 
     fn record(&mut self, change: &Change) {
-        progress(self.host(), &format!("changed {} {}", kind_name(change.kind), change.target));
+        progress(
+            self.host(),
+            &format!("changed {} {}", kind_name(change.kind), change.target),
+        );
         self.report.changed += 1;
         self.report.changes.push(ChangeReport::from(change));
     }
@@ -276,11 +337,20 @@ impl<'a> HostRun<'a> {
             Ok(_) => format!("{unit} not healthy at {health_url} after {HEALTH_WAIT_SECS} s"),
         };
         self.report.failed += 1;
-        let binary = self.desired.binaries.iter().find(|binary| binary.service == unit).map(|binary| binary.remote_path.clone());
+        let binary = self
+            .desired
+            .binaries
+            .iter()
+            .find(|binary| binary.service == unit)
+            .map(|binary| binary.remote_path.clone());
         let message = match binary.filter(|_| self.pushed.contains(unit)) {
             Some(path) => {
                 progress(&host, &format!("{why}; rolling back to {path}.previous"));
-                let rolled = self.transport.run(&rollback_command(&path, unit), None, true).is_ok() && self.wait_healthy(health_url);
+                let rolled = self
+                    .transport
+                    .run(&rollback_command(&path, unit), None, true)
+                    .is_ok()
+                    && self.wait_healthy(health_url);
                 if rolled {
                     self.report.rolled_back.push(unit.to_string());
                     format!("{why}: rolled back to the previous binary, which is healthy again")
@@ -304,7 +374,10 @@ impl<'a> HostRun<'a> {
         let command = format!("journalctl -u {} -n 3 --no-pager -o cat", shell_quote(unit));
         match self.transport.exec(&command, None, true) {
             Ok(output) if output.success() && !output.stdout.is_empty() => {
-                format!(" (last log lines: {})", output.stdout_text().trim().replace('\n', " | "))
+                format!(
+                    " (last log lines: {})",
+                    output.stdout_text().trim().replace('\n', " | ")
+                )
             }
             _ => String::new(),
         }
@@ -335,12 +408,23 @@ impl<'a> HostRun<'a> {
             Action::WriteFile { file, path } => {
                 let file = &desired.files[*file];
                 if plan::unresolved(path) {
-                    return Err(ApplyError::NoPostgresVersion { host: self.host().to_string() });
+                    return Err(ApplyError::NoPostgresVersion {
+                        host: self.host().to_string(),
+                    });
                 }
-                transport.write_file_atomic(path, file.content.bytes(), file.mode, &file.owner, &file.group)?;
+                transport.write_file_atomic(
+                    path,
+                    file.content.bytes(),
+                    file.mode,
+                    &file.owner,
+                    &file.group,
+                )?;
                 Ok(())
             }
-            Action::CreateRole(_) | Action::SetRolePassword(_) | Action::CreateDatabase(_) | Action::SetDatabaseOwner(_) => {
+            Action::CreateRole(_)
+            | Action::SetRolePassword(_)
+            | Action::CreateDatabase(_)
+            | Action::SetDatabaseOwner(_) => {
                 let sql = self.postgres_sql(&change.action)?;
                 transport.run(PSQL, Some(sql.as_bytes()), true)?;
                 Ok(())
@@ -353,16 +437,31 @@ impl<'a> HostRun<'a> {
             | Action::DeleteGuest => self.rabbitmq(&change.action),
             Action::PushBinary(index) => {
                 let binary = &desired.binaries[*index];
-                let bytes = std::fs::read(&binary.local_path).map_err(|error| ApplyError::Other {
-                    host: self.host().to_string(),
-                    message: format!("reading {}: {error}", binary.local_path.display()),
-                })?;
-                progress(self.host(), &format!("uploading {} ({} MB)", binary.remote_path, bytes.len() / 1_000_000));
+                let bytes =
+                    std::fs::read(&binary.local_path).map_err(|error| ApplyError::Other {
+                        host: self.host().to_string(),
+                        message: format!("reading {}: {error}", binary.local_path.display()),
+                    })?;
+                progress(
+                    self.host(),
+                    &format!(
+                        "uploading {} ({} MB)",
+                        binary.remote_path,
+                        bytes.len() / 1_000_000
+                    ),
+                );
                 transport.run(&push_binary_script(&binary.remote_path), Some(&bytes), true)?;
                 Ok(())
             }
             Action::EnableService(unit) => {
-                transport.run(&format!("systemctl enable {}", shell_quote(&format!("{unit}.service"))), None, true)?;
+                transport.run(
+                    &format!(
+                        "systemctl enable {}",
+                        shell_quote(&format!("{unit}.service"))
+                    ),
+                    None,
+                    true,
+                )?;
                 Ok(())
             }
             // Started with the restarts, after daemon-reload.
@@ -371,10 +470,14 @@ impl<'a> HostRun<'a> {
     }
 
     fn postgres_sql(&self, action: &Action) -> Result<String, ApplyError> {
-        let postgres = self.desired.postgres.as_ref().ok_or_else(|| ApplyError::Other {
-            host: self.host().to_string(),
-            message: "a PostgreSQL change without PostgreSQL in the desired state".into(),
-        })?;
+        let postgres = self
+            .desired
+            .postgres
+            .as_ref()
+            .ok_or_else(|| ApplyError::Other {
+                host: self.host().to_string(),
+                message: "a PostgreSQL change without PostgreSQL in the desired state".into(),
+            })?;
         let verifier = |password: &str| {
             scram::make_verifier(password).map_err(|error| ApplyError::Other {
                 host: self.host().to_string(),
@@ -385,19 +488,35 @@ impl<'a> HostRun<'a> {
             Action::CreateRole(index) => {
                 let role = &postgres.roles[*index];
                 // A verifier, not the password: the clear text never reaches the server or its logs.
-                format!("CREATE ROLE {} LOGIN PASSWORD {};\n", ident(&role.name), literal(&verifier(role.password.expose())?))
+                format!(
+                    "CREATE ROLE {} LOGIN PASSWORD {};\n",
+                    ident(&role.name),
+                    literal(&verifier(role.password.expose())?)
+                )
             }
             Action::SetRolePassword(index) => {
                 let role = &postgres.roles[*index];
-                format!("ALTER ROLE {} WITH LOGIN PASSWORD {};\n", ident(&role.name), literal(&verifier(role.password.expose())?))
+                format!(
+                    "ALTER ROLE {} WITH LOGIN PASSWORD {};\n",
+                    ident(&role.name),
+                    literal(&verifier(role.password.expose())?)
+                )
             }
             Action::CreateDatabase(index) => {
                 let database = &postgres.databases[*index];
-                format!("CREATE DATABASE {} OWNER {};\n", ident(&database.name), ident(&database.owner))
+                format!(
+                    "CREATE DATABASE {} OWNER {};\n",
+                    ident(&database.name),
+                    ident(&database.owner)
+                )
             }
             Action::SetDatabaseOwner(index) => {
                 let database = &postgres.databases[*index];
-                format!("ALTER DATABASE {} OWNER TO {};\n", ident(&database.name), ident(&database.owner))
+                format!(
+                    "ALTER DATABASE {} OWNER TO {};\n",
+                    ident(&database.name),
+                    ident(&database.owner)
+                )
             }
             _ => String::new(),
         })
@@ -443,7 +562,11 @@ impl<'a> HostRun<'a> {
 pub const PSQL: &str = "cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres";
 
 pub fn install_command(packages: &[String]) -> String {
-    let names = packages.iter().map(|name| shell_quote(name)).collect::<Vec<_>>().join(" ");
+    let names = packages
+        .iter()
+        .map(|name| shell_quote(name))
+        .collect::<Vec<_>>()
+        .join(" ");
     format!(
         "export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null && \
          apt-get install -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {names} >/dev/null"
@@ -453,7 +576,9 @@ pub fn install_command(packages: &[String]) -> String {
 /// Upload on stdin to a temporary file beside the binary, keep the current one as `.previous`
 /// (a hard link, so the running process is untouched), then rename: never a half-written binary.
 pub fn push_binary_script(path: &str) -> String {
-    let dir = path.rsplit_once('/').map_or("/", |(dir, _)| if dir.is_empty() { "/" } else { dir });
+    let dir = path
+        .rsplit_once('/')
+        .map_or("/", |(dir, _)| if dir.is_empty() { "/" } else { dir });
     let name = path.rsplit('/').next().unwrap_or(path);
     let quoted = shell_quote(path);
     let previous = shell_quote(&format!("{path}.previous"));

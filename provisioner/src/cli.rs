@@ -96,12 +96,18 @@ fn load(args: &Args, with_binaries: bool) -> anyhow::Result<Loaded> {
     let inventory = Inventory::load(&args.inventory, &env)?;
     let binaries = if with_binaries {
         let arch = inventory.settings.target_arch;
-        Some(BinarySet::locate(args.binaries.as_deref(), &workspace_dir(), arch).context("preparing the service binaries")?)
+        Some(
+            BinarySet::locate(args.binaries.as_deref(), &workspace_dir(), arch)
+                .context("preparing the service binaries")?,
+        )
     } else {
         None
     };
     let hosts = render::desired_hosts(&inventory, &env, &args.templates, binaries.as_ref())?;
-    Ok(Loaded { hosts, queue: inventory.settings.queue.clone() })
+    Ok(Loaded {
+        hosts,
+        queue: inventory.settings.queue.clone(),
+    })
 }
 
 /// The workspace to build: the current directory when it holds the workspace manifest, else
@@ -111,14 +117,17 @@ fn workspace_dir() -> PathBuf {
     if here.join("Cargo.toml").is_file() && here.join("provisioner").is_dir() {
         here
     } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or(here, Path::to_path_buf)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map_or(here, Path::to_path_buf)
     }
 }
 
 fn render_to_dir(args: &Args, out: &Path) -> anyhow::Result<()> {
     let loaded = load(args, false)?;
     let hosts = select(loaded.hosts, &args.limit)?;
-    let written = render::render_to_dir(&hosts, out).with_context(|| format!("rendering into {}", out.display()))?;
+    let written = render::render_to_dir(&hosts, out)
+        .with_context(|| format!("rendering into {}", out.display()))?;
     eprintln!("{} files written", written.len());
     Ok(())
 }
@@ -137,7 +146,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Command::Stop { service } => run_systemctl(args, "stop", service),
         Command::Start { service } => run_systemctl(args, "start", service),
         Command::Restart { service } => run_systemctl(args, "restart", service),
-        Command::Logs { service, follow, lines } => run_logs(args, service, *follow, *lines),
+        Command::Logs {
+            service,
+            follow,
+            lines,
+        } => run_logs(args, service, *follow, *lines),
     }
 }
 
@@ -145,15 +158,27 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
 /// Only plan and apply need the binaries (and so, maybe, a release build).
 fn selected_hosts(args: &Args, with_binaries: bool) -> anyhow::Result<Loaded> {
     let loaded = load(args, with_binaries)?;
-    Ok(Loaded { hosts: select(loaded.hosts, &args.limit)?, queue: loaded.queue })
+    Ok(Loaded {
+        hosts: select(loaded.hosts, &args.limit)?,
+        queue: loaded.queue,
+    })
 }
 
 pub fn select(hosts: Vec<DesiredHost>, limit: &[String]) -> anyhow::Result<Vec<DesiredHost>> {
-    if let Some(unknown) = limit.iter().find(|name| !hosts.iter().any(|host| &host.name == *name)) {
+    if let Some(unknown) = limit
+        .iter()
+        .find(|name| !hosts.iter().any(|host| &host.name == *name))
+    {
         let known: Vec<&str> = hosts.iter().map(|host| host.name.as_str()).collect();
-        bail!("--limit {unknown}: no such host in the inventory (hosts: {})", known.join(", "));
+        bail!(
+            "--limit {unknown}: no such host in the inventory (hosts: {})",
+            known.join(", ")
+        );
     }
-    Ok(hosts.into_iter().filter(|host| limit.is_empty() || limit.contains(&host.name)).collect())
+    Ok(hosts
+        .into_iter()
+        .filter(|host| limit.is_empty() || limit.contains(&host.name))
+        .collect())
 }
 
 /// One SSH session per host, opened in parallel; a host that cannot be reached gets its
@@ -168,7 +193,10 @@ fn connect_all(hosts: &[DesiredHost]) -> Vec<Result<SshTransport, String>> {
                     match &connected {
                         Ok(transport) if transport.host_key == HostKeyStatus::Recorded => progress(
                             &host.name,
-                            &format!("first contact: host key recorded in {}", host.connection.known_hosts.display()),
+                            &format!(
+                                "first contact: host key recorded in {}",
+                                host.connection.known_hosts.display()
+                            ),
                         ),
                         Ok(_) => {}
                         Err(error) => eprintln!("error: {error}"),
@@ -179,7 +207,11 @@ fn connect_all(hosts: &[DesiredHost]) -> Vec<Result<SshTransport, String>> {
             .collect();
         handles
             .into_iter()
-            .map(|handle| handle.join().unwrap_or_else(|_| Err("connection thread panicked".into())))
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err("connection thread panicked".into()))
+            })
             .collect()
     })
 }
@@ -190,7 +222,8 @@ struct Document<T> {
 }
 
 fn print_json<T: Serialize>(hosts: Vec<T>) -> anyhow::Result<()> {
-    let document = serde_json::to_string_pretty(&Document { hosts }).context("encoding the JSON document")?;
+    let document =
+        serde_json::to_string_pretty(&Document { hosts }).context("encoding the JSON document")?;
     println!("{document}");
     Ok(())
 }
@@ -217,7 +250,11 @@ fn run_plan(args: &Args) -> anyhow::Result<ExitCode> {
         handles
             .into_iter()
             .zip(&hosts)
-            .map(|(handle, host)| handle.join().unwrap_or_else(|_| HostReport::failed_with(&host.name, "panicked")))
+            .map(|(handle, host)| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| HostReport::failed_with(&host.name, "panicked"))
+            })
             .collect()
     });
     if args.json {
@@ -227,7 +264,10 @@ fn run_plan(args: &Args) -> anyhow::Result<ExitCode> {
     }
     Ok(if reports.iter().any(|report| report.error.is_some()) {
         ExitCode::from(1)
-    } else if reports.iter().any(|report| report.changed > 0 || !report.restarted.is_empty()) {
+    } else if reports
+        .iter()
+        .any(|report| report.changed > 0 || !report.restarted.is_empty())
+    {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
@@ -244,7 +284,10 @@ fn print_plan(reports: &[HostReport]) {
             println!("{}: up to date ({} checked)", report.host, report.ok);
             continue;
         }
-        println!("{}: {} to change, {} up to date", report.host, report.changed, report.ok);
+        println!(
+            "{}: {} to change, {} up to date",
+            report.host, report.changed, report.ok
+        );
         for change in &report.changes {
             println!("  ~ {} {}", apply::kind_name(change.kind), change.target);
             for line in change.detail.lines() {
@@ -264,7 +307,15 @@ fn run_apply(args: &Args) -> anyhow::Result<ExitCode> {
     let pairs: Vec<(&DesiredHost, Result<&dyn Transport, String>)> = hosts
         .iter()
         .zip(&transports)
-        .map(|(host, transport)| (host, transport.as_ref().map(|t| t as &dyn Transport).map_err(Clone::clone)))
+        .map(|(host, transport)| {
+            (
+                host,
+                transport
+                    .as_ref()
+                    .map(|t| t as &dyn Transport)
+                    .map_err(Clone::clone),
+            )
+        })
         .collect();
     let reports = apply::apply_all(&pairs, &local);
     if args.json {
@@ -272,16 +323,29 @@ fn run_apply(args: &Args) -> anyhow::Result<ExitCode> {
     } else {
         print_summary(&reports);
     }
-    Ok(if reports.iter().all(|report| report.failed == 0 && report.error.is_none()) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(
+        if reports
+            .iter()
+            .all(|report| report.failed == 0 && report.error.is_none())
+        {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
 }
 
 fn print_summary(reports: &[HostReport]) {
-    let width = reports.iter().map(|report| report.host.len()).max().unwrap_or(4).max(4);
-    println!("{:width$}  {:>4}  {:>7}  {:>6}  restarted", "host", "ok", "changed", "failed");
+    let width = reports
+        .iter()
+        .map(|report| report.host.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:width$}  {:>4}  {:>7}  {:>6}  restarted",
+        "host", "ok", "changed", "failed"
+    );
     for report in reports {
         let mut restarted = report.restarted.join(",");
         if !report.rolled_back.is_empty() {
@@ -293,7 +357,11 @@ fn print_summary(reports: &[HostReport]) {
             report.ok,
             report.changed,
             report.failed,
-            if restarted.is_empty() { "-" } else { &restarted }
+            if restarted.is_empty() {
+                "-"
+            } else {
+                &restarted
+            }
         );
     }
     for report in reports {
@@ -327,22 +395,45 @@ struct HostStatus {
     error: Option<String>,
 }
 
-fn host_status(transport: &dyn Transport, host: &DesiredHost, queue: &str) -> anyhow::Result<HostStatus> {
+fn host_status(
+    transport: &dyn Transport,
+    host: &DesiredHost,
+    queue: &str,
+) -> anyhow::Result<HostStatus> {
     let mut services = Vec::new();
     for service in &host.services {
         let active = transport
-            .exec(&format!("systemctl is-active --quiet {}", shell_quote(&service.unit)), None, false)?
+            .exec(
+                &format!("systemctl is-active --quiet {}", shell_quote(&service.unit)),
+                None,
+                false,
+            )?
             .success();
-        let health = transport.exec(&format!("curl -fsS -m 3 {}", shell_quote(&service.health_url)), None, false)?;
+        let health = transport.exec(
+            &format!("curl -fsS -m 3 {}", shell_quote(&service.health_url)),
+            None,
+            false,
+        )?;
         let version = serde_json::from_slice::<serde_json::Value>(&health.stdout)
             .ok()
-            .and_then(|body| body.get("version").and_then(|version| version.as_str().map(str::to_string)));
-        services.push(ServiceStatus { name: service.unit.clone(), active, healthy: health.success(), version });
+            .and_then(|body| {
+                body.get("version")
+                    .and_then(|version| version.as_str().map(str::to_string))
+            });
+        services.push(ServiceStatus {
+            name: service.unit.clone(),
+            active,
+            healthy: health.success(),
+            version,
+        });
     }
     let queue = match &host.rabbitmq {
         Some(rabbitmq) => {
             let output = transport.run(
-                &format!("rabbitmqctl -s list_queues -p {} name messages consumers", shell_quote(&rabbitmq.vhost)),
+                &format!(
+                    "rabbitmqctl -s list_queues -p {} name messages consumers",
+                    shell_quote(&rabbitmq.vhost)
+                ),
                 None,
                 true,
             )?;
@@ -353,16 +444,31 @@ fn host_status(transport: &dyn Transport, host: &DesiredHost, queue: &str) -> an
                     .find(|fields| fields.first() == Some(&queue))
                     .map(|fields| QueueStatus {
                         name: queue.to_string(),
-                        messages: fields.get(1).and_then(|value| value.trim().parse().ok()).unwrap_or(0),
-                        consumers: fields.get(2).and_then(|value| value.trim().parse().ok()).unwrap_or(0),
+                        messages: fields
+                            .get(1)
+                            .and_then(|value| value.trim().parse().ok())
+                            .unwrap_or(0),
+                        consumers: fields
+                            .get(2)
+                            .and_then(|value| value.trim().parse().ok())
+                            .unwrap_or(0),
                     })
                     // Not declared yet: nobody published or consumed, so nothing waits.
-                    .unwrap_or(QueueStatus { name: queue.to_string(), messages: 0, consumers: 0 }),
+                    .unwrap_or(QueueStatus {
+                        name: queue.to_string(),
+                        messages: 0,
+                        consumers: 0,
+                    }),
             )
         }
         None => None,
     };
-    Ok(HostStatus { host: host.name.clone(), services, queue, error: None })
+    Ok(HostStatus {
+        host: host.name.clone(),
+        services,
+        queue,
+        error: None,
+    })
 }
 
 fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
@@ -375,19 +481,32 @@ fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
             .map(|(host, transport)| {
                 let queue = queue.as_str();
                 scope.spawn(move || {
-                    let failed = |error: String| HostStatus { host: host.name.clone(), services: Vec::new(), queue: None, error: Some(error) };
+                    let failed = |error: String| HostStatus {
+                        host: host.name.clone(),
+                        services: Vec::new(),
+                        queue: None,
+                        error: Some(error),
+                    };
                     match transport {
                         Err(error) => failed(error.clone()),
-                        Ok(transport) => host_status(transport, host, queue).unwrap_or_else(|error| failed(format!("{error:#}"))),
+                        Ok(transport) => host_status(transport, host, queue)
+                            .unwrap_or_else(|error| failed(format!("{error:#}"))),
                     }
                 })
             })
             .collect();
-        handles.into_iter().map(|handle| handle.join().expect("status thread")).collect()
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("status thread"))
+            .collect()
     });
-    let all_fine = statuses
-        .iter()
-        .all(|status| status.error.is_none() && status.services.iter().all(|service| service.active && service.healthy));
+    let all_fine = statuses.iter().all(|status| {
+        status.error.is_none()
+            && status
+                .services
+                .iter()
+                .all(|service| service.active && service.healthy)
+    });
     if args.json {
         print_json(statuses)?;
     } else {
@@ -402,27 +521,49 @@ fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
                     "  {:10} {:8} {:9} {}",
                     service.name,
                     if service.active { "active" } else { "inactive" },
-                    if service.healthy { "healthy" } else { "unhealthy" },
+                    if service.healthy {
+                        "healthy"
+                    } else {
+                        "unhealthy"
+                    },
                     service.version.as_deref().unwrap_or("-")
                 );
             }
             if let Some(queue) = &status.queue {
-                println!("  queue {}: {} messages, {} consumers", queue.name, queue.messages, queue.consumers);
+                println!(
+                    "  queue {}: {} messages, {} consumers",
+                    queue.name, queue.messages, queue.consumers
+                );
             }
         }
     }
-    Ok(if all_fine { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if all_fine {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The hosts running `service`, or an error naming the services the inventory knows.
 fn hosts_running(args: &Args, service: &str) -> anyhow::Result<Vec<DesiredHost>> {
     let hosts = selected_hosts(args, false)?.hosts;
-    let known: BTreeMap<&str, ()> = hosts.iter().flat_map(|host| &host.services).map(|spec| (spec.unit.as_str(), ())).collect();
+    let known: BTreeMap<&str, ()> = hosts
+        .iter()
+        .flat_map(|host| &host.services)
+        .map(|spec| (spec.unit.as_str(), ()))
+        .collect();
     if !known.contains_key(service) {
         let names: Vec<&str> = known.keys().copied().collect();
-        bail!("no selected host runs {service} (services: {})", names.join(", "));
+        bail!(
+            "no selected host runs {service} (services: {})",
+            names.join(", ")
+        );
     }
-    let running: Vec<DesiredHost> = hosts.iter().filter(|host| host.services.iter().any(|spec| spec.unit == service)).cloned().collect();
+    let running: Vec<DesiredHost> = hosts
+        .iter()
+        .filter(|host| host.services.iter().any(|spec| spec.unit == service))
+        .cloned()
+        .collect();
     Ok(running)
 }
 
@@ -435,7 +576,11 @@ fn run_systemctl(args: &Args, verb: &str, service: &str) -> anyhow::Result<ExitC
             all_ok = false;
             continue;
         };
-        match transport.run(&format!("systemctl {verb} {}", shell_quote(service)), None, true) {
+        match transport.run(
+            &format!("systemctl {verb} {}", shell_quote(service)),
+            None,
+            true,
+        ) {
             Ok(_) => progress(&host.name, &format!("systemctl {verb} {service}: done")),
             Err(error) => {
                 eprintln!("error: {error}");
@@ -443,7 +588,11 @@ fn run_systemctl(args: &Args, verb: &str, service: &str) -> anyhow::Result<ExitC
             }
         }
     }
-    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Prefixes every line with the host's name when several hosts stream at once.
@@ -485,9 +634,14 @@ fn run_logs(args: &Args, service: &str, follow: bool, lines: u32) -> anyhow::Res
             .map(|(host, transport)| {
                 let command = command.as_str();
                 scope.spawn(move || {
-                    let Ok(transport) = transport else { return false };
+                    let Ok(transport) = transport else {
+                        return false;
+                    };
                     let mut out: Box<dyn Write> = if several {
-                        Box::new(Prefixed { prefix: format!("[{}] ", host.name), pending: Vec::new() })
+                        Box::new(Prefixed {
+                            prefix: format!("[{}] ", host.name),
+                            pending: Vec::new(),
+                        })
                     } else {
                         Box::new(std::io::stdout())
                     };
@@ -501,7 +655,14 @@ fn run_logs(args: &Args, service: &str, follow: bool, lines: u32) -> anyhow::Res
                 })
             })
             .collect();
-        handles.into_iter().map(|handle| handle.join().unwrap_or(false)).collect()
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or(false))
+            .collect()
     });
-    Ok(if results.iter().all(|ok| *ok) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if results.iter().all(|ok| *ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -86,20 +86,30 @@ pub enum FactsError {
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("{host}: the host is {remote} but the binaries are built for {local}")]
-    Arch { host: String, remote: String, local: String },
+    Arch {
+        host: String,
+        remote: String,
+        local: String,
+    },
     #[error("reading local binary {path}: {source}")]
-    LocalBinary { path: String, source: std::io::Error },
+    LocalBinary {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// SHA-256 of every local binary the hosts need, each read once however many hosts use it.
-pub fn local_checksums<'a>(hosts: impl IntoIterator<Item = &'a DesiredHost>) -> Result<BTreeMap<PathBuf, String>, FactsError> {
+pub fn local_checksums<'a>(
+    hosts: impl IntoIterator<Item = &'a DesiredHost>,
+) -> Result<BTreeMap<PathBuf, String>, FactsError> {
     let mut checksums = BTreeMap::new();
     for binary in hosts.into_iter().flat_map(|host| &host.binaries) {
         if !checksums.contains_key(&binary.local_path) {
-            let checksum = file_sha256(&binary.local_path).map_err(|source| FactsError::LocalBinary {
-                path: binary.local_path.display().to_string(),
-                source,
-            })?;
+            let checksum =
+                file_sha256(&binary.local_path).map_err(|source| FactsError::LocalBinary {
+                    path: binary.local_path.display().to_string(),
+                    source,
+                })?;
             checksums.insert(binary.local_path.clone(), checksum);
         }
     }
@@ -127,10 +137,17 @@ pub fn gather(
     let output = transport.run("sh -s", Some(script.as_bytes()), true)?;
     let mut facts = parse_facts(desired, &output.stdout_text());
     facts.local_binaries = local_binaries.clone();
-    let pushed = desired.binaries.first().and_then(|binary| elf_machine(&binary.local_path));
+    let pushed = desired
+        .binaries
+        .first()
+        .and_then(|binary| elf_machine(&binary.local_path));
     if let (Some(remote), Some(pushed)) = (facts.arch.as_deref(), pushed) {
         if Arch::from_name(remote) != Some(pushed) {
-            return Err(FactsError::Arch { host: desired.name.clone(), remote: remote.to_string(), local: pushed.to_string() });
+            return Err(FactsError::Arch {
+                host: desired.name.clone(),
+                remote: remote.to_string(),
+                local: pushed.to_string(),
+            });
         }
     }
     Ok(facts)
@@ -163,13 +180,19 @@ pub fn facts_script(desired: &DesiredHost) -> String {
     script.push_str("echo @@packages\n");
     if !desired.packages.is_empty() {
         let packages = quote_all(&desired.packages);
-        let _ = writeln!(script, "dpkg-query -W -f='${{Package}} ${{db:Status-Abbrev}}\\n' {packages} 2>/dev/null");
+        let _ = writeln!(
+            script,
+            "dpkg-query -W -f='${{Package}} ${{db:Status-Abbrev}}\\n' {packages} 2>/dev/null"
+        );
     }
 
     script.push_str("echo @@users\n");
     if !desired.system_users.is_empty() {
         let users = quote_all(&desired.system_users);
-        let _ = writeln!(script, "for u in {users}; do id -u \"$u\" >/dev/null 2>&1 && echo \"$u\"; done");
+        let _ = writeln!(
+            script,
+            "for u in {users}; do id -u \"$u\" >/dev/null 2>&1 && echo \"$u\"; done"
+        );
     }
 
     script.push_str("echo @@files\n");
@@ -180,14 +203,20 @@ pub fn facts_script(desired: &DesiredHost) -> String {
             "f={path}; if [ -f \"$f\" ]; then echo \"F {index} $(stat -c '%a %U %G' \"$f\") $(sha256sum \"$f\" | cut -d' ' -f1)\"; fi"
         );
         if matches!(file.content, FileContent::Text(_)) {
-            let _ = writeln!(script, "if [ -f \"$f\" ]; then echo \"C {index} $(base64 -w0 \"$f\")\"; fi");
+            let _ = writeln!(
+                script,
+                "if [ -f \"$f\" ]; then echo \"C {index} $(base64 -w0 \"$f\")\"; fi"
+            );
         }
     }
 
     script.push_str("echo @@binaries\n");
     for (index, binary) in desired.binaries.iter().enumerate() {
         let path = shell_quote(&binary.remote_path);
-        let _ = writeln!(script, "if [ -f {path} ]; then echo \"B {index} $(sha256sum {path} | cut -d' ' -f1)\"; fi");
+        let _ = writeln!(
+            script,
+            "if [ -f {path} ]; then echo \"B {index} $(sha256sum {path} | cut -d' ' -f1)\"; fi"
+        );
     }
 
     script.push_str("echo @@units\n");
@@ -242,7 +271,11 @@ fn shell_path(path: &str) -> String {
 }
 
 fn quote_all<'a>(values: impl IntoIterator<Item = &'a String>) -> String {
-    values.into_iter().map(|value| shell_quote(value)).collect::<Vec<_>>().join(" ")
+    values
+        .into_iter()
+        .map(|value| shell_quote(value))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Parses the script's output into facts; password checks happen here, locally.
@@ -277,7 +310,9 @@ pub fn parse_facts(desired: &DesiredHost, output: &str) -> HostFacts {
         }
         match section {
             "arch" if !line.trim().is_empty() => facts.arch = Some(line.trim().to_string()),
-            "pgversion" if !line.trim().is_empty() => facts.pg_version = Some(line.trim().to_string()),
+            "pgversion" if !line.trim().is_empty() => {
+                facts.pg_version = Some(line.trim().to_string())
+            }
             "packages" => {
                 let mut fields = line.split_whitespace();
                 if let (Some(name), Some(status)) = (fields.next(), fields.next()) {
@@ -295,8 +330,14 @@ pub fn parse_facts(desired: &DesiredHost, output: &str) -> HostFacts {
             "binaries" => {
                 let fields: Vec<&str> = line.split_whitespace().collect();
                 if let ["B", index, sha] = fields[..] {
-                    if let Some(binary) = index.parse::<usize>().ok().and_then(|index| desired.binaries.get(index)) {
-                        facts.binaries.insert(binary.remote_path.clone(), sha.to_string());
+                    if let Some(binary) = index
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|index| desired.binaries.get(index))
+                    {
+                        facts
+                            .binaries
+                            .insert(binary.remote_path.clone(), sha.to_string());
                     }
                 }
             }
@@ -305,11 +346,15 @@ pub fn parse_facts(desired: &DesiredHost, output: &str) -> HostFacts {
                 if let Some(unit) = fields.next() {
                     let active = fields.next() == Some("active");
                     let enabled = fields.next() == Some("enabled");
-                    facts.units.insert(unit.to_string(), UnitFact { active, enabled });
+                    facts
+                        .units
+                        .insert(unit.to_string(), UnitFact { active, enabled });
                 }
             }
             "pgroles" => {
-                if let (Some(roles), Some((name, verifier))) = (pg_roles.as_mut(), line.split_once('\t')) {
+                if let (Some(roles), Some((name, verifier))) =
+                    (pg_roles.as_mut(), line.split_once('\t'))
+                {
                     let matches = desired
                         .postgres
                         .iter()
@@ -320,7 +365,9 @@ pub fn parse_facts(desired: &DesiredHost, output: &str) -> HostFacts {
                 }
             }
             "pgdatabases" => {
-                if let (Some(databases), Some((name, owner))) = (pg_databases.as_mut(), line.split_once('\t')) {
+                if let (Some(databases), Some((name, owner))) =
+                    (pg_databases.as_mut(), line.split_once('\t'))
+                {
                     databases.insert(name.to_string(), owner.to_string());
                 }
             }
@@ -330,7 +377,9 @@ pub fn parse_facts(desired: &DesiredHost, output: &str) -> HostFacts {
                 }
             }
             "rmqusers" => {
-                if let (Some(rabbitmq), Some((user, tags))) = (rabbitmq.as_mut(), line.split_once('\t')) {
+                if let (Some(rabbitmq), Some((user, tags))) =
+                    (rabbitmq.as_mut(), line.split_once('\t'))
+                {
                     let tags = tags
                         .trim()
                         .trim_start_matches('[')
@@ -345,10 +394,16 @@ pub fn parse_facts(desired: &DesiredHost, output: &str) -> HostFacts {
             }
             "rmqpermissions" => {
                 let fields: Vec<&str> = line.split('\t').collect();
-                if let (Some(rabbitmq), [user, configure, write, read]) = (rabbitmq.as_mut(), &fields[..]) {
+                if let (Some(rabbitmq), [user, configure, write, read]) =
+                    (rabbitmq.as_mut(), &fields[..])
+                {
                     rabbitmq.permissions.insert(
                         (*user).to_string(),
-                        ((*configure).to_string(), (*write).to_string(), (*read).to_string()),
+                        (
+                            (*configure).to_string(),
+                            (*write).to_string(),
+                            (*read).to_string(),
+                        ),
                     );
                 }
             }
@@ -373,7 +428,12 @@ pub fn parse_facts(desired: &DesiredHost, output: &str) -> HostFacts {
 
 fn parse_file_line(desired: &DesiredHost, line: &str, facts: &mut HostFacts) {
     let fields: Vec<&str> = line.split(' ').collect();
-    let file = |index: &str| index.parse::<usize>().ok().and_then(|index| desired.files.get(index));
+    let file = |index: &str| {
+        index
+            .parse::<usize>()
+            .ok()
+            .and_then(|index| desired.files.get(index))
+    };
     match fields[..] {
         ["F", index, mode, owner, group, sha] => {
             if let Some(file) = file(index) {

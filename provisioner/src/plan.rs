@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use similar::TextDiff;
 
-use crate::desired::{resolve_pg_version, DesiredFile, DesiredHost, FileContent, Handler, PG_VERSION_PLACEHOLDER};
+use crate::desired::{
+    resolve_pg_version, DesiredFile, DesiredHost, FileContent, Handler, PG_VERSION_PLACEHOLDER,
+};
 use crate::facts::{sha256_hex, HostFacts};
 
 /// The `kind` of a change in the JSON document of the contract.
@@ -29,7 +31,10 @@ pub enum Action {
     InstallPackages(Vec<String>),
     CreateUser(String),
     /// `file` indexes [`DesiredHost::files`]; `path` has the PostgreSQL version filled in.
-    WriteFile { file: usize, path: String },
+    WriteFile {
+        file: usize,
+        path: String,
+    },
     /// Indexes [`crate::desired::PostgresState::roles`].
     CreateRole(usize),
     SetRolePassword(usize),
@@ -93,8 +98,15 @@ impl HostPlan {
 
 /// Compares the desired state with the facts.
 pub fn plan(desired: &DesiredHost, facts: &HostFacts) -> HostPlan {
-    let mut plan = HostPlan { host: desired.name.clone(), ..HostPlan::default() };
-    let platform_units: BTreeSet<&str> = desired.services.iter().map(|service| service.unit.as_str()).collect();
+    let mut plan = HostPlan {
+        host: desired.name.clone(),
+        ..HostPlan::default()
+    };
+    let platform_units: BTreeSet<&str> = desired
+        .services
+        .iter()
+        .map(|service| service.unit.as_str())
+        .collect();
 
     plan_packages(desired, facts, &mut plan);
     plan_users(desired, facts, &mut plan);
@@ -110,10 +122,22 @@ pub fn plan(desired: &DesiredHost, facts: &HostFacts) -> HostPlan {
         plan.checked += 2;
         let unit = facts.units.get(&service.unit).copied().unwrap_or_default();
         if !unit.enabled {
-            plan.push(ChangeKind::Service, &service.unit, "enable at boot".into(), Action::EnableService(service.unit.clone()), Phase::Services);
+            plan.push(
+                ChangeKind::Service,
+                &service.unit,
+                "enable at boot".into(),
+                Action::EnableService(service.unit.clone()),
+                Phase::Services,
+            );
         }
         if !unit.active {
-            plan.push(ChangeKind::Service, &service.unit, "start (not running)".into(), Action::StartService(service.unit.clone()), Phase::Services);
+            plan.push(
+                ChangeKind::Service,
+                &service.unit,
+                "start (not running)".into(),
+                Action::StartService(service.unit.clone()),
+                Phase::Services,
+            );
             to_start.insert(service.unit.as_str());
         }
     }
@@ -121,15 +145,33 @@ pub fn plan(desired: &DesiredHost, facts: &HostFacts) -> HostPlan {
         .services
         .iter()
         .map(|service| service.unit.as_str())
-        .filter(|unit| to_start.contains(unit) || plan.handlers.contains(&Handler::Restart((*unit).to_string())))
+        .filter(|unit| {
+            to_start.contains(unit)
+                || plan
+                    .handlers
+                    .contains(&Handler::Restart((*unit).to_string()))
+        })
         .map(str::to_string)
         .collect();
     plan
 }
 
 impl HostPlan {
-    fn push(&mut self, kind: ChangeKind, target: &str, detail: String, action: Action, phase: Phase) {
-        self.changes.push(Change { kind, target: target.to_string(), detail, action, phase });
+    fn push(
+        &mut self,
+        kind: ChangeKind,
+        target: &str,
+        detail: String,
+        action: Action,
+        phase: Phase,
+    ) {
+        self.changes.push(Change {
+            kind,
+            target: target.to_string(),
+            detail,
+            action,
+            phase,
+        });
     }
 }
 
@@ -144,7 +186,13 @@ fn plan_packages(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
     if !missing.is_empty() {
         // One change per package for the report, one action installing them all.
         for package in &missing {
-            plan.push(ChangeKind::Package, package, "install".into(), Action::InstallPackages(missing.clone()), Phase::Backing);
+            plan.push(
+                ChangeKind::Package,
+                package,
+                "install".into(),
+                Action::InstallPackages(missing.clone()),
+                Phase::Backing,
+            );
         }
     }
 }
@@ -153,7 +201,13 @@ fn plan_users(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
     plan.checked += desired.system_users.len();
     for user in &desired.system_users {
         if !facts.users.contains(user) {
-            plan.push(ChangeKind::User, user, "create system user (no login, no home)".into(), Action::CreateUser(user.clone()), Phase::Backing);
+            plan.push(
+                ChangeKind::User,
+                user,
+                "create system user (no login, no home)".into(),
+                Action::CreateUser(user.clone()),
+                Phase::Backing,
+            );
         }
     }
 }
@@ -172,7 +226,13 @@ fn file_phase(file: &DesiredFile, platform_units: &BTreeSet<&str>) -> Phase {
     }
 }
 
-fn plan_file(index: usize, file: &DesiredFile, facts: &HostFacts, platform_units: &BTreeSet<&str>, plan: &mut HostPlan) {
+fn plan_file(
+    index: usize,
+    file: &DesiredFile,
+    facts: &HostFacts,
+    platform_units: &BTreeSet<&str>,
+    plan: &mut HostPlan,
+) {
     plan.checked += 1;
     let path = match &facts.pg_version {
         Some(version) => resolve_pg_version(&file.path, version),
@@ -188,22 +248,42 @@ fn plan_file(index: usize, file: &DesiredFile, facts: &HostFacts, platform_units
     let mut details = Vec::new();
     match current {
         None => details.push(match &file.content {
-            FileContent::Text(text) => format!("create (mode {:o} {}:{})\n{}", file.mode, file.owner, file.group, diff("", text, &path)),
-            FileContent::SecretText(_) => format!("create secret file (mode {:o} {}:{}, content not shown)", file.mode, file.owner, file.group),
+            FileContent::Text(text) => format!(
+                "create (mode {:o} {}:{})\n{}",
+                file.mode,
+                file.owner,
+                file.group,
+                diff("", text, &path)
+            ),
+            FileContent::SecretText(_) => format!(
+                "create secret file (mode {:o} {}:{}, content not shown)",
+                file.mode, file.owner, file.group
+            ),
         }),
         Some(current) => {
             if current.sha256 != sha256_hex(wanted) {
                 details.push(match (&file.content, &current.content) {
-                    (FileContent::Text(text), Some(old)) => diff(&String::from_utf8_lossy(old), text, &path),
-                    (FileContent::Text(_), None) => format!("content changes (sha256 {} → {})", short(&current.sha256), short(&sha256_hex(wanted))),
-                    (FileContent::SecretText(_), _) => "secret file changed (content not shown)".into(),
+                    (FileContent::Text(text), Some(old)) => {
+                        diff(&String::from_utf8_lossy(old), text, &path)
+                    }
+                    (FileContent::Text(_), None) => format!(
+                        "content changes (sha256 {} → {})",
+                        short(&current.sha256),
+                        short(&sha256_hex(wanted))
+                    ),
+                    (FileContent::SecretText(_), _) => {
+                        "secret file changed (content not shown)".into()
+                    }
                 });
             }
             if current.mode != file.mode {
                 details.push(format!("mode {:o} → {:o}", current.mode, file.mode));
             }
             if current.owner != file.owner || current.group != file.group {
-                details.push(format!("owner {}:{} → {}:{}", current.owner, current.group, file.owner, file.group));
+                details.push(format!(
+                    "owner {}:{} → {}:{}",
+                    current.owner, current.group, file.owner, file.group
+                ));
             }
         }
     }
@@ -212,7 +292,16 @@ fn plan_file(index: usize, file: &DesiredFile, facts: &HostFacts, platform_units
     }
     plan.handlers.extend(file.on_change.iter().cloned());
     let phase = file_phase(file, platform_units);
-    plan.push(kind, &path, details.join("\n"), Action::WriteFile { file: index, path: path.clone() }, phase);
+    plan.push(
+        kind,
+        &path,
+        details.join("\n"),
+        Action::WriteFile {
+            file: index,
+            path: path.clone(),
+        },
+        phase,
+    );
 }
 
 fn diff(old: &str, new: &str, path: &str) -> String {
@@ -235,8 +324,20 @@ fn plan_postgres(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
     for (index, role) in postgres.roles.iter().enumerate() {
         plan.checked += 1;
         match current.roles.get(&role.name) {
-            None => plan.push(ChangeKind::Postgres, &format!("role {}", role.name), "create login role with its password".into(), Action::CreateRole(index), Phase::Backing),
-            Some(false) => plan.push(ChangeKind::Postgres, &format!("role {}", role.name), "password changes".into(), Action::SetRolePassword(index), Phase::Backing),
+            None => plan.push(
+                ChangeKind::Postgres,
+                &format!("role {}", role.name),
+                "create login role with its password".into(),
+                Action::CreateRole(index),
+                Phase::Backing,
+            ),
+            Some(false) => plan.push(
+                ChangeKind::Postgres,
+                &format!("role {}", role.name),
+                "password changes".into(),
+                Action::SetRolePassword(index),
+                Phase::Backing,
+            ),
             Some(true) => {}
         }
     }
@@ -244,9 +345,21 @@ fn plan_postgres(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
         plan.checked += 1;
         let target = format!("database {}", database.name);
         match current.databases.get(&database.name) {
-            None => plan.push(ChangeKind::Postgres, &target, format!("create, owned by {}", database.owner), Action::CreateDatabase(index), Phase::Backing),
+            None => plan.push(
+                ChangeKind::Postgres,
+                &target,
+                format!("create, owned by {}", database.owner),
+                Action::CreateDatabase(index),
+                Phase::Backing,
+            ),
             Some(owner) if *owner != database.owner => {
-                plan.push(ChangeKind::Postgres, &target, format!("owner {owner} → {}", database.owner), Action::SetDatabaseOwner(index), Phase::Backing);
+                plan.push(
+                    ChangeKind::Postgres,
+                    &target,
+                    format!("owner {owner} → {}", database.owner),
+                    Action::SetDatabaseOwner(index),
+                    Phase::Backing,
+                );
             }
             Some(_) => {}
         }
@@ -261,24 +374,50 @@ fn plan_rabbitmq(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
     let user_target = format!("user {}", rabbitmq.user);
     plan.checked += 5;
     if !current.vhosts.contains(&rabbitmq.vhost) {
-        plan.push(ChangeKind::Rabbitmq, &format!("vhost {}", rabbitmq.vhost), "create".into(), Action::AddVhost, Phase::Backing);
+        plan.push(
+            ChangeKind::Rabbitmq,
+            &format!("vhost {}", rabbitmq.vhost),
+            "create".into(),
+            Action::AddVhost,
+            Phase::Backing,
+        );
     }
     match current.users.get(&rabbitmq.user) {
-        None => plan.push(ChangeKind::Rabbitmq, &user_target, "create with its password".into(), Action::AddRabbitUser, Phase::Backing),
+        None => plan.push(
+            ChangeKind::Rabbitmq,
+            &user_target,
+            "create with its password".into(),
+            Action::AddRabbitUser,
+            Phase::Backing,
+        ),
         Some(_) if !current.password_matches => {
-            plan.push(ChangeKind::Rabbitmq, &user_target, "password changes".into(), Action::SetRabbitPassword, Phase::Backing);
+            plan.push(
+                ChangeKind::Rabbitmq,
+                &user_target,
+                "password changes".into(),
+                Action::SetRabbitPassword,
+                Phase::Backing,
+            );
         }
         Some(_) => {}
     }
     let mut wanted_tags = rabbitmq.tags.clone();
     wanted_tags.sort();
-    let mut current_tags = current.users.get(&rabbitmq.user).cloned().unwrap_or_default();
+    let mut current_tags = current
+        .users
+        .get(&rabbitmq.user)
+        .cloned()
+        .unwrap_or_default();
     current_tags.sort();
     if wanted_tags != current_tags {
         plan.push(
             ChangeKind::Rabbitmq,
             &user_target,
-            format!("tags [{}] → [{}]", current_tags.join(", "), wanted_tags.join(", ")),
+            format!(
+                "tags [{}] → [{}]",
+                current_tags.join(", "),
+                wanted_tags.join(", ")
+            ),
             Action::SetRabbitTags,
             Phase::Backing,
         );
@@ -294,14 +433,24 @@ fn plan_rabbitmq(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
         );
     }
     if rabbitmq.remove_guest && (current.users.contains_key("guest") || facts.rabbitmq.is_none()) {
-        plan.push(ChangeKind::Rabbitmq, "user guest", "delete the default user".into(), Action::DeleteGuest, Phase::Backing);
+        plan.push(
+            ChangeKind::Rabbitmq,
+            "user guest",
+            "delete the default user".into(),
+            Action::DeleteGuest,
+            Phase::Backing,
+        );
     }
 }
 
 fn plan_binaries(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
     for (index, binary) in desired.binaries.iter().enumerate() {
         plan.checked += 1;
-        let local = facts.local_binaries.get(&binary.local_path).map(String::as_str).unwrap_or("unknown");
+        let local = facts
+            .local_binaries
+            .get(&binary.local_path)
+            .map(String::as_str)
+            .unwrap_or("unknown");
         let remote = facts.binaries.get(&binary.remote_path);
         if remote.map(String::as_str) == Some(local) {
             continue;
@@ -310,8 +459,15 @@ fn plan_binaries(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
             Some(remote) => format!("sha256 {} → {}", short(remote), short(local)),
             None => format!("new (sha256 {})", short(local)),
         };
-        plan.handlers.insert(Handler::Restart(binary.service.clone()));
-        plan.push(ChangeKind::Binary, &binary.remote_path, detail, Action::PushBinary(index), Phase::Services);
+        plan.handlers
+            .insert(Handler::Restart(binary.service.clone()));
+        plan.push(
+            ChangeKind::Binary,
+            &binary.remote_path,
+            detail,
+            Action::PushBinary(index),
+            Phase::Services,
+        );
     }
 }
 

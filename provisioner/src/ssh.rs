@@ -68,12 +68,15 @@ impl SshTransport {
             .map_err(|error| connect_error(error.to_string()))?
             .next()
             .ok_or_else(|| connect_error("the address resolves to nothing".into()))?;
-        let tcp = TcpStream::connect_timeout(&socket_address, timeout).map_err(|error| connect_error(error.to_string()))?;
+        let tcp = TcpStream::connect_timeout(&socket_address, timeout)
+            .map_err(|error| connect_error(error.to_string()))?;
 
         let mut session = Session::new().map_err(|error| connect_error(error.to_string()))?;
         session.set_timeout(millis(timeout));
         session.set_tcp_stream(tcp);
-        session.handshake().map_err(|error| connect_error(format!("ssh handshake: {error}")))?;
+        session
+            .handshake()
+            .map_err(|error| connect_error(format!("ssh handshake: {error}")))?;
 
         let host_key = check_host_key(name, connection, &session)?;
 
@@ -118,7 +121,10 @@ impl SshTransport {
     }
 
     fn session_error(&self, what: &str, error: impl std::fmt::Display) -> TransportError {
-        TransportError::Session { host: self.name.clone(), message: format!("{what}: {error}") }
+        TransportError::Session {
+            host: self.name.clone(),
+            message: format!("{what}: {error}"),
+        }
     }
 
     /// Wraps a privileged command so it runs as root through `sudo -n` (never prompting).
@@ -131,22 +137,39 @@ impl SshTransport {
     }
 
     fn exec_raw(&self, command: &str, stdin: Option<&[u8]>) -> Result<ExecOutput, TransportError> {
-        let mut channel = self.session.channel_session().map_err(|error| self.session_error("open channel", error))?;
-        channel.exec(command).map_err(|error| self.session_error("exec", error))?;
+        let mut channel = self
+            .session
+            .channel_session()
+            .map_err(|error| self.session_error("open channel", error))?;
+        channel
+            .exec(command)
+            .map_err(|error| self.session_error("exec", error))?;
         if let Some(bytes) = stdin {
-            channel.write_all(bytes).map_err(|error| self.session_error("send stdin", error))?;
+            channel
+                .write_all(bytes)
+                .map_err(|error| self.session_error("send stdin", error))?;
         }
-        channel.send_eof().map_err(|error| self.session_error("send eof", error))?;
+        channel
+            .send_eof()
+            .map_err(|error| self.session_error("send eof", error))?;
         let mut stdout = Vec::new();
-        channel.read_to_end(&mut stdout).map_err(|error| self.session_error("read stdout", error))?;
+        channel
+            .read_to_end(&mut stdout)
+            .map_err(|error| self.session_error("read stdout", error))?;
         let mut stderr = Vec::new();
         channel
             .stderr()
             .read_to_end(&mut stderr)
             .map_err(|error| self.session_error("read stderr", error))?;
-        channel.wait_close().map_err(|error| self.session_error("close channel", error))?;
+        channel
+            .wait_close()
+            .map_err(|error| self.session_error("close channel", error))?;
         let status = channel.exit_status().unwrap_or(-1);
-        Ok(ExecOutput { status, stdout, stderr })
+        Ok(ExecOutput {
+            status,
+            stdout,
+            stderr,
+        })
     }
 }
 
@@ -155,12 +178,25 @@ impl Transport for SshTransport {
         &self.name
     }
 
-    fn exec(&self, command: &str, stdin: Option<&[u8]>, sudo: bool) -> Result<ExecOutput, TransportError> {
+    fn exec(
+        &self,
+        command: &str,
+        stdin: Option<&[u8]>,
+        sudo: bool,
+    ) -> Result<ExecOutput, TransportError> {
         self.exec_raw(&self.privileged(command, sudo), stdin)
     }
 
-    fn exec_streaming(&self, command: &str, sudo: bool, out: &mut dyn Write) -> Result<i32, TransportError> {
-        let mut channel = self.session.channel_session().map_err(|error| self.session_error("open channel", error))?;
+    fn exec_streaming(
+        &self,
+        command: &str,
+        sudo: bool,
+        out: &mut dyn Write,
+    ) -> Result<i32, TransportError> {
+        let mut channel = self
+            .session
+            .channel_session()
+            .map_err(|error| self.session_error("open channel", error))?;
         // Merged stderr keeps one ordered stream, and `journalctl -f` may stay silent for hours.
         channel
             .handle_extended_data(ssh2::ExtendedData::Merge)
@@ -172,16 +208,24 @@ impl Transport for SshTransport {
                 .map_err(|error| self.session_error("exec", error))?;
             let mut buffer = [0_u8; 8192];
             loop {
-                let read = channel.read(&mut buffer).map_err(|error| self.session_error("read", error))?;
+                let read = channel
+                    .read(&mut buffer)
+                    .map_err(|error| self.session_error("read", error))?;
                 if read == 0 {
                     break;
                 }
-                if out.write_all(&buffer[..read]).and_then(|()| out.flush()).is_err() {
+                if out
+                    .write_all(&buffer[..read])
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
                     // The local reader went away (e.g. `| head`): stop quietly.
                     return Ok(0);
                 }
             }
-            channel.wait_close().map_err(|error| self.session_error("close channel", error))?;
+            channel
+                .wait_close()
+                .map_err(|error| self.session_error("close channel", error))?;
             Ok(channel.exit_status().unwrap_or(-1))
         })();
         self.session.set_timeout(millis(COMMAND_TIMEOUT));
@@ -191,14 +235,25 @@ impl Transport for SshTransport {
 
 /// Checks the server's key against known_hosts; an unknown host is appended (first contact),
 /// a different key is refused.
-fn check_host_key(name: &str, connection: &Connection, session: &Session) -> Result<HostKeyStatus, TransportError> {
-    let host_key_error = |message: String| TransportError::HostKey { host: name.to_string(), message };
+fn check_host_key(
+    name: &str,
+    connection: &Connection,
+    session: &Session,
+) -> Result<HostKeyStatus, TransportError> {
+    let host_key_error = |message: String| TransportError::HostKey {
+        host: name.to_string(),
+        message,
+    };
     let (key, key_type) = session
         .host_key()
         .ok_or_else(|| host_key_error("the server sent no host key".into()))?;
     let path = connection.known_hosts.as_path();
-    let _guard = KNOWN_HOSTS_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut known_hosts = session.known_hosts().map_err(|error| host_key_error(error.to_string()))?;
+    let _guard = KNOWN_HOSTS_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut known_hosts = session
+        .known_hosts()
+        .map_err(|error| host_key_error(error.to_string()))?;
     if path.exists() {
         known_hosts
             .read_file(path, KnownHostFileKind::OpenSSH)
@@ -211,7 +266,10 @@ fn check_host_key(name: &str, connection: &Connection, session: &Session) -> Res
             address: format!("{}:{}", connection.address, connection.port),
             known_hosts: path.display().to_string(),
         }),
-        CheckResult::Failure => Err(host_key_error(format!("cannot check against {}", path.display()))),
+        CheckResult::Failure => Err(host_key_error(format!(
+            "cannot check against {}",
+            path.display()
+        ))),
         CheckResult::NotFound => {
             let entry = if connection.port == 22 {
                 connection.address.clone()
@@ -228,8 +286,12 @@ fn check_host_key(name: &str, connection: &Connection, session: &Session) -> Res
 }
 
 fn write_known_hosts(path: &Path, known_hosts: &ssh2::KnownHosts) -> Result<(), String> {
-    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|error| format!("creating {}: {error}", parent.display()))?;
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|error| format!("creating {}: {error}", parent.display()))?;
     }
     known_hosts
         .write_file(path, KnownHostFileKind::OpenSSH)

@@ -39,22 +39,44 @@ impl ExecOutput {
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("{host}: cannot connect to {address}: {message}")]
-    Connect { host: String, address: String, message: String },
+    Connect {
+        host: String,
+        address: String,
+        message: String,
+    },
     #[error(
         "{host}: host key of {address} does not match the one recorded in {known_hosts} \
          (refusing to connect; remove the old entry if the machine was rebuilt)"
     )]
-    HostKeyMismatch { host: String, address: String, known_hosts: String },
+    HostKeyMismatch {
+        host: String,
+        address: String,
+        known_hosts: String,
+    },
     #[error("{host}: host key check failed: {message}")]
     HostKey { host: String, message: String },
     #[error("{host}: key authentication as {user} refused ({key}): {message}")]
-    Auth { host: String, user: String, key: String, message: String },
+    Auth {
+        host: String,
+        user: String,
+        key: String,
+        message: String,
+    },
     #[error("{host}: `sudo -n` fails for {user} (passwordless sudo needed): {message}")]
-    Sudo { host: String, user: String, message: String },
+    Sudo {
+        host: String,
+        user: String,
+        message: String,
+    },
     #[error("{host}: ssh: {message}")]
     Session { host: String, message: String },
     #[error("{host}: `{command}` failed (exit {status}): {message}")]
-    Command { host: String, command: String, status: i32, message: String },
+    Command {
+        host: String,
+        command: String,
+        status: i32,
+        message: String,
+    },
 }
 
 /// A connection to one host. Methods take `&self` so one session serves a whole run.
@@ -64,10 +86,20 @@ pub trait Transport: Send + Sync {
 
     /// Runs `command` with `sh` semantics; with `sudo`, as root (through `sudo -n` when the
     /// inventory says the user needs it). Secrets go in `stdin`, never in `command`.
-    fn exec(&self, command: &str, stdin: Option<&[u8]>, sudo: bool) -> Result<ExecOutput, TransportError>;
+    fn exec(
+        &self,
+        command: &str,
+        stdin: Option<&[u8]>,
+        sudo: bool,
+    ) -> Result<ExecOutput, TransportError>;
 
     /// Runs `command` and copies its output to `out` as it comes (for `logs -f`).
-    fn exec_streaming(&self, command: &str, sudo: bool, out: &mut dyn Write) -> Result<i32, TransportError> {
+    fn exec_streaming(
+        &self,
+        command: &str,
+        sudo: bool,
+        out: &mut dyn Write,
+    ) -> Result<i32, TransportError> {
         let output = self.exec(command, None, sudo)?;
         // A closed local pipe (e.g. `| head`) is not an error of the host.
         let _ = out.write_all(&output.stdout);
@@ -76,7 +108,12 @@ pub trait Transport: Send + Sync {
     }
 
     /// Like [`Transport::exec`] but a non-zero exit is an error carrying the last line of output.
-    fn run(&self, command: &str, stdin: Option<&[u8]>, sudo: bool) -> Result<ExecOutput, TransportError> {
+    fn run(
+        &self,
+        command: &str,
+        stdin: Option<&[u8]>,
+        sudo: bool,
+    ) -> Result<ExecOutput, TransportError> {
         let output = self.exec(command, stdin, sudo)?;
         if output.success() {
             Ok(output)
@@ -93,7 +130,11 @@ pub trait Transport: Send + Sync {
     /// The file's bytes, or `None` when it does not exist (read as root).
     fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, TransportError> {
         let quoted = shell_quote(path);
-        let output = self.exec(&format!("if [ -f {quoted} ]; then cat {quoted}; else exit 3; fi"), None, true)?;
+        let output = self.exec(
+            &format!("if [ -f {quoted} ]; then cat {quoted}; else exit 3; fi"),
+            None,
+            true,
+        )?;
         match output.status {
             0 => Ok(Some(output.stdout)),
             3 => Ok(None),
@@ -117,7 +158,12 @@ pub trait Transport: Send + Sync {
         owner: &str,
         group: &str,
     ) -> Result<(), TransportError> {
-        self.run(&write_file_script(path, mode, owner, group), Some(bytes), true).map(|_| ())
+        self.run(
+            &write_file_script(path, mode, owner, group),
+            Some(bytes),
+            true,
+        )
+        .map(|_| ())
     }
 }
 
@@ -155,7 +201,10 @@ pub fn shell_quote(value: &str) -> String {
 fn first_line(command: &str) -> String {
     let line = command.lines().next().unwrap_or_default();
     if line.len() > 120 {
-        let cut = (0..=120).rev().find(|&i| line.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=120)
+            .rev()
+            .find(|&i| line.is_char_boundary(i))
+            .unwrap_or(0);
         format!("{}…", &line[..cut])
     } else {
         line.to_string()
@@ -194,7 +243,10 @@ pub mod fake {
 
     impl FakeTransport {
         pub fn new(name: &str) -> Self {
-            Self { name: name.to_string(), ..Self::default() }
+            Self {
+                name: name.to_string(),
+                ..Self::default()
+            }
         }
 
         /// Answers every command containing `needle`.
@@ -208,8 +260,16 @@ pub mod fake {
         }
 
         fn push_rule(&self, needle: &str, status: i32, stdout: &str, remaining: Option<usize>) {
-            let output = ExecOutput { status, stdout: stdout.as_bytes().to_vec(), stderr: Vec::new() };
-            self.rules.lock().expect("rules lock").push(Rule { needle: needle.to_string(), output, remaining });
+            let output = ExecOutput {
+                status,
+                stdout: stdout.as_bytes().to_vec(),
+                stderr: Vec::new(),
+            };
+            self.rules.lock().expect("rules lock").push(Rule {
+                needle: needle.to_string(),
+                output,
+                remaining,
+            });
         }
 
         pub fn calls(&self) -> Vec<Call> {
@@ -218,7 +278,11 @@ pub mod fake {
 
         /// Every command run, one per line, for `contains` assertions.
         pub fn transcript(&self) -> String {
-            self.calls().iter().map(|call| call.command.as_str()).collect::<Vec<_>>().join("\n")
+            self.calls()
+                .iter()
+                .map(|call| call.command.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
         }
     }
 
@@ -227,7 +291,12 @@ pub mod fake {
             &self.name
         }
 
-        fn exec(&self, command: &str, stdin: Option<&[u8]>, sudo: bool) -> Result<ExecOutput, TransportError> {
+        fn exec(
+            &self,
+            command: &str,
+            stdin: Option<&[u8]>,
+            sudo: bool,
+        ) -> Result<ExecOutput, TransportError> {
             self.calls.lock().expect("calls lock").push(Call {
                 command: command.to_string(),
                 stdin: stdin.map(<[u8]>::to_vec),
@@ -256,7 +325,10 @@ mod tests {
 
     #[test]
     fn quoting_survives_single_quotes_and_spaces() {
-        assert_eq!(shell_quote("/etc/billing/billing.env"), "/etc/billing/billing.env");
+        assert_eq!(
+            shell_quote("/etc/billing/billing.env"),
+            "/etc/billing/billing.env"
+        );
         assert_eq!(shell_quote("it's a b"), r"'it'\''s a b'");
         assert_eq!(shell_quote(""), "''");
     }
@@ -264,8 +336,14 @@ mod tests {
     #[test]
     fn atomic_write_renames_a_temp_file_of_the_same_directory() {
         let script = write_file_script("/etc/billing/billing.env", 0o600, "billing", "billing");
-        assert!(script.contains("mktemp /etc/billing/.billing.env.provision.XXXXXX"), "{script}");
+        assert!(
+            script.contains("mktemp /etc/billing/.billing.env.provision.XXXXXX"),
+            "{script}"
+        );
         assert!(script.contains("chmod 600"), "{script}");
-        assert!(script.contains("mv -f \"$tmp\" /etc/billing/billing.env"), "{script}");
+        assert!(
+            script.contains("mv -f \"$tmp\" /etc/billing/billing.env"),
+            "{script}"
+        );
     }
 }

@@ -11,8 +11,8 @@ use base64::Engine;
 
 use provisioner::apply::{apply_all, HostReport};
 use provisioner::desired::{
-    Connection, DesiredBinary, DesiredFile, DesiredHost, FileContent, Handler, PostgresDatabase, PostgresRole,
-    PostgresState, RabbitMqState, Role, Secret, ServiceSpec,
+    Connection, DesiredBinary, DesiredFile, DesiredHost, FileContent, Handler, PostgresDatabase,
+    PostgresRole, PostgresState, RabbitMqState, Role, Secret, ServiceSpec,
 };
 use provisioner::facts::{self, FileFact, HostFacts, PostgresFacts, RabbitMqFacts, UnitFact};
 use provisioner::plan::{plan, Action, ChangeKind, Phase};
@@ -55,7 +55,11 @@ fn desired_host(dir: &Path) -> DesiredHost {
     let binary = |service: &str, content: &[u8]| {
         let local_path = dir.join(service);
         std::fs::write(&local_path, content).expect("local binary");
-        DesiredBinary { service: service.into(), local_path, remote_path: format!("/usr/local/bin/{service}") }
+        DesiredBinary {
+            service: service.into(),
+            local_path,
+            remote_path: format!("/usr/local/bin/{service}"),
+        }
     };
     DesiredHost {
         name: "app-vm".into(),
@@ -160,16 +164,34 @@ fn converged(desired: &DesiredHost) -> HostFacts {
         binaries: desired
             .binaries
             .iter()
-            .map(|binary| (binary.remote_path.clone(), local_binaries[&binary.local_path].clone()))
+            .map(|binary| {
+                (
+                    binary.remote_path.clone(),
+                    local_binaries[&binary.local_path].clone(),
+                )
+            })
             .collect(),
         local_binaries,
         units: desired
             .services
             .iter()
-            .map(|service| (service.unit.clone(), UnitFact { active: true, enabled: true }))
+            .map(|service| {
+                (
+                    service.unit.clone(),
+                    UnitFact {
+                        active: true,
+                        enabled: true,
+                    },
+                )
+            })
             .collect(),
         postgres: Some(PostgresFacts {
-            roles: [("postgres".to_string(), false), ("inventory_user".into(), true), ("billing_user".into(), true)].into(),
+            roles: [
+                ("postgres".to_string(), false),
+                ("inventory_user".into(), true),
+                ("billing_user".into(), true),
+            ]
+            .into(),
             databases: [
                 ("postgres".to_string(), "postgres".to_string()),
                 ("inventory_db".into(), "inventory_user".into()),
@@ -180,7 +202,11 @@ fn converged(desired: &DesiredHost) -> HostFacts {
         rabbitmq: Some(RabbitMqFacts {
             vhosts: ["/".to_string(), "/platform".into()].into(),
             users: [("billing_mq".to_string(), vec!["management".to_string()])].into(),
-            permissions: [("billing_mq".to_string(), (".*".to_string(), ".*".to_string(), ".*".to_string()))].into(),
+            permissions: [(
+                "billing_mq".to_string(),
+                (".*".to_string(), ".*".to_string(), ".*".to_string()),
+            )]
+            .into(),
             password_matches: true,
         }),
     }
@@ -203,7 +229,11 @@ fn script_output(desired: &DesiredHost, facts: &HostFacts) -> String {
     out.push_str("@@files\n");
     for (index, file) in desired.files.iter().enumerate() {
         if let Some(fact) = facts.files.get(&file.path) {
-            let _ = writeln!(out, "F {index} {:o} {} {} {}", fact.mode, fact.owner, fact.group, fact.sha256);
+            let _ = writeln!(
+                out,
+                "F {index} {:o} {} {} {}",
+                fact.mode, fact.owner, fact.group, fact.sha256
+            );
             if let Some(content) = &fact.content {
                 let _ = writeln!(out, "C {index} {}", STANDARD.encode(content));
             }
@@ -224,7 +254,11 @@ fn script_output(desired: &DesiredHost, facts: &HostFacts) -> String {
     if let Some(postgres) = &facts.postgres {
         out.push_str("@@pgroles\n");
         for (role, matches) in &postgres.roles {
-            let verifier = if *matches { scram::make_verifier(DB_PASSWORD).expect("verifier") } else { String::new() };
+            let verifier = if *matches {
+                scram::make_verifier(DB_PASSWORD).expect("verifier")
+            } else {
+                String::new()
+            };
             let _ = writeln!(out, "{role}\t{verifier}");
         }
         out.push_str("@@pgdatabases\n");
@@ -245,7 +279,11 @@ fn script_output(desired: &DesiredHost, facts: &HostFacts) -> String {
         for (user, (configure, write, read)) in &rabbitmq.permissions {
             let _ = writeln!(out, "{user}\t{configure}\t{write}\t{read}");
         }
-        let _ = writeln!(out, "@@rmqauth\n{}", if rabbitmq.password_matches { 0 } else { 65 });
+        let _ = writeln!(
+            out,
+            "@@rmqauth\n{}",
+            if rabbitmq.password_matches { 0 } else { 65 }
+        );
     }
     out.push_str("@@end\n");
     out
@@ -260,7 +298,10 @@ fn changed_file(facts: &mut HostFacts, path: &str, old_content: &str) {
 }
 
 fn targets(plan: &provisioner::plan::HostPlan) -> Vec<(ChangeKind, String)> {
-    plan.changes.iter().map(|change| (change.kind, change.target.clone())).collect()
+    plan.changes
+        .iter()
+        .map(|change| (change.kind, change.target.clone()))
+        .collect()
 }
 
 #[test]
@@ -270,7 +311,11 @@ fn a_converged_host_has_an_empty_plan_and_restarts_nothing() {
     let plan = plan(&desired, &converged(&desired));
     assert!(plan.is_empty(), "{:?}", targets(&plan));
     assert!(plan.handlers.is_empty() && plan.restarts.is_empty());
-    assert!(plan.checked >= 20, "everything was compared: {}", plan.checked);
+    assert!(
+        plan.checked >= 20,
+        "everything was compared: {}",
+        plan.checked
+    );
 }
 
 #[test]
@@ -278,14 +323,24 @@ fn a_changed_env_file_restarts_only_its_service_and_shows_no_secret() {
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = desired_host(dir.path());
     let mut facts = converged(&desired);
-    changed_file(&mut facts, "/etc/billing/billing.env", "AMQP_URL=amqp://billing_mq:old-password@10.0.0.13/x\n");
+    changed_file(
+        &mut facts,
+        "/etc/billing/billing.env",
+        "AMQP_URL=amqp://billing_mq:old-password@10.0.0.13/x\n",
+    );
     let plan = plan(&desired, &facts);
-    assert_eq!(targets(&plan), [(ChangeKind::File, "/etc/billing/billing.env".to_string())]);
+    assert_eq!(
+        targets(&plan),
+        [(ChangeKind::File, "/etc/billing/billing.env".to_string())]
+    );
     assert_eq!(plan.restarts, ["billing"]);
     assert!(!plan.handlers.contains(&Handler::DaemonReload));
     let detail = &plan.changes[0].detail;
     assert!(detail.contains("secret file changed"), "{detail}");
-    assert!(!detail.contains(MQ_PASSWORD) && !detail.contains("old-password"), "{detail}");
+    assert!(
+        !detail.contains(MQ_PASSWORD) && !detail.contains("old-password"),
+        "{detail}"
+    );
 }
 
 #[test]
@@ -293,13 +348,29 @@ fn a_changed_unit_reloads_systemd_once_and_restarts_only_that_service() {
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = desired_host(dir.path());
     let mut facts = converged(&desired);
-    changed_file(&mut facts, "/etc/systemd/system/inventory.service", "[Service]\nExecStart=/usr/local/bin/inventory\nUser=root\n");
+    changed_file(
+        &mut facts,
+        "/etc/systemd/system/inventory.service",
+        "[Service]\nExecStart=/usr/local/bin/inventory\nUser=root\n",
+    );
     let plan = plan(&desired, &facts);
-    assert_eq!(targets(&plan), [(ChangeKind::Unit, "/etc/systemd/system/inventory.service".to_string())]);
-    assert_eq!(plan.handlers.iter().cloned().collect::<Vec<_>>(), [Handler::DaemonReload, restart("inventory")]);
+    assert_eq!(
+        targets(&plan),
+        [(
+            ChangeKind::Unit,
+            "/etc/systemd/system/inventory.service".to_string()
+        )]
+    );
+    assert_eq!(
+        plan.handlers.iter().cloned().collect::<Vec<_>>(),
+        [Handler::DaemonReload, restart("inventory")]
+    );
     assert_eq!(plan.restarts, ["inventory"]);
     let detail = &plan.changes[0].detail;
-    assert!(detail.contains("-User=root") && detail.contains("+User=inventory"), "a unified diff: {detail}");
+    assert!(
+        detail.contains("-User=root") && detail.contains("+User=inventory"),
+        "a unified diff: {detail}"
+    );
     assert_eq!(plan.changes[0].phase, Phase::Services);
 }
 
@@ -308,11 +379,21 @@ fn a_changed_binary_restarts_its_service_and_shows_checksums() {
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = desired_host(dir.path());
     let mut facts = converged(&desired);
-    facts.binaries.insert("/usr/local/bin/billing".into(), "0123456789abcdef0123".into());
+    facts.binaries.insert(
+        "/usr/local/bin/billing".into(),
+        "0123456789abcdef0123".into(),
+    );
     let plan = plan(&desired, &facts);
-    assert_eq!(targets(&plan), [(ChangeKind::Binary, "/usr/local/bin/billing".to_string())]);
+    assert_eq!(
+        targets(&plan),
+        [(ChangeKind::Binary, "/usr/local/bin/billing".to_string())]
+    );
     assert_eq!(plan.restarts, ["billing"]);
-    assert!(plan.changes[0].detail.starts_with("sha256 0123456789ab → "), "{}", plan.changes[0].detail);
+    assert!(
+        plan.changes[0].detail.starts_with("sha256 0123456789ab → "),
+        "{}",
+        plan.changes[0].detail
+    );
     assert_eq!(plan.changes[0].action, Action::PushBinary(1));
 }
 
@@ -321,10 +402,23 @@ fn a_pg_hba_change_reloads_postgresql_before_services_and_restarts_no_service() 
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = desired_host(dir.path());
     let mut facts = converged(&desired);
-    changed_file(&mut facts, "/etc/postgresql/{pg_version}/main/pg_hba.conf", "local all postgres peer\n");
+    changed_file(
+        &mut facts,
+        "/etc/postgresql/{pg_version}/main/pg_hba.conf",
+        "local all postgres peer\n",
+    );
     let plan = plan(&desired, &facts);
-    assert_eq!(targets(&plan), [(ChangeKind::File, "/etc/postgresql/15/main/pg_hba.conf".to_string())]);
-    assert_eq!(plan.handlers.iter().cloned().collect::<Vec<_>>(), [Handler::Reload("postgresql".into())]);
+    assert_eq!(
+        targets(&plan),
+        [(
+            ChangeKind::File,
+            "/etc/postgresql/15/main/pg_hba.conf".to_string()
+        )]
+    );
+    assert_eq!(
+        plan.handlers.iter().cloned().collect::<Vec<_>>(),
+        [Handler::Reload("postgresql".into())]
+    );
     assert!(plan.restarts.is_empty());
     assert_eq!(plan.changes[0].phase, Phase::Backing);
 }
@@ -334,12 +428,18 @@ fn only_mode_and_owner_drift_is_a_change_without_content() {
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = desired_host(dir.path());
     let mut facts = converged(&desired);
-    let fact = facts.files.get_mut("/etc/inventory/inventory.env").expect("file");
+    let fact = facts
+        .files
+        .get_mut("/etc/inventory/inventory.env")
+        .expect("file");
     fact.mode = 0o644;
     fact.owner = "root".into();
     let plan = plan(&desired, &facts);
     assert_eq!(plan.changes.len(), 1);
-    assert_eq!(plan.changes[0].detail, "mode 644 → 600\nowner root:inventory → inventory:inventory");
+    assert_eq!(
+        plan.changes[0].detail,
+        "mode 644 → 600\nowner root:inventory → inventory:inventory"
+    );
     assert_eq!(plan.restarts, ["inventory"]);
 }
 
@@ -353,12 +453,32 @@ fn database_and_broker_drift_is_planned_without_touching_services() {
     postgres.databases.remove("inventory_db");
     let rabbitmq = facts.rabbitmq.as_mut().expect("rabbitmq");
     rabbitmq.password_matches = false;
-    rabbitmq.users.insert("guest".into(), vec!["administrator".into()]);
+    rabbitmq
+        .users
+        .insert("guest".into(), vec!["administrator".into()]);
     let plan = plan(&desired, &facts);
-    let actions: Vec<Action> = plan.changes.iter().map(|change| change.action.clone()).collect();
-    assert_eq!(actions, [Action::SetRolePassword(1), Action::CreateDatabase(0), Action::SetRabbitPassword, Action::DeleteGuest]);
-    assert!(plan.restarts.is_empty(), "credentials in the database changed, not the services' files");
-    assert!(plan.changes.iter().all(|change| change.phase == Phase::Backing));
+    let actions: Vec<Action> = plan
+        .changes
+        .iter()
+        .map(|change| change.action.clone())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            Action::SetRolePassword(1),
+            Action::CreateDatabase(0),
+            Action::SetRabbitPassword,
+            Action::DeleteGuest
+        ]
+    );
+    assert!(
+        plan.restarts.is_empty(),
+        "credentials in the database changed, not the services' files"
+    );
+    assert!(plan
+        .changes
+        .iter()
+        .all(|change| change.phase == Phase::Backing));
 }
 
 #[test]
@@ -366,10 +486,26 @@ fn a_stopped_service_is_started_and_a_disabled_one_enabled() {
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = desired_host(dir.path());
     let mut facts = converged(&desired);
-    facts.units.insert("billing".into(), UnitFact { active: false, enabled: false });
+    facts.units.insert(
+        "billing".into(),
+        UnitFact {
+            active: false,
+            enabled: false,
+        },
+    );
     let plan = plan(&desired, &facts);
-    let actions: Vec<Action> = plan.changes.iter().map(|change| change.action.clone()).collect();
-    assert_eq!(actions, [Action::EnableService("billing".into()), Action::StartService("billing".into())]);
+    let actions: Vec<Action> = plan
+        .changes
+        .iter()
+        .map(|change| change.action.clone())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            Action::EnableService("billing".into()),
+            Action::StartService("billing".into())
+        ]
+    );
     assert_eq!(plan.restarts, ["billing"]);
 }
 
@@ -377,20 +513,42 @@ fn a_stopped_service_is_started_and_a_disabled_one_enabled() {
 fn a_bare_host_needs_everything_with_the_postgres_path_still_unresolved() {
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = desired_host(dir.path());
-    let facts = HostFacts { local_binaries: converged(&desired).local_binaries, ..HostFacts::default() };
+    let facts = HostFacts {
+        local_binaries: converged(&desired).local_binaries,
+        ..HostFacts::default()
+    };
     let plan = plan(&desired, &facts);
-    let count = |kind| plan.changes.iter().filter(|change| change.kind == kind).count();
+    let count = |kind| {
+        plan.changes
+            .iter()
+            .filter(|change| change.kind == kind)
+            .count()
+    };
     assert_eq!(count(ChangeKind::Package), 3);
     assert_eq!(count(ChangeKind::User), 2);
     assert_eq!(count(ChangeKind::Unit), 2);
     assert_eq!(count(ChangeKind::File), 3);
     assert_eq!(count(ChangeKind::Binary), 2);
     assert_eq!(count(ChangeKind::Postgres), 4);
-    assert_eq!(count(ChangeKind::Rabbitmq), 5, "vhost, user, tags, permissions, guest");
+    assert_eq!(
+        count(ChangeKind::Rabbitmq),
+        5,
+        "vhost, user, tags, permissions, guest"
+    );
     assert_eq!(plan.restarts, ["inventory", "billing"]);
-    assert!(plan.changes.iter().any(|change| change.target == "/etc/postgresql/{pg_version}/main/pg_hba.conf"));
-    let everything: String = plan.changes.iter().map(|change| format!("{} {}\n", change.target, change.detail)).collect();
-    assert!(!everything.contains(DB_PASSWORD) && !everything.contains(MQ_PASSWORD), "{everything}");
+    assert!(plan
+        .changes
+        .iter()
+        .any(|change| change.target == "/etc/postgresql/{pg_version}/main/pg_hba.conf"));
+    let everything: String = plan
+        .changes
+        .iter()
+        .map(|change| format!("{} {}\n", change.target, change.detail))
+        .collect();
+    assert!(
+        !everything.contains(DB_PASSWORD) && !everything.contains(MQ_PASSWORD),
+        "{everything}"
+    );
 }
 
 #[test]
@@ -406,18 +564,33 @@ fn facts_are_gathered_in_one_round_trip_with_secrets_only_on_stdin() {
     assert_eq!(calls.len(), 1, "one round trip");
     assert!(calls[0].sudo);
     assert!(!calls[0].command.contains(MQ_PASSWORD));
-    let script = String::from_utf8(calls[0].stdin.clone().expect("script on stdin")).expect("utf-8");
-    assert!(script.contains(r#"f=/etc/postgresql/"$PGV"/main/pg_hba.conf;"#), "{script}");
+    let script =
+        String::from_utf8(calls[0].stdin.clone().expect("script on stdin")).expect("utf-8");
+    assert!(
+        script.contains(r#"f=/etc/postgresql/"$PGV"/main/pg_hba.conf;"#),
+        "{script}"
+    );
 
     // A verifier made for another password does not match: plan would reset it.
     let mut wrong = expected.clone();
-    wrong.postgres.as_mut().expect("postgres").roles.insert("billing_user".into(), false);
+    wrong
+        .postgres
+        .as_mut()
+        .expect("postgres")
+        .roles
+        .insert("billing_user".into(), false);
     let output = script_output(&desired, &expected).replace(
         "billing_user\tSCRAM",
-        &format!("billing_user\t{}\nignored\tSCRAM", scram::make_verifier("other").expect("verifier")),
+        &format!(
+            "billing_user\t{}\nignored\tSCRAM",
+            scram::make_verifier("other").expect("verifier")
+        ),
     );
     let parsed = facts::parse_facts(&desired, &output);
-    assert_eq!(parsed.postgres.expect("postgres").roles.get("billing_user"), Some(&false));
+    assert_eq!(
+        parsed.postgres.expect("postgres").roles.get("billing_user"),
+        Some(&false)
+    );
 }
 
 #[test]
@@ -429,11 +602,21 @@ fn a_host_of_another_architecture_is_refused() {
     std::fs::copy("/bin/true", &local).expect("copy /bin/true");
     desired.binaries[0].local_path = local;
     let mut facts = converged(&desired);
-    facts.arch = Some(if std::env::consts::ARCH == "aarch64" { "x86_64" } else { "aarch64" }.into());
+    facts.arch = Some(
+        if std::env::consts::ARCH == "aarch64" {
+            "x86_64"
+        } else {
+            "aarch64"
+        }
+        .into(),
+    );
     let fake = FakeTransport::new("app-vm");
     fake.answer("sh -s", 0, &script_output(&desired, &facts));
     let error = facts::gather(&fake, &desired, &facts.local_binaries).expect_err("refused");
-    assert!(error.to_string().starts_with("app-vm: the host is "), "{error}");
+    assert!(
+        error.to_string().starts_with("app-vm: the host is "),
+        "{error}"
+    );
 
     // The same host with the binaries' own architecture is fine.
     facts.arch = Some(std::env::consts::ARCH.into());
@@ -445,7 +628,9 @@ fn a_host_of_another_architecture_is_refused() {
 fn apply_one(desired: &DesiredHost, fake: &FakeTransport) -> HostReport {
     let local = facts::local_checksums([desired]).expect("local");
     let transport: &dyn Transport = fake;
-    apply_all(&[(desired, Ok(transport))], &local).pop().expect("one report")
+    apply_all(&[(desired, Ok(transport))], &local)
+        .pop()
+        .expect("one report")
 }
 
 #[test]
@@ -455,10 +640,18 @@ fn applying_a_converged_host_changes_and_restarts_nothing() {
     let fake = FakeTransport::new("app-vm");
     fake.answer("sh -s", 0, &script_output(&desired, &converged(&desired)));
     let report = apply_one(&desired, &fake);
-    assert_eq!((report.changed, report.failed, report.error.as_deref()), (0, 0, None));
+    assert_eq!(
+        (report.changed, report.failed, report.error.as_deref()),
+        (0, 0, None)
+    );
     assert!(report.restarted.is_empty());
     assert!(report.ok >= 20);
-    assert_eq!(fake.calls().len(), 1, "only the facts: {}", fake.transcript());
+    assert_eq!(
+        fake.calls().len(),
+        1,
+        "only the facts: {}",
+        fake.transcript()
+    );
 }
 
 #[test]
@@ -470,14 +663,36 @@ fn applying_an_env_change_writes_it_through_stdin_and_restarts_only_its_service(
     let fake = FakeTransport::new("app-vm");
     fake.answer("sh -s", 0, &script_output(&desired, &facts));
     let report = apply_one(&desired, &fake);
-    assert_eq!((report.changed, report.failed), (1, 0), "{:?}", report.error);
+    assert_eq!(
+        (report.changed, report.failed),
+        (1, 0),
+        "{:?}",
+        report.error
+    );
     assert_eq!(report.restarted, ["billing"]);
     let transcript = fake.transcript();
-    assert!(transcript.contains("systemctl restart billing"), "{transcript}");
-    assert!(!transcript.contains("daemon-reload") && !transcript.contains("restart inventory"), "{transcript}");
-    assert!(!transcript.contains(MQ_PASSWORD), "no secret on a command line");
-    let write = fake.calls().into_iter().find(|call| call.command.contains("/etc/billing/billing.env")).expect("write");
-    assert!(write.command.contains("chmod 600") && write.command.contains("chown billing:billing"), "{}", write.command);
+    assert!(
+        transcript.contains("systemctl restart billing"),
+        "{transcript}"
+    );
+    assert!(
+        !transcript.contains("daemon-reload") && !transcript.contains("restart inventory"),
+        "{transcript}"
+    );
+    assert!(
+        !transcript.contains(MQ_PASSWORD),
+        "no secret on a command line"
+    );
+    let write = fake
+        .calls()
+        .into_iter()
+        .find(|call| call.command.contains("/etc/billing/billing.env"))
+        .expect("write");
+    assert!(
+        write.command.contains("chmod 600") && write.command.contains("chown billing:billing"),
+        "{}",
+        write.command
+    );
     assert!(String::from_utf8_lossy(&write.stdin.expect("stdin")).contains(MQ_PASSWORD));
 }
 
@@ -486,7 +701,9 @@ fn an_unhealthy_new_binary_is_rolled_back_and_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = desired_host(dir.path());
     let mut facts = converged(&desired);
-    facts.binaries.insert("/usr/local/bin/billing".into(), "oldsha".into());
+    facts
+        .binaries
+        .insert("/usr/local/bin/billing".into(), "oldsha".into());
     let fake = FakeTransport::new("app-vm");
     fake.answer("sh -s", 0, &script_output(&desired, &facts));
     // The new binary never answers; once rolled back, the previous one does.
@@ -496,10 +713,17 @@ fn an_unhealthy_new_binary_is_rolled_back_and_reported() {
     assert_eq!(report.restarted, ["billing"]);
     assert_eq!(report.failed, 1);
     let error = report.error.expect("an error");
-    assert!(error.contains("rolled back to the previous binary, which is healthy again"), "{error}");
+    assert!(
+        error.contains("rolled back to the previous binary, which is healthy again"),
+        "{error}"
+    );
     let transcript = fake.transcript();
-    let push = transcript.find("ln -f /usr/local/bin/billing /usr/local/bin/billing.previous").expect("previous kept");
-    let rollback = transcript.find("cp -p /usr/local/bin/billing.previous").expect("rolled back");
+    let push = transcript
+        .find("ln -f /usr/local/bin/billing /usr/local/bin/billing.previous")
+        .expect("previous kept");
+    let rollback = transcript
+        .find("cp -p /usr/local/bin/billing.previous")
+        .expect("rolled back");
     assert!(push < rollback);
 }
 
@@ -508,7 +732,10 @@ fn a_bare_host_gets_packages_then_databases_and_broker_then_services_with_secret
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = desired_host(dir.path());
     let local_binaries = converged(&desired).local_binaries;
-    let bare = HostFacts { local_binaries: local_binaries.clone(), ..HostFacts::default() };
+    let bare = HostFacts {
+        local_binaries: local_binaries.clone(),
+        ..HostFacts::default()
+    };
     // After installing, PostgreSQL and RabbitMQ are there with their defaults.
     let installed = HostFacts {
         packages: desired.packages.iter().cloned().collect(),
@@ -547,19 +774,41 @@ fn a_bare_host_gets_packages_then_databases_and_broker_then_services_with_secret
     assert!(position("delete_user guest") < position("/usr/local/bin/inventory"));
     assert!(position("/etc/systemd/system/billing.service") < position("systemctl daemon-reload"));
     assert!(position("systemctl daemon-reload") < position("systemctl restart inventory"));
-    assert_eq!(calls.iter().filter(|call| call.command.contains("daemon-reload")).count(), 1);
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|call| call.command.contains("daemon-reload"))
+            .count(),
+        1
+    );
 
     for call in &calls {
-        assert!(!call.command.contains(DB_PASSWORD) && !call.command.contains(MQ_PASSWORD), "{}", call.command);
+        assert!(
+            !call.command.contains(DB_PASSWORD) && !call.command.contains(MQ_PASSWORD),
+            "{}",
+            call.command
+        );
     }
     let sql: String = calls
         .iter()
         .filter(|call| call.command.contains("psql"))
         .map(|call| String::from_utf8_lossy(call.stdin.as_deref().unwrap_or_default()).into_owned())
         .collect();
-    assert!(sql.contains("CREATE ROLE \"billing_user\" LOGIN PASSWORD 'SCRAM-SHA-256$4096:"), "{sql}");
-    assert!(sql.contains("CREATE DATABASE \"billing_db\" OWNER \"billing_user\""), "{sql}");
-    assert!(!sql.contains(DB_PASSWORD), "only verifiers reach PostgreSQL");
-    let add_user = calls.iter().find(|call| call.command.contains("add_user")).expect("add_user");
+    assert!(
+        sql.contains("CREATE ROLE \"billing_user\" LOGIN PASSWORD 'SCRAM-SHA-256$4096:"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("CREATE DATABASE \"billing_db\" OWNER \"billing_user\""),
+        "{sql}"
+    );
+    assert!(
+        !sql.contains(DB_PASSWORD),
+        "only verifiers reach PostgreSQL"
+    );
+    let add_user = calls
+        .iter()
+        .find(|call| call.command.contains("add_user"))
+        .expect("add_user");
     assert_eq!(add_user.stdin.as_deref(), Some(MQ_PASSWORD.as_bytes()));
 }

@@ -26,7 +26,16 @@ impl Drop for Sshd {
 
 fn keygen(path: &Path) {
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "provision-test", "-f"])
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "provision-test",
+            "-f",
+        ])
         .arg(path)
         .status()
         .expect("ssh-keygen runs");
@@ -34,19 +43,46 @@ fn keygen(path: &Path) {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn start_sshd(dir: &Path, host_key: &Path, port: u16) -> Sshd {
     std::fs::create_dir_all("/run/sshd").expect("privilege separation directory");
     let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f", "/dev/null", "-p", &port.to_string(), "-o", "ListenAddress=127.0.0.1", "-h"])
+        .args([
+            "-D",
+            "-e",
+            "-f",
+            "/dev/null",
+            "-p",
+            &port.to_string(),
+            "-o",
+            "ListenAddress=127.0.0.1",
+            "-h",
+        ])
         .arg(host_key)
         .arg("-o")
-        .arg(format!("AuthorizedKeysFile={}", dir.join("authorized_keys").display()))
-        .args(["-o", "StrictModes=no", "-o", "UsePAM=no", "-o", "PermitRootLogin=prohibit-password"])
+        .arg(format!(
+            "AuthorizedKeysFile={}",
+            dir.join("authorized_keys").display()
+        ))
+        .args([
+            "-o",
+            "StrictModes=no",
+            "-o",
+            "UsePAM=no",
+            "-o",
+            "PermitRootLogin=prohibit-password",
+        ])
         .arg("-o")
-        .arg(format!("PidFile={}", dir.join(format!("sshd-{port}.pid")).display()))
+        .arg(format!(
+            "PidFile={}",
+            dir.join(format!("sshd-{port}.pid")).display()
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -69,7 +105,11 @@ impl Lab {
         let dir = tempfile::tempdir().expect("tempdir");
         keygen(&dir.path().join("host_key"));
         keygen(&dir.path().join("client_key"));
-        std::fs::copy(dir.path().join("client_key.pub"), dir.path().join("authorized_keys")).expect("authorized_keys");
+        std::fs::copy(
+            dir.path().join("client_key.pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .expect("authorized_keys");
         let sshd = start_sshd(dir.path(), &dir.path().join("host_key"), free_port());
         Self { dir, sshd }
     }
@@ -97,16 +137,25 @@ fn commands_stdin_and_atomic_upload_over_one_session() {
     let transport = SshTransport::connect("test-vm", &lab.connection()).expect("connects");
     assert_eq!(transport.host_key, HostKeyStatus::Recorded);
 
-    let output = transport.exec("echo out; echo err >&2; exit 3", None, false).expect("exec");
+    let output = transport
+        .exec("echo out; echo err >&2; exit 3", None, false)
+        .expect("exec");
     assert_eq!((output.status, output.stdout_text().as_str()), (3, "out\n"));
     assert_eq!(output.stderr, b"err\n");
 
-    let echoed = transport.exec("cat", Some(b"from stdin"), true).expect("exec with stdin");
+    let echoed = transport
+        .exec("cat", Some(b"from stdin"), true)
+        .expect("exec with stdin");
     assert_eq!(echoed.stdout, b"from stdin");
 
-    let failed = transport.run("echo nope >&2; false", None, false).expect_err("non-zero exit is an error");
+    let failed = transport
+        .run("echo nope >&2; false", None, false)
+        .expect_err("non-zero exit is an error");
     let message = failed.to_string();
-    assert!(message.contains("test-vm") && message.contains("nope"), "{message}");
+    assert!(
+        message.contains("test-vm") && message.contains("nope"),
+        "{message}"
+    );
 
     let target = lab.path("etc/app/app.env");
     let target_text = target.to_str().expect("utf-8 path");
@@ -114,21 +163,53 @@ fn commands_stdin_and_atomic_upload_over_one_session() {
         .write_file_atomic(target_text, b"SECRET=1\n", 0o600, "root", "root")
         .expect("upload");
     assert_eq!(std::fs::read(&target).expect("uploaded"), b"SECRET=1\n");
-    assert_eq!(std::fs::metadata(&target).expect("stat").permissions().mode() & 0o777, 0o600);
-    transport.write_file_atomic(target_text, b"SECRET=2\n", 0o640, "root", "root").expect("replace");
+    assert_eq!(
+        std::fs::metadata(&target)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    transport
+        .write_file_atomic(target_text, b"SECRET=2\n", 0o640, "root", "root")
+        .expect("replace");
     assert_eq!(std::fs::read(&target).expect("replaced"), b"SECRET=2\n");
-    assert_eq!(std::fs::metadata(&target).expect("stat").permissions().mode() & 0o777, 0o640);
-    let leftovers: Vec<_> = std::fs::read_dir(lab.path("etc/app")).expect("dir").collect();
+    assert_eq!(
+        std::fs::metadata(&target)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(lab.path("etc/app"))
+        .expect("dir")
+        .collect();
     assert_eq!(leftovers.len(), 1, "no temporary file left behind");
 
-    assert_eq!(transport.read_file(target_text).expect("read"), Some(b"SECRET=2\n".to_vec()));
-    assert_eq!(transport.read_file(&format!("{target_text}.missing")).expect("read"), None);
+    assert_eq!(
+        transport.read_file(target_text).expect("read"),
+        Some(b"SECRET=2\n".to_vec())
+    );
+    assert_eq!(
+        transport
+            .read_file(&format!("{target_text}.missing"))
+            .expect("read"),
+        None
+    );
 
     // A large upload goes through stdin in one piece.
     let big: Vec<u8> = (0..3_000_000_u32).map(|i| (i % 251) as u8).collect();
     let big_path = lab.path("big.bin");
     transport
-        .write_file_atomic(big_path.to_str().expect("utf-8"), &big, 0o755, "root", "root")
+        .write_file_atomic(
+            big_path.to_str().expect("utf-8"),
+            &big,
+            0o755,
+            "root",
+            "root",
+        )
         .expect("big upload");
     assert_eq!(std::fs::read(&big_path).expect("big"), big);
 }
@@ -140,7 +221,10 @@ fn first_contact_records_the_host_key_and_a_changed_key_is_refused() {
     let first = SshTransport::connect("test-vm", &connection).expect("first contact");
     assert_eq!(first.host_key, HostKeyStatus::Recorded);
     let recorded = std::fs::read_to_string(&connection.known_hosts).expect("known_hosts written");
-    assert!(recorded.contains(&format!("[127.0.0.1]:{}", lab.sshd.port)), "{recorded}");
+    assert!(
+        recorded.contains(&format!("[127.0.0.1]:{}", lab.sshd.port)),
+        "{recorded}"
+    );
 
     let second = SshTransport::connect("test-vm", &connection).expect("known host");
     assert_eq!(second.host_key, HostKeyStatus::Known);
@@ -151,9 +235,15 @@ fn first_contact_records_the_host_key_and_a_changed_key_is_refused() {
     drop(lab.sshd);
     let _rebuilt = start_sshd(lab.dir.path(), &lab.dir.path().join("other_host_key"), port);
     let refused = SshTransport::connect("test-vm", &connection).expect_err("changed key refused");
-    assert!(matches!(refused, TransportError::HostKeyMismatch { .. }), "{refused}");
+    assert!(
+        matches!(refused, TransportError::HostKeyMismatch { .. }),
+        "{refused}"
+    );
     let message = refused.to_string();
-    assert!(message.starts_with("test-vm:") && message.contains("does not match"), "{message}");
+    assert!(
+        message.starts_with("test-vm:") && message.contains("does not match"),
+        "{message}"
+    );
     let after = std::fs::read_to_string(&connection.known_hosts).expect("known_hosts");
     assert_eq!(after, recorded, "a refused key is not recorded");
 }
@@ -165,12 +255,20 @@ fn unreachable_host_and_refused_key_are_one_line_errors_naming_the_host() {
     closed.port = free_port();
     let error = SshTransport::connect("gone-vm", &closed).expect_err("nothing listens");
     let message = error.to_string();
-    assert!(message.starts_with("gone-vm: cannot connect") && !message.contains('\n'), "{message}");
+    assert!(
+        message.starts_with("gone-vm: cannot connect") && !message.contains('\n'),
+        "{message}"
+    );
 
     keygen(&lab.path("stranger_key"));
     let mut stranger = lab.connection();
     stranger.private_key = lab.path("stranger_key");
     let error = SshTransport::connect("test-vm", &stranger).expect_err("key not authorized");
     assert!(matches!(error, TransportError::Auth { .. }), "{error}");
-    assert!(error.to_string().starts_with("test-vm: key authentication as root refused"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("test-vm: key authentication as root refused"),
+        "{error}"
+    );
 }
