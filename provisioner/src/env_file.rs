@@ -35,6 +35,11 @@ pub enum EnvFileError {
     Missing { path: PathBuf, name: String },
     #[error("{path}: variable {name} is empty")]
     Empty { path: PathBuf, name: String },
+    /// Names go unquoted into SQL, pg_hba.conf and rabbitmqctl: keep them plain identifiers.
+    #[error(
+        "{path}: {name} must be a plain name (letters, digits and `_`, not starting with a digit)"
+    )]
+    NotAName { path: PathBuf, name: String },
 }
 
 /// The variables of one `.env` file. Any variable whose name ends in `_PASSWORD` is a secret: it
@@ -64,6 +69,13 @@ pub struct BrokerCredentials {
 /// Whether `name` holds a password.
 pub fn is_secret_name(name: &str) -> bool {
     name.ends_with("_PASSWORD")
+}
+
+/// Letters, digits and `_`, not starting with a digit: safe unquoted in SQL, pg_hba.conf and
+/// rabbitmqctl arguments.
+fn is_plain_name(value: &str) -> bool {
+    value.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl EnvFile {
@@ -109,6 +121,12 @@ impl EnvFile {
                 }
                 Some("") => {
                     return Err(EnvFileError::Empty {
+                        path: path.to_owned(),
+                        name: name.to_owned(),
+                    })
+                }
+                Some(value) if !is_secret_name(name) && !is_plain_name(value) => {
+                    return Err(EnvFileError::NotAName {
                         path: path.to_owned(),
                         name: name.to_owned(),
                     })
@@ -247,6 +265,19 @@ GATEWAY_VM_IP=192.168.56.10
             .expect_err("empty")
             .to_string();
         assert!(message.contains("BILLING_DB_USER"), "{message}");
+    }
+
+    #[test]
+    fn names_must_be_plain_identifiers() {
+        let text = COMPLETE.replace(
+            "BILLING_DB_NAME=billing_db",
+            "BILLING_DB_NAME='billing\"; drop'",
+        );
+        let message = EnvFile::parse(Path::new("x.env"), &text)
+            .expect_err("not a name")
+            .to_string();
+        assert!(message.contains("BILLING_DB_NAME"), "{message}");
+        assert!(message.contains("plain name"), "{message}");
     }
 
     #[test]

@@ -420,13 +420,13 @@ impl Validator<'_> {
             ));
         }
         for role in raw.roles.get_ref() {
-            let parsed = parse_role(role.get_ref()).ok_or_else(|| {
+            let name = self.interpolate(role, &roles_field)?;
+            let parsed = parse_role(&name).ok_or_else(|| {
                 self.error(
                     role.span(),
                     &roles_field,
                     format!(
-                        "unknown role `{}` (gateway, inventory, billing, postgres or rabbitmq)",
-                        role.get_ref()
+                        "unknown role `{name}` (gateway, inventory, billing, postgres or rabbitmq)"
                     ),
                 )
             })?;
@@ -434,7 +434,7 @@ impl Validator<'_> {
                 return Err(self.error(
                     role.span(),
                     &roles_field,
-                    format!("role `{}` is listed twice", role.get_ref()),
+                    format!("role `{name}` is listed twice"),
                 ));
             }
             roles.push(parsed);
@@ -988,6 +988,49 @@ vhost = "${RABBITMQ_VHOST}"
             "hosts[0].address",
             "closing",
         );
+    }
+
+    #[test]
+    fn other_bad_values_are_located() {
+        let cases = [
+            (
+                "[\"gateway\"]",
+                "[\"gateway\", \"gateway\"]",
+                "hosts[0].roles",
+                "listed twice",
+            ),
+            ("[\"gateway\"]", "[]", "hosts[0].roles", "at least one role"),
+            (
+                "name = \"gateway-vm\"",
+                "name = \"gateway vm\"",
+                "hosts[0].name",
+                "not a valid host name",
+            ),
+            (
+                "user = \"vagrant\"",
+                "user = \"\"",
+                "hosts[0].user",
+                "empty",
+            ),
+            (
+                "connect_timeout_secs = 10",
+                "connect_timeout_secs = 0",
+                "ssh.connect_timeout_secs",
+                "positive",
+            ),
+            (
+                "billing_health_port = 8081",
+                "billing_health_port = 8081\ntarget_arch = \"sparc\"",
+                "settings.target_arch",
+                "sparc",
+            ),
+        ];
+        for (from, to, field, words) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "{from}");
+            let needle = to.lines().last().unwrap_or(to);
+            assert_error(&text, line_of(&text, needle), field, words);
+        }
     }
 
     #[test]
