@@ -76,7 +76,8 @@ impl fmt::Display for GlibcVersion {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BinaryError {
-    #[error("cannot read {path}: {source}")]
+    /// The I/O cause is the source, printed by the command\'s error chain, so not repeated here.
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -97,7 +98,7 @@ pub enum BinaryError {
         needed: GlibcVersion,
         max: GlibcVersion,
     },
-    #[error("cannot run `{command}`: {source}")]
+    #[error("cannot run `{command}`")]
     Spawn {
         command: String,
         source: std::io::Error,

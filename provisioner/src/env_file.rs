@@ -23,7 +23,8 @@ pub const REQUIRED_VARIABLES: [&str; 8] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvFileError {
-    #[error("cannot read env file {path}: {source}")]
+    /// The I/O cause is the source, printed by the command\'s error chain, so not repeated here.
+    #[error("cannot read env file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -17,7 +17,8 @@ use crate::env_file::{is_secret_name, EnvFile};
 /// What went wrong, located precisely enough that the user can fix it without guessing.
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
-    #[error("cannot read inventory {path}: {source}")]
+    /// The I/O cause is the source, printed by the command\'s error chain, so not repeated here.
+    #[error("cannot read inventory {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -55,7 +55,8 @@ pub enum RenderError {
     },
     #[error("no binary for {service}")]
     MissingBinary { service: String },
-    #[error("cannot write {path}: {source}")]
+    /// The I/O cause is the source, printed by the command\'s error chain, so not repeated here.
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
