@@ -3,7 +3,7 @@
 use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::Parser;
-use service_common::DEFAULT_BILLING_QUEUE;
+use service_common::{redact_url_password, AmqpUrl, DEFAULT_BILLING_QUEUE};
 
 use crate::consumer::ConsumerSettings;
 
@@ -22,7 +22,7 @@ pub struct Config {
 
     /// RabbitMQ broker the orders arrive through (amqp://user:password@host:port/vhost).
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-    pub amqp_url: SecretUrl,
+    pub amqp_url: AmqpUrl,
 
     /// Durable queue consumed; poison messages go to `<queue>.dead-letter`.
     #[arg(long, env = "BILLING_QUEUE", default_value = DEFAULT_BILLING_QUEUE,
@@ -84,7 +84,7 @@ fn queue_name(raw: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
-/// A connection URL that may carry a password: `Debug` and `Display` show it with the password
+/// The database URL, which may carry a password: `Debug` and `Display` show it with the password
 /// replaced by `***`; only [`SecretUrl::expose`] gives the real text, to hand to a client library.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretUrl(String);
@@ -101,25 +101,7 @@ impl SecretUrl {
 
     /// The URL with its password masked, safe for logs.
     pub fn redacted(&self) -> String {
-        let url = &self.0;
-        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-            return url.clone();
-        };
-        let rest = &url[scheme_end..];
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let authority = &rest[..authority_end];
-        let Some(at) = authority.rfind('@') else {
-            return url.clone();
-        };
-        let Some(colon) = authority[..at].find(':') else {
-            return url.clone();
-        };
-        format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &authority[..colon],
-            &rest[at..]
-        )
+        redact_url_password(&self.0)
     }
 }
 
@@ -164,6 +146,35 @@ mod tests {
         ] {
             assert_eq!(SecretUrl::new(raw).to_string(), raw);
         }
+    }
+
+    #[test]
+    fn the_broker_connected_to_is_the_ip_address_of_amqp_url() {
+        let config = Config::parse_from([
+            "billing",
+            "--database-url",
+            "postgres://x",
+            "--amqp-url",
+            "amqp://billing:pw@10.1.2.3:5673/billing_vhost",
+        ]);
+        // What `consumer` hands to `Connection::connect_uri`.
+        let uri = config.amqp_url.to_amqp_uri();
+        assert_eq!(uri.authority.host, "10.1.2.3");
+        assert_eq!(uri.authority.port, 5673);
+        assert_eq!(uri.vhost, "billing_vhost");
+        assert_eq!(uri.authority.userinfo.username, "billing");
+        assert_eq!(uri.authority.userinfo.password, "pw");
+        assert!(!format!("{config:?}").contains("pw@"));
+
+        // lapin's parser alone turns an IPv6 address into "localhost".
+        let config = Config::parse_from([
+            "billing",
+            "--database-url",
+            "postgres://x",
+            "--amqp-url",
+            "amqp://billing:pw@[fd00::13]:5673/billing_vhost",
+        ]);
+        assert_eq!(config.amqp_url.to_amqp_uri().authority.host, "[fd00::13]");
     }
 
     #[test]

@@ -25,14 +25,13 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
 };
-use service_common::{dead_letter_queue_name, BillingOrder};
+use service_common::{dead_letter_queue_name, AmqpUrl, BillingOrder};
 use sqlx::PgPool;
 use tokio::{sync::watch, time::Instant};
 use tracing::{info, instrument, warn};
 use uuid::Uuid;
 
 use crate::{
-    config::SecretUrl,
     error::{chain, Error},
     orders::{self, NewOrder},
 };
@@ -134,7 +133,7 @@ pub fn handle(body: &[u8], properties: &BasicProperties) -> Outcome {
 /// The database schema must already be migrated.
 pub async fn run(
     pool: PgPool,
-    amqp_url: SecretUrl,
+    amqp_url: AmqpUrl,
     settings: ConsumerSettings,
     readiness: Readiness,
     shutdown: impl Future<Output = ()>,
@@ -180,7 +179,7 @@ impl Stop {
 
 struct Worker {
     pool: PgPool,
-    amqp_url: SecretUrl,
+    amqp_url: AmqpUrl,
     settings: ConsumerSettings,
     readiness: Readiness,
     stop: Stop,
@@ -244,8 +243,10 @@ impl Worker {
     }
 
     async fn connect(&self) -> Result<Session, Error> {
+        // The parsed URL, not its text: lapin's own parser would lose an IPv6 host.
         let connection =
-            Connection::connect(self.amqp_url.expose(), ConnectionProperties::default()).await?;
+            Connection::connect_uri(self.amqp_url.to_amqp_uri(), ConnectionProperties::default())
+                .await?;
         let channel = connection.create_channel().await?;
         // Confirms on the one channel we publish dead letters on: the original is acked only
         // once the broker has taken responsibility for its dead letter.

@@ -180,7 +180,7 @@ fn spawn_worker(pool: PgPool, amqp_url: String, settings: ConsumerSettings) -> R
     let readiness = Readiness::default();
     let task = tokio::spawn(consumer::run(
         pool,
-        SecretUrl::new(amqp_url),
+        amqp_url.parse().expect("AMQP_URL"),
         settings,
         readiness.clone(),
         async {
@@ -736,7 +736,7 @@ async fn run_serves_ready_stores_orders_and_exits_ok_on_shutdown(pool: PgPool) {
     };
     let config = Config {
         database_url: SecretUrl::new(database_url),
-        amqp_url: SecretUrl::new(amqp_url()),
+        amqp_url: amqp_url().parse().expect("AMQP_URL"),
         billing_queue: broker.queue.clone(),
         health_listen_addr: health_addr,
         prefetch: 100,

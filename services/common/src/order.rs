@@ -223,16 +223,19 @@ mod tests {
 
     #[test]
     fn accepts_numeric_user_id_and_zero_amount() {
-        let o = order(r#"{"user_id": 42, "number_of_items": 1, "total_amount": 0}"#).expect("valid");
+        let o =
+            order(r#"{"user_id": 42, "number_of_items": 1, "total_amount": 0}"#).expect("valid");
         assert_eq!(o.user_id, "42");
         assert!(o.total_amount.is_zero());
     }
 
     #[test]
     fn amount_keeps_exact_cents_without_float_rounding() {
-        let o = order(r#"{"user_id": "u", "number_of_items": 1, "total_amount": 0.1}"#).expect("ok");
+        let o =
+            order(r#"{"user_id": "u", "number_of_items": 1, "total_amount": 0.1}"#).expect("ok");
         assert_eq!(o.total_amount.to_string(), "0.1");
-        let o = order(r#"{"user_id": "u", "number_of_items": 1, "total_amount": "1e2"}"#).expect("ok");
+        let o =
+            order(r#"{"user_id": "u", "number_of_items": 1, "total_amount": "1e2"}"#).expect("ok");
         assert_eq!(o.total_amount, Decimal::from(100));
     }
 
@@ -240,19 +243,58 @@ mod tests {
     fn refuses_bad_values_naming_the_field() {
         let cases = [
             (r#"{"number_of_items": 1, "total_amount": 1}"#, "user_id"),
-            (r#"{"user_id": "", "number_of_items": 1, "total_amount": 1}"#, "user_id"),
-            (r#"{"user_id": [], "number_of_items": 1, "total_amount": 1}"#, "user_id"),
-            (r#"{"user_id": "u", "number_of_items": 0, "total_amount": 1}"#, "number_of_items"),
-            (r#"{"user_id": "u", "number_of_items": -2, "total_amount": 1}"#, "number_of_items"),
-            (r#"{"user_id": "u", "number_of_items": 2.5, "total_amount": 1}"#, "number_of_items"),
-            (r#"{"user_id": "u", "number_of_items": "x", "total_amount": 1}"#, "number_of_items"),
-            (r#"{"user_id": "u", "number_of_items": 1e10, "total_amount": 1}"#, "number_of_items"),
-            (r#"{"user_id": "u", "number_of_items": 1, "total_amount": -1}"#, "total_amount"),
-            (r#"{"user_id": "u", "number_of_items": 1, "total_amount": "abc"}"#, "total_amount"),
-            (r#"{"user_id": "u", "number_of_items": 1, "total_amount": 1.234}"#, "total_amount"),
-            (r#"{"user_id": "u", "number_of_items": 1, "total_amount": 1e12}"#, "total_amount"),
-            (r#"{"user_id": "u", "number_of_items": 1, "total_amount": null}"#, "total_amount"),
-            (r#"{"user_id": "u", "number_of_items": 1, "total_amount": true}"#, "total_amount"),
+            (
+                r#"{"user_id": "", "number_of_items": 1, "total_amount": 1}"#,
+                "user_id",
+            ),
+            (
+                r#"{"user_id": [], "number_of_items": 1, "total_amount": 1}"#,
+                "user_id",
+            ),
+            (
+                r#"{"user_id": "u", "number_of_items": 0, "total_amount": 1}"#,
+                "number_of_items",
+            ),
+            (
+                r#"{"user_id": "u", "number_of_items": -2, "total_amount": 1}"#,
+                "number_of_items",
+            ),
+            (
+                r#"{"user_id": "u", "number_of_items": 2.5, "total_amount": 1}"#,
+                "number_of_items",
+            ),
+            (
+                r#"{"user_id": "u", "number_of_items": "x", "total_amount": 1}"#,
+                "number_of_items",
+            ),
+            (
+                r#"{"user_id": "u", "number_of_items": 1e10, "total_amount": 1}"#,
+                "number_of_items",
+            ),
+            (
+                r#"{"user_id": "u", "number_of_items": 1, "total_amount": -1}"#,
+                "total_amount",
+            ),
+            (
+                r#"{"user_id": "u", "number_of_items": 1, "total_amount": "abc"}"#,
+                "total_amount",
+            ),
+            (
+                r#"{"user_id": "u", "number_of_items": 1, "total_amount": 1.234}"#,
+                "total_amount",
+            ),
+            (
+                r#"{"user_id": "u", "number_of_items": 1, "total_amount": 1e12}"#,
+                "total_amount",
+            ),
+            (
+                r#"{"user_id": "u", "number_of_items": 1, "total_amount": null}"#,
+                "total_amount",
+            ),
+            (
+                r#"{"user_id": "u", "number_of_items": 1, "total_amount": true}"#,
+                "total_amount",
+            ),
         ];
         for (json, field) in cases {
             let err = order(json).expect_err(json);
@@ -277,15 +319,22 @@ mod tests {
 
     #[test]
     fn canonical_json_round_trips_with_amount_as_string() {
-        let o = order(r#"{"user_id": "u", "number_of_items": 2, "total_amount": 10.5}"#).expect("ok");
+        let o =
+            order(r#"{"user_id": "u", "number_of_items": 2, "total_amount": 10.5}"#).expect("ok");
         let bytes = o.to_json_vec();
         let text = String::from_utf8(bytes.clone()).expect("utf8");
         assert!(text.contains(r#""total_amount":"10.5""#), "{text}");
-        assert_eq!(BillingOrder::from_json_slice(&bytes).expect("round trip"), o);
+        assert_eq!(
+            BillingOrder::from_json_slice(&bytes).expect("round trip"),
+            o
+        );
     }
 
     #[test]
     fn dead_letter_queue_is_derived_from_the_queue() {
-        assert_eq!(dead_letter_queue_name("billing_queue"), "billing_queue.dead-letter");
+        assert_eq!(
+            dead_letter_queue_name("billing_queue"),
+            "billing_queue.dead-letter"
+        );
     }
 }

@@ -19,13 +19,12 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::Serialize;
-use service_common::BillingOrder;
+use service_common::{AmqpUrl, BillingOrder};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::body::read_limited;
-use crate::config::AmqpUrl;
 use crate::error::{DisplayChain, Error};
 use crate::AppState;
 

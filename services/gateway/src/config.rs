@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use http::Uri;
-use lapin::uri::AMQPUri;
+use service_common::AmqpUrl;
 
 /// Everything the gateway needs to start. Every field has an environment variable.
 #[derive(Debug, Clone, Parser)]
@@ -95,8 +95,6 @@ pub enum ConfigError {
     NoHost,
     #[error("the URL must not carry a query string")]
     HasQuery,
-    #[error("not an AMQP URL: {0}")]
-    NotAmqp(String),
 }
 
 /// A validated inventory base URL: `http://host:port` with an optional path prefix (kept
@@ -151,73 +149,6 @@ impl FromStr for InventoryUrl {
     }
 }
 
-/// The broker URL. It carries a password, so its `Debug` and `Display` hide it.
-#[derive(Clone)]
-pub struct AmqpUrl {
-    raw: String,
-    uri: AMQPUri,
-}
-
-impl AmqpUrl {
-    /// The parsed URL, password included: only for handing to the AMQP client.
-    pub fn to_amqp_uri(&self) -> AMQPUri {
-        self.uri.clone()
-    }
-
-    /// The URL with its password replaced by `***`, safe for logs.
-    pub fn redacted(&self) -> String {
-        let Some((scheme, rest)) = self.raw.split_once("://") else {
-            return "***".to_owned();
-        };
-        // The userinfo ends at the last '@' before the first '/', as in RFC 3986.
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        let authority = &rest[..authority_end];
-        match authority.rfind('@') {
-            Some(at) => {
-                let userinfo = &authority[..at];
-                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-                format!("{scheme}://{user}:***{}", &rest[at..])
-            }
-            None => self.raw.clone(),
-        }
-    }
-}
-
-impl fmt::Debug for AmqpUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("AmqpUrl").field(&self.redacted()).finish()
-    }
-}
-
-impl fmt::Display for AmqpUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-impl FromStr for AmqpUrl {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // lapin's own parser, so that a URL accepted here is one the client can use. Its error
-        // text may quote the whole URL, password included, hence the replacement.
-        let mut uri =
-            AMQPUri::from_str(s).map_err(|err| ConfigError::NotAmqp(err.replace(s, "AMQP_URL")))?;
-        // amq-protocol-uri 7 only keeps host names and silently turns an IP address into
-        // "localhost" (it reads `Url::domain`), so the host is taken from the URL ourselves.
-        let parsed: Uri = s
-            .parse()
-            .map_err(|_| ConfigError::NotAmqp("AMQP_URL is not a valid URL".to_owned()))?;
-        if let Some(host) = parsed.host().filter(|host| !host.is_empty()) {
-            uri.authority.host = host.to_owned();
-        }
-        Ok(Self {
-            raw: s.to_owned(),
-            uri,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,24 +182,6 @@ mod tests {
         ] {
             assert!(bad.parse::<InventoryUrl>().is_err(), "{bad} was accepted");
         }
-    }
-
-    #[test]
-    fn amqp_url_never_shows_its_password() {
-        let url: AmqpUrl = "amqp://guest:s3cret@127.0.0.1:5672/%2f"
-            .parse()
-            .expect("valid");
-        let shown = format!("{url:?} {url}");
-        assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(shown.contains("guest:***@127.0.0.1:5672/%2f"), "{shown}");
-        let uri = url.to_amqp_uri();
-        assert_eq!(uri.authority.userinfo.password, "s3cret");
-        // An IP address stays an IP address (the parser alone would make it "localhost").
-        assert_eq!(uri.authority.host, "127.0.0.1");
-        let url: AmqpUrl = "amqp://u:p@10.1.2.3:5673/vh".parse().expect("valid");
-        assert_eq!(url.to_amqp_uri().authority.host, "10.1.2.3");
-        assert_eq!(url.to_amqp_uri().authority.port, 5673);
-        assert_eq!(url.to_amqp_uri().vhost, "vh");
     }
 
     #[test]

@@ -1,0 +1,150 @@
+//! The RabbitMQ URL of the gateway and billing: parsed once with the AMQP client's own parser,
+//! with the host that parser loses put back, and never shown with its password.
+
+use std::{fmt, str::FromStr};
+
+use lapin::uri::AMQPUri;
+
+use crate::redact::redact_url_password;
+
+/// Why an `AMQP_URL` was refused; clap prints it next to the variable's name.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpUrlError {
+    /// The text is not an AMQP URL lapin can connect with. The message never quotes the URL.
+    #[error("not an AMQP URL: {0}")]
+    Invalid(String),
+}
+
+/// A broker URL such as `amqp://user:password@10.0.0.13:5672/billing_vhost`.
+///
+/// It carries a password, so `Debug` and `Display` show it redacted; only
+/// [`AmqpUrl::to_amqp_uri`] gives it whole, to hand to `lapin::Connection::connect_uri`.
+/// Connect with that, never with `Connection::connect(&str)`: lapin's own parser turns an IPv6
+/// address host into "localhost".
+#[derive(Clone)]
+pub struct AmqpUrl {
+    /// The text as given, kept to show it (redacted) exactly as the operator wrote it.
+    raw: String,
+    /// What the client connects with, host fixed.
+    uri: AMQPUri,
+}
+
+impl AmqpUrl {
+    /// The parsed URL, password included: only for handing to the AMQP client.
+    pub fn to_amqp_uri(&self) -> AMQPUri {
+        self.uri.clone()
+    }
+
+    /// The URL with its password replaced by `***`, safe for logs.
+    pub fn redacted(&self) -> String {
+        redact_url_password(&self.raw)
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AmqpUrl").field(&self.redacted()).finish()
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl FromStr for AmqpUrl {
+    type Err = AmqpUrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Replacing "" would put the name between every character of the message.
+        let hide_url = |err: String| {
+            if s.is_empty() {
+                AmqpUrlError::Invalid(err)
+            } else {
+                AmqpUrlError::Invalid(err.replace(s, "AMQP_URL"))
+            }
+        };
+        // lapin's own parser, so that a URL accepted here is one the client can use. Its error
+        // text may quote the whole URL, password included, hence the replacement.
+        let mut uri = AMQPUri::from_str(s).map_err(hide_url)?;
+        // amq-protocol-uri 7 keeps the host only when `Url::domain` returns it, which it never
+        // does for an IP address: it would connect to "localhost" instead. The same `url` parser
+        // tells the address; IPv6 keeps its brackets because lapin joins host and port with ':'.
+        let url = url::Url::parse(s).map_err(|err| hide_url(err.to_string()))?;
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => uri.authority.host = ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => uri.authority.host = format!("[{ip}]"),
+            Some(url::Host::Domain(_)) | None => {}
+        }
+        Ok(Self {
+            raw: s.to_owned(),
+            uri,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amqp_url_never_shows_its_password() {
+        let url: AmqpUrl = "amqp://guest:s3cret@127.0.0.1:5672/%2f"
+            .parse()
+            .expect("valid");
+        let shown = format!("{url:?} {url}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("guest:***@127.0.0.1:5672/%2f"), "{shown}");
+        let uri = url.to_amqp_uri();
+        assert_eq!(uri.authority.userinfo.password, "s3cret");
+        assert_eq!(uri.vhost, "/");
+    }
+
+    #[test]
+    fn an_ip_address_host_is_the_host_connected_to() {
+        let uri = "amqp://billing:pw@10.1.2.3:5673/billing_vhost"
+            .parse::<AmqpUrl>()
+            .expect("valid")
+            .to_amqp_uri();
+        assert_eq!(uri.authority.host, "10.1.2.3");
+        assert_eq!(uri.authority.port, 5673);
+        assert_eq!(uri.vhost, "billing_vhost");
+        assert_eq!(uri.authority.userinfo.username, "billing");
+        assert_eq!(uri.authority.userinfo.password, "pw");
+
+        // lapin alone makes this one "localhost".
+        let uri = "amqp://u:p@[fd00::13]/vh"
+            .parse::<AmqpUrl>()
+            .expect("valid")
+            .to_amqp_uri();
+        assert_eq!(uri.authority.host, "[fd00::13]");
+        assert_eq!(uri.authority.port, 5672);
+    }
+
+    #[test]
+    fn a_host_name_and_the_defaults_are_lapins() {
+        let uri = "amqp://rabbit.internal"
+            .parse::<AmqpUrl>()
+            .expect("valid")
+            .to_amqp_uri();
+        assert_eq!(uri.authority.host, "rabbit.internal");
+        assert_eq!(uri.authority.port, 5672);
+        assert_eq!(uri.vhost, "/");
+        assert_eq!(uri.authority.userinfo.username, "guest");
+    }
+
+    #[test]
+    fn refusals_never_quote_the_password() {
+        for bad in [
+            "",
+            "http://u:s3cret@127.0.0.1/vh",
+            "amqp://u:s3cret@127.0.0.1:notaport/vh",
+            "amqp:s3cret",
+            "amqp://u:s3cret@127.0.0.1/vh?heartbeat=s3cret",
+        ] {
+            let err = bad.parse::<AmqpUrl>().expect_err(bad);
+            assert!(!err.to_string().contains("s3cret"), "{bad}: {err}");
+        }
+    }
+}
