@@ -15,9 +15,17 @@ use crate::transport::{shell_quote, ExecOutput, Transport, TransportError};
 /// Hosts connect in parallel but share one known_hosts file: its read-check-append is serialised.
 static KNOWN_HOSTS_LOCK: Mutex<()> = Mutex::new(());
 
-/// Long enough for `apt-get install postgresql rabbitmq-server` on a slow mirror, short enough
-/// that a host which vanished mid-run does not hang the run forever.
+/// How long one blocking step of a command (a read, a write) may wait for the host: long enough
+/// for `apt-get install postgresql rabbitmq-server` on a slow mirror, which prints nothing (its
+/// output goes to /dev/null) for minutes, short enough that a wedged host does not hang the run
+/// forever. A host that vanished is noticed much sooner, by TCP keepalive.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// TCP keepalive: a silent connection is probed after this long…
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+/// …every this long, and declared dead after this many unanswered probes (about 35 s in all).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 4;
 
 /// What the connection reported about the host key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,8 +78,21 @@ impl SshTransport {
             .ok_or_else(|| connect_error("the address resolves to nothing".into()))?;
         let tcp = TcpStream::connect_timeout(&socket_address, timeout)
             .map_err(|error| connect_error(error.to_string()))?;
+        // Keepalive at the TCP level, not libssh2's: in blocking mode libssh2 wakes up when its
+        // next keepalive is due and fails the pending read with "Timed out waiting on socket",
+        // so any command silent for longer than the interval (apt-get, a restart) would fail.
+        socket2::SockRef::from(&tcp)
+            .set_tcp_keepalive(
+                &socket2::TcpKeepalive::new()
+                    .with_time(KEEPALIVE_IDLE)
+                    .with_interval(KEEPALIVE_INTERVAL)
+                    .with_retries(KEEPALIVE_PROBES),
+            )
+            .map_err(|error| connect_error(format!("TCP keepalive: {error}")))?;
 
         let mut session = Session::new().map_err(|error| connect_error(error.to_string()))?;
+        // The connect timeout bounds the handshake, authentication and the sudo check; commands
+        // get COMMAND_TIMEOUT, set once the connection is up.
         session.set_timeout(millis(timeout));
         session.set_tcp_stream(tcp);
         session
@@ -96,9 +117,6 @@ impl SshTransport {
                 message: "not authenticated".into(),
             });
         }
-        session.set_timeout(millis(COMMAND_TIMEOUT));
-        // Keepalives let a dead peer surface as an error instead of a silent wait.
-        session.set_keepalive(false, 15);
 
         let transport = Self {
             name: name.to_string(),
@@ -117,6 +135,7 @@ impl SshTransport {
                 });
             }
         }
+        transport.session.set_timeout(millis(COMMAND_TIMEOUT));
         Ok(transport)
     }
 

@@ -272,3 +272,23 @@ fn unreachable_host_and_refused_key_are_one_line_errors_naming_the_host() {
         "{error}"
     );
 }
+
+/// A command that prints nothing for longer than both the connect timeout and libssh2's old
+/// keepalive interval (15 s) must still finish: `apt-get install` and `systemctl restart
+/// rabbitmq-server` are silent for that long, and used to fail with "Timed out waiting on socket".
+#[test]
+fn a_long_silent_command_outlives_the_connect_timeout_and_keepalive_ticks() {
+    let lab = Lab::new();
+    let mut connection = lab.connection();
+    connection.connect_timeout = Duration::from_secs(1);
+    let transport = SshTransport::connect("test-vm", &connection).expect("connects");
+    let started = Instant::now();
+    let output = transport
+        .run("sleep 17; echo finished", None, true)
+        .expect("a 17 s silent command is no timeout");
+    assert_eq!(output.stdout_text(), "finished\n");
+    assert!(started.elapsed() >= Duration::from_secs(17));
+    // The session is still usable afterwards.
+    let again = transport.run("echo again", None, false).expect("next command");
+    assert_eq!(again.stdout_text(), "again\n");
+}
