@@ -232,9 +232,9 @@ pub fn facts_script(desired: &DesiredHost) -> String {
         script.push_str(
             "if [ -n \"$PGV\" ] && command -v psql >/dev/null 2>&1 && id -u postgres >/dev/null 2>&1; then\n\
              echo @@pgroles\n\
-             runuser -u postgres -- psql -XAtq -F \"$TAB\" -c 'select rolname, coalesce(rolpassword, '''') from pg_authid' 2>/dev/null || echo @@pgerror\n\
+             runuser -u postgres -- psql -XAtq -F \"$TAB\" -c \"select rolname, coalesce(rolpassword, '') from pg_authid\" 2>/dev/null || echo @@pgerror\n\
              echo @@pgdatabases\n\
-             runuser -u postgres -- psql -XAtq -F \"$TAB\" -c 'select datname, pg_get_userbyid(datdba) from pg_database' 2>/dev/null || echo @@pgerror\n\
+             runuser -u postgres -- psql -XAtq -F \"$TAB\" -c \"select datname, pg_get_userbyid(datdba) from pg_database\" 2>/dev/null || echo @@pgerror\n\
              fi\n",
         );
     }

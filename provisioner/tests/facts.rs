@@ -1,0 +1,185 @@
+//! The facts script run for real on this machine (PostgreSQL 15 and RabbitMQ are installed here,
+//! as on a provisioned host) through a transport that runs `sh -c` locally: what it prints must
+//! parse into the roles, databases, vhosts, users, tags and permissions that are really there.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use provisioner::desired::{
+    Connection, DesiredHost, PostgresDatabase, PostgresRole, PostgresState, RabbitMqState, Role,
+    Secret,
+};
+use provisioner::facts;
+use provisioner::plan::{plan, ChangeKind};
+use provisioner::transport::{ExecOutput, Transport, TransportError};
+
+/// This machine as a host: commands run through `sh -c` as the test's user (root).
+#[derive(Debug)]
+struct LocalShell;
+
+impl Transport for LocalShell {
+    fn host(&self) -> &str {
+        "localhost"
+    }
+
+    fn exec(
+        &self,
+        command: &str,
+        stdin: Option<&[u8]>,
+        _sudo: bool,
+    ) -> Result<ExecOutput, TransportError> {
+        let mut child = Command::new("sh")
+            .args(["-c", command])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh starts");
+        let mut input = child.stdin.take().expect("stdin");
+        std::io::Write::write_all(&mut input, stdin.unwrap_or_default()).expect("stdin written");
+        drop(input);
+        let output = child.wait_with_output().expect("sh finishes");
+        Ok(ExecOutput {
+            status: output.status.code().unwrap_or(-1),
+            stdout: output.stdout,
+            stderr: output.stderr,
+        })
+    }
+}
+
+fn psql(sql: &str) {
+    let status = Command::new("runuser")
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .current_dir("/")
+        .stdout(Stdio::null())
+        .status()
+        .expect("psql runs");
+    assert!(status.success(), "psql failed: {sql}");
+}
+
+/// A login role with a password, dropped when the test ends (the server is shared).
+struct TestRole(String);
+
+impl TestRole {
+    fn create(password: &str) -> Self {
+        let name = format!("provision_facts_{}", std::process::id());
+        psql(&format!("DROP ROLE IF EXISTS {name}"));
+        // PostgreSQL 15 stores a SCRAM-SHA-256 verifier (password_encryption's default).
+        psql(&format!("CREATE ROLE {name} LOGIN PASSWORD '{password}'"));
+        Self(name)
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        psql(&format!("DROP ROLE IF EXISTS {}", self.0));
+    }
+}
+
+fn desired(role: &str, password: &str) -> DesiredHost {
+    DesiredHost {
+        name: "localhost".into(),
+        connection: Connection {
+            address: "127.0.0.1".into(),
+            port: 22,
+            user: "root".into(),
+            private_key: PathBuf::from("/nonexistent/key"),
+            sudo: false,
+            known_hosts: PathBuf::from("/nonexistent/known_hosts"),
+            connect_timeout: Duration::from_secs(5),
+        },
+        roles: vec![Role::Postgres, Role::Rabbitmq],
+        packages: vec!["postgresql".into()],
+        system_users: Vec::new(),
+        postgres: Some(PostgresState {
+            roles: vec![PostgresRole {
+                name: role.into(),
+                password: Secret::new(password),
+            }],
+            databases: vec![PostgresDatabase {
+                name: "postgres".into(),
+                owner: "postgres".into(),
+            }],
+        }),
+        // What the default RabbitMQ of this machine holds (guest/guest, administrator, all on /).
+        rabbitmq: Some(RabbitMqState {
+            vhost: "/".into(),
+            user: "guest".into(),
+            password: Secret::new("guest"),
+            permissions: (".*".into(), ".*".into(), ".*".into()),
+            remove_guest: false,
+            tags: vec!["administrator".into()],
+        }),
+        files: Vec::new(),
+        binaries: Vec::new(),
+        services: Vec::new(),
+    }
+}
+
+/// The regression: the script's SQL was quoted so that psql got `coalesce(rolpassword, )`, a
+/// syntax error, so no role was ever seen and a second apply ran CREATE ROLE on existing roles.
+#[test]
+fn existing_roles_and_databases_are_seen_and_their_password_checked() {
+    let role = TestRole::create("facts-pw-1");
+    let host = desired(&role.0, "facts-pw-1");
+    let gathered = facts::gather(&LocalShell, &host, &Default::default()).expect("facts");
+    let postgres = gathered
+        .postgres
+        .as_ref()
+        .expect("PostgreSQL answers the facts script");
+    assert_eq!(postgres.roles.get(&role.0), Some(&true), "{postgres:?}");
+    assert_eq!(postgres.roles.get("postgres"), Some(&false));
+    assert_eq!(
+        postgres.databases.get("postgres").map(String::as_str),
+        Some("postgres")
+    );
+    let postgres_changes: Vec<_> = plan(&host, &gathered)
+        .changes
+        .into_iter()
+        .filter(|change| matches!(change.kind, ChangeKind::Postgres | ChangeKind::Rabbitmq))
+        .map(|change| format!("{} {}", change.target, change.detail))
+        .collect();
+    assert!(postgres_changes.is_empty(), "{postgres_changes:?}");
+
+    let other_password = desired(&role.0, "facts-pw-2");
+    let gathered = facts::gather(&LocalShell, &other_password, &Default::default()).expect("facts");
+    let changes: Vec<_> = plan(&other_password, &gathered)
+        .changes
+        .into_iter()
+        .filter(|change| change.kind == ChangeKind::Postgres)
+        .map(|change| (change.target, change.detail))
+        .collect();
+    assert_eq!(
+        changes,
+        [(format!("role {}", role.0), "password changes".to_string())]
+    );
+}
+
+#[test]
+fn rabbitmq_users_tags_permissions_and_password_are_read() {
+    let host = desired("postgres", "unused");
+    let gathered = facts::gather(&LocalShell, &host, &Default::default()).expect("facts");
+    let rabbitmq = gathered.rabbitmq.as_ref().expect("RabbitMQ answers");
+    assert!(rabbitmq.vhosts.contains("/"), "{rabbitmq:?}");
+    assert_eq!(
+        rabbitmq.users.get("guest"),
+        Some(&vec!["administrator".to_string()])
+    );
+    assert_eq!(
+        rabbitmq.permissions.get("guest"),
+        Some(&(".*".to_string(), ".*".to_string(), ".*".to_string()))
+    );
+    assert!(rabbitmq.password_matches);
+}
