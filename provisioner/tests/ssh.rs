@@ -289,6 +289,8 @@ fn a_long_silent_command_outlives_the_connect_timeout_and_keepalive_ticks() {
     assert_eq!(output.stdout_text(), "finished\n");
     assert!(started.elapsed() >= Duration::from_secs(17));
     // The session is still usable afterwards.
-    let again = transport.run("echo again", None, false).expect("next command");
+    let again = transport
+        .run("echo again", None, false)
+        .expect("next command");
     assert_eq!(again.stdout_text(), "again\n");
 }
