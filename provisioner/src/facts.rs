@@ -91,6 +91,8 @@ pub enum FactsError {
         remote: String,
         local: String,
     },
+    #[error("{host}: PostgreSQL is installed but psql as postgres fails: {message}")]
+    Postgres { host: String, message: String },
     #[error("reading local binary {path}: {source}")]
     LocalBinary {
         path: String,
@@ -135,7 +137,15 @@ pub fn gather(
 ) -> Result<HostFacts, FactsError> {
     let script = facts_script(desired);
     let output = transport.run("sh -s", Some(script.as_bytes()), true)?;
-    let mut facts = parse_facts(desired, &output.stdout_text());
+    let output = output.stdout_text();
+    // Without this, roles that exist would look missing and apply would try to create them.
+    if let Some(message) = postgres_error(&output) {
+        return Err(FactsError::Postgres {
+            host: desired.name.clone(),
+            message: message.to_string(),
+        });
+    }
+    let mut facts = parse_facts(desired, &output);
     facts.local_binaries = local_binaries.clone();
     let pushed = desired
         .binaries
@@ -151,6 +161,17 @@ pub fn gather(
         }
     }
     Ok(facts)
+}
+
+/// The first line of psql's error, when PostgreSQL is installed but did not answer the facts script.
+fn postgres_error(output: &str) -> Option<&str> {
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix("@@pgerror"))
+        .map(|message| match message.trim() {
+            "" => "no output",
+            message => message,
+        })
 }
 
 /// The architecture an ELF executable is built for (`e_machine`), `None` when it is no ELF
@@ -231,10 +252,8 @@ pub fn facts_script(desired: &DesiredHost) -> String {
     if desired.postgres.is_some() {
         script.push_str(
             "if [ -n \"$PGV\" ] && command -v psql >/dev/null 2>&1 && id -u postgres >/dev/null 2>&1; then\n\
-             echo @@pgroles\n\
-             runuser -u postgres -- psql -XAtq -F \"$TAB\" -c \"select rolname, coalesce(rolpassword, '') from pg_authid\" 2>/dev/null || echo @@pgerror\n\
-             echo @@pgdatabases\n\
-             runuser -u postgres -- psql -XAtq -F \"$TAB\" -c \"select datname, pg_get_userbyid(datdba) from pg_database\" 2>/dev/null || echo @@pgerror\n\
+             if out=$(runuser -u postgres -- psql -XAtq -F \"$TAB\" -c \"select rolname, coalesce(rolpassword, '') from pg_authid\" 2>&1); then echo @@pgroles; printf '%s\\n' \"$out\"; else echo \"@@pgerror $(printf '%s' \"$out\" | head -n 1)\"; fi\n\
+             if out=$(runuser -u postgres -- psql -XAtq -F \"$TAB\" -c \"select datname, pg_get_userbyid(datdba) from pg_database\" 2>&1); then echo @@pgdatabases; printf '%s\\n' \"$out\"; else echo \"@@pgerror $(printf '%s' \"$out\" | head -n 1)\"; fi\n\
              fi\n",
         );
     }
@@ -290,7 +309,7 @@ pub fn parse_facts(desired: &DesiredHost, output: &str) -> HostFacts {
     for line in output.lines() {
         if let Some(name) = line.strip_prefix("@@") {
             section = match name {
-                "pgerror" => {
+                error if error.starts_with("pgerror") => {
                     pg_failed = true;
                     section
                 }

@@ -183,3 +183,45 @@ fn rabbitmq_users_tags_permissions_and_password_are_read() {
     );
     assert!(rabbitmq.password_matches);
 }
+
+/// PostgreSQL installed but psql failing (server down, broken query) is an error naming the host
+/// and psql's message, not "no roles", which would make apply create existing roles again.
+#[test]
+fn a_failing_psql_is_an_error_not_an_empty_set_of_roles() {
+    let host = desired("inventory_user", "pw");
+    let fake = provisioner::transport::fake::FakeTransport::new("localhost");
+    fake.answer(
+        "sh -s",
+        0,
+        "@@arch\nx86_64\n@@pgversion\n15\n@@packages\npostgresql ii \n\
+         @@pgerror psql: error: connection to server on socket \"/var/run/postgresql/.s.PGSQL.5432\" failed\n\
+         @@pgerror psql: error: connection to server on socket \"/var/run/postgresql/.s.PGSQL.5432\" failed\n\
+         @@end\n",
+    );
+    let error = facts::gather(&fake, &host, &Default::default()).expect_err("psql failed");
+    let message = error.to_string();
+    assert!(
+        message.starts_with("localhost: PostgreSQL is installed but psql")
+            && message.contains("connection to server"),
+        "{message}"
+    );
+}
+
+/// The script's own psql error lines, for real: a query PostgreSQL rejects comes back as one
+/// `@@pgerror` line carrying psql's first line.
+#[test]
+fn the_script_reports_psql_errors_in_one_line() {
+    let host = desired("postgres", "unused");
+    let script = facts::facts_script(&host).replace("from pg_authid", "from no_such_table");
+    let output = LocalShell
+        .run("sh -s", Some(script.as_bytes()), true)
+        .expect("script runs")
+        .stdout_text();
+    let errors: Vec<_> = output
+        .lines()
+        .filter(|line| line.starts_with("@@pgerror"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{output}");
+    assert!(errors[0].contains("no_such_table"), "{}", errors[0]);
+    assert!(output.contains("@@pgdatabases\n"), "{output}");
+}
