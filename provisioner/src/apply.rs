@@ -602,8 +602,9 @@ pub fn rollback_command(path: &str, unit: &str) -> String {
     )
 }
 
-/// Restarts a unit even after a crash loop: a unit that hit its start limit (as a binary that
-/// exits at once does within seconds) refuses `restart` until its failed state is reset.
+/// Restarts a unit even after a crash loop: a unit that hit its start limit (more than 5 starts
+/// in 10 s; with `RestartSec=2` only manual restarts get there) refuses `restart` until its failed
+/// state is reset.
 pub fn restart_command(unit: &str) -> String {
     let unit = shell_quote(unit);
     format!("systemctl reset-failed {unit} 2>/dev/null; systemctl restart {unit}")
