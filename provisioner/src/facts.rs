@@ -263,16 +263,21 @@ pub fn facts_script(desired: &DesiredHost) -> String {
         let user = shell_quote(&rabbitmq.user);
         let _ = write!(
             script,
+            // Each rabbitmqctl boots an Erlang VM (~0.4 s): the four run side by side, their
+            // outputs kept apart in a private directory and printed in order afterwards.
             "if command -v rabbitmqctl >/dev/null 2>&1; then\n\
-             echo @@rmqvhosts\n\
-             rabbitmqctl -s list_vhosts 2>/dev/null || echo @@rmqerror\n\
-             echo @@rmqusers\n\
-             rabbitmqctl -s list_users 2>/dev/null || echo @@rmqerror\n\
-             echo @@rmqpermissions\n\
-             rabbitmqctl -s list_permissions -p {vhost} 2>/dev/null\n\
-             echo @@rmqauth\n\
-             rabbitmqctl -s authenticate_user {user} >/dev/null 2>&1 <<'{SECRET_END}'\n{password}\n{SECRET_END}\n\
-             echo $?\n\
+             R=$(mktemp -d)\n\
+             {{ rabbitmqctl -s list_vhosts 2>/dev/null || echo @@rmqerror; }} >\"$R/vhosts\" &\n\
+             {{ rabbitmqctl -s list_users 2>/dev/null || echo @@rmqerror; }} >\"$R/users\" &\n\
+             rabbitmqctl -s list_permissions -p {vhost} >\"$R/permissions\" 2>/dev/null &\n\
+             {{ rabbitmqctl -s authenticate_user {user} >/dev/null 2>&1 <<'{SECRET_END}'\n{password}\n{SECRET_END}\n\
+             echo $? >\"$R/auth\"; }} &\n\
+             wait\n\
+             echo @@rmqvhosts; cat \"$R/vhosts\"\n\
+             echo @@rmqusers; cat \"$R/users\"\n\
+             echo @@rmqpermissions; cat \"$R/permissions\"\n\
+             echo @@rmqauth; cat \"$R/auth\"\n\
+             rm -rf \"$R\"\n\
              fi\n",
             password = rabbitmq.password.expose(),
         );
