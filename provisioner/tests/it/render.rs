@@ -608,7 +608,7 @@ fn verify_catches_a_misspelled_directive() {
 
 /// Builds the three services in release mode (slow the first time: minutes on two cores), then
 /// checks they run on Ubuntu 22.04's glibc and are x86_64 ELF files.
-/// Run with `cargo test -p provisioner --test render -- --ignored`.
+/// Run with `cargo test -p provisioner --test it -- --ignored`.
 #[test]
 #[ignore = "builds the release binaries of gateway, inventory and billing"]
 fn release_binaries_need_at_most_glibc_2_35() {

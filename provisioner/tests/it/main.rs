@@ -1,0 +1,8 @@
+//! The provisioner's one integration-test binary: each module tests one part against real
+//! neighbours where they can run here (local PostgreSQL, RabbitMQ, sshd, systemd-analyze) and a
+//! scripted fake transport where they cannot.
+
+mod facts;
+mod plan;
+mod render;
+mod ssh;
