@@ -35,7 +35,9 @@ fn amqp_url() -> String {
 /// The URL of database `name` on the same server as the administrative connection.
 fn database_url(name: &str) -> String {
     let admin = admin_url();
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
     format!("{base}/{name}")
 }
 
@@ -67,7 +69,11 @@ struct Service {
 }
 
 impl Service {
-    fn start(bin_dir: &std::path::Path, name: &'static str, env: &[(&str, String)]) -> Result<Self> {
+    fn start(
+        bin_dir: &std::path::Path,
+        name: &'static str,
+        env: &[(&str, String)],
+    ) -> Result<Self> {
         let mut command = Command::new(bin_dir.join(name));
         command
             .env_clear()
@@ -77,7 +83,9 @@ impl Service {
         for (key, value) in env {
             command.env(key, value);
         }
-        let child = command.spawn().with_context(|| format!("starting {name}"))?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
         Ok(Self { name, child })
     }
 
@@ -88,7 +96,11 @@ impl Service {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.try_wait()? {
-                ensure!(status.success(), "{} exited with {status} on SIGTERM", self.name);
+                ensure!(
+                    status.success(),
+                    "{} exited with {status} on SIGTERM",
+                    self.name
+                );
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -138,7 +150,10 @@ async fn wait_for_orders(db: &mut PgConnection, user_id: &str, expected: i64) ->
         if count == expected {
             return Ok(());
         }
-        ensure!(count < expected, "{count} rows for {user_id}, expected {expected}");
+        ensure!(
+            count < expected,
+            "{count} rows for {user_id}, expected {expected}"
+        );
         if Instant::now() > deadline {
             bail!("{count} rows for {user_id} after {ROW_DEADLINE:?}, expected {expected}");
         }
@@ -154,7 +169,10 @@ async fn post_order(client: &reqwest::Client, gateway: &str, body: Value) -> Res
         .await?;
     let status = response.status();
     let body: Value = response.json().await?;
-    ensure!(status == StatusCode::ACCEPTED, "POST /api/billing: {status} {body}");
+    ensure!(
+        status == StatusCode::ACCEPTED,
+        "POST /api/billing: {status} {body}"
+    );
     let id = body["id"].as_str().context("202 body has no id")?;
     Ok(id.to_owned())
 }
@@ -168,7 +186,10 @@ impl Scratch {
     async fn create() -> Result<Self> {
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let mut admin = PgConnection::connect(&admin_url()).await?;
-        for db in [format!("e2e_movies_{suffix}"), format!("e2e_billing_{suffix}")] {
+        for db in [
+            format!("e2e_movies_{suffix}"),
+            format!("e2e_billing_{suffix}"),
+        ] {
             sqlx::query(&format!("CREATE DATABASE {db}"))
                 .execute(&mut admin)
                 .await?;
@@ -193,10 +214,7 @@ impl Scratch {
         let connection =
             lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        for queue in [
-            self.queue(),
-            service_common_dead_letter(&self.queue()),
-        ] {
+        for queue in [self.queue(), service_common_dead_letter(&self.queue())] {
             let _ = channel
                 .queue_delete(&queue, lapin::options::QueueDeleteOptions::default())
                 .await;
@@ -239,7 +257,10 @@ async fn run_audit(scratch: &Scratch) -> Result<()> {
         ("DATABASE_URL", billing_db.clone()),
         ("AMQP_URL", amqp_url()),
         ("BILLING_QUEUE", queue.clone()),
-        ("HEALTH_LISTEN_ADDR", format!("127.0.0.1:{billing_health_port}")),
+        (
+            "HEALTH_LISTEN_ADDR",
+            format!("127.0.0.1:{billing_health_port}"),
+        ),
     ];
     let billing = Service::start(&bin_dir, "billing", &billing_env)?;
     let _gateway = Service::start(
@@ -247,7 +268,10 @@ async fn run_audit(scratch: &Scratch) -> Result<()> {
         "gateway",
         &[
             ("LISTEN_ADDR", format!("127.0.0.1:{gateway_port}")),
-            ("INVENTORY_URL", format!("http://127.0.0.1:{inventory_port}")),
+            (
+                "INVENTORY_URL",
+                format!("http://127.0.0.1:{inventory_port}"),
+            ),
             ("AMQP_URL", amqp_url()),
             ("BILLING_QUEUE", queue.clone()),
         ],
@@ -268,14 +292,26 @@ async fn run_audit(scratch: &Scratch) -> Result<()> {
         .json(&json!({"title": "The Matrix", "description": "A hacker learns the nature of his reality."}))
         .send()
         .await?;
-    ensure!(created.status() == StatusCode::CREATED, "create: {}", created.status());
+    ensure!(
+        created.status() == StatusCode::CREATED,
+        "create: {}",
+        created.status()
+    );
     let movie: Value = created.json().await?;
-    let id = movie["id"].as_i64().context("created movie has an integer id")?;
+    let id = movie["id"]
+        .as_i64()
+        .context("created movie has an integer id")?;
     ensure!(movie["title"] == "The Matrix", "created: {movie}");
 
-    let list: Value = client.get(format!("{gateway}/api/movies")).send().await?.json().await?;
+    let list: Value = client
+        .get(format!("{gateway}/api/movies"))
+        .send()
+        .await?
+        .json()
+        .await?;
     ensure!(
-        list.as_array().is_some_and(|movies| movies.iter().any(|m| m["id"] == id)),
+        list.as_array()
+            .is_some_and(|movies| movies.iter().any(|m| m["id"] == id)),
         "list lacks the movie: {list}"
     );
 
@@ -286,7 +322,9 @@ async fn run_audit(scratch: &Scratch) -> Result<()> {
         .json()
         .await?;
     ensure!(
-        found.as_array().is_some_and(|m| m.len() == 1 && m[0]["id"] == id),
+        found
+            .as_array()
+            .is_some_and(|m| m.len() == 1 && m[0]["id"] == id),
         "search by title: {found}"
     );
     let none: Value = client
@@ -295,9 +333,15 @@ async fn run_audit(scratch: &Scratch) -> Result<()> {
         .await?
         .json()
         .await?;
-    ensure!(none.as_array().is_some_and(Vec::is_empty), "search miss: {none}");
+    ensure!(
+        none.as_array().is_some_and(Vec::is_empty),
+        "search miss: {none}"
+    );
 
-    let got = client.get(format!("{gateway}/api/movies/{id}")).send().await?;
+    let got = client
+        .get(format!("{gateway}/api/movies/{id}"))
+        .send()
+        .await?;
     ensure!(got.status() == StatusCode::OK, "get: {}", got.status());
 
     let updated = client
@@ -305,20 +349,44 @@ async fn run_audit(scratch: &Scratch) -> Result<()> {
         .json(&json!({"title": "The Matrix Reloaded"}))
         .send()
         .await?;
-    ensure!(updated.status() == StatusCode::OK, "update: {}", updated.status());
+    ensure!(
+        updated.status() == StatusCode::OK,
+        "update: {}",
+        updated.status()
+    );
     let updated: Value = updated.json().await?;
-    ensure!(updated["title"] == "The Matrix Reloaded", "update: {updated}");
+    ensure!(
+        updated["title"] == "The Matrix Reloaded",
+        "update: {updated}"
+    );
     ensure!(
         updated["description"] == movie["description"],
         "a partial update must keep the description: {updated}"
     );
 
-    let deleted = client.delete(format!("{gateway}/api/movies/{id}")).send().await?;
-    ensure!(deleted.status().is_success(), "delete: {}", deleted.status());
-    let gone = client.get(format!("{gateway}/api/movies/{id}")).send().await?;
-    ensure!(gone.status() == StatusCode::NOT_FOUND, "after delete: {}", gone.status());
+    let deleted = client
+        .delete(format!("{gateway}/api/movies/{id}"))
+        .send()
+        .await?;
+    ensure!(
+        deleted.status().is_success(),
+        "delete: {}",
+        deleted.status()
+    );
+    let gone = client
+        .get(format!("{gateway}/api/movies/{id}"))
+        .send()
+        .await?;
+    ensure!(
+        gone.status() == StatusCode::NOT_FOUND,
+        "after delete: {}",
+        gone.status()
+    );
     let gone: Value = gone.json().await?;
-    ensure!(gone["error"].is_string(), "404 has the JSON error shape: {gone}");
+    ensure!(
+        gone["error"].is_string(),
+        "404 has the JSON error shape: {gone}"
+    );
 
     // Billing: an order becomes a row.
     let mut db = PgConnection::connect(&billing_db).await?;
@@ -330,12 +398,11 @@ async fn run_audit(scratch: &Scratch) -> Result<()> {
     )
     .await?;
     wait_for_orders(&mut db, &user, 1).await?;
-    let amount: String = sqlx::query_scalar(
-        "SELECT total_amount::text FROM orders WHERE user_id = $1",
-    )
-    .bind(&user)
-    .fetch_one(&mut db)
-    .await?;
+    let amount: String =
+        sqlx::query_scalar("SELECT total_amount::text FROM orders WHERE user_id = $1")
+            .bind(&user)
+            .fetch_one(&mut db)
+            .await?;
     ensure!(amount == "99.97", "stored amount {amount}");
 
     // The resilience test: billing stopped, orders still accepted, nothing lost.
