@@ -9,14 +9,12 @@
 //! and `AMQP_URL`, as `scripts/bench` sets them. All load goes to 127.0.0.1 and is bounded both in
 //! count and in time.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use end_to_end::{amqp_url, database_url, peak_rss_mib, Platform, Scratch};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
@@ -45,147 +43,9 @@ const MOVIES: usize = 16;
 /// How long accepted orders may take to become rows before the run is declared broken.
 const ROW_DEADLINE: Duration = Duration::from_secs(60);
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn admin_url() -> String {
-    env_or(
-        "DATABASE_URL",
-        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
-    )
-}
-
-fn amqp_url() -> String {
-    env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
-}
-
-/// The URL of database `name` on the same server as the administrative connection.
-fn database_url(name: &str) -> String {
-    let admin = admin_url();
-    let base = admin
-        .rsplit_once('/')
-        .map_or(admin.as_str(), |(base, _)| base);
-    format!("{base}/{name}")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Progress goes to stderr so that stdout holds only the table.
 fn progress(what: &str) {
     eprintln!("bench: {what}");
-}
-
-/// Builds the three release binaries (a no-op when fresh) and returns the folder holding them.
-fn service_binaries() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "gateway",
-            "-p",
-            "inventory",
-            "-p",
-            "billing",
-        ])
-        .status()
-        .context("running cargo build for the service binaries")?;
-    ensure!(status.success(), "cargo build of the services failed");
-    // A bench runs from target/release/deps/; the binaries sit in target/release/.
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("bench executable has no target folder")?;
-    Ok(dir.to_path_buf())
-}
-
-/// A service process, killed when dropped so a failing run leaves nothing behind.
-struct Service {
-    name: &'static str,
-    child: Child,
-}
-
-impl Service {
-    fn start(bin_dir: &Path, name: &'static str, env: &[(&str, String)]) -> Result<Self> {
-        let mut command = Command::new(bin_dir.join(name));
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Self { name, child })
-    }
-
-    /// The peak resident set size of the process so far, in MiB.
-    fn peak_rss_mib(&self) -> Result<f64> {
-        peak_rss_mib(&format!("/proc/{}/status", self.child.id()))
-    }
-
-    /// Sends SIGTERM, as `systemctl stop` does, and expects a clean exit 0.
-    fn stop(mut self) -> Result<()> {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                ensure!(
-                    status.success(),
-                    "{} exited with {status} on SIGTERM",
-                    self.name
-                );
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not exit within 15 s of SIGTERM", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `VmHWM` of a `/proc/<pid>/status` file, in MiB.
-fn peak_rss_mib(status_file: &str) -> Result<f64> {
-    let status =
-        std::fs::read_to_string(status_file).with_context(|| format!("reading {status_file}"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmHWM in {status_file}"))?;
-    Ok(kib / 1024.0)
-}
-
-async fn wait_ready(client: &reqwest::Client, url: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = client.get(url).send().await {
-            if response.status().is_success() {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("{url} did not become ready within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Rows in `orders`; zero while billing has not created the table yet.
@@ -310,63 +170,6 @@ async fn measured_load(
     ))
 }
 
-/// Databases and queue private to one run, removed at the end whatever happened.
-struct Scratch {
-    suffix: String,
-}
-
-impl Scratch {
-    async fn create() -> Result<Self> {
-        let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let scratch = Self { suffix };
-        let mut admin = PgConnection::connect(&admin_url())
-            .await
-            .context("connecting to PostgreSQL with DATABASE_URL")?;
-        for db in scratch.databases() {
-            sqlx::query(&format!("CREATE DATABASE {db}"))
-                .execute(&mut admin)
-                .await?;
-        }
-        Ok(scratch)
-    }
-
-    fn databases(&self) -> [String; 2] {
-        [self.movies_db(), self.billing_db()]
-    }
-
-    fn movies_db(&self) -> String {
-        format!("bench_movies_{}", self.suffix)
-    }
-
-    fn billing_db(&self) -> String {
-        format!("bench_billing_{}", self.suffix)
-    }
-
-    fn queue(&self) -> String {
-        format!("bench_billing_queue_{}", self.suffix)
-    }
-
-    async fn drop_all(&self) -> Result<()> {
-        let mut admin = PgConnection::connect(&admin_url()).await?;
-        for db in self.databases() {
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                .execute(&mut admin)
-                .await?;
-        }
-        let connection =
-            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
-        // Mirrors `service_common::dead_letter_queue_name` without depending on the services.
-        for queue in [self.queue(), format!("{}.dead-letter", self.queue())] {
-            let _ = channel
-                .queue_delete(&queue, lapin::options::QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = connection.close(200, "bye").await;
-        Ok(())
-    }
-}
-
 /// Publishes `count` orders straight to `queue` as the gateway does (persistent, JSON, a fresh
 /// message id each) and waits for every confirm.
 async fn publish_backlog(queue: &str, count: usize) -> Result<()> {
@@ -464,7 +267,7 @@ async fn naive_inserts(database: &str, count: usize) -> Result<(usize, Duration)
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let scratch = Scratch::create().await?;
+    let scratch = Scratch::create("bench").await?;
     let outcome = run(&scratch).await;
     let cleaned = scratch.drop_all().await;
     outcome?;
@@ -472,54 +275,15 @@ async fn main() -> Result<()> {
 }
 
 async fn run(scratch: &Scratch) -> Result<()> {
-    let bin_dir = service_binaries()?;
-    let (gateway_port, inventory_port, billing_health_port) =
-        (free_port()?, free_port()?, free_port()?);
-    let billing_db = database_url(&scratch.billing_db());
-    let queue = scratch.queue();
-
     progress("starting inventory, billing and gateway (release builds)");
-    let inventory = Service::start(
-        &bin_dir,
-        "inventory",
-        &[
-            ("DATABASE_URL", database_url(&scratch.movies_db())),
-            ("LISTEN_ADDR", format!("127.0.0.1:{inventory_port}")),
-        ],
-    )?;
-    let billing_env = [
-        ("DATABASE_URL", billing_db.clone()),
-        ("AMQP_URL", amqp_url()),
-        ("BILLING_QUEUE", queue.clone()),
-        (
-            "HEALTH_LISTEN_ADDR",
-            format!("127.0.0.1:{billing_health_port}"),
-        ),
-    ];
-    let billing = Service::start(&bin_dir, "billing", &billing_env)?;
-    let gateway = Service::start(
-        &bin_dir,
-        "gateway",
-        &[
-            ("LISTEN_ADDR", format!("127.0.0.1:{gateway_port}")),
-            (
-                "INVENTORY_URL",
-                format!("http://127.0.0.1:{inventory_port}"),
-            ),
-            ("AMQP_URL", amqp_url()),
-            ("BILLING_QUEUE", queue.clone()),
-        ],
-    )?;
-
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let direct = format!("http://127.0.0.1:{inventory_port}");
-    let through_gateway = format!("http://127.0.0.1:{gateway_port}");
-    let billing_ready = format!("http://127.0.0.1:{billing_health_port}/ready");
-    wait_ready(&client, &format!("{direct}/ready")).await?;
-    wait_ready(&client, &billing_ready).await?;
-    wait_ready(&client, &format!("{through_gateway}/ready")).await?;
+    let mut platform = Platform::start(scratch, &client).await?;
+    let direct = platform.inventory_url.clone();
+    let through_gateway = platform.gateway_url.clone();
+    let billing_db = database_url(&scratch.billing_db());
+    let queue = scratch.queue();
 
     let mut ids = Vec::with_capacity(MOVIES);
     for n in 0..MOVIES {
@@ -602,19 +366,26 @@ async fn run(scratch: &Scratch) -> Result<()> {
     wait_for_orders(&mut db, accepted).await?;
 
     progress("billing stopped; queueing the backlog");
-    billing.stop()?;
+    platform.stop_billing()?;
     publish_backlog(&queue, BACKLOG_ORDERS).await?;
     progress("billing started; draining the backlog");
     let drain_start = Instant::now();
-    let billing = Service::start(&bin_dir, "billing", &billing_env)?;
+    platform.start_billing()?;
     wait_for_orders(&mut db, accepted + BACKLOG_ORDERS as i64).await?;
     let drain = drain_start.elapsed();
 
     // Read before the naive loop, which loads PostgreSQL, not the services.
     let memory = [
-        ("gateway", gateway.peak_rss_mib()?),
-        ("inventory", inventory.peak_rss_mib()?),
-        ("billing (drain)", billing.peak_rss_mib()?),
+        ("gateway", platform.gateway.peak_rss_mib()?),
+        ("inventory", platform.inventory.peak_rss_mib()?),
+        (
+            "billing (drain)",
+            platform
+                .billing
+                .as_ref()
+                .context("billing runs")?
+                .peak_rss_mib()?,
+        ),
     ];
 
     progress("reference: naive one-row-per-transaction inserts");

@@ -1,1 +1,308 @@
-//! Holds no code: the crate exists for `tests/audit.rs` (the audit on real binaries) and `benches/platform.rs` (speed and memory figures).
+//! The harness shared by `tests/audit.rs` (the audit on the real binaries) and
+//! `benches/platform.rs` (speed and memory figures): building and running the three service
+//! binaries on loopback ports, and scratch databases and queues that vanish afterwards.
+//!
+//! It reads `DATABASE_URL` (an administrative connection; scratch databases are created from it)
+//! and `AMQP_URL`, as `scripts/test` and `scripts/bench` set them.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use sqlx::{Connection, PgConnection};
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The administrative PostgreSQL connection scratch databases are made from.
+pub fn admin_url() -> String {
+    env_or(
+        "DATABASE_URL",
+        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+    )
+}
+
+/// The broker the services and the harness talk to.
+pub fn amqp_url() -> String {
+    env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+
+/// The URL of database `name` on the same server as the administrative connection.
+pub fn database_url(name: &str) -> String {
+    let admin = admin_url();
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+/// A port free on 127.0.0.1 right now (the service binds it a moment later).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Builds the three service binaries with the caller's profile (a no-op when fresh) and returns
+/// the folder holding them: the caller runs from `target/<profile>/deps/`, they sit one level up.
+pub fn service_binaries() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("the test executable has no target folder")?;
+    let release = dir.file_name().is_some_and(|name| name == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", "gateway", "-p", "inventory", "-p", "billing"]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .context("running cargo build for the service binaries")?;
+    ensure!(status.success(), "cargo build of the services failed");
+    Ok(dir.to_path_buf())
+}
+
+/// A service process, killed when dropped so a failing run leaves nothing behind.
+#[derive(Debug)]
+pub struct Service {
+    name: &'static str,
+    child: Child,
+}
+
+impl Service {
+    /// Starts `bin_dir/name` with only `env` (and `PATH`) in its environment.
+    pub fn start(bin_dir: &Path, name: &'static str, env: &[(&str, String)]) -> Result<Self> {
+        let mut command = Command::new(bin_dir.join(name));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self { name, child })
+    }
+
+    /// The peak resident set size of the process so far (`VmHWM`), in MiB.
+    pub fn peak_rss_mib(&self) -> Result<f64> {
+        peak_rss_mib(&format!("/proc/{}/status", self.child.id()))
+    }
+
+    /// Sends SIGTERM, as `systemctl stop` does, and expects a clean exit 0.
+    pub fn stop(mut self) -> Result<()> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(
+                    status.success(),
+                    "{} exited with {status} on SIGTERM",
+                    self.name
+                );
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within 15 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `VmHWM` of a `/proc/<pid>/status` file, in MiB.
+pub fn peak_rss_mib(status_file: &str) -> Result<f64> {
+    let status =
+        std::fs::read_to_string(status_file).with_context(|| format!("reading {status_file}"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmHWM in {status_file}"))?;
+    Ok(kib / 1024.0)
+}
+
+/// Waits until `url` answers 2xx, for at most 30 s.
+pub async fn wait_ready(client: &reqwest::Client, url: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = client.get(url).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not become ready within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Databases and a queue private to one run, removed at the end whatever happened.
+#[derive(Debug)]
+pub struct Scratch {
+    prefix: &'static str,
+    suffix: String,
+}
+
+impl Scratch {
+    /// Creates `<prefix>_movies_<random>` and `<prefix>_billing_<random>`.
+    pub async fn create(prefix: &'static str) -> Result<Self> {
+        let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let scratch = Self { prefix, suffix };
+        let mut admin = PgConnection::connect(&admin_url())
+            .await
+            .context("connecting to PostgreSQL with DATABASE_URL")?;
+        for db in scratch.databases() {
+            sqlx::query(&format!("CREATE DATABASE {db}"))
+                .execute(&mut admin)
+                .await?;
+        }
+        Ok(scratch)
+    }
+
+    /// The random part of every scratch name, handy for unique test data.
+    pub fn suffix(&self) -> &str {
+        &self.suffix
+    }
+
+    fn databases(&self) -> [String; 2] {
+        [self.movies_db(), self.billing_db()]
+    }
+
+    /// Inventory's scratch database.
+    pub fn movies_db(&self) -> String {
+        format!("{}_movies_{}", self.prefix, self.suffix)
+    }
+
+    /// Billing's scratch database.
+    pub fn billing_db(&self) -> String {
+        format!("{}_billing_{}", self.prefix, self.suffix)
+    }
+
+    /// The scratch billing queue.
+    pub fn queue(&self) -> String {
+        format!("{}_billing_queue_{}", self.prefix, self.suffix)
+    }
+
+    /// Drops the databases and deletes the queue and its dead-letter queue.
+    pub async fn drop_all(&self) -> Result<()> {
+        let mut admin = PgConnection::connect(&admin_url()).await?;
+        for db in self.databases() {
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await?;
+        }
+        let connection =
+            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        let queue = self.queue();
+        for queue in [service_common::dead_letter_queue_name(&queue), queue] {
+            let _ = channel
+                .queue_delete(&queue, lapin::options::QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = connection.close(200, "bye").await;
+        Ok(())
+    }
+}
+
+/// The three services on free loopback ports, against a [`Scratch`]'s databases and queue.
+#[derive(Debug)]
+pub struct Platform {
+    bin_dir: PathBuf,
+    billing_env: Vec<(&'static str, String)>,
+    pub inventory: Service,
+    /// `None` while billing is stopped.
+    pub billing: Option<Service>,
+    pub gateway: Service,
+    /// `http://127.0.0.1:<port>` of inventory, reached directly.
+    pub inventory_url: String,
+    /// `http://127.0.0.1:<port>` of the gateway.
+    pub gateway_url: String,
+    /// Billing's readiness endpoint.
+    pub billing_ready_url: String,
+}
+
+impl Platform {
+    /// Builds the binaries with the caller's profile, starts the three services and waits until
+    /// each is ready.
+    pub async fn start(scratch: &Scratch, client: &reqwest::Client) -> Result<Self> {
+        let bin_dir = service_binaries()?;
+        let (gateway_port, inventory_port, billing_health_port) =
+            (free_port()?, free_port()?, free_port()?);
+        let inventory_url = format!("http://127.0.0.1:{inventory_port}");
+        let inventory = Service::start(
+            &bin_dir,
+            "inventory",
+            &[
+                ("DATABASE_URL", database_url(&scratch.movies_db())),
+                ("LISTEN_ADDR", format!("127.0.0.1:{inventory_port}")),
+            ],
+        )?;
+        let billing_env = vec![
+            ("DATABASE_URL", database_url(&scratch.billing_db())),
+            ("AMQP_URL", amqp_url()),
+            ("BILLING_QUEUE", scratch.queue()),
+            (
+                "HEALTH_LISTEN_ADDR",
+                format!("127.0.0.1:{billing_health_port}"),
+            ),
+        ];
+        let billing = Service::start(&bin_dir, "billing", &billing_env)?;
+        let gateway = Service::start(
+            &bin_dir,
+            "gateway",
+            &[
+                ("LISTEN_ADDR", format!("127.0.0.1:{gateway_port}")),
+                ("INVENTORY_URL", inventory_url.clone()),
+                ("AMQP_URL", amqp_url()),
+                ("BILLING_QUEUE", scratch.queue()),
+            ],
+        )?;
+        let platform = Self {
+            bin_dir,
+            billing_env,
+            inventory,
+            billing: Some(billing),
+            gateway,
+            gateway_url: format!("http://127.0.0.1:{gateway_port}"),
+            billing_ready_url: format!("http://127.0.0.1:{billing_health_port}/ready"),
+            inventory_url,
+        };
+        wait_ready(client, &format!("{}/ready", platform.inventory_url)).await?;
+        wait_ready(client, &platform.billing_ready_url).await?;
+        wait_ready(client, &format!("{}/ready", platform.gateway_url)).await?;
+        Ok(platform)
+    }
+
+    /// Stops billing with SIGTERM, as `systemctl stop billing` does; it must exit 0.
+    pub fn stop_billing(&mut self) -> Result<()> {
+        match self.billing.take() {
+            Some(billing) => billing.stop(),
+            None => bail!("billing is already stopped"),
+        }
+    }
+
+    /// Starts billing again, without waiting for it: the caller measures or waits for its work.
+    pub fn start_billing(&mut self) -> Result<&Service> {
+        ensure!(self.billing.is_none(), "billing is already running");
+        let billing = Service::start(&self.bin_dir, "billing", &self.billing_env)?;
+        Ok(self.billing.insert(billing))
+    }
+}

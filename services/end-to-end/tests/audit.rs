@@ -4,134 +4,16 @@
 //! It needs `DATABASE_URL` (an administrative connection; fresh databases are created from it) and
 //! `AMQP_URL`, as the README's test command sets them.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use end_to_end::{database_url, Platform, Scratch};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 
 /// How long a row may take to appear once its order is accepted.
 const ROW_DEADLINE: Duration = Duration::from_secs(20);
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn admin_url() -> String {
-    env_or(
-        "DATABASE_URL",
-        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
-    )
-}
-
-fn amqp_url() -> String {
-    env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
-}
-
-/// The URL of database `name` on the same server as the administrative connection.
-fn database_url(name: &str) -> String {
-    let admin = admin_url();
-    let base = admin
-        .rsplit_once('/')
-        .map_or(admin.as_str(), |(base, _)| base);
-    format!("{base}/{name}")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Builds the three binaries (a no-op when fresh) and returns the folder holding them.
-fn service_binaries() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "gateway", "-p", "inventory", "-p", "billing"])
-        .status()
-        .context("running cargo build for the service binaries")?;
-    ensure!(status.success(), "cargo build of the services failed");
-    // This test runs from target/<profile>/deps/; the binaries sit in target/<profile>/.
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test executable has no target folder")?;
-    Ok(dir.to_path_buf())
-}
-
-/// A service process, killed when dropped so a failing test leaves nothing behind.
-struct Service {
-    name: &'static str,
-    child: Child,
-}
-
-impl Service {
-    fn start(
-        bin_dir: &std::path::Path,
-        name: &'static str,
-        env: &[(&str, String)],
-    ) -> Result<Self> {
-        let mut command = Command::new(bin_dir.join(name));
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Self { name, child })
-    }
-
-    /// Sends SIGTERM, as `systemctl stop` does, and expects a clean exit 0.
-    fn stop(mut self) -> Result<()> {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                ensure!(
-                    status.success(),
-                    "{} exited with {status} on SIGTERM",
-                    self.name
-                );
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not exit within 15 s of SIGTERM", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn wait_healthy(client: &reqwest::Client, url: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = client.get(url).send().await {
-            if response.status() == StatusCode::OK {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("{url} did not become ready within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn order_count(db: &mut PgConnection, user_id: &str) -> Result<i64> {
     // The table may not exist yet while billing starts for the first time.
@@ -177,114 +59,21 @@ async fn post_order(client: &reqwest::Client, gateway: &str, body: Value) -> Res
     Ok(id.to_owned())
 }
 
-/// Databases and queue private to one run, removed at the end whatever happened.
-struct Scratch {
-    suffix: String,
-}
-
-impl Scratch {
-    async fn create() -> Result<Self> {
-        let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let mut admin = PgConnection::connect(&admin_url()).await?;
-        for db in [
-            format!("e2e_movies_{suffix}"),
-            format!("e2e_billing_{suffix}"),
-        ] {
-            sqlx::query(&format!("CREATE DATABASE {db}"))
-                .execute(&mut admin)
-                .await?;
-        }
-        Ok(Self { suffix })
-    }
-
-    fn queue(&self) -> String {
-        format!("e2e_billing_queue_{}", self.suffix)
-    }
-
-    async fn drop_all(&self) -> Result<()> {
-        let mut admin = PgConnection::connect(&admin_url()).await?;
-        for db in [
-            format!("e2e_movies_{}", self.suffix),
-            format!("e2e_billing_{}", self.suffix),
-        ] {
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                .execute(&mut admin)
-                .await?;
-        }
-        let connection =
-            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
-        for queue in [self.queue(), service_common_dead_letter(&self.queue())] {
-            let _ = channel
-                .queue_delete(&queue, lapin::options::QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = connection.close(200, "bye").await;
-        Ok(())
-    }
-}
-
-/// Mirrors `service_common::dead_letter_queue_name` without depending on the services' crates.
-fn service_common_dead_letter(queue: &str) -> String {
-    format!("{queue}.dead-letter")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_of_the_original_design_through_the_gateway() -> Result<()> {
-    let scratch = Scratch::create().await?;
+    let scratch = Scratch::create("e2e").await?;
     let outcome = run_audit(&scratch).await;
     scratch.drop_all().await?;
     outcome
 }
 
 async fn run_audit(scratch: &Scratch) -> Result<()> {
-    let bin_dir = service_binaries()?;
-    let (gateway_port, inventory_port, billing_health_port) =
-        (free_port()?, free_port()?, free_port()?);
-    let movies_db = database_url(&format!("e2e_movies_{}", scratch.suffix));
-    let billing_db = database_url(&format!("e2e_billing_{}", scratch.suffix));
-    let queue = scratch.queue();
-
-    let _inventory = Service::start(
-        &bin_dir,
-        "inventory",
-        &[
-            ("DATABASE_URL", movies_db),
-            ("LISTEN_ADDR", format!("127.0.0.1:{inventory_port}")),
-        ],
-    )?;
-    let billing_env = [
-        ("DATABASE_URL", billing_db.clone()),
-        ("AMQP_URL", amqp_url()),
-        ("BILLING_QUEUE", queue.clone()),
-        (
-            "HEALTH_LISTEN_ADDR",
-            format!("127.0.0.1:{billing_health_port}"),
-        ),
-    ];
-    let billing = Service::start(&bin_dir, "billing", &billing_env)?;
-    let _gateway = Service::start(
-        &bin_dir,
-        "gateway",
-        &[
-            ("LISTEN_ADDR", format!("127.0.0.1:{gateway_port}")),
-            (
-                "INVENTORY_URL",
-                format!("http://127.0.0.1:{inventory_port}"),
-            ),
-            ("AMQP_URL", amqp_url()),
-            ("BILLING_QUEUE", queue.clone()),
-        ],
-    )?;
-
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let gateway = format!("http://127.0.0.1:{gateway_port}");
-    let billing_health = format!("http://127.0.0.1:{billing_health_port}/ready");
-    wait_healthy(&client, &format!("http://127.0.0.1:{inventory_port}/ready")).await?;
-    wait_healthy(&client, &billing_health).await?;
-    wait_healthy(&client, &format!("{gateway}/ready")).await?;
+    let mut platform = Platform::start(scratch, &client).await?;
+    let gateway = platform.gateway_url.clone();
+    let billing_db = database_url(&scratch.billing_db());
 
     // Inventory, as in section 5 of the original design.
     let created = client
@@ -390,7 +179,7 @@ async fn run_audit(scratch: &Scratch) -> Result<()> {
 
     // Billing: an order becomes a row.
     let mut db = PgConnection::connect(&billing_db).await?;
-    let user = format!("usr_{}", scratch.suffix);
+    let user = format!("usr_{}", scratch.suffix());
     post_order(
         &client,
         &gateway,
@@ -406,7 +195,7 @@ async fn run_audit(scratch: &Scratch) -> Result<()> {
     ensure!(amount == "99.97", "stored amount {amount}");
 
     // The resilience test: billing stopped, orders still accepted, nothing lost.
-    billing.stop()?;
+    platform.stop_billing()?;
     for amount in ["20", "99", "250"] {
         post_order(
             &client,
@@ -421,7 +210,7 @@ async fn run_audit(scratch: &Scratch) -> Result<()> {
         "rows appeared while billing was stopped"
     );
 
-    let _billing = Service::start(&bin_dir, "billing", &billing_env)?;
+    platform.start_billing()?;
     wait_for_orders(&mut db, &user, 4).await?;
     Ok(())
 }
