@@ -1,8 +1,6 @@
 //! The gateway's one error type: every failure a handler can meet, each becoming an HTTP status and
 //! the platform's JSON [`ErrorBody`]. Internal details go to the log, never to the client.
 
-use std::time::Duration;
-
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -39,10 +37,6 @@ pub enum Error {
     #[error("inventory is unreachable")]
     BadGateway(#[source] Box<dyn std::error::Error + Send + Sync>),
 
-    /// 503: every inventory instance failed recently and is cooling off.
-    #[error("no inventory instance is available")]
-    NoHealthyUpstream { retry_after: Duration },
-
     /// 504: inventory did not answer within the configured time.
     #[error("inventory did not answer in time")]
     GatewayTimeout,
@@ -70,9 +64,7 @@ impl Error {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            Self::NoHealthyUpstream { .. } | Self::BrokerUnavailable(_) | Self::NotReady(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::BrokerUnavailable(_) | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -88,7 +80,6 @@ impl Error {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BadGateway(_) => "bad_gateway",
-            Self::NoHealthyUpstream { .. } => "no_healthy_upstream",
             Self::GatewayTimeout => "gateway_timeout",
             Self::BrokerUnavailable(_) => "broker_unavailable",
             Self::NotReady(_) => "not_ready",
@@ -108,7 +99,6 @@ impl IntoResponse for Error {
             tracing::debug!(error = %self, status = status.as_u16(), "request refused");
         }
         let retry_after = match &self {
-            Self::NoHealthyUpstream { retry_after } => Some(retry_after.as_secs().max(1)),
             Self::BrokerUnavailable(_) | Self::NotReady(_) => Some(1),
             _ => None,
         };

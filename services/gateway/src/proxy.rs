@@ -3,8 +3,8 @@
 //! except for hop-by-hop headers.
 //!
 //! Instances are used round-robin. One that cannot be connected to is skipped for the request
-//! (retrying is safe whatever the method, since nothing was sent) and left out for a short
-//! cool-off. A request that was sent is never retried: it may have had its effect.
+//! (retrying is safe whatever the method, since nothing was sent) and tried only after the others
+//! for a short cool-off. A request that was sent is never retried: it may have had its effect.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,7 +66,7 @@ pub struct InventoryProxy {
     next: AtomicUsize,
     /// Deadline for the response headers, and longest pause while streaming the response body.
     timeout: Duration,
-    /// How long an instance that could not be connected to stays out of the rotation.
+    /// How long an instance that could not be connected to is tried only after the others.
     cooldown: Duration,
     max_body_bytes: usize,
 }
@@ -75,7 +75,7 @@ pub struct InventoryProxy {
 #[derive(Debug)]
 struct Upstream {
     url: InventoryUrl,
-    /// Until when the instance is skipped; `None` when it is believed up.
+    /// Until when the instance is tried last; `None` when it is believed up.
     down_until: Mutex<Option<Instant>>,
 }
 
@@ -146,7 +146,10 @@ impl InventoryProxy {
             .collect()
     }
 
-    /// Sends the request to the first instance, in round-robin order, that accepts a connection.
+    /// Sends the request to the first instance that accepts a connection: those in the rotation
+    /// first, in round-robin order, then, as a last resort, those cooling off, soonest back first.
+    /// The last resort means a lone instance that has come back serves at once, instead of every
+    /// client being turned away for the rest of its cool-off.
     async fn send(
         &self,
         method: &Method,
@@ -157,14 +160,12 @@ impl InventoryProxy {
         let count = self.upstreams.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
+        let (mut resting, in_rotation): (Vec<&Upstream>, Vec<&Upstream>) = (0..count)
+            .map(|offset| &self.upstreams[(start + offset) % count])
+            .partition(|upstream| upstream.cooling_off_for(now).is_some());
+        resting.sort_by_key(|upstream| upstream.cooling_off_for(now));
         let mut last_connect_error = None;
-        let mut shortest_cooldown: Option<Duration> = None;
-        for offset in 0..count {
-            let upstream = &self.upstreams[(start + offset) % count];
-            if let Some(left) = upstream.cooling_off_for(now) {
-                shortest_cooldown = Some(shortest_cooldown.map_or(left, |s| s.min(left)));
-                continue;
-            }
+        for upstream in in_rotation.into_iter().chain(resting) {
             let uri = upstream
                 .url
                 .join(path_and_query)
@@ -183,7 +184,7 @@ impl InventoryProxy {
                         upstream = %upstream.url,
                         error = %crate::error::DisplayChain(&err),
                         cooldown_ms = self.cooldown.as_millis() as u64,
-                        "cannot connect to inventory; skipping it for a while"
+                        "cannot connect to inventory; trying it last for a while"
                     );
                     upstream.mark_down(self.cooldown);
                     last_connect_error = Some(err);
@@ -194,9 +195,9 @@ impl InventoryProxy {
         match last_connect_error {
             Some(err) if is_timeout(&err) => Err(Error::GatewayTimeout),
             Some(err) => Err(Error::BadGateway(err.into())),
-            None => Err(Error::NoHealthyUpstream {
-                retry_after: shortest_cooldown.unwrap_or(self.cooldown),
-            }),
+            None => Err(Error::Internal(anyhow::anyhow!(
+                "no inventory instance is configured"
+            ))),
         }
     }
 }
