@@ -202,12 +202,20 @@ impl<'a> HostRun<'a> {
         for change in &backing {
             self.execute(change)?;
             self.record(change);
-            if let Action::WriteFile { file, .. } = &change.action {
-                handlers.extend(self.desired.files[*file].on_change.iter().cloned());
+            match &change.action {
+                Action::WriteFile { file, .. } => {
+                    handlers.extend(self.desired.files[*file].on_change.iter().cloned());
+                }
+                // The provisioner's own units (the firewall) start here, not with the services.
+                Action::StartService(unit) => {
+                    handlers.insert(Handler::Restart(unit.clone()));
+                }
+                _ => {}
             }
         }
-        // Handlers of backing files (e.g. reload postgresql after pg_hba) run before the
-        // services that need them; the others wait for phase 2.
+        // Handlers of backing files (e.g. reload postgresql after pg_hba, the firewall's unit)
+        // run before the services that need them; the others wait for phase 2. The set is
+        // ordered: a daemon-reload, asked by the firewall's unit file, comes first.
         let platform: BTreeSet<&str> = self
             .desired
             .services
@@ -216,6 +224,7 @@ impl<'a> HostRun<'a> {
             .collect();
         for handler in &handlers {
             match handler {
+                Handler::DaemonReload => self.run_handler(handler)?,
                 // A restart already reloads the configuration.
                 Handler::Reload(unit) if handlers.contains(&Handler::Restart(unit.clone())) => {}
                 Handler::Restart(unit) | Handler::Reload(unit)
@@ -445,9 +454,9 @@ impl<'a> HostRun<'a> {
                 progress(
                     self.host(),
                     &format!(
-                        "uploading {} ({} MB)",
+                        "uploading {} ({})",
                         binary.remote_path,
-                        bytes.len() / 1_000_000
+                        human_size(bytes.len())
                     ),
                 );
                 transport.run(&push_binary_script(&binary.remote_path), Some(&bytes), true)?;
@@ -618,6 +627,25 @@ pub fn health_command(url: &str) -> String {
     )
 }
 
+/// A size for progress lines: bytes, KiB or MiB with one decimal, so a small binary is not "0 MB".
+pub fn human_size(bytes: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    // Tenths, rounded, in integers: sizes of binaries need no floating point.
+    let tenths = |unit: usize| (bytes * 10 + unit / 2) / unit;
+    match bytes {
+        0..KIB => format!("{bytes} B"),
+        KIB..MIB => {
+            let tenths = tenths(KIB);
+            format!("{}.{} KiB", tenths / 10, tenths % 10)
+        }
+        _ => {
+            let tenths = tenths(MIB);
+            format!("{}.{} MiB", tenths / 10, tenths % 10)
+        }
+    }
+}
+
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -689,4 +717,18 @@ pub fn apply_all(
             Err(report) => *report,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_in_progress_lines_use_the_unit_that_fits() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1024), "1.0 KiB");
+        assert_eq!(human_size(612_000), "597.7 KiB");
+        assert_eq!(human_size(9 * 1024 * 1024 + 512 * 1024), "9.5 MiB");
+    }
 }

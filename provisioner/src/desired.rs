@@ -88,6 +88,10 @@ pub struct DesiredHost {
     pub binaries: Vec<DesiredBinary>,
     /// systemd services of the platform on this host, in start order.
     pub services: Vec<ServiceSpec>,
+    /// The provisioner's own units besides the services (e.g. `platform-firewall`, a oneshot):
+    /// kept enabled and active, (re)started through [`Handler`]s in the backing phase, before
+    /// any service, and never health-checked or reported as a restarted service.
+    pub host_units: Vec<String>,
 }
 
 /// Stands in a [`DesiredFile::path`] for the PostgreSQL major version installed on the host

@@ -93,6 +93,8 @@ pub enum FactsError {
     },
     #[error("{host}: PostgreSQL is installed but psql as postgres fails: {message}")]
     Postgres { host: String, message: String },
+    #[error("{host}: RabbitMQ is installed but rabbitmqctl fails: {message}")]
+    RabbitMq { host: String, message: String },
     #[error("reading local binary {path}: {source}")]
     LocalBinary {
         path: String,
@@ -139,8 +141,15 @@ pub fn gather(
     let output = transport.run("sh -s", Some(script.as_bytes()), true)?;
     let output = output.stdout_text();
     // Without this, roles that exist would look missing and apply would try to create them.
-    if let Some(message) = postgres_error(&output) {
+    if let Some(message) = script_error(&output, "@@pgerror") {
         return Err(FactsError::Postgres {
+            host: desired.name.clone(),
+            message: message.to_string(),
+        });
+    }
+    // Likewise: a broker that does not answer is not a broker without vhost and user.
+    if let Some(message) = script_error(&output, "@@rmqerror") {
+        return Err(FactsError::RabbitMq {
             host: desired.name.clone(),
             message: message.to_string(),
         });
@@ -163,11 +172,12 @@ pub fn gather(
     Ok(facts)
 }
 
-/// The first line of psql's error, when PostgreSQL is installed but did not answer the facts script.
-fn postgres_error(output: &str) -> Option<&str> {
+/// The first line of psql's or rabbitmqctl's error (after `marker`), when PostgreSQL or RabbitMQ
+/// is installed but did not answer the facts script.
+fn script_error<'a>(output: &'a str, marker: &str) -> Option<&'a str> {
     output
         .lines()
-        .find_map(|line| line.strip_prefix("@@pgerror"))
+        .find_map(|line| line.strip_prefix(marker))
         .map(|message| match message.trim() {
             "" => "no output",
             message => message,
@@ -241,8 +251,14 @@ pub fn facts_script(desired: &DesiredHost) -> String {
     }
 
     script.push_str("echo @@units\n");
-    if !desired.services.is_empty() {
-        let units = quote_all(desired.services.iter().map(|service| &service.unit));
+    if !desired.services.is_empty() || !desired.host_units.is_empty() {
+        let units = quote_all(
+            desired
+                .services
+                .iter()
+                .map(|service| &service.unit)
+                .chain(&desired.host_units),
+        );
         let _ = writeln!(
             script,
             "for u in {units}; do echo \"$u $(systemctl is-active \"$u.service\" 2>/dev/null) $(systemctl is-enabled \"$u.service\" 2>/dev/null)\"; done"
@@ -267,8 +283,8 @@ pub fn facts_script(desired: &DesiredHost) -> String {
             // outputs kept apart in a private directory and printed in order afterwards.
             "if command -v rabbitmqctl >/dev/null 2>&1; then\n\
              R=$(mktemp -d)\n\
-             {{ rabbitmqctl -s list_vhosts 2>/dev/null || echo @@rmqerror; }} >\"$R/vhosts\" &\n\
-             {{ rabbitmqctl -s list_users 2>/dev/null || echo @@rmqerror; }} >\"$R/users\" &\n\
+             {{ rabbitmqctl -s list_vhosts 2>\"$R/vhosts.err\" || echo \"@@rmqerror $(grep -m 1 . \"$R/vhosts.err\")\"; }} >\"$R/vhosts\" &\n\
+             {{ rabbitmqctl -s list_users 2>\"$R/users.err\" || echo \"@@rmqerror $(grep -m 1 . \"$R/users.err\")\"; }} >\"$R/users\" &\n\
              rabbitmqctl -s list_permissions -p {vhost} >\"$R/permissions\" 2>/dev/null &\n\
              {{ rabbitmqctl -s authenticate_user {user} >/dev/null 2>&1 <<'{SECRET_END}'\n{password}\n{SECRET_END}\n\
              echo $? >\"$R/auth\"; }} &\n\
@@ -318,7 +334,7 @@ pub fn parse_facts(desired: &DesiredHost, output: &str) -> HostFacts {
                     pg_failed = true;
                     section
                 }
-                "rmqerror" => {
+                error if error.starts_with("rmqerror") => {
                     rabbitmq_failed = true;
                     section
                 }

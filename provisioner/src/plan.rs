@@ -117,6 +117,7 @@ pub fn plan(desired: &DesiredHost, facts: &HostFacts) -> HostPlan {
     plan_rabbitmq(desired, facts, &mut plan);
     plan_binaries(desired, facts, &mut plan);
 
+    plan_host_units(desired, facts, &mut plan);
     let mut to_start = BTreeSet::new();
     for service in &desired.services {
         plan.checked += 2;
@@ -212,11 +213,40 @@ fn plan_users(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
     }
 }
 
-/// Whether a file belongs to the platform services (units, env files) rather than to PostgreSQL
-/// or RabbitMQ, which must be configured before any service starts.
+/// The provisioner's own units (the firewall): enabled, and started through a handler when not
+/// running, in the backing phase so they are in force before any service starts.
+fn plan_host_units(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
+    for unit in &desired.host_units {
+        plan.checked += 2;
+        let state = facts.units.get(unit).copied().unwrap_or_default();
+        if !state.enabled {
+            plan.push(
+                ChangeKind::Service,
+                unit,
+                "enable at boot".into(),
+                Action::EnableService(unit.clone()),
+                Phase::Backing,
+            );
+        }
+        if !state.active {
+            plan.handlers.insert(Handler::Restart(unit.clone()));
+            plan.push(
+                ChangeKind::Service,
+                unit,
+                "start (not running)".into(),
+                Action::StartService(unit.clone()),
+                Phase::Backing,
+            );
+        }
+    }
+}
+
+/// Whether a file belongs to the platform services (units, env files) rather than to PostgreSQL,
+/// RabbitMQ or the firewall, which must be configured before any service starts. A unit file
+/// goes with the unit it restarts: the firewall's own unit is a backing file.
 fn file_phase(file: &DesiredFile, platform_units: &BTreeSet<&str>) -> Phase {
     let touches_service = file.on_change.iter().any(|handler| match handler {
-        Handler::DaemonReload => true,
+        Handler::DaemonReload => false,
         Handler::Restart(unit) | Handler::Reload(unit) => platform_units.contains(unit.as_str()),
     });
     if touches_service {

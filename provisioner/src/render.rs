@@ -10,8 +10,11 @@
 //! - PostgreSQL: `/etc/postgresql/{pg_version}/main/conf.d/60-provision.conf` (listen_addresses;
 //!   restart postgresql) and `/etc/postgresql/{pg_version}/main/pg_hba.conf` (reload postgresql),
 //!   where `{pg_version}` is [`crate::desired::PG_VERSION_PLACEHOLDER`], filled in by apply;
-//! - RabbitMQ: `/etc/rabbitmq/rabbitmq.conf` and `/etc/rabbitmq/enabled_plugins` (restart
-//!   rabbitmq-server).
+//! - RabbitMQ: `/etc/rabbitmq/rabbitmq.conf`, `/etc/rabbitmq/enabled_plugins` and
+//!   `/etc/rabbitmq/rabbitmq-env.conf` (Erlang's ports on loopback) (restart rabbitmq-server);
+//! - the host firewall, on hosts where a platform port listens (inventory's API, PostgreSQL,
+//!   RabbitMQ): `/etc/platform-firewall/rules.nft` (reload `platform-firewall`) and its unit
+//!   `/etc/systemd/system/platform-firewall.service` (daemon-reload, restart it).
 //!
 //! The parent folders (`/etc/<svc>`) are not listed: apply creates a missing parent (0755 root).
 
@@ -39,9 +42,22 @@ pub const SERVICE_ORDER: [Role; 3] = [Role::Inventory, Role::Billing, Role::Gate
 pub const POSTGRES_PORT: u16 = 5432;
 pub const AMQP_PORT: u16 = 5672;
 
+/// Erlang's port mapper and RabbitMQ's inter-node (distribution) port: only `rabbitmqctl` on
+/// the broker's own host uses them, since the broker is a single node.
+pub const EPMD_PORT: u16 = 4369;
+pub const ERLANG_DISTRIBUTION_PORT: u16 = AMQP_PORT + 20_000;
+
 /// systemd units of the packages, as handlers name them.
 pub const POSTGRES_UNIT: &str = "postgresql";
 pub const RABBITMQ_UNIT: &str = "rabbitmq-server";
+/// Debian's and Ubuntu's rabbitmq-server starts epmd through this socket unit of erlang-base.
+pub const EPMD_SOCKET: &str = "epmd.socket";
+
+/// The host firewall: a oneshot unit loading one nftables table of our own from one file, so it
+/// never touches rules that others (ufw, Docker, an administrator) keep in their own tables.
+pub const FIREWALL_UNIT: &str = "platform-firewall";
+pub const FIREWALL_RULES_PATH: &str = "/etc/platform-firewall/rules.nft";
+pub const FIREWALL_TABLE: &str = "streaming_platform";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -178,6 +194,48 @@ struct UnitContext<'a> {
     after: Vec<String>,
 }
 
+/// A platform port on one host and who may reach it besides the host itself (loopback).
+#[derive(Debug, Serialize)]
+struct FirewallPort {
+    port: u16,
+    /// What listens there and who uses it, for the comment in the rules file.
+    purpose: String,
+    /// Client addresses matched by `ip saddr`: IPv4 addresses, and host names that nft
+    /// resolves when it loads the rules.
+    ipv4: Vec<String>,
+    /// Client addresses matched by `ip6 saddr`.
+    ipv6: Vec<String>,
+}
+
+impl FirewallPort {
+    /// `clients` may include `server` itself: it reaches the port over loopback, always allowed.
+    fn new<'h>(
+        port: u16,
+        purpose: &str,
+        server: &Host,
+        clients: impl IntoIterator<Item = &'h Host>,
+    ) -> Self {
+        let mut ipv4 = BTreeSet::new();
+        let mut ipv6 = BTreeSet::new();
+        for client in clients {
+            if client.name == server.name {
+                continue;
+            }
+            match client.address().parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V6(ip)) => ipv6.insert(ip.to_string()),
+                Ok(std::net::IpAddr::V4(ip)) => ipv4.insert(ip.to_string()),
+                Err(_) => ipv4.insert(client.address().to_owned()),
+            };
+        }
+        Self {
+            port,
+            purpose: purpose.to_owned(),
+            ipv4: ipv4.into_iter().collect(),
+            ipv6: ipv6.into_iter().collect(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct HbaRule {
     database: String,
@@ -293,6 +351,13 @@ impl<'a> Renderer<'a> {
         } else {
             None
         };
+        let mut host_units = Vec::new();
+        let firewall_ports = self.firewall_ports(host);
+        if !firewall_ports.is_empty() {
+            files.extend(self.firewall_files(host, &firewall_ports)?);
+            packages.push("nftables".to_owned());
+            host_units.push(FIREWALL_UNIT.to_owned());
+        }
         let rabbitmq = if host.has(Role::Rabbitmq) {
             files.extend(self.rabbitmq_files(host)?);
             let broker = self.env.broker();
@@ -322,7 +387,99 @@ impl<'a> Renderer<'a> {
             files,
             binaries: desired_binaries,
             services: specs,
+            host_units,
         })
+    }
+
+    /// The platform ports listening on `host`, each with the hosts that use it. The gateway's
+    /// port is the platform's entry point, open to all, and RabbitMQ's management UI (15672)
+    /// stays open too: Vagrant forwards it to the operator's machine through the VM's NAT
+    /// interface, whose source address is no inventory host.
+    fn firewall_ports(&self, host: &Host) -> Vec<FirewallPort> {
+        let inventory = self.inventory;
+        let mut ports = Vec::new();
+        if host.has(Role::Inventory) {
+            ports.push(FirewallPort::new(
+                inventory.settings.inventory_port,
+                "inventory API, called by the gateway",
+                host,
+                inventory.hosts_with(Role::Gateway),
+            ));
+        }
+        if host.has(Role::Postgres) {
+            let clients = inventory.hosts.iter().filter(|client| {
+                (client.has(Role::Inventory) || client.has(Role::Billing))
+                    && client.database_host.as_deref() == Some(host.name.as_str())
+            });
+            ports.push(FirewallPort::new(
+                POSTGRES_PORT,
+                "PostgreSQL, for the services whose database lives here",
+                host,
+                clients,
+            ));
+        }
+        if host.has(Role::Rabbitmq) {
+            let clients = inventory
+                .hosts
+                .iter()
+                .filter(|client| client.has(Role::Gateway) || client.has(Role::Billing));
+            ports.push(FirewallPort::new(
+                AMQP_PORT,
+                "AMQP, for the gateway (publishes) and billing (consumes)",
+                host,
+                clients,
+            ));
+            for (port, purpose) in [
+                (
+                    EPMD_PORT,
+                    "Erlang's port mapper, for rabbitmqctl on this host",
+                ),
+                (
+                    ERLANG_DISTRIBUTION_PORT,
+                    "RabbitMQ's inter-node port, for rabbitmqctl on this host (single node)",
+                ),
+            ] {
+                ports.push(FirewallPort::new(port, purpose, host, []));
+            }
+        }
+        ports
+    }
+
+    fn firewall_files(
+        &self,
+        host: &Host,
+        ports: &[FirewallPort],
+    ) -> Result<Vec<DesiredFile>, RenderError> {
+        let mut context = Context::new();
+        context.insert("host", &host.name);
+        context.insert("table", FIREWALL_TABLE);
+        context.insert("rules", FIREWALL_RULES_PATH);
+        context.insert("ports", ports);
+        let unit = FIREWALL_UNIT;
+        Ok(vec![
+            DesiredFile {
+                path: FIREWALL_RULES_PATH.to_owned(),
+                content: FileContent::Text(self.render("firewall/rules.nft", host, &context)?),
+                mode: 0o644,
+                owner: "root".to_owned(),
+                group: "root".to_owned(),
+                // The unit's reload loads the file, which swaps the table in one transaction:
+                // no moment without rules, unlike a restart (stop deletes the table).
+                on_change: vec![Handler::Reload(unit.to_owned())],
+            },
+            DesiredFile {
+                path: format!("/etc/systemd/system/{unit}.service"),
+                content: FileContent::Text(self.render(
+                    &format!("systemd/{unit}.service"),
+                    host,
+                    &context,
+                )?),
+                mode: 0o644,
+                owner: "root".to_owned(),
+                group: "root".to_owned(),
+                on_change: vec![Handler::DaemonReload, Handler::Restart(unit.to_owned())],
+            },
+        ])
     }
 
     fn health_url(&self, role: Role) -> String {
@@ -567,8 +724,40 @@ impl<'a> Renderer<'a> {
         context.insert("listeners", &listeners);
         // All interfaces: Vagrant forwards the host's port to the VM's NAT interface.
         context.insert("management_ip", "0.0.0.0");
+        context.insert("epmd_port", &EPMD_PORT);
+        context.insert("distribution_port", &ERLANG_DISTRIBUTION_PORT);
         let restart = vec![Handler::Restart(RABBITMQ_UNIT.to_owned())];
         Ok(vec![
+            DesiredFile {
+                path: "/etc/rabbitmq/rabbitmq-env.conf".to_owned(),
+                content: FileContent::Text(self.render(
+                    "rabbitmq/rabbitmq-env.conf",
+                    host,
+                    &context,
+                )?),
+                mode: 0o644,
+                owner: "root".to_owned(),
+                group: "root".to_owned(),
+                on_change: restart.clone(),
+            },
+            DesiredFile {
+                path: format!("/etc/systemd/system/{EPMD_SOCKET}.d/provision-loopback.conf"),
+                content: FileContent::Text(self.render(
+                    "systemd/epmd.socket.conf",
+                    host,
+                    &context,
+                )?),
+                mode: 0o644,
+                owner: "root".to_owned(),
+                group: "root".to_owned(),
+                // The running node registers again with the new epmd by itself (within a few
+                // seconds); a restart of rabbitmq-server in the same apply (a fresh host) then
+                // stops it by SIGTERM, as gracefully as `rabbitmqctl stop` would.
+                on_change: vec![
+                    Handler::DaemonReload,
+                    Handler::Restart(EPMD_SOCKET.to_owned()),
+                ],
+            },
             DesiredFile {
                 path: "/etc/rabbitmq/rabbitmq.conf".to_owned(),
                 content: FileContent::Text(self.render(

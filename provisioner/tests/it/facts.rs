@@ -125,6 +125,7 @@ fn desired(role: &str, password: &str) -> DesiredHost {
         files: Vec::new(),
         binaries: Vec::new(),
         services: Vec::new(),
+        host_units: Vec::new(),
     }
 }
 
@@ -224,4 +225,59 @@ fn the_script_reports_psql_errors_in_one_line() {
     assert_eq!(errors.len(), 1, "{output}");
     assert!(errors[0].contains("no_such_table"), "{}", errors[0]);
     assert!(output.contains("@@pgdatabases\n"), "{output}");
+}
+
+/// RabbitMQ installed but rabbitmqctl failing (broker stopped, epmd unreachable) is an error
+/// naming the host and rabbitmqctl's first line, not a broker without vhost or user, which would
+/// make apply try to create them.
+#[test]
+fn a_failing_rabbitmqctl_is_an_error_not_an_empty_broker() {
+    let host = desired("postgres", "unused");
+    let fake = provisioner::transport::fake::FakeTransport::new("billing-vm");
+    fake.answer(
+        "sh -s",
+        0,
+        "@@arch\nx86_64\n@@pgversion\n15\n@@packages\n\
+         @@pgroles\npostgres\t\n@@pgdatabases\npostgres\tpostgres\n\
+         @@rmqvhosts\n\
+         @@rmqerror Error: unable to perform an operation on node 'rabbit@billing'. Please see diagnostics information and suggestions below.\n\
+         @@rmqusers\n\
+         @@rmqerror Error: unable to perform an operation on node 'rabbit@billing'. Please see diagnostics information and suggestions below.\n\
+         @@rmqpermissions\n@@rmqauth\n69\n@@end\n",
+    );
+    let error = facts::gather(&fake, &host, &Default::default()).expect_err("rabbitmqctl failed");
+    assert_eq!(
+        error.to_string(),
+        "localhost: RabbitMQ is installed but rabbitmqctl fails: Error: unable to perform an \
+         operation on node 'rabbit@billing'. Please see diagnostics information and suggestions below."
+    );
+}
+
+/// The script's own rabbitmqctl error lines, for real: a command rabbitmqctl rejects comes back
+/// as one `@@rmqerror` line carrying its first error line.
+#[test]
+fn the_script_reports_rabbitmqctl_errors_in_one_line() {
+    let host = desired("postgres", "unused");
+    let script = facts::facts_script(&host).replace("-s list_vhosts", "-s list_vhostz");
+    let output = LocalShell
+        .run("sh -s", Some(script.as_bytes()), true)
+        .expect("script runs")
+        .stdout_text();
+    let errors: Vec<_> = output
+        .lines()
+        .filter(|line| line.starts_with("@@rmqerror"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{output}");
+    assert!(errors[0].contains("list_vhostz"), "{}", errors[0]);
+    // gather parses that very output into the error.
+    let fake = provisioner::transport::fake::FakeTransport::new("localhost");
+    fake.answer("sh -s", 0, &output);
+    let error = facts::gather(&fake, &host, &Default::default()).expect_err("rabbitmqctl failed");
+    assert!(
+        error
+            .to_string()
+            .starts_with("localhost: RabbitMQ is installed but rabbitmqctl fails: ")
+            && error.to_string().contains("list_vhostz"),
+        "{error}"
+    );
 }

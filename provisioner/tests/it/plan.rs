@@ -133,6 +133,7 @@ fn desired_host(dir: &Path) -> DesiredHost {
             ServiceSpec { unit: "inventory".into(), health_url: "http://127.0.0.1:8080/health".into() },
             ServiceSpec { unit: "billing".into(), health_url: "http://127.0.0.1:8081/health".into() },
         ],
+        host_units: Vec::new(),
     }
 }
 
@@ -175,9 +176,11 @@ fn converged(desired: &DesiredHost) -> HostFacts {
         units: desired
             .services
             .iter()
-            .map(|service| {
+            .map(|service| &service.unit)
+            .chain(&desired.host_units)
+            .map(|unit| {
                 (
-                    service.unit.clone(),
+                    unit.clone(),
                     UnitFact {
                         active: true,
                         enabled: true,
@@ -811,4 +814,194 @@ fn a_bare_host_gets_packages_then_databases_and_broker_then_services_with_secret
         .find(|call| call.command.contains("add_user"))
         .expect("add_user");
     assert_eq!(add_user.stdin.as_deref(), Some(MQ_PASSWORD.as_bytes()));
+}
+
+const FIREWALL_RULES: &str = "/etc/platform-firewall/rules.nft";
+const FIREWALL_UNIT_FILE: &str = "/etc/systemd/system/platform-firewall.service";
+
+/// The same host with the firewall render gives a host where platform ports listen.
+fn with_firewall(mut desired: DesiredHost) -> DesiredHost {
+    desired.packages.push("nftables".into());
+    desired.files.push(text(
+        FIREWALL_RULES,
+        "table inet streaming_platform {}\ndelete table inet streaming_platform\n",
+        0o644,
+        "root",
+        vec![Handler::Reload("platform-firewall".into())],
+    ));
+    desired.files.push(text(
+        FIREWALL_UNIT_FILE,
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/sbin/nft -f /etc/platform-firewall/rules.nft\n",
+        0o644,
+        "root",
+        vec![Handler::DaemonReload, restart("platform-firewall")],
+    ));
+    desired.host_units.push("platform-firewall".into());
+    desired
+}
+
+#[test]
+fn new_firewall_rules_reload_the_firewall_alone_before_any_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = with_firewall(desired_host(dir.path()));
+    let mut facts = converged(&desired);
+    changed_file(&mut facts, FIREWALL_RULES, "# older rules\n");
+    let plan = plan(&desired, &facts);
+    assert_eq!(
+        targets(&plan),
+        [(ChangeKind::File, FIREWALL_RULES.to_string())]
+    );
+    assert_eq!(plan.changes[0].phase, Phase::Backing);
+    assert_eq!(
+        plan.handlers.iter().cloned().collect::<Vec<_>>(),
+        [Handler::Reload("platform-firewall".into())]
+    );
+    assert!(plan.restarts.is_empty(), "{:?}", plan.restarts);
+
+    let fake = FakeTransport::new("app-vm");
+    fake.answer("sh -s", 0, &script_output(&desired, &facts));
+    let report = apply_one(&desired, &fake);
+    assert_eq!(
+        (report.changed, report.failed),
+        (1, 0),
+        "{:?}",
+        report.error
+    );
+    assert!(report.restarted.is_empty(), "{:?}", report.restarted);
+    let transcript = fake.transcript();
+    assert!(
+        transcript.contains("systemctl reload-or-restart platform-firewall"),
+        "{transcript}"
+    );
+    for absent in ["daemon-reload", "restart inventory", "restart billing"] {
+        assert!(!transcript.contains(absent), "{absent} in:\n{transcript}");
+    }
+}
+
+#[test]
+fn a_changed_firewall_unit_reloads_systemd_and_restarts_the_firewall_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = with_firewall(desired_host(dir.path()));
+    let mut facts = converged(&desired);
+    changed_file(&mut facts, FIREWALL_UNIT_FILE, "[Service]\nType=oneshot\n");
+    let plan = plan(&desired, &facts);
+    assert_eq!(
+        targets(&plan),
+        [(ChangeKind::Unit, FIREWALL_UNIT_FILE.to_string())]
+    );
+    assert_eq!(plan.changes[0].phase, Phase::Backing);
+    assert!(plan.restarts.is_empty(), "{:?}", plan.restarts);
+
+    let fake = FakeTransport::new("app-vm");
+    fake.answer("sh -s", 0, &script_output(&desired, &facts));
+    let report = apply_one(&desired, &fake);
+    assert_eq!(
+        (report.changed, report.failed),
+        (1, 0),
+        "{:?}",
+        report.error
+    );
+    assert!(report.restarted.is_empty(), "{:?}", report.restarted);
+    let calls: Vec<String> = fake.calls().into_iter().map(|call| call.command).collect();
+    let reload = calls
+        .iter()
+        .position(|call| call == "systemctl daemon-reload");
+    let restart = calls
+        .iter()
+        .position(|call| call == "systemctl restart platform-firewall");
+    assert!(
+        matches!((reload, restart), (Some(reload), Some(restart)) if reload < restart),
+        "{}",
+        fake.transcript()
+    );
+    let transcript = fake.transcript();
+    for absent in ["restart inventory", "restart billing", "reload-or-restart"] {
+        assert!(!transcript.contains(absent), "{absent} in:\n{transcript}");
+    }
+}
+
+#[test]
+fn a_stopped_firewall_is_enabled_and_started_before_the_services() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = with_firewall(desired_host(dir.path()));
+    let mut facts = converged(&desired);
+    facts.units.insert(
+        "platform-firewall".into(),
+        UnitFact {
+            active: false,
+            enabled: false,
+        },
+    );
+    let plan = plan(&desired, &facts);
+    let actions: Vec<(Action, Phase)> = plan
+        .changes
+        .iter()
+        .map(|change| (change.action.clone(), change.phase))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            (
+                Action::EnableService("platform-firewall".into()),
+                Phase::Backing
+            ),
+            (
+                Action::StartService("platform-firewall".into()),
+                Phase::Backing
+            ),
+        ]
+    );
+    assert!(plan.restarts.is_empty(), "{:?}", plan.restarts);
+
+    let fake = FakeTransport::new("app-vm");
+    fake.answer("sh -s", 0, &script_output(&desired, &facts));
+    let report = apply_one(&desired, &fake);
+    assert_eq!(
+        (report.changed, report.failed),
+        (2, 0),
+        "{:?}",
+        report.error
+    );
+    assert!(report.restarted.is_empty(), "{:?}", report.restarted);
+    let transcript = fake.transcript();
+    assert!(
+        transcript.contains("systemctl enable platform-firewall.service")
+            && transcript.contains("systemctl restart platform-firewall"),
+        "{transcript}"
+    );
+}
+
+#[test]
+fn a_bare_host_gets_its_firewall_before_any_service_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = with_firewall(desired_host(dir.path()));
+    let local_binaries = converged(&desired).local_binaries;
+    let bare = HostFacts {
+        local_binaries,
+        ..HostFacts::default()
+    };
+    let fake = FakeTransport::new("app-vm");
+    fake.answer_times("sh -s", 1, 0, &script_output(&desired, &bare));
+    let mut installed = bare.clone();
+    installed.packages = desired.packages.iter().cloned().collect();
+    installed.pg_version = Some("15".into());
+    installed.postgres = converged(&desired).postgres;
+    installed.rabbitmq = converged(&desired).rabbitmq;
+    fake.answer("sh -s", 0, &script_output(&desired, &installed));
+    let report = apply_one(&desired, &fake);
+    assert_eq!(report.failed, 0, "{:?}", report.error);
+    assert_eq!(report.restarted, ["inventory", "billing"]);
+    let calls: Vec<String> = fake.calls().into_iter().map(|call| call.command).collect();
+    let position = |needle: &str| {
+        calls
+            .iter()
+            .position(|call| call.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in:\n{}", fake.transcript()))
+    };
+    assert!(position(FIREWALL_RULES) < position("systemctl restart platform-firewall"));
+    assert!(position(FIREWALL_UNIT_FILE) < position("systemctl daemon-reload"));
+    assert!(position("systemctl daemon-reload") < position("systemctl restart platform-firewall"));
+    assert!(
+        position("systemctl restart platform-firewall") < position("systemctl restart inventory")
+    );
 }

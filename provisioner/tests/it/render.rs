@@ -87,7 +87,8 @@ fn each_host_gets_the_files_of_its_roles() {
             "/etc/systemd/system/gateway.service"
         ]
     );
-    assert_eq!(gateway.packages, ["curl"]);
+    assert_eq!(gateway.packages, ["curl"], "no platform port to filter");
+    assert!(gateway.host_units.is_empty());
     assert_eq!(gateway.system_users, ["gateway"]);
     assert!(gateway.postgres.is_none() && gateway.rabbitmq.is_none());
 
@@ -96,12 +97,14 @@ fn each_host_gets_the_files_of_its_roles() {
         paths(inventory),
         [
             "/etc/inventory/inventory.env",
+            "/etc/platform-firewall/rules.nft",
             "/etc/postgresql/{pg_version}/main/conf.d/60-provision.conf",
             "/etc/postgresql/{pg_version}/main/pg_hba.conf",
             "/etc/systemd/system/inventory.service",
+            "/etc/systemd/system/platform-firewall.service",
         ]
     );
-    assert_eq!(inventory.packages, ["postgresql", "curl"]);
+    assert_eq!(inventory.packages, ["postgresql", "curl", "nftables"]);
     assert!(inventory.rabbitmq.is_none());
 
     let billing = host(&hosts, "billing-vm");
@@ -109,14 +112,21 @@ fn each_host_gets_the_files_of_its_roles() {
         paths(billing),
         [
             "/etc/billing/billing.env",
+            "/etc/platform-firewall/rules.nft",
             "/etc/postgresql/{pg_version}/main/conf.d/60-provision.conf",
             "/etc/postgresql/{pg_version}/main/pg_hba.conf",
             "/etc/rabbitmq/enabled_plugins",
+            "/etc/rabbitmq/rabbitmq-env.conf",
             "/etc/rabbitmq/rabbitmq.conf",
             "/etc/systemd/system/billing.service",
+            "/etc/systemd/system/epmd.socket.d/provision-loopback.conf",
+            "/etc/systemd/system/platform-firewall.service",
         ]
     );
-    assert_eq!(billing.packages, ["postgresql", "rabbitmq-server", "curl"]);
+    assert_eq!(
+        billing.packages,
+        ["postgresql", "rabbitmq-server", "curl", "nftables"]
+    );
     assert_eq!(
         billing.roles,
         [Role::Billing, Role::Postgres, Role::Rabbitmq]
@@ -377,7 +387,7 @@ fn a_remote_database_is_reachable_only_from_the_host_that_needs_it() {
     assert_eq!(databases, ["movies_db", "billing_db"]);
     let inventory = host(&hosts, "inventory-vm");
     assert!(inventory.postgres.is_none());
-    assert_eq!(inventory.packages, ["curl"]);
+    assert_eq!(inventory.packages, ["curl", "nftables"]);
     let env_text = text(file(inventory, "/etc/inventory/inventory.env"));
     assert!(
         env_text.contains("@192.168.56.12:5432/movies_db\n"),
@@ -412,6 +422,199 @@ fn the_broker_listens_beyond_loopback_for_the_remote_gateway() {
     assert_eq!(state.password.expose(), "rabbitmq_password");
     assert_eq!(state.permissions, (".*".into(), ".*".into(), ".*".into()));
     assert!(state.remove_guest);
+}
+
+/// The rules of a rendered `rules.nft`: its non-comment lines inside the chain, whitespace
+/// normalised.
+fn firewall_rules(host: &DesiredHost) -> Vec<String> {
+    let rules = text(file(host, "/etc/platform-firewall/rules.nft"));
+    rules
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("tcp dport") || line.starts_with("iif"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_firewall_opens_each_platform_port_only_to_the_hosts_using_it() {
+    let hosts = default_hosts();
+    // gateway-vm 192.168.56.10 calls inventory-vm .11 and publishes to billing-vm .12; each
+    // database serves its own host only.
+    assert_eq!(
+        firewall_rules(host(&hosts, "inventory-vm")),
+        [
+            "iif \"lo\" accept",
+            "tcp dport 8080 ip saddr { 192.168.56.10 } accept",
+            "tcp dport 8080 reject with tcp reset",
+            "tcp dport 5432 reject with tcp reset",
+        ]
+    );
+    assert_eq!(
+        firewall_rules(host(&hosts, "billing-vm")),
+        [
+            "iif \"lo\" accept",
+            "tcp dport 5432 reject with tcp reset",
+            "tcp dport 5672 ip saddr { 192.168.56.10 } accept",
+            "tcp dport 5672 reject with tcp reset",
+            "tcp dport 4369 reject with tcp reset",
+            "tcp dport 25672 reject with tcp reset",
+        ]
+    );
+    let gateway = host(&hosts, "gateway-vm");
+    assert!(
+        gateway
+            .files
+            .iter()
+            .all(|file| !file.path.contains("firewall")),
+        "the gateway's only port is the platform's entry point: no firewall"
+    );
+
+    let billing = host(&hosts, "billing-vm");
+    assert_eq!(billing.host_units, ["platform-firewall"]);
+    let rules = file(billing, "/etc/platform-firewall/rules.nft");
+    assert_eq!(
+        rules.on_change,
+        [Handler::Reload("platform-firewall".to_owned())]
+    );
+    let rules = text(rules);
+    assert!(
+        rules.contains(
+            "table inet streaming_platform {}\ndelete table inet streaming_platform\ntable inet streaming_platform {\n"
+        ),
+        "replaced atomically: {rules}"
+    );
+    assert!(
+        rules.contains("policy accept;"),
+        "never a default drop: {rules}"
+    );
+    assert!(
+        !rules.contains("15672"),
+        "the management UI stays open: {rules}"
+    );
+    let unit = file(billing, "/etc/systemd/system/platform-firewall.service");
+    assert_eq!(
+        unit.on_change,
+        [
+            Handler::DaemonReload,
+            Handler::Restart("platform-firewall".to_owned())
+        ]
+    );
+    assert!(
+        text(unit).contains("ExecStart=/usr/sbin/nft -f /etc/platform-firewall/rules.nft\n"),
+        "{}",
+        text(unit)
+    );
+}
+
+#[test]
+fn the_firewall_follows_the_inventory_when_a_database_moves_and_hosts_change() {
+    let env = example_env();
+    // inventory-vm loses its PostgreSQL (its database moves to billing-vm), and a second
+    // gateway on IPv6 joins: both show up where they need to, and only there.
+    let text_toml = std::fs::read_to_string(workspace().join("inventory.toml"))
+        .expect("read")
+        .replace(
+            r#"roles = ["inventory", "postgres"]"#,
+            r#"roles = ["inventory"]"#,
+        )
+        + r#"
+[[hosts]]
+name = "gateway-2"
+address = "fd00::20"
+port = 22
+user = "vagrant"
+private_key = "key"
+sudo = true
+roles = ["gateway"]
+"#;
+    let hosts = render(&inventory_from(&text_toml, &env), &env);
+    assert_eq!(
+        firewall_rules(host(&hosts, "inventory-vm")),
+        [
+            "iif \"lo\" accept",
+            "tcp dport 8080 ip saddr { 192.168.56.10 } accept",
+            "tcp dport 8080 ip6 saddr { fd00::20 } accept",
+            "tcp dport 8080 reject with tcp reset",
+        ]
+    );
+    let billing = firewall_rules(host(&hosts, "billing-vm"));
+    assert_eq!(
+        billing[1..4],
+        [
+            "tcp dport 5432 ip saddr { 192.168.56.11 } accept",
+            "tcp dport 5432 reject with tcp reset",
+            "tcp dport 5672 ip saddr { 192.168.56.10 } accept",
+        ]
+    );
+    assert_eq!(billing[4], "tcp dport 5672 ip6 saddr { fd00::20 } accept");
+    assert!(host(&hosts, "gateway-2").host_units.is_empty());
+}
+
+/// The rendered rules are valid nftables syntax, checked by `nft -c` in a user and network
+/// namespace of its own, so nothing on this machine changes.
+#[test]
+fn rendered_firewall_rules_pass_nft_check() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for desired in default_hosts() {
+        let Some(rules) = desired
+            .files
+            .iter()
+            .find(|file| file.path == "/etc/platform-firewall/rules.nft")
+        else {
+            continue;
+        };
+        let path = dir.path().join(format!("{}.nft", desired.name));
+        std::fs::write(&path, text(rules)).expect("write rules");
+        let output = Command::new("unshare")
+            .args(["--user", "--map-root-user", "--net", "nft", "-c", "-f"])
+            .arg(&path)
+            .output()
+            .expect("unshare and nft are installed (apt-get install util-linux nftables)");
+        assert!(
+            output.status.success(),
+            "{}: {}{}",
+            desired.name,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn rabbitmq_keeps_erlang_ports_on_loopback() {
+    let hosts = default_hosts();
+    let billing = host(&hosts, "billing-vm");
+    let env = file(billing, "/etc/rabbitmq/rabbitmq-env.conf");
+    assert_eq!(
+        env.on_change,
+        [Handler::Restart("rabbitmq-server".to_owned())]
+    );
+    for variable in ["SERVER_ADDITIONAL_ERL_ARGS", "CTL_ERL_ARGS"] {
+        assert!(
+            text(env).contains(&format!(
+                "{variable}=\"-kernel inet_dist_listen_options [{{bind_to_device,<<\\\"lo\\\">>}}]\"\n"
+            )),
+            "{}",
+            text(env)
+        );
+    }
+    let socket = file(
+        billing,
+        "/etc/systemd/system/epmd.socket.d/provision-loopback.conf",
+    );
+    assert_eq!(
+        socket.on_change,
+        [
+            Handler::DaemonReload,
+            Handler::Restart("epmd.socket".to_owned())
+        ]
+    );
+    assert!(
+        text(socket).contains("[Socket]\nListenStream=\nListenStream=4369\nBindToDevice=lo\n"),
+        "{}",
+        text(socket)
+    );
 }
 
 #[test]
@@ -539,7 +742,8 @@ fn verify_units(units: &[(String, String)]) -> Result<(), String> {
     for (name, body) in units {
         let service = name.trim_end_matches(".service");
         let exec = format!("ExecStart=/usr/local/bin/{service}");
-        assert!(body.contains(&exec), "{name} has no {exec}");
+        let platform = SERVICES.contains(&service);
+        assert!(!platform || body.contains(&exec), "{name} has no {exec}");
         let body = body.replace(&exec, &format!("ExecStart={}", stub.display()));
         let path = dir.path().join(name);
         std::fs::write(&path, body).expect("write unit");
@@ -567,7 +771,9 @@ fn rendered_units() -> Vec<(String, String)> {
     default_hosts()
         .iter()
         .flat_map(|host| host.files.iter())
-        .filter(|file| file.path.starts_with("/etc/systemd/system/"))
+        .filter(|file| {
+            file.path.starts_with("/etc/systemd/system/") && file.path.ends_with(".service")
+        })
         .map(|file| {
             let name = file.path.rsplit('/').next().expect("file name").to_owned();
             (name, text(file).to_owned())
@@ -581,7 +787,13 @@ fn every_rendered_unit_passes_systemd_analyze_verify() {
     let names: Vec<&str> = units.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         names,
-        ["gateway.service", "inventory.service", "billing.service"]
+        [
+            "gateway.service",
+            "inventory.service",
+            "platform-firewall.service",
+            "billing.service",
+            "platform-firewall.service"
+        ]
     );
     verify_units(&units).expect("systemd-analyze verify accepts every unit");
 }
