@@ -494,19 +494,16 @@ impl<'a> HostRun<'a> {
             })
         };
         Ok(match action {
-            Action::CreateRole(index) => {
+            Action::CreateRole(index) | Action::SetRolePassword(index) => {
+                let verb = if matches!(action, Action::CreateRole(_)) {
+                    "CREATE"
+                } else {
+                    "ALTER"
+                };
                 let role = &postgres.roles[*index];
                 // A verifier, not the password: the clear text never reaches the server or its logs.
                 format!(
-                    "CREATE ROLE {} LOGIN PASSWORD {};\n",
-                    ident(&role.name),
-                    literal(&verifier(role.password.expose())?)
-                )
-            }
-            Action::SetRolePassword(index) => {
-                let role = &postgres.roles[*index];
-                format!(
-                    "ALTER ROLE {} WITH LOGIN PASSWORD {};\n",
+                    "{verb} ROLE {} LOGIN PASSWORD {};\n",
                     ident(&role.name),
                     literal(&verifier(role.password.expose())?)
                 )
