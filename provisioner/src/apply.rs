@@ -64,6 +64,14 @@ impl HostReport {
         }
     }
 
+    /// Adds `message` to the host's error: a rollback earlier in the run must stay visible.
+    fn append_error(&mut self, message: String) {
+        self.error = Some(match self.error.take() {
+            Some(previous) => format!("{previous}; {message}"),
+            None => message,
+        });
+    }
+
     /// What `plan` reports: the changes it would make and the services it would restart.
     pub fn from_plan(plan: &HostPlan) -> Self {
         Self {
@@ -370,7 +378,7 @@ impl<'a> HostRun<'a> {
             None => format!("{why}{}", self.last_log_lines(unit)),
         };
         progress(&host, &message);
-        self.append_error(message);
+        self.report.append_error(message);
     }
 
     fn wait_healthy(&self, health_url: &str) -> bool {
@@ -390,13 +398,6 @@ impl<'a> HostRun<'a> {
             }
             _ => String::new(),
         }
-    }
-
-    fn append_error(&mut self, message: String) {
-        self.report.error = Some(match self.report.error.take() {
-            Some(previous) => format!("{previous}; {message}"),
-            None => message,
-        });
     }
 
     fn execute(&mut self, change: &Change) -> Result<(), ApplyError> {
@@ -694,10 +695,7 @@ pub fn apply_all(
                             progress(host_run.host(), &format!("failed: {error}"));
                             let mut report = std::mem::take(&mut host_run.report);
                             report.failed += 1;
-                            report.error = Some(match report.error.take() {
-                                Some(previous) => format!("{previous}; {error}"),
-                                None => error.to_string(),
-                            });
+                            report.append_error(error.to_string());
                             *run = Err(Box::new(report));
                         }
                     })
