@@ -224,19 +224,13 @@ impl<'a> HostRun<'a> {
         // Handlers of backing files (e.g. reload postgresql after pg_hba, the firewall's unit)
         // run before the services that need them; the others wait for phase 2. The set is
         // ordered: a daemon-reload, asked by the firewall's unit file, comes first.
-        let platform: BTreeSet<&str> = self
-            .desired
-            .services
-            .iter()
-            .map(|service| service.unit.as_str())
-            .collect();
         for handler in &handlers {
             match handler {
                 Handler::DaemonReload => self.run_handler(handler)?,
                 // A restart already reloads the configuration.
                 Handler::Reload(unit) if handlers.contains(&Handler::Restart(unit.clone())) => {}
                 Handler::Restart(unit) | Handler::Reload(unit)
-                    if !platform.contains(unit.as_str()) =>
+                    if !self.desired.runs_service(unit) =>
                 {
                     self.run_handler(handler)?;
                 }
@@ -295,15 +289,9 @@ impl<'a> HostRun<'a> {
             self.restart_and_check(&service.unit, &service.health_url);
         }
         // Restarts of other units asked by service files (unusual) run last.
-        let platform: BTreeSet<&str> = self
-            .desired
-            .services
-            .iter()
-            .map(|service| service.unit.as_str())
-            .collect();
         for handler in &handlers {
             if let Handler::Restart(unit) = handler {
-                if !platform.contains(unit.as_str()) {
+                if !self.desired.runs_service(unit) {
                     self.run_handler(handler)?;
                 }
             }

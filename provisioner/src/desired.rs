@@ -94,6 +94,14 @@ pub struct DesiredHost {
     pub host_units: Vec<String>,
 }
 
+impl DesiredHost {
+    /// Whether `unit` is one of the platform services on this host, which restart in phase 2
+    /// and are health-checked, rather than PostgreSQL, RabbitMQ or the provisioner's own units.
+    pub fn runs_service(&self, unit: &str) -> bool {
+        self.services.iter().any(|service| service.unit == unit)
+    }
+}
+
 /// Stands in a [`DesiredFile::path`] for the PostgreSQL major version installed on the host
 /// (`14` on Ubuntu 22.04, `15` on Debian 12), e.g.
 /// `/etc/postgresql/{pg_version}/main/pg_hba.conf`.

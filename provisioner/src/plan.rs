@@ -102,16 +102,11 @@ pub fn plan(desired: &DesiredHost, facts: &HostFacts) -> HostPlan {
         host: desired.name.clone(),
         ..HostPlan::default()
     };
-    let platform_units: BTreeSet<&str> = desired
-        .services
-        .iter()
-        .map(|service| service.unit.as_str())
-        .collect();
 
     plan_packages(desired, facts, &mut plan);
     plan_users(desired, facts, &mut plan);
     for (index, file) in desired.files.iter().enumerate() {
-        plan_file(index, file, facts, &platform_units, &mut plan);
+        plan_file(index, file, desired, facts, &mut plan);
     }
     plan_postgres(desired, facts, &mut plan);
     plan_rabbitmq(desired, facts, &mut plan);
@@ -244,10 +239,10 @@ fn plan_host_units(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan
 /// Whether a file belongs to the platform services (units, env files) rather than to PostgreSQL,
 /// RabbitMQ or the firewall, which must be configured before any service starts. A unit file
 /// goes with the unit it restarts: the firewall's own unit is a backing file.
-fn file_phase(file: &DesiredFile, platform_units: &BTreeSet<&str>) -> Phase {
+fn file_phase(file: &DesiredFile, desired: &DesiredHost) -> Phase {
     let touches_service = file.on_change.iter().any(|handler| match handler {
         Handler::DaemonReload => false,
-        Handler::Restart(unit) | Handler::Reload(unit) => platform_units.contains(unit.as_str()),
+        Handler::Restart(unit) | Handler::Reload(unit) => desired.runs_service(unit),
     });
     if touches_service {
         Phase::Services
@@ -259,8 +254,8 @@ fn file_phase(file: &DesiredFile, platform_units: &BTreeSet<&str>) -> Phase {
 fn plan_file(
     index: usize,
     file: &DesiredFile,
+    desired: &DesiredHost,
     facts: &HostFacts,
-    platform_units: &BTreeSet<&str>,
     plan: &mut HostPlan,
 ) {
     plan.checked += 1;
@@ -321,7 +316,7 @@ fn plan_file(
         return;
     }
     plan.handlers.extend(file.on_change.iter().cloned());
-    let phase = file_phase(file, platform_units);
+    let phase = file_phase(file, desired);
     plan.push(
         kind,
         &path,
