@@ -208,20 +208,27 @@ fn a_failing_psql_is_an_error_not_an_empty_set_of_roles() {
     );
 }
 
+/// Runs a facts script on this machine: its whole output, and its lines starting with `marker`.
+fn run_script(script: &str, marker: &str) -> (String, Vec<String>) {
+    let output = LocalShell
+        .run("sh -s", Some(script.as_bytes()), true)
+        .expect("script runs")
+        .stdout_text();
+    let errors = output
+        .lines()
+        .filter(|line| line.starts_with(marker))
+        .map(str::to_string)
+        .collect();
+    (output, errors)
+}
+
 /// The script's own psql error lines, for real: a query PostgreSQL rejects comes back as one
 /// `@@pgerror` line carrying psql's first line.
 #[test]
 fn the_script_reports_psql_errors_in_one_line() {
     let host = desired("postgres", "unused");
     let script = facts::facts_script(&host).replace("from pg_authid", "from no_such_table");
-    let output = LocalShell
-        .run("sh -s", Some(script.as_bytes()), true)
-        .expect("script runs")
-        .stdout_text();
-    let errors: Vec<_> = output
-        .lines()
-        .filter(|line| line.starts_with("@@pgerror"))
-        .collect();
+    let (output, errors) = run_script(&script, "@@pgerror");
     assert_eq!(errors.len(), 1, "{output}");
     assert!(errors[0].contains("no_such_table"), "{}", errors[0]);
     assert!(output.contains("@@pgdatabases\n"), "{output}");
@@ -259,14 +266,7 @@ fn a_failing_rabbitmqctl_is_an_error_not_an_empty_broker() {
 fn the_script_reports_rabbitmqctl_errors_in_one_line() {
     let host = desired("postgres", "unused");
     let script = facts::facts_script(&host).replace("-s list_vhosts", "-s list_vhostz");
-    let output = LocalShell
-        .run("sh -s", Some(script.as_bytes()), true)
-        .expect("script runs")
-        .stdout_text();
-    let errors: Vec<_> = output
-        .lines()
-        .filter(|line| line.starts_with("@@rmqerror"))
-        .collect();
+    let (output, errors) = run_script(&script, "@@rmqerror");
     assert_eq!(errors.len(), 1, "{output}");
     assert!(errors[0].contains("list_vhostz"), "{}", errors[0]);
     // gather parses that very output into the error.

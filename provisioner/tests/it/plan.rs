@@ -559,8 +559,7 @@ fn facts_are_gathered_in_one_round_trip_with_secrets_only_on_stdin() {
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = desired_host(dir.path());
     let expected = converged(&desired);
-    let fake = FakeTransport::new("app-vm");
-    fake.answer("sh -s", 0, &script_output(&desired, &expected));
+    let fake = host_reporting(&desired, &expected);
     let gathered = facts::gather(&fake, &desired, &expected.local_binaries).expect("facts");
     assert_eq!(gathered, expected);
     let calls = fake.calls();
@@ -613,8 +612,7 @@ fn a_host_of_another_architecture_is_refused() {
         }
         .into(),
     );
-    let fake = FakeTransport::new("app-vm");
-    fake.answer("sh -s", 0, &script_output(&desired, &facts));
+    let fake = host_reporting(&desired, &facts);
     let error = facts::gather(&fake, &desired, &facts.local_binaries).expect_err("refused");
     assert!(
         error.to_string().starts_with("app-vm: the host is "),
@@ -623,9 +621,34 @@ fn a_host_of_another_architecture_is_refused() {
 
     // The same host with the binaries' own architecture is fine.
     facts.arch = Some(std::env::consts::ARCH.into());
-    let fake = FakeTransport::new("app-vm");
-    fake.answer("sh -s", 0, &script_output(&desired, &facts));
+    let fake = host_reporting(&desired, &facts);
     facts::gather(&fake, &desired, &facts.local_binaries).expect("accepted");
+}
+
+/// A scripted host whose facts script reports `facts`.
+fn host_reporting(desired: &DesiredHost, facts: &HostFacts) -> FakeTransport {
+    let fake = FakeTransport::new("app-vm");
+    fake.answer("sh -s", 0, &script_output(desired, facts));
+    fake
+}
+
+/// Applies to a host reporting `facts`, expecting `changed` changes, no failure and no platform
+/// service restarted (changes of the firewall alone); the fake keeps the transcript.
+fn apply_without_restarts(
+    desired: &DesiredHost,
+    facts: &HostFacts,
+    changed: usize,
+) -> FakeTransport {
+    let fake = host_reporting(desired, facts);
+    let report = apply_one(desired, &fake);
+    assert_eq!(
+        (report.changed, report.failed),
+        (changed, 0),
+        "{:?}",
+        report.error
+    );
+    assert!(report.restarted.is_empty(), "{:?}", report.restarted);
+    fake
 }
 
 fn apply_one(desired: &DesiredHost, fake: &FakeTransport) -> HostReport {
@@ -640,8 +663,7 @@ fn apply_one(desired: &DesiredHost, fake: &FakeTransport) -> HostReport {
 fn applying_a_converged_host_changes_and_restarts_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = desired_host(dir.path());
-    let fake = FakeTransport::new("app-vm");
-    fake.answer("sh -s", 0, &script_output(&desired, &converged(&desired)));
+    let fake = host_reporting(&desired, &converged(&desired));
     let report = apply_one(&desired, &fake);
     assert_eq!(
         (report.changed, report.failed, report.error.as_deref()),
@@ -663,8 +685,7 @@ fn applying_an_env_change_writes_it_through_stdin_and_restarts_only_its_service(
     let desired = desired_host(dir.path());
     let mut facts = converged(&desired);
     changed_file(&mut facts, "/etc/billing/billing.env", "old\n");
-    let fake = FakeTransport::new("app-vm");
-    fake.answer("sh -s", 0, &script_output(&desired, &facts));
+    let fake = host_reporting(&desired, &facts);
     let report = apply_one(&desired, &fake);
     assert_eq!(
         (report.changed, report.failed),
@@ -707,8 +728,7 @@ fn an_unhealthy_new_binary_is_rolled_back_and_reported() {
     facts
         .binaries
         .insert("/usr/local/bin/billing".into(), "oldsha".into());
-    let fake = FakeTransport::new("app-vm");
-    fake.answer("sh -s", 0, &script_output(&desired, &facts));
+    let fake = host_reporting(&desired, &facts);
     // The new binary never answers; once rolled back, the previous one does.
     fake.answer_times("http://127.0.0.1:8081/health", 1, 1, "");
     let report = apply_one(&desired, &fake);
@@ -858,16 +878,7 @@ fn new_firewall_rules_reload_the_firewall_alone_before_any_service() {
     );
     assert!(plan.restarts.is_empty(), "{:?}", plan.restarts);
 
-    let fake = FakeTransport::new("app-vm");
-    fake.answer("sh -s", 0, &script_output(&desired, &facts));
-    let report = apply_one(&desired, &fake);
-    assert_eq!(
-        (report.changed, report.failed),
-        (1, 0),
-        "{:?}",
-        report.error
-    );
-    assert!(report.restarted.is_empty(), "{:?}", report.restarted);
+    let fake = apply_without_restarts(&desired, &facts, 1);
     let transcript = fake.transcript();
     assert!(
         transcript.contains("systemctl reload-or-restart platform-firewall"),
@@ -892,16 +903,7 @@ fn a_changed_firewall_unit_reloads_systemd_and_restarts_the_firewall_alone() {
     assert_eq!(plan.changes[0].phase, Phase::Backing);
     assert!(plan.restarts.is_empty(), "{:?}", plan.restarts);
 
-    let fake = FakeTransport::new("app-vm");
-    fake.answer("sh -s", 0, &script_output(&desired, &facts));
-    let report = apply_one(&desired, &fake);
-    assert_eq!(
-        (report.changed, report.failed),
-        (1, 0),
-        "{:?}",
-        report.error
-    );
-    assert!(report.restarted.is_empty(), "{:?}", report.restarted);
+    let fake = apply_without_restarts(&desired, &facts, 1);
     let calls: Vec<String> = fake.calls().into_iter().map(|call| call.command).collect();
     let reload = calls
         .iter()
@@ -953,16 +955,7 @@ fn a_stopped_firewall_is_enabled_and_started_before_the_services() {
     );
     assert!(plan.restarts.is_empty(), "{:?}", plan.restarts);
 
-    let fake = FakeTransport::new("app-vm");
-    fake.answer("sh -s", 0, &script_output(&desired, &facts));
-    let report = apply_one(&desired, &fake);
-    assert_eq!(
-        (report.changed, report.failed),
-        (2, 0),
-        "{:?}",
-        report.error
-    );
-    assert!(report.restarted.is_empty(), "{:?}", report.restarted);
+    let fake = apply_without_restarts(&desired, &facts, 2);
     let transcript = fake.transcript();
     assert!(
         transcript.contains("systemctl enable platform-firewall.service")

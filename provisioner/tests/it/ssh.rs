@@ -42,6 +42,13 @@ fn keygen(path: &Path) {
     assert!(status.success(), "ssh-keygen failed");
 }
 
+/// The bytes and permission bits of a file the transport uploaded.
+fn file_and_mode(path: &Path) -> (Vec<u8>, u32) {
+    let bytes = std::fs::read(path).expect("uploaded file");
+    let mode = std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+    (bytes, mode)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -162,27 +169,11 @@ fn commands_stdin_and_atomic_upload_over_one_session() {
     transport
         .write_file_atomic(target_text, b"SECRET=1\n", 0o600, "root", "root")
         .expect("upload");
-    assert_eq!(std::fs::read(&target).expect("uploaded"), b"SECRET=1\n");
-    assert_eq!(
-        std::fs::metadata(&target)
-            .expect("stat")
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
+    assert_eq!(file_and_mode(&target), (b"SECRET=1\n".to_vec(), 0o600));
     transport
         .write_file_atomic(target_text, b"SECRET=2\n", 0o640, "root", "root")
         .expect("replace");
-    assert_eq!(std::fs::read(&target).expect("replaced"), b"SECRET=2\n");
-    assert_eq!(
-        std::fs::metadata(&target)
-            .expect("stat")
-            .permissions()
-            .mode()
-            & 0o777,
-        0o640
-    );
+    assert_eq!(file_and_mode(&target), (b"SECRET=2\n".to_vec(), 0o640));
     let leftovers: Vec<_> = std::fs::read_dir(lab.path("etc/app"))
         .expect("dir")
         .collect();
