@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use sha2::{Digest, Sha256};
 
-use crate::binaries::Arch;
+use crate::binaries::{sha256_file, Arch, BinaryError};
 use crate::desired::{DesiredHost, FileContent, PG_VERSION_PLACEHOLDER};
 use crate::scram;
 use crate::transport::{shell_quote, Transport, TransportError};
@@ -95,11 +94,8 @@ pub enum FactsError {
     Postgres { host: String, message: String },
     #[error("{host}: RabbitMQ is installed but rabbitmqctl fails: {message}")]
     RabbitMq { host: String, message: String },
-    #[error("reading local binary {path}: {source}")]
-    LocalBinary {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    LocalBinary(#[from] BinaryError),
 }
 
 /// SHA-256 of every local binary the hosts need, each read once however many hosts use it.
@@ -109,26 +105,11 @@ pub fn local_checksums<'a>(
     let mut checksums = BTreeMap::new();
     for binary in hosts.into_iter().flat_map(|host| &host.binaries) {
         if !checksums.contains_key(&binary.local_path) {
-            let checksum =
-                file_sha256(&binary.local_path).map_err(|source| FactsError::LocalBinary {
-                    path: binary.local_path.display().to_string(),
-                    source,
-                })?;
+            let checksum = sha256_file(&binary.local_path)?;
             checksums.insert(binary.local_path.clone(), checksum);
         }
     }
     Ok(checksums)
-}
-
-pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// Runs the facts script on the host (one round trip) and parses what it prints.

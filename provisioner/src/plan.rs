@@ -6,10 +6,11 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use similar::TextDiff;
 
+use crate::binaries::sha256_hex;
 use crate::desired::{
     resolve_pg_version, DesiredFile, DesiredHost, FileContent, Handler, PG_VERSION_PLACEHOLDER,
 };
-use crate::facts::{sha256_hex, HostFacts};
+use crate::facts::HostFacts;
 
 /// The `kind` of a change in the JSON document of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

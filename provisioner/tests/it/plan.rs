@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use provisioner::apply::{apply_all, HostReport};
+use provisioner::binaries;
 use provisioner::desired::{
     Connection, DesiredBinary, DesiredFile, DesiredHost, FileContent, Handler, PostgresDatabase,
     PostgresRole, PostgresState, RabbitMqState, Role, Secret, ServiceSpec,
@@ -153,7 +154,7 @@ fn converged(desired: &DesiredHost) -> HostFacts {
                     mode: file.mode,
                     owner: file.owner.clone(),
                     group: file.group.clone(),
-                    sha256: facts::sha256_hex(file.content.bytes()),
+                    sha256: binaries::sha256_hex(file.content.bytes()),
                     content: match &file.content {
                         FileContent::Text(text) => Some(text.as_bytes().to_vec()),
                         FileContent::SecretText(_) => None,
@@ -294,7 +295,7 @@ fn script_output(desired: &DesiredHost, facts: &HostFacts) -> String {
 
 fn changed_file(facts: &mut HostFacts, path: &str, old_content: &str) {
     let fact = facts.files.get_mut(path).expect("file in facts");
-    fact.sha256 = facts::sha256_hex(old_content.as_bytes());
+    fact.sha256 = binaries::sha256_hex(old_content.as_bytes());
     if fact.content.is_some() {
         fact.content = Some(old_content.as_bytes().to_vec());
     }
