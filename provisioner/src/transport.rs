@@ -218,11 +218,23 @@ pub mod fake {
     use std::sync::Mutex;
 
     /// One recorded call; `stdin` is kept so tests can check secrets went there.
-    #[derive(Debug, Clone)]
+    #[derive(Clone)]
     pub struct Call {
         pub command: String,
         pub stdin: Option<Vec<u8>>,
         pub sudo: bool,
+    }
+
+    /// Shows the size of stdin, not its bytes: they may be a secret, and a failing assertion
+    /// prints its calls.
+    impl std::fmt::Debug for Call {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Call")
+                .field("command", &self.command)
+                .field("stdin_bytes", &self.stdin.as_ref().map(Vec::len))
+                .field("sudo", &self.sudo)
+                .finish()
+        }
     }
 
     /// A scripted answer: used for commands containing `needle`, `remaining` times (or forever).
