@@ -11,7 +11,7 @@ use crate::desired::{DesiredHost, Handler};
 use crate::facts::{self, FactsError, HostFacts};
 use crate::plan::{self, Action, Change, ChangeKind, HostPlan, Phase};
 use crate::scram;
-use crate::transport::{shell_quote, Transport, TransportError};
+use crate::transport::{replace_file_script, shell_quote, Transport, TransportError};
 
 /// How long a restarted service gets to answer its health URL.
 const HEALTH_WAIT_SECS: u32 = 30;
@@ -571,18 +571,14 @@ pub fn install_command(packages: &[String]) -> String {
 /// Upload on stdin to a temporary file beside the binary, keep the current one as `.previous`
 /// (a hard link, so the running process is untouched), then rename: never a half-written binary.
 pub fn push_binary_script(path: &str) -> String {
-    let dir = path
-        .rsplit_once('/')
-        .map_or("/", |(dir, _)| if dir.is_empty() { "/" } else { dir });
-    let name = path.rsplit('/').next().unwrap_or(path);
     let quoted = shell_quote(path);
     let previous = shell_quote(&format!("{path}.previous"));
-    format!(
-        "set -e; mkdir -p {dir}; tmp=$(mktemp {template}); trap 'rm -f \"$tmp\"' EXIT; cat > \"$tmp\"; \
-         chown root:root \"$tmp\"; chmod 755 \"$tmp\"; if [ -f {quoted} ]; then ln -f {quoted} {previous}; fi; \
-         mv -f \"$tmp\" {quoted}; trap - EXIT",
-        dir = shell_quote(dir),
-        template = shell_quote(&format!("{dir}/.{name}.provision.XXXXXX")),
+    replace_file_script(
+        path,
+        0o755,
+        "root",
+        "root",
+        &format!("if [ -f {quoted} ]; then ln -f {quoted} {previous}; fi; "),
     )
 }
 

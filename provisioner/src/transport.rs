@@ -169,16 +169,28 @@ pub trait Transport: Send + Sync {
 
 /// The script behind [`Transport::write_file_atomic`], shared with the fake so tests see it.
 pub fn write_file_script(path: &str, mode: u32, owner: &str, group: &str) -> String {
+    replace_file_script(path, mode, owner, group, "")
+}
+
+/// Bytes on stdin into a temporary file of `path`'s directory, given its owner and mode, then
+/// renamed over `path`, so the file is never half-written; `before_rename` runs just before.
+pub fn replace_file_script(
+    path: &str,
+    mode: u32,
+    owner: &str,
+    group: &str,
+    before_rename: &str,
+) -> String {
     let dir = match path.rsplit_once('/') {
-        Some(("", _)) | None => "/".to_string(),
-        Some((dir, _)) => dir.to_string(),
+        Some(("", _)) | None => "/",
+        Some((dir, _)) => dir,
     };
     let file_name = path.rsplit('/').next().unwrap_or(path);
     format!(
         "set -e; mkdir -p {dir}; tmp=$(mktemp {template}); trap 'rm -f \"$tmp\"' EXIT; \
          cat > \"$tmp\"; chown {owner}:{group} \"$tmp\"; chmod {mode:o} \"$tmp\"; \
-         mv -f \"$tmp\" {path}; trap - EXIT",
-        dir = shell_quote(&dir),
+         {before_rename}mv -f \"$tmp\" {path}; trap - EXIT",
+        dir = shell_quote(dir),
         template = shell_quote(&format!("{dir}/.{file_name}.provision.XXXXXX")),
         owner = shell_quote(owner),
         group = shell_quote(group),
