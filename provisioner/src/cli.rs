@@ -1,7 +1,7 @@
 //! The command line: raw arguments (clap) validated into a command, and each command run against
 //! the hosts, in parallel, with one SSH session per host.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -124,8 +124,7 @@ fn workspace_dir() -> PathBuf {
 }
 
 fn render_to_dir(args: &Args, out: &Path) -> anyhow::Result<()> {
-    let loaded = load(args, false)?;
-    let hosts = select(loaded.hosts, &args.limit)?;
+    let hosts = selected_hosts(args, false)?.hosts;
     let written = render::render_to_dir(&hosts, out)
         .with_context(|| format!("rendering into {}", out.display()))?;
     eprintln!("{} files written", written.len());
@@ -547,23 +546,22 @@ fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
 /// The hosts running `service`, or an error naming the services the inventory knows.
 fn hosts_running(args: &Args, service: &str) -> anyhow::Result<Vec<DesiredHost>> {
     let hosts = selected_hosts(args, false)?.hosts;
-    let known: BTreeMap<&str, ()> = hosts
-        .iter()
-        .flat_map(|host| &host.services)
-        .map(|spec| (spec.unit.as_str(), ()))
-        .collect();
-    if !known.contains_key(service) {
-        let names: Vec<&str> = known.keys().copied().collect();
-        bail!(
-            "no selected host runs {service} (services: {})",
-            names.join(", ")
-        );
-    }
     let running: Vec<DesiredHost> = hosts
         .iter()
-        .filter(|host| host.services.iter().any(|spec| spec.unit == service))
+        .filter(|host| host.runs_service(service))
         .cloned()
         .collect();
+    if running.is_empty() {
+        let known: BTreeSet<&str> = hosts
+            .iter()
+            .flat_map(|host| &host.services)
+            .map(|spec| spec.unit.as_str())
+            .collect();
+        bail!(
+            "no selected host runs {service} (services: {})",
+            known.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
     Ok(running)
 }
 
