@@ -457,28 +457,22 @@ impl<'a> Renderer<'a> {
         context.insert("ports", ports);
         let unit = FIREWALL_UNIT;
         Ok(vec![
-            DesiredFile {
-                path: FIREWALL_RULES_PATH.to_owned(),
-                content: FileContent::Text(self.render("firewall/rules.nft", host, &context)?),
-                mode: 0o644,
-                owner: "root".to_owned(),
-                group: "root".to_owned(),
-                // The unit's reload loads the file, which swaps the table in one transaction:
-                // no moment without rules, unlike a restart (stop deletes the table).
-                on_change: vec![Handler::Reload(unit.to_owned())],
-            },
-            DesiredFile {
-                path: format!("/etc/systemd/system/{unit}.service"),
-                content: FileContent::Text(self.render(
-                    &format!("systemd/{unit}.service"),
-                    host,
-                    &context,
-                )?),
-                mode: 0o644,
-                owner: "root".to_owned(),
-                group: "root".to_owned(),
-                on_change: vec![Handler::DaemonReload, Handler::Restart(unit.to_owned())],
-            },
+            // The unit's reload loads the file, which swaps the table in one transaction:
+            // no moment without rules, unlike a restart (stop deletes the table).
+            text_file(
+                FIREWALL_RULES_PATH,
+                self.render("firewall/rules.nft", host, &context)?,
+                0o644,
+                "root",
+                vec![Handler::Reload(unit.to_owned())],
+            ),
+            text_file(
+                format!("/etc/systemd/system/{unit}.service"),
+                self.render(&format!("systemd/{unit}.service"), host, &context)?,
+                0o644,
+                "root",
+                vec![Handler::DaemonReload, Handler::Restart(unit.to_owned())],
+            ),
         ])
     }
 
@@ -530,14 +524,13 @@ impl<'a> Renderer<'a> {
         };
         let template = format!("systemd/{service}.service");
         let text = self.render_serialized(&template, host, &context)?;
-        Ok(DesiredFile {
-            path: format!("/etc/systemd/system/{service}.service"),
-            content: FileContent::Text(text),
-            mode: 0o644,
-            owner: "root".to_owned(),
-            group: "root".to_owned(),
-            on_change: vec![Handler::DaemonReload, Handler::Restart(service.to_owned())],
-        })
+        Ok(text_file(
+            format!("/etc/systemd/system/{service}.service"),
+            text,
+            0o644,
+            "root",
+            vec![Handler::DaemonReload, Handler::Restart(service.to_owned())],
+        ))
     }
 
     fn env_file(&self, host: &Host, role: Role) -> Result<DesiredFile, RenderError> {
@@ -676,27 +669,21 @@ impl<'a> Renderer<'a> {
         hba.insert("rules", &rules);
         let folder = format!("/etc/postgresql/{PG_VERSION_PLACEHOLDER}/main");
         let files = vec![
-            DesiredFile {
-                path: format!("{folder}/conf.d/60-provision.conf"),
-                content: FileContent::Text(self.render(
-                    "postgresql/provision.conf",
-                    host,
-                    &conf,
-                )?),
-                mode: 0o644,
-                owner: "postgres".to_owned(),
-                group: "postgres".to_owned(),
-                // listen_addresses takes effect only at start.
-                on_change: vec![Handler::Restart(POSTGRES_UNIT.to_owned())],
-            },
-            DesiredFile {
-                path: format!("{folder}/pg_hba.conf"),
-                content: FileContent::Text(self.render("postgresql/pg_hba.conf", host, &hba)?),
-                mode: 0o640,
-                owner: "postgres".to_owned(),
-                group: "postgres".to_owned(),
-                on_change: vec![Handler::Reload(POSTGRES_UNIT.to_owned())],
-            },
+            // listen_addresses takes effect only at start.
+            text_file(
+                format!("{folder}/conf.d/60-provision.conf"),
+                self.render("postgresql/provision.conf", host, &conf)?,
+                0o644,
+                "postgres",
+                vec![Handler::Restart(POSTGRES_UNIT.to_owned())],
+            ),
+            text_file(
+                format!("{folder}/pg_hba.conf"),
+                self.render("postgresql/pg_hba.conf", host, &hba)?,
+                0o640,
+                "postgres",
+                vec![Handler::Reload(POSTGRES_UNIT.to_owned())],
+            ),
         ];
         Ok((PostgresState { roles, databases }, files))
     }
@@ -728,61 +715,59 @@ impl<'a> Renderer<'a> {
         context.insert("distribution_port", &ERLANG_DISTRIBUTION_PORT);
         let restart = vec![Handler::Restart(RABBITMQ_UNIT.to_owned())];
         Ok(vec![
-            DesiredFile {
-                path: "/etc/rabbitmq/rabbitmq-env.conf".to_owned(),
-                content: FileContent::Text(self.render(
-                    "rabbitmq/rabbitmq-env.conf",
-                    host,
-                    &context,
-                )?),
-                mode: 0o644,
-                owner: "root".to_owned(),
-                group: "root".to_owned(),
-                on_change: restart.clone(),
-            },
-            DesiredFile {
-                path: format!("/etc/systemd/system/{EPMD_SOCKET}.d/provision-loopback.conf"),
-                content: FileContent::Text(self.render(
-                    "systemd/epmd.socket.conf",
-                    host,
-                    &context,
-                )?),
-                mode: 0o644,
-                owner: "root".to_owned(),
-                group: "root".to_owned(),
-                // The running node registers again with the new epmd by itself (within a few
-                // seconds); a restart of rabbitmq-server in the same apply (a fresh host) then
-                // stops it by SIGTERM, as gracefully as `rabbitmqctl stop` would.
-                on_change: vec![
+            text_file(
+                "/etc/rabbitmq/rabbitmq-env.conf",
+                self.render("rabbitmq/rabbitmq-env.conf", host, &context)?,
+                0o644,
+                "root",
+                restart.clone(),
+            ),
+            // The running node registers again with the new epmd by itself (within a few
+            // seconds); a restart of rabbitmq-server in the same apply (a fresh host) then
+            // stops it by SIGTERM, as gracefully as `rabbitmqctl stop` would.
+            text_file(
+                format!("/etc/systemd/system/{EPMD_SOCKET}.d/provision-loopback.conf"),
+                self.render("systemd/epmd.socket.conf", host, &context)?,
+                0o644,
+                "root",
+                vec![
                     Handler::DaemonReload,
                     Handler::Restart(EPMD_SOCKET.to_owned()),
                 ],
-            },
-            DesiredFile {
-                path: "/etc/rabbitmq/rabbitmq.conf".to_owned(),
-                content: FileContent::Text(self.render(
-                    "rabbitmq/rabbitmq.conf",
-                    host,
-                    &context,
-                )?),
-                mode: 0o644,
-                owner: "root".to_owned(),
-                group: "root".to_owned(),
-                on_change: restart.clone(),
-            },
-            DesiredFile {
-                path: "/etc/rabbitmq/enabled_plugins".to_owned(),
-                content: FileContent::Text(self.render(
-                    "rabbitmq/enabled_plugins",
-                    host,
-                    &context,
-                )?),
-                mode: 0o644,
-                owner: "root".to_owned(),
-                group: "root".to_owned(),
-                on_change: restart,
-            },
+            ),
+            text_file(
+                "/etc/rabbitmq/rabbitmq.conf",
+                self.render("rabbitmq/rabbitmq.conf", host, &context)?,
+                0o644,
+                "root",
+                restart.clone(),
+            ),
+            text_file(
+                "/etc/rabbitmq/enabled_plugins",
+                self.render("rabbitmq/enabled_plugins", host, &context)?,
+                0o644,
+                "root",
+                restart,
+            ),
         ])
+    }
+}
+
+/// A rendered, non-secret file owned by `owner` and its group.
+fn text_file(
+    path: impl Into<String>,
+    text: String,
+    mode: u32,
+    owner: &str,
+    on_change: Vec<Handler>,
+) -> DesiredFile {
+    DesiredFile {
+        path: path.into(),
+        content: FileContent::Text(text),
+        mode,
+        owner: owner.to_owned(),
+        group: owner.to_owned(),
+        on_change,
     }
 }
 
