@@ -2,8 +2,7 @@
 //! every host before any platform service; then restarts only what changed, waits for health
 //! and puts the previous binary back when a new one is unhealthy.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::collections::BTreeSet;
 
 use serde::Serialize;
 
@@ -107,7 +106,6 @@ pub fn progress(host: &str, message: &str) {
 pub struct HostRun<'a> {
     pub transport: &'a dyn Transport,
     pub desired: &'a DesiredHost,
-    local_binaries: &'a BTreeMap<PathBuf, String>,
     plan: HostPlan,
     pub report: HostReport,
     /// Binaries pushed in this run, by service: only those can be rolled back.
@@ -128,15 +126,10 @@ impl std::fmt::Debug for HostRun<'_> {
 }
 
 impl<'a> HostRun<'a> {
-    pub fn new(
-        transport: &'a dyn Transport,
-        desired: &'a DesiredHost,
-        local_binaries: &'a BTreeMap<PathBuf, String>,
-    ) -> Self {
+    pub fn new(transport: &'a dyn Transport, desired: &'a DesiredHost) -> Self {
         Self {
             transport,
             desired,
-            local_binaries,
             plan: HostPlan::default(),
             report: HostReport::new(&desired.name),
             pushed: BTreeSet::new(),
@@ -150,7 +143,7 @@ impl<'a> HostRun<'a> {
     }
 
     fn gather(&self) -> Result<(HostFacts, HostPlan), ApplyError> {
-        let facts = facts::gather(self.transport, self.desired, self.local_binaries)?;
+        let facts = facts::gather(self.transport, self.desired)?;
         let plan = plan::plan(self.desired, &facts);
         Ok((facts, plan))
     }
@@ -652,14 +645,11 @@ pub fn kind_name(kind: ChangeKind) -> &'static str {
 /// Converges every host: phase 1 on all hosts in parallel, then phase 2 on all hosts in
 /// parallel, so every database and broker is ready before any service restarts.
 /// `transports` holds a connection per host, or the one-line error of connecting to it.
-pub fn apply_all(
-    hosts: &[(&DesiredHost, Result<&dyn Transport, String>)],
-    local_binaries: &BTreeMap<PathBuf, String>,
-) -> Vec<HostReport> {
+pub fn apply_all(hosts: &[(&DesiredHost, Result<&dyn Transport, String>)]) -> Vec<HostReport> {
     let mut runs: Vec<Result<HostRun<'_>, Box<HostReport>>> = hosts
         .iter()
         .map(|(desired, transport)| match transport {
-            Ok(transport) => Ok(HostRun::new(*transport, desired, local_binaries)),
+            Ok(transport) => Ok(HostRun::new(*transport, desired)),
             Err(error) => Err(Box::new(HostReport::failed_with(&desired.name, error))),
         })
         .collect();

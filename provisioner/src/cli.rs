@@ -229,17 +229,15 @@ fn print_json<T: Serialize>(hosts: Vec<T>) -> anyhow::Result<()> {
 
 fn run_plan(args: &Args) -> anyhow::Result<ExitCode> {
     let hosts = selected_hosts(args, true)?.hosts;
-    let local = facts::local_checksums(&hosts)?;
     let transports = connect_all(&hosts);
     let reports: Vec<HostReport> = std::thread::scope(|scope| {
         let handles: Vec<_> = hosts
             .iter()
             .zip(&transports)
             .map(|(host, transport)| {
-                let local = &local;
                 scope.spawn(move || match transport {
                     Err(error) => HostReport::failed_with(&host.name, error),
-                    Ok(transport) => match facts::gather(transport, host, local) {
+                    Ok(transport) => match facts::gather(transport, host) {
                         Ok(facts) => HostReport::from_plan(&plan::plan(host, &facts)),
                         Err(error) => HostReport::failed_with(&host.name, error),
                     },
@@ -301,7 +299,6 @@ fn print_plan(reports: &[HostReport]) {
 
 fn run_apply(args: &Args) -> anyhow::Result<ExitCode> {
     let hosts = selected_hosts(args, true)?.hosts;
-    let local = facts::local_checksums(&hosts)?;
     let transports = connect_all(&hosts);
     let pairs: Vec<(&DesiredHost, Result<&dyn Transport, String>)> = hosts
         .iter()
@@ -316,7 +313,7 @@ fn run_apply(args: &Args) -> anyhow::Result<ExitCode> {
             )
         })
         .collect();
-    let reports = apply::apply_all(&pairs, &local);
+    let reports = apply::apply_all(&pairs);
     if args.json {
         print_json(reports.clone())?;
     } else {

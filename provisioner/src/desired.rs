@@ -175,6 +175,9 @@ pub struct DesiredBinary {
     pub local_path: PathBuf,
     /// e.g. `/usr/local/bin/inventory`; the previous binary is kept as `<path>.previous`.
     pub remote_path: String,
+    /// Lower-case hex SHA-256 of `local_path`, computed once when the binary was checked, and
+    /// compared with what `sha256sum` prints on the host.
+    pub sha256: String,
 }
 
 /// A platform service running under systemd.

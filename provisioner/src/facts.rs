@@ -3,12 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use crate::binaries::{sha256_file, Arch, BinaryError};
+use crate::binaries::Arch;
 use crate::desired::{DesiredHost, FileContent, PG_VERSION_PLACEHOLDER};
 use crate::scram;
 use crate::transport::{shell_quote, Transport, TransportError};
@@ -69,8 +69,6 @@ pub struct HostFacts {
     pub files: BTreeMap<String, FileFact>,
     /// Remote binary path → hex SHA-256 of what is there.
     pub binaries: BTreeMap<String, String>,
-    /// Local binary path → hex SHA-256 of what would be pushed.
-    pub local_binaries: BTreeMap<PathBuf, String>,
     /// Unit name (without `.service`) → state.
     pub units: BTreeMap<String, UnitFact>,
     /// `None` when PostgreSQL is not installed or does not answer.
@@ -94,30 +92,10 @@ pub enum FactsError {
     Postgres { host: String, message: String },
     #[error("{host}: RabbitMQ is installed but rabbitmqctl fails: {message}")]
     RabbitMq { host: String, message: String },
-    #[error(transparent)]
-    LocalBinary(#[from] BinaryError),
-}
-
-/// SHA-256 of every local binary the hosts need, each read once however many hosts use it.
-pub fn local_checksums<'a>(
-    hosts: impl IntoIterator<Item = &'a DesiredHost>,
-) -> Result<BTreeMap<PathBuf, String>, FactsError> {
-    let mut checksums = BTreeMap::new();
-    for binary in hosts.into_iter().flat_map(|host| &host.binaries) {
-        if !checksums.contains_key(&binary.local_path) {
-            let checksum = sha256_file(&binary.local_path)?;
-            checksums.insert(binary.local_path.clone(), checksum);
-        }
-    }
-    Ok(checksums)
 }
 
 /// Runs the facts script on the host (one round trip) and parses what it prints.
-pub fn gather(
-    transport: &dyn Transport,
-    desired: &DesiredHost,
-    local_binaries: &BTreeMap<PathBuf, String>,
-) -> Result<HostFacts, FactsError> {
+pub fn gather(transport: &dyn Transport, desired: &DesiredHost) -> Result<HostFacts, FactsError> {
     let script = facts_script(desired);
     let output = transport.run("sh -s", Some(script.as_bytes()), true)?;
     let output = output.stdout_text();
@@ -135,8 +113,7 @@ pub fn gather(
             message: message.to_string(),
         });
     }
-    let mut facts = parse_facts(desired, &output);
-    facts.local_binaries = local_binaries.clone();
+    let facts = parse_facts(desired, &output);
     let pushed = desired
         .binaries
         .first()

@@ -472,11 +472,7 @@ fn plan_rabbitmq(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
 fn plan_binaries(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
     for (index, binary) in desired.binaries.iter().enumerate() {
         plan.checked += 1;
-        let local = facts
-            .local_binaries
-            .get(&binary.local_path)
-            .map(String::as_str)
-            .unwrap_or("unknown");
+        let local = binary.sha256.as_str();
         let remote = facts.binaries.get(&binary.remote_path);
         if remote.map(String::as_str) == Some(local) {
             continue;

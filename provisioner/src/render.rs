@@ -336,6 +336,7 @@ impl<'a> Renderer<'a> {
                     service: service.to_owned(),
                     local_path: binary.path.clone(),
                     remote_path: format!("/usr/local/bin/{service}"),
+                    sha256: binary.sha256.clone(),
                 });
             }
             specs.push(ServiceSpec {

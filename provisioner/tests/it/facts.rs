@@ -135,7 +135,7 @@ fn desired(role: &str, password: &str) -> DesiredHost {
 fn existing_roles_and_databases_are_seen_and_their_password_checked() {
     let role = TestRole::create("facts-pw-1");
     let host = desired(&role.0, "facts-pw-1");
-    let gathered = facts::gather(&LocalShell, &host, &Default::default()).expect("facts");
+    let gathered = facts::gather(&LocalShell, &host).expect("facts");
     let postgres = gathered
         .postgres
         .as_ref()
@@ -155,7 +155,7 @@ fn existing_roles_and_databases_are_seen_and_their_password_checked() {
     assert!(postgres_changes.is_empty(), "{postgres_changes:?}");
 
     let other_password = desired(&role.0, "facts-pw-2");
-    let gathered = facts::gather(&LocalShell, &other_password, &Default::default()).expect("facts");
+    let gathered = facts::gather(&LocalShell, &other_password).expect("facts");
     let changes: Vec<_> = plan(&other_password, &gathered)
         .changes
         .into_iter()
@@ -171,7 +171,7 @@ fn existing_roles_and_databases_are_seen_and_their_password_checked() {
 #[test]
 fn rabbitmq_users_tags_permissions_and_password_are_read() {
     let host = desired("postgres", "unused");
-    let gathered = facts::gather(&LocalShell, &host, &Default::default()).expect("facts");
+    let gathered = facts::gather(&LocalShell, &host).expect("facts");
     let rabbitmq = gathered.rabbitmq.as_ref().expect("RabbitMQ answers");
     assert!(rabbitmq.vhosts.contains("/"), "{rabbitmq:?}");
     assert_eq!(
@@ -199,7 +199,7 @@ fn a_failing_psql_is_an_error_not_an_empty_set_of_roles() {
          @@pgerror psql: error: connection to server on socket \"/var/run/postgresql/.s.PGSQL.5432\" failed\n\
          @@end\n",
     );
-    let error = facts::gather(&fake, &host, &Default::default()).expect_err("psql failed");
+    let error = facts::gather(&fake, &host).expect_err("psql failed");
     let message = error.to_string();
     assert!(
         message.starts_with("localhost: PostgreSQL is installed but psql")
@@ -252,7 +252,7 @@ fn a_failing_rabbitmqctl_is_an_error_not_an_empty_broker() {
          @@rmqerror Error: unable to perform an operation on node 'rabbit@billing'. Please see diagnostics information and suggestions below.\n\
          @@rmqpermissions\n@@rmqauth\n69\n@@end\n",
     );
-    let error = facts::gather(&fake, &host, &Default::default()).expect_err("rabbitmqctl failed");
+    let error = facts::gather(&fake, &host).expect_err("rabbitmqctl failed");
     assert_eq!(
         error.to_string(),
         "localhost: RabbitMQ is installed but rabbitmqctl fails: Error: unable to perform an \
@@ -272,7 +272,7 @@ fn the_script_reports_rabbitmqctl_errors_in_one_line() {
     // gather parses that very output into the error.
     let fake = provisioner::transport::fake::FakeTransport::new("localhost");
     fake.answer("sh -s", 0, &output);
-    let error = facts::gather(&fake, &host, &Default::default()).expect_err("rabbitmqctl failed");
+    let error = facts::gather(&fake, &host).expect_err("rabbitmqctl failed");
     assert!(
         error
             .to_string()

@@ -60,6 +60,7 @@ fn desired_host(dir: &Path) -> DesiredHost {
             service: service.into(),
             local_path,
             remote_path: format!("/usr/local/bin/{service}"),
+            sha256: binaries::sha256_hex(content),
         }
     };
     DesiredHost {
@@ -140,7 +141,6 @@ fn desired_host(dir: &Path) -> DesiredHost {
 
 /// Facts of a host that already is exactly as desired.
 fn converged(desired: &DesiredHost) -> HostFacts {
-    let local_binaries = facts::local_checksums([desired]).expect("local binaries");
     HostFacts {
         packages: desired.packages.iter().cloned().collect(),
         users: desired.system_users.iter().cloned().collect(),
@@ -166,14 +166,8 @@ fn converged(desired: &DesiredHost) -> HostFacts {
         binaries: desired
             .binaries
             .iter()
-            .map(|binary| {
-                (
-                    binary.remote_path.clone(),
-                    local_binaries[&binary.local_path].clone(),
-                )
-            })
+            .map(|binary| (binary.remote_path.clone(), binary.sha256.clone()))
             .collect(),
-        local_binaries,
         units: desired
             .services
             .iter()
@@ -517,10 +511,7 @@ fn a_stopped_service_is_started_and_a_disabled_one_enabled() {
 fn a_bare_host_needs_everything_with_the_postgres_path_still_unresolved() {
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = desired_host(dir.path());
-    let facts = HostFacts {
-        local_binaries: converged(&desired).local_binaries,
-        ..HostFacts::default()
-    };
+    let facts = HostFacts::default();
     let plan = plan(&desired, &facts);
     let count = |kind| {
         plan.changes
@@ -561,7 +552,7 @@ fn facts_are_gathered_in_one_round_trip_with_secrets_only_on_stdin() {
     let desired = desired_host(dir.path());
     let expected = converged(&desired);
     let fake = host_reporting(&desired, &expected);
-    let gathered = facts::gather(&fake, &desired, &expected.local_binaries).expect("facts");
+    let gathered = facts::gather(&fake, &desired).expect("facts");
     assert_eq!(gathered, expected);
     let calls = fake.calls();
     assert_eq!(calls.len(), 1, "one round trip");
@@ -614,7 +605,7 @@ fn a_host_of_another_architecture_is_refused() {
         .into(),
     );
     let fake = host_reporting(&desired, &facts);
-    let error = facts::gather(&fake, &desired, &facts.local_binaries).expect_err("refused");
+    let error = facts::gather(&fake, &desired).expect_err("refused");
     assert!(
         error.to_string().starts_with("app-vm: the host is "),
         "{error}"
@@ -623,7 +614,7 @@ fn a_host_of_another_architecture_is_refused() {
     // The same host with the binaries' own architecture is fine.
     facts.arch = Some(std::env::consts::ARCH.into());
     let fake = host_reporting(&desired, &facts);
-    facts::gather(&fake, &desired, &facts.local_binaries).expect("accepted");
+    facts::gather(&fake, &desired).expect("accepted");
 }
 
 /// A scripted host whose facts script reports `facts`.
@@ -653,9 +644,8 @@ fn apply_without_restarts(
 }
 
 fn apply_one(desired: &DesiredHost, fake: &FakeTransport) -> HostReport {
-    let local = facts::local_checksums([desired]).expect("local");
     let transport: &dyn Transport = fake;
-    apply_all(&[(desired, Ok(transport))], &local)
+    apply_all(&[(desired, Ok(transport))])
         .pop()
         .expect("one report")
 }
@@ -755,11 +745,7 @@ fn an_unhealthy_new_binary_is_rolled_back_and_reported() {
 fn a_bare_host_gets_packages_then_databases_and_broker_then_services_with_secrets_on_stdin() {
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = desired_host(dir.path());
-    let local_binaries = converged(&desired).local_binaries;
-    let bare = HostFacts {
-        local_binaries: local_binaries.clone(),
-        ..HostFacts::default()
-    };
+    let bare = HostFacts::default();
     // After installing, PostgreSQL and RabbitMQ are there with their defaults.
     let installed = HostFacts {
         packages: desired.packages.iter().cloned().collect(),
@@ -774,7 +760,6 @@ fn a_bare_host_gets_packages_then_databases_and_broker_then_services_with_secret
             permissions: BTreeMap::new(),
             password_matches: false,
         }),
-        local_binaries,
         ..HostFacts::default()
     };
     let fake = FakeTransport::new("app-vm");
@@ -969,11 +954,7 @@ fn a_stopped_firewall_is_enabled_and_started_before_the_services() {
 fn a_bare_host_gets_its_firewall_before_any_service_starts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let desired = with_firewall(desired_host(dir.path()));
-    let local_binaries = converged(&desired).local_binaries;
-    let bare = HostFacts {
-        local_binaries,
-        ..HostFacts::default()
-    };
+    let bare = HostFacts::default();
     let fake = FakeTransport::new("app-vm");
     fake.answer_times("sh -s", 1, 0, &script_output(&desired, &bare));
     let mut installed = bare.clone();
