@@ -460,15 +460,19 @@ impl<'a> HostRun<'a> {
         }
     }
 
+    /// An error for a change the desired state cannot carry out: plan only lists PostgreSQL
+    /// and RabbitMQ changes for hosts with those roles, so this is a bug, never a no-op.
+    fn inconsistent(&self, action: &Action, missing: &str) -> ApplyError {
+        ApplyError::Other {
+            host: self.host().to_string(),
+            message: format!("{action:?}: no such {missing} change in the desired state"),
+        }
+    }
+
     fn postgres_sql(&self, action: &Action) -> Result<String, ApplyError> {
-        let postgres = self
-            .desired
-            .postgres
-            .as_ref()
-            .ok_or_else(|| ApplyError::Other {
-                host: self.host().to_string(),
-                message: "a PostgreSQL change without PostgreSQL in the desired state".into(),
-            })?;
+        let Some(postgres) = &self.desired.postgres else {
+            return Err(self.inconsistent(action, "PostgreSQL"));
+        };
         let verifier = |password: &str| {
             scram::make_verifier(password).map_err(|error| ApplyError::Other {
                 host: self.host().to_string(),
@@ -506,13 +510,13 @@ impl<'a> HostRun<'a> {
                     ident(&database.owner)
                 )
             }
-            _ => String::new(),
+            _ => return Err(self.inconsistent(action, "PostgreSQL")),
         })
     }
 
     fn rabbitmq(&self, action: &Action) -> Result<(), ApplyError> {
         let Some(rabbitmq) = &self.desired.rabbitmq else {
-            return Ok(());
+            return Err(self.inconsistent(action, "RabbitMQ"));
         };
         let user = shell_quote(&rabbitmq.user);
         let vhost = shell_quote(&rabbitmq.vhost);
@@ -539,7 +543,7 @@ impl<'a> HostRun<'a> {
                 )
             }
             Action::DeleteGuest => ("rabbitmqctl -q list_users | grep -q '^guest\\b' && rabbitmqctl -q delete_user guest || true".into(), None),
-            _ => return Ok(()),
+            _ => return Err(self.inconsistent(action, "RabbitMQ")),
         };
         self.transport.run(&command, stdin, true)?;
         Ok(())
@@ -691,6 +695,64 @@ pub fn apply_all(hosts: &[(&DesiredHost, Result<&dyn Transport, String>)]) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::Connection;
+    use crate::facts::HostFacts;
+    use crate::transport::fake::FakeTransport;
+
+    /// A host with neither PostgreSQL nor RabbitMQ (a gateway host).
+    fn without_backing_services() -> DesiredHost {
+        DesiredHost {
+            name: "gateway-vm".into(),
+            connection: Connection {
+                address: "127.0.0.1".into(),
+                port: 22,
+                user: "vagrant".into(),
+                private_key: "/nonexistent/key".into(),
+                sudo: true,
+                known_hosts: "/nonexistent/known_hosts".into(),
+                connect_timeout: std::time::Duration::from_secs(5),
+            },
+            roles: Vec::new(),
+            packages: Vec::new(),
+            system_users: Vec::new(),
+            postgres: None,
+            rabbitmq: None,
+            files: Vec::new(),
+            binaries: Vec::new(),
+            services: Vec::new(),
+            host_units: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn without_the_roles_there_is_nothing_to_do_and_a_stray_change_is_an_error_for_both() {
+        let desired = without_backing_services();
+        let planned = plan::plan(&desired, &HostFacts::default());
+        assert!(planned.is_empty(), "{:?}", planned.changes);
+
+        let fake = FakeTransport::new("gateway-vm");
+        let mut run = HostRun::new(&fake, &desired);
+        for (kind, action) in [
+            (ChangeKind::Postgres, Action::CreateRole(0)),
+            (ChangeKind::Rabbitmq, Action::AddVhost),
+        ] {
+            let change = Change {
+                kind,
+                target: "x".into(),
+                detail: String::new(),
+                action: action.clone(),
+                phase: Phase::Backing,
+            };
+            let error = run
+                .execute(&change)
+                .expect_err("inconsistent desired state");
+            assert!(
+                error.to_string().starts_with("gateway-vm: "),
+                "{action:?}: {error}"
+            );
+        }
+        assert!(fake.calls().is_empty(), "{}", fake.transcript());
+    }
 
     #[test]
     fn sizes_in_progress_lines_use_the_unit_that_fits() {
