@@ -110,10 +110,6 @@ pub struct HostRun<'a> {
     pub report: HostReport,
     /// Binaries pushed in this run, by service: only those can be rolled back.
     pushed: BTreeSet<String>,
-    /// Handlers triggered by phase-1 changes but to run in phase 2 (daemon-reload, restarts).
-    pending_handlers: BTreeSet<Handler>,
-    /// Services not running before this apply.
-    to_start: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for HostRun<'_> {
@@ -133,8 +129,6 @@ impl<'a> HostRun<'a> {
             plan: HostPlan::default(),
             report: HostReport::new(&desired.name),
             pushed: BTreeSet::new(),
-            pending_handlers: BTreeSet::new(),
-            to_start: BTreeSet::new(),
         }
     }
 
@@ -148,8 +142,9 @@ impl<'a> HostRun<'a> {
         Ok((facts, plan))
     }
 
-    /// Phase 1: facts, packages (then facts again, since installing PostgreSQL creates its
-    /// version directory and its user), users, PostgreSQL and RabbitMQ files, objects and handlers.
+    /// Phase 1: facts, packages (then facts again and a new plan, since installing PostgreSQL
+    /// creates its version directory and its user), users, PostgreSQL and RabbitMQ files,
+    /// objects, and the plan's handlers of this phase.
     pub fn backing_phase(&mut self) -> Result<(), ApplyError> {
         let (_, mut plan) = self.gather()?;
         let checked = plan.checked;
@@ -179,114 +174,52 @@ impl<'a> HostRun<'a> {
             plan = replanned;
         }
         self.report.ok = checked.saturating_sub(plan.changes.len() + self.report.changed);
-        self.to_start = plan
-            .changes
-            .iter()
-            .filter_map(|change| match &change.action {
-                Action::StartService(unit) => Some(unit.clone()),
-                _ => None,
-            })
-            .collect();
         self.plan = plan;
         if self.plan.is_empty() {
             progress(self.host(), "nothing to change");
         }
-
-        let backing: Vec<Change> = self
-            .plan
-            .changes
-            .iter()
-            .filter(|change| change.phase == Phase::Backing)
-            .cloned()
-            .collect();
-        let mut handlers = BTreeSet::new();
-        for change in &backing {
-            self.execute(change)?;
-            self.record(change);
-            match &change.action {
-                Action::WriteFile { file, .. } => {
-                    handlers.extend(self.desired.files[*file].on_change.iter().cloned());
-                }
-                // The provisioner's own units (the firewall) start here, not with the services.
-                Action::StartService(unit) => {
-                    handlers.insert(Handler::Restart(unit.clone()));
-                }
-                _ => {}
-            }
-        }
-        // Handlers of backing files (e.g. reload postgresql after pg_hba, the firewall's unit)
-        // run before the services that need them; the others wait for phase 2. The set is
-        // ordered: a daemon-reload, asked by the firewall's unit file, comes first.
-        for handler in &handlers {
-            match handler {
-                Handler::DaemonReload => self.run_handler(handler)?,
-                // A restart already reloads the configuration.
-                Handler::Reload(unit) if handlers.contains(&Handler::Restart(unit.clone())) => {}
-                Handler::Restart(unit) | Handler::Reload(unit)
-                    if !self.desired.runs_service(unit) =>
-                {
-                    self.run_handler(handler)?;
-                }
-                _ => {
-                    self.pending_handlers.insert(handler.clone());
-                }
-            }
-        }
-        Ok(())
+        self.run_phase(Phase::Backing)
     }
 
-    /// Phase 2: binaries, units and env files, daemon-reload, enable, (re)start, health, rollback.
+    /// Phase 2: binaries, units and env files, then the plan's handlers of this phase
+    /// (daemon-reload, enable, (re)start with health checks and rollback).
     pub fn services_phase(&mut self) -> Result<(), ApplyError> {
-        let services: Vec<Change> = self
+        self.run_phase(Phase::Services)
+    }
+
+    /// Makes the plan's changes of `phase`, then runs the plan's handlers of `phase`, in the
+    /// plan's order: apply decides nothing the plan did not list.
+    fn run_phase(&mut self, phase: Phase) -> Result<(), ApplyError> {
+        let changes: Vec<Change> = self
             .plan
             .changes
             .iter()
-            .filter(|change| change.phase == Phase::Services)
+            .filter(|change| change.phase == phase)
             .cloned()
             .collect();
-        let mut handlers = std::mem::take(&mut self.pending_handlers);
-        for change in &services {
+        for change in &changes {
             self.execute(change)?;
             self.record(change);
-            match &change.action {
-                Action::WriteFile { file, .. } => {
-                    handlers.extend(self.desired.files[*file].on_change.iter().cloned())
-                }
-                Action::PushBinary(index) => {
-                    let service = self.desired.binaries[*index].service.clone();
-                    handlers.insert(Handler::Restart(service.clone()));
-                    self.pushed.insert(service);
-                }
-                _ => {}
+            if let Action::PushBinary(index) = &change.action {
+                self.pushed
+                    .insert(self.desired.binaries[*index].service.clone());
             }
         }
-        if handlers.contains(&Handler::DaemonReload) {
-            self.run_handler(&Handler::DaemonReload)?;
-        }
+        let handlers: Vec<Handler> = self.plan.steps_in(phase).cloned().collect();
         for handler in &handlers {
-            if let Handler::Reload(_) = handler {
-                self.run_handler(handler)?;
-            }
-        }
-        let restarts: Vec<_> = self
-            .desired
-            .services
-            .iter()
-            .filter(|service| {
-                self.to_start.contains(&service.unit)
-                    || handlers.contains(&Handler::Restart(service.unit.clone()))
-            })
-            .cloned()
-            .collect();
-        for service in restarts {
-            self.restart_and_check(&service.unit, &service.health_url);
-        }
-        // Restarts of other units asked by service files (unusual) run last.
-        for handler in &handlers {
-            if let Handler::Restart(unit) = handler {
-                if !self.desired.runs_service(unit) {
-                    self.run_handler(handler)?;
-                }
+            // A platform service's restart waits for its health and may roll back.
+            let service = match handler {
+                Handler::Restart(unit) => self
+                    .desired
+                    .services
+                    .iter()
+                    .find(|service| &service.unit == unit)
+                    .cloned(),
+                _ => None,
+            };
+            match service {
+                Some(service) => self.restart_and_check(&service.unit, &service.health_url),
+                None => self.run_handler(handler)?,
             }
         }
         Ok(())
@@ -455,7 +388,7 @@ impl<'a> HostRun<'a> {
                 )?;
                 Ok(())
             }
-            // Started with the restarts, after daemon-reload.
+            // Started by the restart handler the plan lists for it, after daemon-reload.
             Action::StartService(_) => Ok(()),
         }
     }
@@ -742,6 +675,7 @@ mod tests {
                 detail: String::new(),
                 action: action.clone(),
                 phase: Phase::Backing,
+                handlers: Vec::new(),
             };
             let error = run
                 .execute(&change)

@@ -1,7 +1,7 @@
 //! The difference between a host's desired state and its facts: a pure function, so what
 //! changes and what restarts is tested without a network. apply executes exactly this list.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use similar::TextDiff;
@@ -71,6 +71,17 @@ pub struct Change {
     pub detail: String,
     pub action: Action,
     pub phase: Phase,
+    /// What this change triggers once its phase's changes are made (a file's `on_change`, the
+    /// restart of a changed binary's service, the start of a unit that is not running).
+    pub handlers: Vec<Handler>,
+}
+
+/// One handler as apply runs it: after the changes of `phase`, in the order of
+/// [`HostPlan::steps`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerStep {
+    pub phase: Phase,
+    pub handler: Handler,
 }
 
 /// Everything that differs on one host, and the handlers those differences trigger.
@@ -78,10 +89,17 @@ pub struct Change {
 pub struct HostPlan {
     pub host: String,
     pub changes: Vec<Change>,
-    /// Deduplicated and ordered: one daemon-reload, one restart per unit.
+    /// Deduplicated and ordered: one daemon-reload, one restart per unit, no reload of a unit
+    /// that restarts anyway.
     pub handlers: BTreeSet<Handler>,
+    /// [`Self::handlers`] as apply runs them, once per phase whose changes trigger them: a
+    /// daemon-reload asked by the firewall's unit (backing) and by a service's unit (services)
+    /// runs in both, since the service's unit file is only written in the second phase. In each
+    /// phase: daemon-reload, reloads (of units not also restarted), platform services in start
+    /// order, other restarts. Handlers of platform services always wait for the services phase.
+    pub steps: Vec<HandlerStep>,
     /// Platform services to (re)start, in the host's start order: their binary or configuration
-    /// changed, or they are not running.
+    /// changed, or they are not running. The same as the services' restarts in [`Self::steps`].
     pub restarts: Vec<String>,
     /// How many things were compared (the "ok" column counts those that needed nothing).
     pub checked: usize,
@@ -114,7 +132,6 @@ pub fn plan(desired: &DesiredHost, facts: &HostFacts) -> HostPlan {
     plan_binaries(desired, facts, &mut plan);
 
     plan_host_units(desired, facts, &mut plan);
-    let mut to_start = BTreeSet::new();
     for service in &desired.services {
         plan.checked += 2;
         let unit = facts.units.get(&service.unit).copied().unwrap_or_default();
@@ -128,27 +145,27 @@ pub fn plan(desired: &DesiredHost, facts: &HostFacts) -> HostPlan {
             );
         }
         if !unit.active {
-            plan.push(
+            // Started by its restart handler, after daemon-reload, and health-checked.
+            plan.push_triggering(
                 ChangeKind::Service,
                 &service.unit,
                 "start (not running)".into(),
                 Action::StartService(service.unit.clone()),
                 Phase::Services,
+                vec![Handler::Restart(service.unit.clone())],
             );
-            to_start.insert(service.unit.as_str());
         }
     }
-    plan.restarts = desired
-        .services
+
+    plan.steps = handler_steps(desired, &plan.changes);
+    plan.handlers = plan.steps.iter().map(|step| step.handler.clone()).collect();
+    plan.restarts = plan
+        .steps
         .iter()
-        .map(|service| service.unit.as_str())
-        .filter(|unit| {
-            to_start.contains(unit)
-                || plan
-                    .handlers
-                    .contains(&Handler::Restart((*unit).to_string()))
+        .filter_map(|step| match &step.handler {
+            Handler::Restart(unit) if desired.runs_service(unit) => Some(unit.clone()),
+            _ => None,
         })
-        .map(str::to_string)
         .collect();
     plan
 }
@@ -162,14 +179,80 @@ impl HostPlan {
         action: Action,
         phase: Phase,
     ) {
+        self.push_triggering(kind, target, detail, action, phase, Vec::new());
+    }
+
+    fn push_triggering(
+        &mut self,
+        kind: ChangeKind,
+        target: &str,
+        detail: String,
+        action: Action,
+        phase: Phase,
+        handlers: Vec<Handler>,
+    ) {
         self.changes.push(Change {
             kind,
             target: target.to_string(),
             detail,
             action,
             phase,
+            handlers,
         });
     }
+
+    /// The handlers apply runs after the changes of `phase`, in order.
+    pub fn steps_in(&self, phase: Phase) -> impl Iterator<Item = &Handler> {
+        self.steps
+            .iter()
+            .filter(move |step| step.phase == phase)
+            .map(|step| &step.handler)
+    }
+}
+
+/// Orders the handlers the changes trigger into [`HostPlan::steps`], each once per phase.
+fn handler_steps(desired: &DesiredHost, changes: &[Change]) -> Vec<HandlerStep> {
+    let mut by_phase: BTreeMap<Phase, BTreeSet<Handler>> = BTreeMap::new();
+    for change in changes {
+        for handler in &change.handlers {
+            // A platform service restarts once, health-checked, after its files and binary.
+            let phase = match handler {
+                Handler::Restart(unit) | Handler::Reload(unit) if desired.runs_service(unit) => {
+                    Phase::Services
+                }
+                _ => change.phase,
+            };
+            by_phase.entry(phase).or_default().insert(handler.clone());
+        }
+    }
+    let mut steps = Vec::new();
+    for (phase, handlers) in by_phase {
+        let restarted = |unit: &str| handlers.contains(&Handler::Restart(unit.to_string()));
+        let daemon_reload = handlers
+            .contains(&Handler::DaemonReload)
+            .then_some(Handler::DaemonReload);
+        // A restart already reloads the configuration.
+        let reloads = handlers
+            .iter()
+            .filter(|handler| matches!(handler, Handler::Reload(unit) if !restarted(unit)));
+        let services = desired
+            .services
+            .iter()
+            .filter(|service| restarted(&service.unit))
+            .map(|service| Handler::Restart(service.unit.clone()));
+        let others = handlers.iter().filter(
+            |handler| matches!(handler, Handler::Restart(unit) if !desired.runs_service(unit)),
+        );
+        steps.extend(
+            daemon_reload
+                .into_iter()
+                .chain(reloads.cloned())
+                .chain(services)
+                .chain(others.cloned())
+                .map(|handler| HandlerStep { phase, handler }),
+        );
+    }
+    steps
 }
 
 fn plan_packages(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
@@ -225,13 +308,13 @@ fn plan_host_units(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan
             );
         }
         if !state.active {
-            plan.handlers.insert(Handler::Restart(unit.clone()));
-            plan.push(
+            plan.push_triggering(
                 ChangeKind::Service,
                 unit,
                 "start (not running)".into(),
                 Action::StartService(unit.clone()),
                 Phase::Backing,
+                vec![Handler::Restart(unit.clone())],
             );
         }
     }
@@ -316,9 +399,8 @@ fn plan_file(
     if details.is_empty() {
         return;
     }
-    plan.handlers.extend(file.on_change.iter().cloned());
     let phase = file_phase(file, desired);
-    plan.push(
+    plan.push_triggering(
         kind,
         &path,
         details.join("\n"),
@@ -327,6 +409,7 @@ fn plan_file(
             path: path.clone(),
         },
         phase,
+        file.on_change.clone(),
     );
 }
 
@@ -481,14 +564,13 @@ fn plan_binaries(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
             Some(remote) => format!("sha256 {} → {}", short(remote), short(local)),
             None => format!("new (sha256 {})", short(local)),
         };
-        plan.handlers
-            .insert(Handler::Restart(binary.service.clone()));
-        plan.push(
+        plan.push_triggering(
             ChangeKind::Binary,
             &binary.remote_path,
             detail,
             Action::PushBinary(index),
             Phase::Services,
+            vec![Handler::Restart(binary.service.clone())],
         );
     }
 }

@@ -980,3 +980,125 @@ fn a_bare_host_gets_its_firewall_before_any_service_starts() {
         position("systemctl restart platform-firewall") < position("systemctl restart inventory")
     );
 }
+
+/// The handlers a transcript shows apply running, in order: daemon-reloads, reloads, and
+/// restarts, whether plain or of a health-checked platform service.
+fn handlers_run(fake: &FakeTransport) -> Vec<Handler> {
+    fake.calls()
+        .into_iter()
+        .filter_map(|call| {
+            let command = call.command;
+            if command == "systemctl daemon-reload" {
+                Some(Handler::DaemonReload)
+            } else if let Some(unit) = command.strip_prefix("systemctl reload-or-restart ") {
+                Some(Handler::Reload(unit.into()))
+            } else if let Some(unit) = command.strip_prefix("systemctl restart ") {
+                Some(restart(unit))
+            } else if command.starts_with("systemctl reset-failed ") {
+                let unit = command.rsplit(' ').next().expect("a unit");
+                Some(restart(unit))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn apply_runs_exactly_the_handlers_the_plan_lists() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = with_firewall(desired_host(dir.path()));
+    let converged_facts = converged(&desired);
+    let mut scenarios: Vec<(&str, HostFacts)> = vec![("converged", converged_facts.clone())];
+    let mut env = converged_facts.clone();
+    changed_file(&mut env, "/etc/billing/billing.env", "old\n");
+    scenarios.push(("env file", env));
+    let mut unit = converged_facts.clone();
+    changed_file(
+        &mut unit,
+        "/etc/systemd/system/inventory.service",
+        "[Service]\n",
+    );
+    scenarios.push(("service unit", unit));
+    let mut stopped = converged_facts.clone();
+    stopped.units.insert(
+        "billing".into(),
+        UnitFact {
+            active: false,
+            enabled: true,
+        },
+    );
+    scenarios.push(("stopped service", stopped));
+    let mut mixed = converged_facts.clone();
+    changed_file(
+        &mut mixed,
+        "/etc/postgresql/{pg_version}/main/pg_hba.conf",
+        "local all all trust\n",
+    );
+    changed_file(&mut mixed, FIREWALL_UNIT_FILE, "[Service]\n");
+    changed_file(&mut mixed, FIREWALL_RULES, "# older rules\n");
+    changed_file(
+        &mut mixed,
+        "/etc/systemd/system/billing.service",
+        "[Service]\n",
+    );
+    mixed
+        .binaries
+        .insert("/usr/local/bin/inventory".into(), "oldsha".into());
+    scenarios.push(("firewall, pg_hba, a unit and a binary", mixed));
+
+    for (name, facts) in scenarios {
+        let planned = plan(&desired, &facts);
+        let fake = host_reporting(&desired, &facts);
+        let report = apply_one(&desired, &fake);
+        assert_eq!(report.failed, 0, "{name}: {:?}", report.error);
+        let run = handlers_run(&fake);
+        let steps: Vec<Handler> = planned
+            .steps
+            .iter()
+            .map(|step| step.handler.clone())
+            .collect();
+        assert_eq!(run, steps, "{name}:\n{}", fake.transcript());
+        let distinct: std::collections::BTreeSet<Handler> = run.into_iter().collect();
+        assert_eq!(distinct, planned.handlers, "{name}");
+        assert_eq!(report.restarted, planned.restarts, "{name}");
+    }
+}
+
+#[test]
+fn a_bare_host_runs_the_handlers_of_its_plan_made_after_installing_packages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = with_firewall(desired_host(dir.path()));
+    let bare = HostFacts::default();
+    let mut installed = bare.clone();
+    installed.packages = desired.packages.iter().cloned().collect();
+    installed.pg_version = Some("15".into());
+    installed.postgres = converged(&desired).postgres;
+    installed.rabbitmq = converged(&desired).rabbitmq;
+    let fake = FakeTransport::new("app-vm");
+    fake.answer_times("sh -s", 1, 0, &script_output(&desired, &bare));
+    fake.answer("sh -s", 0, &script_output(&desired, &installed));
+    let report = apply_one(&desired, &fake);
+    assert_eq!(report.failed, 0, "{:?}", report.error);
+
+    let planned = plan(&desired, &installed);
+    let steps: Vec<Handler> = planned
+        .steps
+        .iter()
+        .map(|step| step.handler.clone())
+        .collect();
+    assert_eq!(handlers_run(&fake), steps, "{}", fake.transcript());
+    assert_eq!(
+        steps,
+        [
+            Handler::DaemonReload,
+            Handler::Reload("postgresql".into()),
+            restart("platform-firewall"),
+            Handler::DaemonReload,
+            restart("inventory"),
+            restart("billing"),
+        ],
+        "the firewall's unit and the services' units are written in different phases"
+    );
+    assert_eq!(report.restarted, planned.restarts);
+}
