@@ -19,6 +19,7 @@ use crate::inventory::Inventory;
 use crate::plan;
 use crate::render;
 use crate::ssh::{HostKeyStatus, SshTransport};
+use crate::status::{self, HostStatus};
 use crate::transport::{shell_quote, Transport};
 
 /// Infrastructure as code for the platform: plan and apply over SSH to machines with systemd.
@@ -367,106 +368,6 @@ fn print_summary(reports: &[HostReport]) {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-struct ServiceStatus {
-    name: String,
-    active: bool,
-    healthy: bool,
-    version: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct QueueStatus {
-    name: String,
-    messages: u64,
-    consumers: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct HostStatus {
-    host: String,
-    services: Vec<ServiceStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    queue: Option<QueueStatus>,
-    error: Option<String>,
-}
-
-fn host_status(
-    transport: &dyn Transport,
-    host: &DesiredHost,
-    queue: &str,
-) -> anyhow::Result<HostStatus> {
-    let mut services = Vec::new();
-    for service in &host.services {
-        let active = transport
-            .exec(
-                &format!("systemctl is-active --quiet {}", shell_quote(&service.unit)),
-                None,
-                false,
-            )?
-            .success();
-        let health = transport.exec(
-            &format!("curl -fsS -m 3 {}", shell_quote(&service.health_url)),
-            None,
-            false,
-        )?;
-        let version = serde_json::from_slice::<serde_json::Value>(&health.stdout)
-            .ok()
-            .and_then(|body| {
-                body.get("version")
-                    .and_then(|version| version.as_str().map(str::to_string))
-            });
-        services.push(ServiceStatus {
-            name: service.unit.clone(),
-            active,
-            healthy: health.success(),
-            version,
-        });
-    }
-    let queue = match &host.rabbitmq {
-        Some(rabbitmq) => {
-            let output = transport.run(
-                &format!(
-                    "rabbitmqctl -s list_queues -p {} name messages consumers",
-                    shell_quote(&rabbitmq.vhost)
-                ),
-                None,
-                true,
-            )?;
-            let text = output.stdout_text();
-            Some(
-                text.lines()
-                    .map(|line| line.split('\t').collect::<Vec<_>>())
-                    .find(|fields| fields.first() == Some(&queue))
-                    .map(|fields| QueueStatus {
-                        name: queue.to_string(),
-                        messages: fields
-                            .get(1)
-                            .and_then(|value| value.trim().parse().ok())
-                            .unwrap_or(0),
-                        consumers: fields
-                            .get(2)
-                            .and_then(|value| value.trim().parse().ok())
-                            .unwrap_or(0),
-                    })
-                    // Not declared yet: nobody published or consumed, so nothing waits.
-                    .unwrap_or(QueueStatus {
-                        name: queue.to_string(),
-                        messages: 0,
-                        consumers: 0,
-                    }),
-            )
-        }
-        None => None,
-    };
-    Ok(HostStatus {
-        host: host.name.clone(),
-        services,
-        queue,
-        error: None,
-    })
-}
-
 fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
     let Loaded { hosts, queue } = selected_hosts(args, false)?;
     let transports = connect_all(&hosts);
@@ -476,18 +377,10 @@ fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
             .zip(&transports)
             .map(|(host, transport)| {
                 let queue = queue.as_str();
-                scope.spawn(move || {
-                    let failed = |error: String| HostStatus {
-                        host: host.name.clone(),
-                        services: Vec::new(),
-                        queue: None,
-                        error: Some(error),
-                    };
-                    match transport {
-                        Err(error) => failed(error.clone()),
-                        Ok(transport) => host_status(transport, host, queue)
-                            .unwrap_or_else(|error| failed(format!("{error:#}"))),
-                    }
+                scope.spawn(move || match transport {
+                    Err(error) => HostStatus::failed(&host.name, error),
+                    Ok(transport) => status::gather(transport, host, queue)
+                        .unwrap_or_else(|error| HostStatus::failed(&host.name, error)),
                 })
             })
             .collect();

@@ -14,4 +14,5 @@ pub mod facts;
 pub mod plan;
 pub mod scram;
 pub mod ssh;
+pub mod status;
 pub mod transport;

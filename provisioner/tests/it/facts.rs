@@ -16,7 +16,7 @@ use provisioner::transport::{ExecOutput, Transport, TransportError};
 
 /// This machine as a host: commands run through `sh -c` as the test's user (root).
 #[derive(Debug)]
-struct LocalShell;
+pub(crate) struct LocalShell;
 
 impl Transport for LocalShell {
     fn host(&self) -> &str {
@@ -88,7 +88,7 @@ impl Drop for TestRole {
     }
 }
 
-fn desired(role: &str, password: &str) -> DesiredHost {
+pub(crate) fn desired(role: &str, password: &str) -> DesiredHost {
     DesiredHost {
         name: "localhost".into(),
         connection: Connection {

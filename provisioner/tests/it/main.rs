@@ -6,3 +6,4 @@ mod facts;
 mod plan;
 mod render;
 mod ssh;
+mod status;
