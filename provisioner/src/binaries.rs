@@ -192,8 +192,9 @@ pub fn check_binary(service: &str, path: &Path, arch: Arch) -> Result<Binary, Bi
     })
 }
 
-/// Runs `cargo build --release --locked -p gateway -p inventory -p billing` in `workspace` and
-/// returns the folder holding the binaries (`<target dir>/release`, the target dir asked of
+/// Runs `cargo build --release --locked -p gateway -p inventory -p billing` in `workspace` (the
+/// same command as `scripts/build-release`: another package set would unify dependency features
+/// differently and give other binaries) and returns the folder holding the binaries (`<target dir>/release`, the target dir asked of
 /// `cargo metadata` so `CARGO_TARGET_DIR` and `.cargo/config.toml` are honoured).
 pub fn build_release(workspace: &Path) -> Result<PathBuf, BinaryError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
