@@ -93,6 +93,8 @@ pub enum ApplyError {
     Facts(#[from] FactsError),
     #[error("{host}: PostgreSQL is installed but /etc/postgresql holds no version directory")]
     NoPostgresVersion { host: String },
+    #[error("{host}: still not installed after apt-get install: {}", packages.join(" "))]
+    PackagesStillMissing { host: String, packages: Vec<String> },
     #[error("{host}: {message}")]
     Other { host: String, message: String },
 }
@@ -169,6 +171,20 @@ impl<'a> HostRun<'a> {
             {
                 return Err(ApplyError::NoPostgresVersion {
                     host: self.host().to_string(),
+                });
+            }
+            // apt-get succeeded, yet dpkg does not list the package: going on would report it
+            // "changed" again on every run and leave its services unconfigured.
+            let still_missing: Vec<String> = replanned
+                .changes
+                .iter()
+                .filter(|change| change.kind == ChangeKind::Package)
+                .map(|change| change.target.clone())
+                .collect();
+            if !still_missing.is_empty() {
+                return Err(ApplyError::PackagesStillMissing {
+                    host: self.host().to_string(),
+                    packages: still_missing,
                 });
             }
             plan = replanned;

@@ -1102,3 +1102,31 @@ fn a_bare_host_runs_the_handlers_of_its_plan_made_after_installing_packages() {
     );
     assert_eq!(report.restarted, planned.restarts);
 }
+
+#[test]
+fn a_package_still_missing_after_apt_get_fails_the_host_before_anything_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = desired_host(dir.path());
+    let mut facts = converged(&desired);
+    let missing = desired.packages[0].clone();
+    facts.packages.remove(&missing);
+    // apt-get "succeeds", yet every facts run still lacks the package.
+    let fake = host_reporting(&desired, &facts);
+    let report = apply_one(&desired, &fake);
+    assert_eq!(report.failed, 1, "{:?}", report.error);
+    let error = report.error.expect("an error");
+    assert!(
+        error.contains("still not installed") && error.contains(&missing),
+        "{error}"
+    );
+    assert!(report.restarted.is_empty(), "{:?}", report.restarted);
+    let calls = fake.calls();
+    assert!(calls
+        .iter()
+        .any(|call| call.command.contains("apt-get install")));
+    assert!(
+        !calls.iter().any(|call| call.command.contains("systemctl")),
+        "{}",
+        fake.transcript()
+    );
+}
