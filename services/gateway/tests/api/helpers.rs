@@ -77,6 +77,11 @@ impl TestGateway {
         format!("http://{}{}", self.address, path)
     }
 
+    /// A plain `GET path`, as most tests send it.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
     /// Waits until `/ready` says the broker is connected.
     pub async fn wait_ready(&self) {
         for _ in 0..100 {

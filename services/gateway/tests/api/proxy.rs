@@ -154,12 +154,7 @@ async fn inventory_down_is_a_quick_json_502_and_serves_again_as_soon_as_it_is_ba
         // The second attempt falls in the instance's cool-off: it is still tried, being the only
         // one, and still answers quickly.
         let started = Instant::now();
-        let response = gateway
-            .client
-            .get(gateway.url("/api/movies"))
-            .send()
-            .await
-            .unwrap();
+        let response = gateway.get("/api/movies").await;
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "attempt {attempt} took {:?}",
@@ -179,12 +174,7 @@ async fn inventory_down_is_a_quick_json_502_and_serves_again_as_soon_as_it_is_ba
     let address = dead.trim_start_matches("http://");
     let listener = tokio::net::TcpListener::bind(address).await.unwrap();
     tokio::spawn(async move { axum::serve(listener, echo_app("back")).await });
-    let response = gateway
-        .client
-        .get(gateway.url("/api/movies"))
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.get("/api/movies").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["x-upstream"], "back");
     gateway.stop().await;

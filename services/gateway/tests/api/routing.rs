@@ -20,12 +20,7 @@ async fn error_code(response: reqwest::Response) -> String {
 #[tokio::test]
 async fn health_answers_the_platform_contract_even_without_broker() {
     let gateway = gateway().await;
-    let response = gateway
-        .client
-        .get(gateway.url("/health"))
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.get("/health").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers().contains_key("x-request-id"));
     let body: Value = response.json().await.unwrap();
@@ -34,12 +29,7 @@ async fn health_answers_the_platform_contract_even_without_broker() {
         serde_json::json!({"status": "ok", "service": "gateway", "version": env!("CARGO_PKG_VERSION")})
     );
 
-    let response = gateway
-        .client
-        .get(gateway.url("/ready"))
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.get("/ready").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error_code(response).await, "not_ready");
     gateway.stop().await;
@@ -48,22 +38,12 @@ async fn health_answers_the_platform_contract_even_without_broker() {
 #[tokio::test]
 async fn unknown_route_is_json_404_and_wrong_method_json_405() {
     let gateway = gateway().await;
-    let response = gateway
-        .client
-        .get(gateway.url("/nope"))
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.get("/nope").await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(response).await, "not_found");
 
     // Not a prefix match: /api/moviesX is not the catalogue.
-    let response = gateway
-        .client
-        .get(gateway.url("/api/moviesX"))
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.get("/api/moviesX").await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
     for (method, path) in [
