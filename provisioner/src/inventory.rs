@@ -279,6 +279,41 @@ impl Validator<'_> {
         Ok(folder.join(text))
     }
 
+    /// A private key path may hold one `*` as a whole folder name, chosen when connecting: the one
+    /// existing file it matches (`.vagrant/machines/gateway-vm/*/private_key` is the key of the
+    /// gateway-vm machine whichever Vagrant provider made it).
+    fn key_pattern(
+        &self,
+        value: &Spanned<String>,
+        path: &Path,
+        field: &str,
+    ) -> Result<(), InventoryError> {
+        let text = path.to_string_lossy();
+        let wildcards = text.matches('*').count();
+        let whole_segments = path
+            .components()
+            .filter(|component| component.as_os_str() == "*")
+            .count();
+        if wildcards > 1 || wildcards != whole_segments {
+            return Err(self.error(
+                value.span(),
+                field,
+                format!(
+                    "`{text}`: a key path may hold one `*`, and only as a whole folder name \
+                     (`.vagrant/machines/NAME/*/private_key`)"
+                ),
+            ));
+        }
+        if path.file_name().is_some_and(|name| name == "*") {
+            return Err(self.error(
+                value.span(),
+                field,
+                format!("`{text}`: the `*` stands for a folder, the file must be named"),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate(&self, raw: RawInventory) -> Result<Inventory, InventoryError> {
         let ssh = self.ssh(&raw.ssh)?;
         let settings = self.settings(&raw.settings)?;
@@ -409,6 +444,7 @@ impl Validator<'_> {
         };
         let user = self.non_empty(&raw.user, &field("user"))?;
         let private_key = self.relative_path(&raw.private_key, &field("private_key"))?;
+        self.key_pattern(&raw.private_key, &private_key, &field("private_key"))?;
         // Connecting as root needs no sudo; anyone else needs it to converge the host.
         let sudo = raw.sudo.as_ref().map_or(user != "root", |s| *s.get_ref());
         let mut roles = Vec::new();
@@ -978,6 +1014,25 @@ vhost = "${RABBITMQ_VHOST}"
             inventory.hosts[0].connection.private_key,
             Path::new("/home/me/.ssh/id_ed25519")
         );
+    }
+
+    #[test]
+    fn a_key_path_may_choose_one_folder_when_connecting() {
+        let text = GOOD.replace("/virtualbox/", "/*/");
+        let inventory = parse(&text).expect("valid");
+        assert!(inventory.hosts[0]
+            .connection
+            .private_key
+            .ends_with(".vagrant/machines/gateway-vm/*/private_key"));
+
+        for bad in [
+            ".vagrant/machines/gateway-vm/virtual*/private_key",
+            ".vagrant/machines/gateway-vm/*/*/private_key",
+            ".vagrant/machines/gateway-vm/*",
+        ] {
+            let text = GOOD.replace(".vagrant/machines/gateway-vm/virtualbox/private_key", bad);
+            assert_error(&text, line_of(&text, bad), "hosts[0].private_key", "`*`");
+        }
     }
 
     #[test]

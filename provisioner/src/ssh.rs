@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -101,19 +101,24 @@ impl SshTransport {
 
         let host_key = check_host_key(name, connection, &session)?;
 
+        let private_key =
+            key_file(&connection.private_key).map_err(|message| TransportError::Key {
+                host: name.to_string(),
+                message,
+            })?;
         session
-            .userauth_pubkey_file(&connection.user, None, &connection.private_key, None)
+            .userauth_pubkey_file(&connection.user, None, &private_key, None)
             .map_err(|error| TransportError::Auth {
                 host: name.to_string(),
                 user: connection.user.clone(),
-                key: connection.private_key.display().to_string(),
+                key: private_key.display().to_string(),
                 message: error.message().to_string(),
             })?;
         if !session.authenticated() {
             return Err(TransportError::Auth {
                 host: name.to_string(),
                 user: connection.user.clone(),
-                key: connection.private_key.display().to_string(),
+                key: private_key.display().to_string(),
                 message: "not authenticated".into(),
             });
         }
@@ -319,4 +324,52 @@ fn write_known_hosts(path: &Path, known_hosts: &ssh2::KnownHosts) -> Result<(), 
 
 fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// The key file of an inventory's `private_key`: the path itself, or, when one folder name in it
+/// is `*` (validated by the inventory), the one existing file it matches. Vagrant keeps a
+/// machine's key under `.vagrant/machines/NAME/PROVIDER/` and empties that folder when the
+/// machine is destroyed, so exactly one provider's key exists for a machine that is up.
+pub fn key_file(pattern: &Path) -> Result<PathBuf, String> {
+    let components: Vec<_> = pattern.components().collect();
+    let Some(star) = components.iter().position(|c| c.as_os_str() == "*") else {
+        return Ok(pattern.to_owned());
+    };
+    let folder: PathBuf = components[..star].iter().collect();
+    let rest: PathBuf = components[star + 1..].iter().collect();
+    let entries = std::fs::read_dir(if folder.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        &folder
+    })
+    .map_err(|error| {
+        format!(
+            "no file matches {} ({}: {error}; has `vagrant up` made this machine?)",
+            pattern.display(),
+            folder.display()
+        )
+    })?;
+    let mut matches: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| folder.join(entry.file_name()).join(&rest))
+        .filter(|candidate| candidate.is_file())
+        .collect();
+    matches.sort();
+    match matches.len() {
+        1 => Ok(matches.remove(0)),
+        0 => Err(format!(
+            "no file matches {} (has `vagrant up` made this machine?)",
+            pattern.display()
+        )),
+        _ => Err(format!(
+            "{} matches several files ({}): keep one, e.g. `vagrant destroy` the machines of the \
+             other provider, or name the file in the inventory",
+            pattern.display(),
+            matches
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }

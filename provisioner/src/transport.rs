@@ -55,6 +55,8 @@ pub enum TransportError {
     },
     #[error("{host}: host key check failed: {message}")]
     HostKey { host: String, message: String },
+    #[error("{host}: private key: {message}")]
+    Key { host: String, message: String },
     #[error("{host}: key authentication as {user} refused ({key}): {message}")]
     Auth {
         host: String,

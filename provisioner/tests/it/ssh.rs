@@ -285,3 +285,42 @@ fn a_long_silent_command_outlives_the_connect_timeout_and_keepalive_ticks() {
         .expect("next command");
     assert_eq!(again.stdout_text(), "again\n");
 }
+
+#[test]
+fn a_key_path_with_a_star_uses_the_one_vagrant_provider_that_made_the_machine() {
+    let lab = Lab::new();
+    let machine = lab.path(".vagrant/machines/test-vm");
+    let mut connection = lab.connection();
+    connection.private_key = machine.join("*/private_key");
+
+    // No provider has made the machine yet.
+    let error = SshTransport::connect("test-vm", &connection).expect_err("no key yet");
+    assert!(matches!(error, TransportError::Key { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("has `vagrant up` made this machine?"),
+        "{error}"
+    );
+
+    // `vagrant up --provider=lxc` wrote its key; a destroyed virtualbox machine left an empty folder.
+    std::fs::create_dir_all(machine.join("lxc")).expect("mkdir");
+    std::fs::create_dir_all(machine.join("virtualbox")).expect("mkdir");
+    std::fs::copy(lab.path("client_key"), machine.join("lxc/private_key")).expect("copy key");
+    SshTransport::connect("test-vm", &connection).expect("the lxc key is used");
+
+    // Two providers' machines at once: which key is meant cannot be guessed.
+    std::fs::copy(
+        lab.path("client_key"),
+        machine.join("virtualbox/private_key"),
+    )
+    .expect("copy");
+    let error = SshTransport::connect("test-vm", &connection).expect_err("ambiguous");
+    let message = error.to_string();
+    assert!(
+        message.starts_with("test-vm: private key:")
+            && message.contains("lxc/private_key")
+            && message.contains("virtualbox/private_key"),
+        "{message}"
+    );
+}
