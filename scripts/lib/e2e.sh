@@ -1,0 +1,110 @@
+# Sourced by scripts/lab-e2e and scripts/vagrant-e2e: the reporting and request helpers of the
+# end-to-end tests. Each check prints "ok N - what"; the first failure prints why and the tail of
+# a log, and exits 1; the caller's EXIT trap calls e2e_summary, whose last line is
+# "N passed, M failed".
+#
+# The caller sets LOGS (a folder for command outputs), GATEWAY_URL (for http) and defines
+# `provision` (for provision_json).
+
+PASSED=0
+FAILED=0
+FAILED_LINE=
+CURRENT_STEP=setup
+STARTED_AT=$SECONDS
+
+# --- reporting -------------------------------------------------------------------------------------
+
+step() {
+    CURRENT_STEP=$1
+    printf '\n== step %s (%ss)\n' "$*" "$((SECONDS - STARTED_AT))"
+}
+
+pass() {
+    PASSED=$((PASSED + 1))
+    printf '  ok %d - %s\n' "$PASSED" "$*"
+}
+
+# Prints why and the tail of the relevant log, then exits 1 (the EXIT trap reports and cleans up).
+fail() {
+    local message=$1 log=${2:-}
+    FAILED=1
+    printf '\nFAILED in step %s: %s\n' "$CURRENT_STEP" "$message" >&2
+    if [[ -n $log && -s $log ]]; then
+        printf -- '--- last lines of %s\n' "$log" >&2
+        tail -n 40 "$log" >&2
+        printf -- '---\n' >&2
+    fi
+    exit 1
+}
+
+# Called from the caller's EXIT trap with the exit status: a failure outside any check (set -e)
+# is still reported with its line, then the totals.
+e2e_summary() {
+    local status=$1
+    if ((status != 0 && FAILED == 0)); then
+        FAILED=1
+        printf '\nFAILED in step %s: unexpected exit %d at line %s of %s\n' \
+            "$CURRENT_STEP" "$status" "${FAILED_LINE:-?}" "$0" >&2
+    fi
+    ((status == 0)) || printf 'logs: %s\n' "$LOGS" >&2
+}
+
+e2e_totals() {
+    local status=$1
+    printf 'total time: %ss' "$((SECONDS - STARTED_AT))"
+    [[ -n ${NO_CHANGE_APPLY_MS:-} ]] && printf '; no-change apply: %ss' "$(seconds "$NO_CHANGE_APPLY_MS")"
+    printf '\n'
+    # The last line, plain, for CI logs and humans alike.
+    printf '%d passed, %d failed\n' "$PASSED" "$((status != 0 ? 1 : 0))"
+}
+
+# http METHOD PATH [JSON]: sets STATUS and BODY from the gateway, through the host's forwarder.
+http() {
+    local method=$1 path=$2 data=${3:-} args=()
+    [[ -n $data ]] && args=(-H 'Content-Type: application/json' --data "$data")
+    rm -f "$LOGS/body"
+    touch "$LOGS/body"
+    STATUS=$(curl -sS --max-time 15 -X "$method" "${args[@]}" -o "$LOGS/body" -w '%{http_code}' \
+        "$GATEWAY_URL$path" 2>"$LOGS/curl.err") || STATUS="curl error: $(<"$LOGS/curl.err")"
+    BODY=$(<"$LOGS/body")
+}
+
+expect_status() {
+    local want=$1 what=$2
+    [[ $STATUS == "$want" ]] || fail "$what: expected HTTP $want, got $STATUS: ${BODY:0:300}"
+}
+
+# json EXPRESSION: evaluates a Python expression over the JSON document on stdin (bound to `d`).
+json() {
+    python3 -c 'import json, sys; d = json.load(sys.stdin); v = eval(sys.argv[1]); print(v if not isinstance(v, (dict, list)) else json.dumps(v))' "$1"
+}
+
+# wait_for SECONDS COMMAND...: retries COMMAND every half second; fails when time is up.
+wait_for() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.5
+    done
+}
+
+now_ms() {
+    date +%s%3N
+}
+
+# seconds MILLISECONDS: "1.234"
+seconds() {
+    printf '%d.%03d' "$(($1 / 1000))" "$(($1 % 1000))"
+}
+
+# Runs `provision --json ARGS` and keeps stdout (the JSON document) and stderr (progress) apart.
+provision_json() {
+    local name=$1
+    shift
+    set +e
+    provision --json "$@" >"$LOGS/$name.json" 2>"$LOGS/$name.log"
+    PROVISION_STATUS=$?
+    set -e
+}
+
