@@ -20,7 +20,9 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, Uri};
 use axum::Router;
 use tokio::net::TcpListener;
+use axum::ServiceExt;
 use tower::ServiceBuilder;
+use tower_http::normalize_path::NormalizePath;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -122,9 +124,12 @@ pub async fn run(
         queue = %config.billing_queue,
         "gateway listening"
     );
+    // A trailing slash means the same as none, for every route (the audit posts to
+    // `/api/movies/`): trimmed before routing, so inventory gets the canonical path too.
+    let app = NormalizePath::trim_trailing_slash(router(state));
     let served = axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -34,7 +34,6 @@ use crate::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/movies", any(forward))
-        .route("/api/movies/", any(forward))
         .route("/api/movies/{*rest}", any(forward))
 }
 

@@ -16,12 +16,14 @@ use anyhow::Context;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::HeaderName;
-use axum::{BoxError, Router};
+use axum::routing::IntoMakeService;
+use axum::{BoxError, Router, ServiceExt};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
+use tower_http::normalize_path::NormalizePath;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -74,6 +76,12 @@ pub fn router(state: AppState) -> Router {
                 .timeout(REQUEST_TIMEOUT),
         )
         .with_state(state)
+}
+
+/// The router behind the server: a trailing slash means the same as none (`/api/movies/` is
+/// `/api/movies`), for every route, as the original API's clients send both.
+pub fn app(state: AppState) -> IntoMakeService<NormalizePath<Router>> {
+    ServiceExt::<Request>::into_make_service(NormalizePath::trim_trailing_slash(router(state)))
 }
 
 /// One span per request, named by the matched route so that logs group by endpoint.
@@ -154,7 +162,7 @@ pub async fn run(
         .local_addr()
         .context("cannot read the listener's address")?;
     tracing::info!(%address, "inventory listening");
-    axum::serve(listener, router(AppState { db: db.clone() }))
+    axum::serve(listener, app(AppState { db: db.clone() }))
         .with_graceful_shutdown(shutdown)
         .await
         .context("the HTTP server failed")?;

@@ -117,3 +117,50 @@ async fn post_chunked(
     .await;
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+#[tokio::test]
+async fn a_trailing_slash_means_the_same_as_none_on_every_route() {
+    let upstream = serve(echo_app("a")).await;
+    let queue = crate::helpers::unique_queue();
+    let broker = crate::helpers::Broker::connect().await;
+    let gateway = TestGateway::spawn(config(&[upstream], &crate::helpers::amqp_url(), &queue)).await;
+    gateway.wait_ready().await;
+
+    // The crud-master audit's own URLs: inventory is asked the canonical path.
+    for (method, path, upstream_path) in [
+        ("POST", "/api/movies/", "/api/movies"),
+        ("GET", "/api/movies/", "/api/movies"),
+        ("GET", "/api/movies/7/", "/api/movies/7"),
+        ("GET", "/api/movies/?title=alien", "/api/movies"),
+    ] {
+        let response = gateway
+            .client
+            .request(method.parse().unwrap(), gateway.url(path))
+            .json(&serde_json::json!({"title": "Alien"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{method} {path}");
+        let echoed: Value = response.json().await.unwrap();
+        assert_eq!(echoed["path"], upstream_path, "{method} {path}");
+    }
+    let response = gateway.get("/api/movies/?title=alien").await;
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["query"], "title=alien");
+
+    let response = gateway
+        .client
+        .post(gateway.url("/api/billing/"))
+        .json(&serde_json::json!({"user_id": "20", "number_of_items": "99", "total_amount": "250"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(broker.message_count(&queue).await, 1);
+    for path in ["/health/", "/ready/"] {
+        assert_eq!(gateway.get(path).await.status(), StatusCode::OK, "{path}");
+    }
+    broker.delete_queue(&queue).await;
+    broker.close().await;
+    gateway.stop().await;
+}

@@ -155,3 +155,49 @@ async fn a_request_in_flight_at_shutdown_is_completed(db: PgPool) {
         .expect("query the test database");
     assert_eq!(titles, ["Heat"]);
 }
+
+#[sqlx::test(migrator = "inventory::MIGRATOR")]
+async fn a_trailing_slash_means_the_same_as_none(db: PgPool) {
+    let server = spawn_server(&db).await;
+    let client = reqwest::Client::new();
+    let base = &server.base_url;
+
+    let created = client
+        .post(format!("{base}/api/movies/"))
+        .json(&json!({"title": "Alien"}))
+        .send()
+        .await
+        .expect("POST answers");
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    let movie: Value = created.json().await.expect("JSON movie");
+    let id = movie["id"].as_i64().expect("id");
+
+    let list: Value = client
+        .get(format!("{base}/api/movies/?title=alien"))
+        .send()
+        .await
+        .expect("GET answers")
+        .json()
+        .await
+        .expect("JSON list");
+    assert_eq!(list, json!([movie]));
+    let one = client
+        .get(format!("{base}/api/movies/{id}/"))
+        .send()
+        .await
+        .expect("GET answers");
+    assert_eq!(one.status(), reqwest::StatusCode::OK);
+    let deleted = client
+        .delete(format!("{base}/api/movies/{id}/"))
+        .send()
+        .await
+        .expect("DELETE answers");
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let health = client
+        .get(format!("{base}/health/"))
+        .send()
+        .await
+        .expect("health answers");
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+    stop(server).await;
+}
