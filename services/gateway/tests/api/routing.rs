@@ -123,7 +123,8 @@ async fn a_trailing_slash_means_the_same_as_none_on_every_route() {
     let upstream = serve(echo_app("a")).await;
     let queue = crate::helpers::unique_queue();
     let broker = crate::helpers::Broker::connect().await;
-    let gateway = TestGateway::spawn(config(&[upstream], &crate::helpers::amqp_url(), &queue)).await;
+    let gateway =
+        TestGateway::spawn(config(&[upstream], &crate::helpers::amqp_url(), &queue)).await;
     gateway.wait_ready().await;
 
     // The crud-master audit's own URLs: inventory is asked the canonical path.
