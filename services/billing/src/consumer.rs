@@ -40,6 +40,8 @@ use crate::{
 pub const DEATH_REASON_HEADER: &str = "x-death-reason";
 /// Header of a dead-lettered message naming the queue it was consumed from.
 pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
+/// Header of a dead letter: the `expiration` the original message had (the dead letter has none).
+pub const ORIGINAL_EXPIRATION_HEADER: &str = "x-original-expiration";
 
 /// Smallest pause between two attempts while a dependency is down.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -106,24 +108,20 @@ pub fn handle(body: &[u8], properties: &BasicProperties) -> Outcome {
             return Outcome::DeadLetter(format!("invalid billing order: {err}"));
         }
     };
-    if order.user_id.contains('\0') {
-        // PostgreSQL text cannot hold NUL, so such a row would fail forever.
+    // Billing never stores what it cannot deduplicate: a message without a UUID message_id (a
+    // hand-made publish; the gateway always sets one) could be delivered twice and stored twice.
+    // It is dead-lettered, so it is neither lost nor stored blindly.
+    let Some(message_id) = properties
+        .message_id()
+        .as_ref()
+        .and_then(|id| Uuid::parse_str(id.as_str()).ok())
+    else {
+        warn!("message without a UUID message_id, dead-lettering it");
         return Outcome::DeadLetter(
-            "invalid billing order: user_id contains a NUL character".into(),
+            "no message_id, or one that is not a UUID: billing stores only orders it can \
+             deduplicate (publish with a UUID message_id)"
+                .into(),
         );
-    }
-    let message_id = match properties.message_id() {
-        Some(id) => match Uuid::parse_str(id.as_str()) {
-            Ok(uuid) => Some(uuid),
-            Err(_) => {
-                warn!("message_id is not a UUID; storing without idempotency key");
-                None
-            }
-        },
-        None => {
-            warn!("message has no message_id; storing without idempotency key");
-            None
-        }
     };
     Outcome::Store(NewOrder { message_id, order })
 }
@@ -450,6 +448,9 @@ impl Worker {
 }
 
 /// The original properties (message id, content type, headers…) plus the reason, made persistent.
+/// Two are left out: `expiration`, or the dead letter would silently expire from its queue (it
+/// stays until someone removes it; the original value is kept in a header), and `user_id`, which
+/// the broker checks against the publishing connection's user.
 fn dead_letter_properties(original: &AMQPProperties, reason: &str, queue: &str) -> BasicProperties {
     let mut headers = original.headers().clone().unwrap_or_default();
     headers.insert(
@@ -460,7 +461,43 @@ fn dead_letter_properties(original: &AMQPProperties, reason: &str, queue: &str) 
         ORIGINAL_QUEUE_HEADER.into(),
         AMQPValue::LongString(LongString::from(queue)),
     );
-    original.clone().with_delivery_mode(2).with_headers(headers)
+    if let Some(expiration) = original.expiration() {
+        headers.insert(
+            ORIGINAL_EXPIRATION_HEADER.into(),
+            AMQPValue::LongString(LongString::from(expiration.as_str())),
+        );
+    }
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(v) = original.content_type() {
+        properties = properties.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        properties = properties.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.priority() {
+        properties = properties.with_priority(*v);
+    }
+    if let Some(v) = original.correlation_id() {
+        properties = properties.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.reply_to() {
+        properties = properties.with_reply_to(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        properties = properties.with_message_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        properties = properties.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        properties = properties.with_type(v.clone());
+    }
+    if let Some(v) = original.app_id() {
+        properties = properties.with_app_id(v.clone());
+    }
+    properties
 }
 
 /// Unwraps what the consumer stream yielded; its end means the broker cancelled us.
@@ -514,7 +551,7 @@ mod tests {
             let Outcome::Store(new) = handle(body.as_bytes(), &with_id(&id.to_string())) else {
                 panic!("{body} should be stored");
             };
-            assert_eq!(new.message_id, Some(id));
+            assert_eq!(new.message_id, id);
             assert_eq!(new.order.user_id, "20");
             assert_eq!(new.order.number_of_items, 99);
             assert_eq!(new.order.total_amount, Decimal::from(250));
@@ -522,20 +559,24 @@ mod tests {
     }
 
     #[test]
-    fn missing_or_malformed_message_id_still_stores_without_key() {
+    fn missing_or_malformed_message_id_is_dead_lettered_never_stored_blindly() {
         let body = br#"{"user_id": "u", "number_of_items": 1, "total_amount": "9.99"}"#;
         for properties in [BasicProperties::default(), with_id("not-a-uuid")] {
-            let Outcome::Store(new) = handle(body, &properties) else {
-                panic!("should be stored");
+            let Outcome::DeadLetter(reason) = handle(body, &properties) else {
+                panic!("a message billing cannot deduplicate must not be stored");
             };
-            assert_eq!(new.message_id, None);
+            assert!(reason.contains("message_id"), "{reason}");
         }
     }
 
     #[test]
     fn invalid_messages_are_dead_lettered_with_the_reason() {
         let cases = [
-            ("not json", "not a JSON object"),
+            ("not json", "not valid JSON"),
+            (
+                r#"{"user_id": "u", "number_of_items": -1, "number_of_items": 1, "total_amount": 1}"#,
+                "given twice",
+            ),
             (
                 r#"{"user_id": "u", "number_of_items": 0, "total_amount": 1}"#,
                 "number_of_items",
@@ -565,8 +606,17 @@ mod tests {
 
     #[test]
     fn dead_letter_keeps_original_properties_and_adds_the_reason() {
-        let original = with_id("abc").with_content_type("application/json".into());
+        let original = with_id("abc")
+            .with_content_type("application/json".into())
+            .with_expiration("60000".into())
+            .with_user_id("someone_else".into());
         let props = dead_letter_properties(&original, "bad amount", "q");
+        assert_eq!(props.expiration(), &None, "a dead letter never expires");
+        assert_eq!(props.user_id(), &None);
+        assert_eq!(
+            props.content_type().as_ref().map(ShortString::as_str),
+            Some("application/json")
+        );
         assert_eq!(
             props.message_id().as_ref().map(ShortString::as_str),
             Some("abc")
@@ -576,6 +626,10 @@ mod tests {
         assert_eq!(
             headers.inner().get(DEATH_REASON_HEADER),
             Some(&AMQPValue::LongString("bad amount".into()))
+        );
+        assert_eq!(
+            headers.inner().get(ORIGINAL_EXPIRATION_HEADER),
+            Some(&AMQPValue::LongString("60000".into()))
         );
     }
 }

@@ -5,12 +5,12 @@ use service_common::BillingOrder;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// An order ready to be stored, with the idempotency key it arrived with (if any).
+/// An order ready to be stored, with the idempotency key it arrived with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOrder {
-    /// The AMQP `message_id` set by the gateway; `None` when the message carried no usable one,
-    /// in which case a redelivery cannot be recognised.
-    pub message_id: Option<Uuid>,
+    /// The AMQP `message_id` set by the gateway: a redelivery of the same message is recognised
+    /// by it. A message without one is never stored (see `consumer::handle`).
+    pub message_id: Uuid,
     /// The validated order.
     pub order: BillingOrder,
 }

@@ -338,10 +338,17 @@ async fn valid_messages_become_rows_with_exact_amounts(pool: PgPool) {
             Some(strings),
         )
         .await;
-    // A message without a message id is still stored, just without an idempotency key.
+    // A message without a message id could not be deduplicated: it is dead-lettered, twice if
+    // delivered twice, and never stored.
+    broker.publish(&order_json("no_id", 1, "0.10"), None).await;
     broker.publish(&order_json("no_id", 1, "0.10"), None).await;
 
-    eventually("three rows exist", || async { count(&pool).await == 3 }).await;
+    eventually("two rows exist", || async { count(&pool).await == 2 }).await;
+    let dlq = broker.dead_letter_queue();
+    eventually("both copies are dead letters", || async {
+        broker.ready(&dlq).await == 2
+    })
+    .await;
     worker.stop().await;
 
     let row = orders::find_by_message_id(&pool, numbers)
@@ -364,13 +371,13 @@ async fn valid_messages_become_rows_with_exact_amounts(pool: PgPool) {
             .fetch_all(&pool)
             .await
             .expect("amounts");
-    assert_eq!(amounts, ["99.97", "250.00", "0.10"]);
+    assert_eq!(amounts, ["99.97", "250.00"]);
     let without_id: i64 =
         sqlx::query_scalar("SELECT count(*) FROM orders WHERE message_id IS NULL")
             .fetch_one(&pool)
             .await
             .expect("count");
-    assert_eq!(without_id, 1);
+    assert_eq!(without_id, 0);
     assert_eq!(
         broker.ready(&broker.queue.clone()).await,
         0,
@@ -801,4 +808,48 @@ fn death_reason(message: &BasicGetMessage) -> String {
         }
         other => panic!("missing {DEATH_REASON_HEADER}: {other:?}"),
     }
+}
+
+#[sqlx::test(migrator = "billing::MIGRATOR")]
+async fn a_dead_letter_stays_even_when_the_original_had_an_expiration(pool: PgPool) {
+    let broker = Broker::new().await;
+    let id = Uuid::new_v4();
+    // A poison message that would expire 1.5 s after being queued.
+    let confirm = broker
+        .channel
+        .basic_publish(
+            "",
+            &broker.queue,
+            BasicPublishOptions::default(),
+            b"not an order",
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(id.to_string().into())
+                .with_expiration("1500".into()),
+        )
+        .await
+        .expect("publish");
+    assert!(matches!(
+        confirm.await.expect("confirm"),
+        Confirmation::Ack(None)
+    ));
+    let worker = spawn_worker(pool.clone(), amqp_url(), broker.settings());
+    let dlq = broker.dead_letter_queue();
+    eventually("the poison message is a dead letter", || async {
+        broker.ready(&dlq).await == 1
+    })
+    .await;
+    worker.stop().await;
+    // Well past the original expiration, it is still there, with the original expiration noted.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(broker.ready(&dlq).await, 1, "the dead letter expired");
+    let dead = broker.get(&dlq).await.expect("dead letter");
+    let properties = &dead.delivery.properties;
+    assert_eq!(properties.expiration(), &None);
+    let headers = properties.headers().clone().unwrap_or_default();
+    assert_eq!(
+        headers.inner().get("x-original-expiration"),
+        Some(&AMQPValue::LongString("1500".into()))
+    );
+    broker.cleanup().await;
 }

@@ -40,8 +40,8 @@ pub struct BillingOrder {
 /// Why a body is not an acceptable order. The `Display` text is safe to show a client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrderError {
-    /// The body is not JSON, or not a JSON object.
-    #[error("body is not a JSON object: {0}")]
+    /// The body is not JSON, not a JSON object, or gives a key twice. The text says which.
+    #[error("{0}")]
     NotAnObject(String),
     /// A required field is absent or null.
     #[error("{0} is required")]
@@ -67,9 +67,15 @@ impl OrderError {
 impl BillingOrder {
     /// Parses and validates a raw body. Every value may arrive as a JSON string or a JSON number
     /// (clients of the original system post `"20"` as readily as `20`); unknown fields are ignored.
+    /// A key given twice is refused, whatever its values: which one a reader keeps is not a
+    /// contract anyone can rely on.
     pub fn from_json_slice(body: &[u8]) -> Result<Self, OrderError> {
-        let value: Value =
-            serde_json::from_slice(body).map_err(|err| OrderError::NotAnObject(err.to_string()))?;
+        let UniqueKeys(value) =
+            serde_json::from_slice(body).map_err(|err| match err.classify() {
+                // Only UniqueKeysVisitor raises data errors: a repeated key.
+                serde_json::error::Category::Data => OrderError::NotAnObject(err.to_string()),
+                _ => OrderError::NotAnObject(format!("the body is not valid JSON: {err}")),
+            })?;
         Self::from_json_value(&value)
     }
 
@@ -77,7 +83,7 @@ impl BillingOrder {
     pub fn from_json_value(value: &Value) -> Result<Self, OrderError> {
         let Value::Object(map) = value else {
             return Err(OrderError::NotAnObject(format!(
-                "expected an object, found {}",
+                "the body must be a JSON object, not {}",
                 json_kind(value)
             )));
         };
@@ -95,6 +101,82 @@ impl BillingOrder {
     /// The canonical JSON the gateway publishes.
     pub fn to_json_vec(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A JSON document in which no object holds the same key twice (serde_json's `Value` would keep
+/// the last one silently).
+struct UniqueKeys(Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let UniqueKeys(value) = map.next_value()?;
+            if object.insert(key.clone(), value).is_some() {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the key \"{key}\" is given twice"
+                )));
+            }
+        }
+        Ok(Value::Object(object))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // Not finite cannot come out of JSON text.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
 }
 
@@ -118,12 +200,35 @@ fn scalar_text(value: &Value) -> Option<String> {
     }
 }
 
+/// A user id is kept exactly as sent: a string as it is (not trimmed), an integer as its digits.
+/// A number that is not an integer, or too large to be read exactly (beyond 64 bits), is refused
+/// rather than stored rounded (`99999999999999999999` would become `1e+20`).
 fn parse_user_id(value: &Value) -> Result<String, OrderError> {
     const FIELD: &str = "user_id";
-    let text = scalar_text(value).ok_or(OrderError::Invalid {
-        field: FIELD,
-        reason: "must be a string or a number",
-    })?;
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        Value::Number(_) => {
+            return Err(OrderError::Invalid {
+                field: FIELD,
+                reason:
+                    "must be a string or an integer of at most 64 bits (send larger ids as strings)",
+            })
+        }
+        _ => {
+            return Err(OrderError::Invalid {
+                field: FIELD,
+                reason: "must be a string or an integer",
+            })
+        }
+    };
+    // PostgreSQL text cannot hold U+0000: an order with it could be accepted but never stored.
+    if text.contains('\0') {
+        return Err(OrderError::Invalid {
+            field: FIELD,
+            reason: "must not contain the NUL character (U+0000)",
+        });
+    }
     if text.is_empty() {
         return Err(OrderError::Invalid {
             field: FIELD,
@@ -308,6 +413,64 @@ mod tests {
             let err = order(json).expect_err(json);
             assert!(matches!(err, OrderError::NotAnObject(_)), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn user_id_is_kept_exactly_or_refused() {
+        let stored = |json: &str| order(json).map(|o| o.user_id);
+        assert_eq!(
+            stored(r#"{"user_id": 18446744073709551615, "number_of_items": 1, "total_amount": 1}"#),
+            Ok("18446744073709551615".to_owned())
+        );
+        assert_eq!(
+            stored(r#"{"user_id": -5, "number_of_items": 1, "total_amount": 1}"#),
+            Ok("-5".to_owned())
+        );
+        assert_eq!(
+            stored(r#"{"user_id": " usr 1 ", "number_of_items": 1, "total_amount": 1}"#),
+            Ok(" usr 1 ".to_owned())
+        );
+        for id in ["99999999999999999999", "2.58e-42", "1.5", "1e3", "1.0"] {
+            let json = format!(r#"{{"user_id": {id}, "number_of_items": 1, "total_amount": 1}}"#);
+            let err = order(&json).expect_err(&json);
+            assert_eq!(err.field(), Some("user_id"), "{json}");
+            assert!(err.to_string().contains("integer"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_user_id_postgresql_cannot_store_is_refused() {
+        let err = order(r#"{"user_id": "a\u0000b", "number_of_items": 1, "total_amount": 1}"#)
+            .expect_err("NUL");
+        assert_eq!(err.field(), Some("user_id"));
+        assert!(err.to_string().contains("U+0000"), "{err}");
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_whatever_the_values() {
+        for json in [
+            r#"{"user_id": "u", "number_of_items": -1, "number_of_items": 1, "total_amount": 1}"#,
+            r#"{"user_id": "u", "number_of_items": 1, "number_of_items": 1, "total_amount": 1}"#,
+            r#"{"user_id": "u", "number_of_items": 1, "total_amount": 1, "x": {"a": 1, "a": 2}}"#,
+        ] {
+            let err = order(json).expect_err(json);
+            assert!(matches!(err, OrderError::NotAnObject(_)), "{json}: {err}");
+            assert!(err.to_string().contains("is given twice"), "{err}");
+        }
+    }
+
+    #[test]
+    fn messages_say_what_is_wrong_in_our_words() {
+        let err = order("{").expect_err("truncated");
+        assert!(
+            err.to_string().starts_with("the body is not valid JSON"),
+            "{err}"
+        );
+        let err = order("[1]").expect_err("array");
+        assert_eq!(
+            err.to_string(),
+            "the body must be a JSON object, not an array"
+        );
     }
 
     #[test]
