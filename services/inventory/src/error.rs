@@ -143,8 +143,11 @@ impl IntoResponse for Error {
 impl From<JsonRejection> for Error {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
-            JsonRejection::JsonSyntaxError(err) => Self::InvalidJson(err.body_text()),
-            JsonRejection::JsonDataError(err) => Self::Validation(err.body_text()),
+            JsonRejection::JsonSyntaxError(err) => {
+                Self::InvalidJson(format!("the body is not valid JSON: {}", innermost(&err)))
+            }
+            // The movie's own deserializer words these (`title must be a string or null`).
+            JsonRejection::JsonDataError(err) => Self::Validation(innermost(&err)),
             JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType(
                 "expected a body with `Content-Type: application/json`".to_owned(),
             ),
@@ -154,8 +157,10 @@ impl From<JsonRejection> for Error {
                 }
             }
             // The client hung up or sent a broken body: still its fault, never a 5xx.
-            JsonRejection::BytesRejection(err) => Self::InvalidJson(err.body_text()),
-            other => Self::InvalidJson(other.body_text()),
+            JsonRejection::BytesRejection(err) => {
+                Self::InvalidJson(format!("the body could not be read: {}", innermost(&err)))
+            }
+            other => Self::InvalidJson(format!("the body cannot be read: {}", innermost(&other))),
         }
     }
 }
@@ -163,7 +168,9 @@ impl From<JsonRejection> for Error {
 impl From<PathRejection> for Error {
     fn from(rejection: PathRejection) -> Self {
         match rejection {
-            PathRejection::FailedToDeserializePathParams(err) => Self::InvalidPath(err.body_text()),
+            PathRejection::FailedToDeserializePathParams(err) => {
+                Self::InvalidPath(format!("the path is invalid: {}", innermost(&err)))
+            }
             // A route declared without the parameter its handler extracts: our bug.
             other => Self::Internal(other.body_text()),
         }
@@ -172,6 +179,19 @@ impl From<PathRejection> for Error {
 
 impl From<QueryRejection> for Error {
     fn from(rejection: QueryRejection) -> Self {
-        Self::InvalidQuery(rejection.body_text())
+        Self::InvalidQuery(format!(
+            "the query string is invalid: {}",
+            innermost(&rejection)
+        ))
     }
+}
+
+/// The deepest cause of a rejection: the parser's own words about the input, without axum's
+/// "Failed to deserialize …" preamble.
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }

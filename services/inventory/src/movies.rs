@@ -86,9 +86,17 @@ impl<'de> Visitor<'de> for MovieFieldsVisitor {
                 }
             };
             if slot.is_some() {
-                return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+                return Err(de::Error::custom(format_args!("{key} is given twice")));
             }
-            *slot = Some(map.next_value::<Option<String>>()?);
+            *slot = Some(match map.next_value::<serde_json::Value>()? {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(text) => Some(text),
+                _ => {
+                    return Err(de::Error::custom(format_args!(
+                        "{key} must be a string or null"
+                    )))
+                }
+            });
         }
         Ok(fields)
     }
