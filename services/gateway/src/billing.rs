@@ -6,6 +6,7 @@
 //! confirms, and reconnects with backoff when the connection dies. Requests clone the channel out
 //! of a lock and release the lock at once, so many confirms are awaited concurrently.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,9 +18,10 @@ use axum::{Json, Router};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ConnectionStatus};
 use serde::Serialize;
-use service_common::{AmqpUrl, BillingOrder};
+use service_common::retry::RETRY_MAX;
+use service_common::{retry_delays, AmqpUrl, BillingOrder};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -37,11 +39,15 @@ pub fn router() -> Router<AppState> {
 const PERSISTENT: u8 = 2;
 /// How long one connection attempt (TCP, handshake, declarations) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// First and longest pause between two connection attempts.
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often the supervisor looks at the connection when nothing woke it.
 const HEALTH_POLL: Duration = Duration::from_secs(1);
+/// The request header that makes a retried order the same order.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Longest accepted `Idempotency-Key`, in characters.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+/// Namespace of the message ids derived from idempotency keys (UUID v5, RFC 9562): a constant of
+/// the platform, so one key gives one id on every gateway instance, before and after a restart.
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b7e_9d4a_4c1e_8b5f_3a2d_7e90_c4b1);
 
 /// The answer to an accepted order.
 #[derive(Debug, Serialize)]
@@ -56,6 +62,8 @@ pub struct Accepted {
 pub enum PublishError {
     #[error("not connected to the message broker")]
     NotConnected,
+    #[error("the message broker is blocking publishers (a memory or disk alarm)")]
+    Blocked,
     #[error("AMQP error")]
     Amqp(#[from] lapin::Error),
     #[error("the broker refused the message (nack)")]
@@ -76,13 +84,25 @@ pub struct Publisher {
 
 #[derive(Debug)]
 struct Inner {
-    /// The confirm-mode channel when connected. Cloned out by each publish; never held across
-    /// an await.
-    channel: RwLock<Option<Channel>>,
+    /// The confirm-mode channel and its connection's status when connected. Cloned out by each
+    /// publish; never held across an await.
+    channel: RwLock<Option<Live>>,
+    /// Raised (notify_waiters) each time a channel is installed.
+    connected: Notify,
+    /// True until the first connection attempt has ended: orders arriving right after the gateway
+    /// starts wait for it (bounded by the connect timeout) instead of a burst of 503s.
+    starting: AtomicBool,
     queue: String,
     confirm_timeout: Duration,
     /// Wakes the supervisor early when a publish failed, so a dead connection is replaced soon.
     check_connection: Notify,
+}
+
+/// An open channel, with the status of its connection (which says whether the broker blocks it).
+#[derive(Debug, Clone)]
+struct Live {
+    channel: Channel,
+    connection: ConnectionStatus,
 }
 
 /// The supervisor task of a [`Publisher`]; stopping it closes the connection.
@@ -112,6 +132,8 @@ impl Publisher {
     ) -> (Self, PublisherTask) {
         let inner = Arc::new(Inner {
             channel: RwLock::new(None),
+            connected: Notify::new(),
+            starting: AtomicBool::new(true),
             queue,
             confirm_timeout,
             check_connection: Notify::new(),
@@ -123,8 +145,14 @@ impl Publisher {
 
     /// Whether a confirm-mode channel is open right now.
     pub fn is_connected(&self) -> bool {
-        self.current_channel()
-            .is_some_and(|channel| channel.status().connected())
+        self.current()
+            .is_some_and(|live| live.channel.status().connected())
+    }
+
+    /// Whether the broker blocks our connection (`connection.blocked`: a memory or disk alarm);
+    /// until it unblocks, a publish would only wait for its timeout.
+    pub fn is_blocked(&self) -> bool {
+        self.current().is_some_and(|live| live.connection.blocked())
     }
 
     /// The queue orders go to.
@@ -132,7 +160,7 @@ impl Publisher {
         &self.inner.queue
     }
 
-    fn current_channel(&self) -> Option<Channel> {
+    fn current(&self) -> Option<Live> {
         self.inner
             .channel
             .read()
@@ -140,11 +168,36 @@ impl Publisher {
             .clone()
     }
 
-    /// Publishes `order` and waits for the broker's confirm. Returns the message id only when the
-    /// broker has taken responsibility for the message.
-    pub async fn publish(&self, order: &BillingOrder) -> Result<Uuid, PublishError> {
-        let channel = self.current_channel().ok_or(PublishError::NotConnected)?;
-        let id = Uuid::new_v4();
+    /// The open channel; right after start, waits (at most the connect timeout) for the first
+    /// connection attempt instead of failing at once.
+    async fn live(&self) -> Option<Live> {
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        loop {
+            let installed = self.inner.connected.notified();
+            tokio::pin!(installed);
+            installed.as_mut().enable();
+            if let Some(live) = self.current() {
+                return Some(live);
+            }
+            if !self.inner.starting.load(Ordering::Acquire) {
+                return None;
+            }
+            if tokio::time::timeout_at(deadline, installed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Publishes `order` with message id `id` and waits for the broker's confirm. Returns only
+    /// when the broker has taken responsibility for the message.
+    pub async fn publish(&self, order: &BillingOrder, id: Uuid) -> Result<(), PublishError> {
+        let Live {
+            channel,
+            connection,
+        } = self.live().await.ok_or(PublishError::NotConnected)?;
+        if connection.blocked() {
+            return Err(PublishError::Blocked);
+        }
         let properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type("application/json".into())
@@ -175,7 +228,7 @@ impl Publisher {
                 queue: queue.clone(),
                 reply_text: returned.reply_text.to_string(),
             }),
-            Ok(Ok(Confirmation::Ack(None))) => Ok(id),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
             Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::ConfirmsNotEnabled),
         };
@@ -214,22 +267,28 @@ async fn connect(amqp_url: &AmqpUrl, queue: &str) -> Result<(Connection, Channel
 
 /// Keeps one connection open for as long as the gateway runs.
 async fn supervise(inner: Arc<Inner>, amqp_url: AmqpUrl, mut stop: watch::Receiver<bool>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut delays = retry_delays(RETRY_MAX);
     loop {
         if *stop.borrow() {
             return;
         }
-        match tokio::time::timeout(CONNECT_TIMEOUT, connect(&amqp_url, &inner.queue)).await {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&amqp_url, &inner.queue)).await;
+        inner.starting.store(false, Ordering::Release);
+        match attempt {
             Ok(Ok((connection, channel))) => {
                 tracing::info!(broker = %amqp_url, queue = %inner.queue, "connected to the message broker");
-                backoff = BACKOFF_MIN;
+                delays = retry_delays(RETRY_MAX);
                 let woken = Arc::new(Notify::new());
                 let on_error = woken.clone();
                 connection.on_error(move |err| {
                     tracing::warn!(error = %DisplayChain(&err), "message broker connection lost");
                     on_error.notify_one();
                 });
-                *inner.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(channel.clone());
+                *inner.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(Live {
+                    channel: channel.clone(),
+                    connection: connection.status().clone(),
+                });
+                inner.connected.notify_waiters();
 
                 let stopping = loop {
                     tokio::select! {
@@ -257,17 +316,21 @@ async fn supervise(inner: Arc<Inner>, amqp_url: AmqpUrl, mut stop: watch::Receiv
                 tracing::warn!("message broker connection is gone; reconnecting");
             }
             Ok(Err(err)) => {
-                tracing::warn!(broker = %amqp_url, error = %DisplayChain(&err), retry_in_ms = backoff.as_millis() as u64, "cannot connect to the message broker");
+                tracing::warn!(broker = %amqp_url, error = %DisplayChain(&err), "cannot connect to the message broker");
             }
             Err(_) => {
-                tracing::warn!(broker = %amqp_url, retry_in_ms = backoff.as_millis() as u64, "connecting to the message broker timed out");
+                tracing::warn!(broker = %amqp_url, "connecting to the message broker timed out");
             }
         }
+        let delay = delays.next_delay();
+        tracing::debug!(
+            retry_in_ms = delay.as_millis() as u64,
+            "next connection attempt"
+        );
         tokio::select! {
             _ = stop.changed() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -289,6 +352,25 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// The message id of an order: derived from its `Idempotency-Key` when the client sent one, so a
+/// retry of the same order carries the same id and billing stores it once; a fresh one otherwise.
+fn message_id(headers: &HeaderMap) -> Result<Uuid, Error> {
+    let mut keys = headers.get_all(IDEMPOTENCY_KEY_HEADER).iter();
+    let Some(key) = keys.next() else {
+        return Ok(Uuid::new_v4());
+    };
+    let printable = |b: &u8| (0x21..=0x7e).contains(b);
+    let bytes = key.as_bytes();
+    if keys.next().is_some()
+        || bytes.is_empty()
+        || bytes.len() > MAX_IDEMPOTENCY_KEY_CHARS
+        || !bytes.iter().all(printable)
+    {
+        return Err(Error::InvalidIdempotencyKey);
+    }
+    Ok(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, bytes))
+}
+
 /// `POST /api/billing`.
 #[tracing::instrument(skip_all)]
 async fn create_order(
@@ -299,9 +381,10 @@ async fn create_order(
     if !is_json(&headers) {
         return Err(Error::UnsupportedMediaType);
     }
+    let id = message_id(&headers)?;
     let body = read_limited(&headers, body, state.max_body_bytes).await?;
     let order = BillingOrder::from_json_slice(&body)?;
-    let id = state.publisher.publish(&order).await?;
+    state.publisher.publish(&order, id).await?;
     tracing::info!(message_id = %id, "billing order confirmed by the broker");
     Ok((
         StatusCode::ACCEPTED,

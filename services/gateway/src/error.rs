@@ -13,6 +13,12 @@ pub enum Error {
     #[error("{0}")]
     InvalidOrder(#[from] OrderError),
 
+    /// 400: the `Idempotency-Key` header is empty, too long, repeated or not printable ASCII.
+    #[error(
+        "Idempotency-Key must be one header of 1 to {} printable ASCII characters without spaces",
+        crate::billing::MAX_IDEMPOTENCY_KEY_CHARS
+    )]
+    InvalidIdempotencyKey,
     /// 404: no route matches the path.
     #[error("no route for {0}")]
     NotFound(String),
@@ -58,7 +64,9 @@ impl Error {
     /// The HTTP status this error becomes.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidOrder(_) | Self::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidOrder(_) | Self::BadRequestBody(_) | Self::InvalidIdempotencyKey => {
+                StatusCode::BAD_REQUEST
+            }
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -75,6 +83,7 @@ impl Error {
         match self {
             Self::InvalidOrder(_) => "validation_failed",
             Self::BadRequestBody(_) => "bad_request",
+            Self::InvalidIdempotencyKey => "invalid_idempotency_key",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",

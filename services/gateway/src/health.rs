@@ -49,6 +49,11 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, Error> {
             "not connected to the message broker".to_owned(),
         ));
     }
+    if state.publisher.is_blocked() {
+        return Err(Error::NotReady(
+            "the message broker is blocking publishers (a memory or disk alarm)".to_owned(),
+        ));
+    }
     Ok(Json(Ready {
         status: "ready",
         service: "gateway",

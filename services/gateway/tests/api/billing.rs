@@ -266,3 +266,157 @@ async fn the_publisher_reconnects_after_losing_the_broker() {
     broker.delete_queue(&queue).await;
     broker.close().await;
 }
+
+async fn post_with_key(gateway: &TestGateway, key: &str, order: &Value) -> reqwest::Response {
+    gateway
+        .client
+        .post(gateway.url("/api/billing"))
+        .header("Idempotency-Key", key)
+        .json(order)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_carries_the_same_message_id() {
+    let queue = unique_queue();
+    let broker = Broker::connect().await;
+    let gateway = gateway_on_queue(&queue).await;
+    let order = json!({"user_id": "u", "number_of_items": 1, "total_amount": 1});
+    let key = format!("order-{}", uuid::Uuid::new_v4());
+
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let response = post_with_key(&gateway, &key, &order).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids[0], ids[1], "one key, one order id");
+    let other = post_with_key(&gateway, &format!("{key}-2"), &order).await;
+    let other: Value = other.json().await.unwrap();
+    assert_ne!(other["id"].as_str().unwrap(), ids[0]);
+
+    // Both copies travel with the same message id, which billing stores once.
+    for _ in 0..2 {
+        let message = broker
+            .channel
+            .basic_get(&queue, BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("a copy in the queue");
+        assert_eq!(
+            message
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str()),
+            Some(ids[0].as_str())
+        );
+    }
+    broker.delete_queue(&queue).await;
+    broker.close().await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_idempotency_key_is_400_and_publishes_nothing() {
+    let queue = unique_queue();
+    let broker = Broker::connect().await;
+    let gateway = gateway_on_queue(&queue).await;
+    let order = json!({"user_id": "u", "number_of_items": 1, "total_amount": 1});
+    for key in ["", "has space", &"k".repeat(256), "caf\u{e9}"] {
+        let response = gateway
+            .client
+            .post(gateway.url("/api/billing"))
+            .header(
+                "Idempotency-Key",
+                reqwest::header::HeaderValue::from_bytes(key.as_bytes()).unwrap(),
+            )
+            .json(&order)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{key:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_idempotency_key");
+    }
+    let twice = gateway
+        .client
+        .post(gateway.url("/api/billing"))
+        .header("Idempotency-Key", "a")
+        .header("Idempotency-Key", "b")
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(broker.message_count(&queue).await, 0);
+    broker.delete_queue(&queue).await;
+    broker.close().await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn orders_sent_as_the_gateway_starts_wait_for_the_broker_instead_of_503() {
+    let queue = unique_queue();
+    let broker = Broker::connect().await;
+    // No wait_ready: the orders race the first connection to the broker.
+    let gateway = TestGateway::spawn(config(&[dead_upstream().await], &amqp_url(), &queue)).await;
+    let order = json!({"user_id": "u", "number_of_items": 1, "total_amount": 1});
+    let statuses = join_all((0..20).map(|_| post_order(&gateway, &order)))
+        .await
+        .into_iter()
+        .map(|response| response.status())
+        .collect::<Vec<_>>();
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::ACCEPTED),
+        "{statuses:?}"
+    );
+    assert_eq!(broker.message_count(&queue).await, 20);
+    broker.delete_queue(&queue).await;
+    broker.close().await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_long_broker_outage_orders_are_accepted_within_about_a_second() {
+    let queue = unique_queue();
+    let broker = Broker::connect().await;
+    let relay = CuttableRelay::start().await;
+    let gateway =
+        TestGateway::spawn(config(&[dead_upstream().await], &relay.amqp_url, &queue)).await;
+    gateway.wait_ready().await;
+
+    relay.set_down(true);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let attempts_while_down = relay.accepted();
+    relay.set_down(false);
+    let back = Instant::now();
+    let order = json!({"user_id": "u", "number_of_items": 1, "total_amount": 1});
+    loop {
+        let status = post_order(&gateway, &order).await.status();
+        if status == StatusCode::ACCEPTED {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "still 503 after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered = back.elapsed();
+    println!("accepted again {recovered:?} after the broker came back");
+    assert!(recovered < Duration::from_millis(1500), "{recovered:?}");
+    assert_eq!(broker.message_count(&queue).await, 1);
+    // Capped backoff, not a busy loop: at most ~2 attempts a second while it was down (the
+    // relay counts only connections it relays; refused ones are not counted, so check the cap
+    // through the accepted count staying at the first connection).
+    assert_eq!(attempts_while_down, 1);
+    broker.delete_queue(&queue).await;
+    broker.close().await;
+    gateway.stop().await;
+}

@@ -243,6 +243,7 @@ pub struct CuttableRelay {
     pub amqp_url: String,
     connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CuttableRelay {
@@ -259,8 +260,14 @@ impl CuttableRelay {
         let registry = connections.clone();
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = accepted.clone();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let is_down = down.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                if is_down.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let broker = broker.clone();
                 let task = tokio::spawn(async move {
@@ -278,12 +285,22 @@ impl CuttableRelay {
             amqp_url: format!("amqp://guest:guest@{address}/{vhost}"),
             connections,
             accepted,
+            down,
         }
     }
 
     /// How many connections the relay has accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// While down, the relay drops every connection it accepts (a broker that is away), and
+    /// cuts those it relays.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            self.cut();
+        }
     }
 
     /// Drops every relayed connection at once; new connections are still relayed.
