@@ -47,8 +47,9 @@ pub struct Config {
     #[arg(long, env = "BILLING_BATCH_TIMEOUT_MS", default_value_t = 50)]
     pub batch_timeout_ms: u64,
 
-    /// Largest pause, in milliseconds, between retries while PostgreSQL or RabbitMQ is down.
-    #[arg(long, env = "BILLING_MAX_BACKOFF_MS", default_value_t = 10_000,
+    /// Largest pause, in milliseconds, between retries while PostgreSQL or RabbitMQ is down,
+    /// before jitter (which may double it): a dependency that is back is found that soon.
+    #[arg(long, env = "BILLING_MAX_BACKOFF_MS", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_backoff_ms: u64,
 }

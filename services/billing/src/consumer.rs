@@ -25,7 +25,8 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
 };
-use service_common::{dead_letter_queue_name, AmqpUrl, BillingOrder};
+use service_common::retry::RETRY_MAX;
+use service_common::{dead_letter_queue_name, retry_delays, AmqpUrl, BillingOrder};
 use sqlx::PgPool;
 use tokio::{sync::watch, time::Instant};
 use tracing::{info, instrument, warn};
@@ -42,9 +43,6 @@ pub const DEATH_REASON_HEADER: &str = "x-death-reason";
 pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
 /// Header of a dead letter: the `expiration` the original message had (the dead letter has none).
 pub const ORIGINAL_EXPIRATION_HEADER: &str = "x-original-expiration";
-
-/// Smallest pause between two attempts while a dependency is down.
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How the consumer is tuned; [`crate::Config::consumer_settings`] builds it from the environment.
 #[derive(Debug, Clone)]
@@ -69,7 +67,7 @@ impl ConsumerSettings {
             prefetch: 100,
             batch_size: 100,
             batch_timeout: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(10),
+            max_backoff: RETRY_MAX,
         }
     }
 }
@@ -199,7 +197,7 @@ enum SessionEnd {
 impl Worker {
     /// The outer loop: lapin does not reconnect by itself, so each failure rebuilds the session.
     async fn run(self) -> Result<(), Error> {
-        let mut backoff = MIN_BACKOFF;
+        let mut delays = retry_delays(self.settings.max_backoff);
         while !self.stop.requested() {
             let session = tokio::select! {
                 session = self.connect() => session,
@@ -209,7 +207,7 @@ impl Worker {
                 Ok(mut session) => {
                     info!(queue = %self.settings.queue, broker = %self.amqp_url, "consuming");
                     self.readiness.set(true);
-                    backoff = MIN_BACKOFF;
+                    delays = retry_delays(self.settings.max_backoff);
                     let result = self.consume(&mut session).await;
                     self.readiness.set(false);
                     match result {
@@ -226,15 +224,13 @@ impl Worker {
                     }
                 }
                 Err(err) => {
-                    warn!(error = %chain(&err), broker = %self.amqp_url, retry_in = ?backoff,
-                          "cannot reach RabbitMQ");
+                    warn!(error = %chain(&err), broker = %self.amqp_url, "cannot reach RabbitMQ");
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(delays.next_delay()) => {}
                 () = self.stop.wait() => break,
             }
-            backoff = (backoff * 2).min(self.settings.max_backoff);
         }
         info!("consumer stopped");
         Ok(())
@@ -389,7 +385,7 @@ impl Worker {
     /// `Some(Ok)` once committed, `Some(Err)` when the database rejects the data itself (retrying
     /// cannot help), and `None` when shutdown was requested before the database came back.
     async fn store_with_retry(&self, orders: &[NewOrder]) -> Option<Result<u64, Error>> {
-        let mut backoff = MIN_BACKOFF;
+        let mut delays = retry_delays(self.settings.max_backoff);
         loop {
             match orders::insert_batch(&self.pool, orders).await {
                 Ok(inserted) => return Some(Ok(inserted)),
@@ -398,19 +394,18 @@ impl Worker {
                     if err.is_rejected_data() {
                         return Some(Err(err));
                     }
-                    warn!(error = %chain(&err), retry_in = ?backoff,
+                    warn!(error = %chain(&err),
                           "cannot store the batch; keeping it unacked and retrying");
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(delays.next_delay()) => {}
                 () = self.stop.wait() => {
                     warn!(size = orders.len(), "shutdown while the database is down; \
                            leaving the batch unacked for redelivery");
                     return None;
                 }
             }
-            backoff = (backoff * 2).min(self.settings.max_backoff);
         }
     }
 

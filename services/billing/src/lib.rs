@@ -105,17 +105,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// Applies the migrations, retrying with backoff while PostgreSQL is unreachable.
 async fn migrate_with_retry(pool: &PgPool, max_backoff: Duration) -> Result<(), Error> {
-    let mut backoff = Duration::from_millis(200);
+    let mut delays = service_common::retry_delays(max_backoff);
     loop {
         match MIGRATOR.run(pool).await {
             Ok(()) => return Ok(()),
             Err(sqlx::migrate::MigrateError::Execute(err)) if is_unreachable(&err) => {
-                warn!(error = %error::chain(&err), retry_in = ?backoff, "database unavailable; retrying migrations");
+                warn!(error = %error::chain(&err), "database unavailable; retrying migrations");
             }
             Err(err) => return Err(err.into()),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(max_backoff);
+        tokio::time::sleep(delays.next_delay()).await;
     }
 }
 
