@@ -728,13 +728,17 @@ async fn health_is_ok_and_ready_is_503_until_consuming(pool: PgPool) {
 #[sqlx::test(migrator = "billing::MIGRATOR")]
 async fn run_serves_ready_stores_orders_and_exits_ok_on_shutdown(pool: PgPool) {
     let broker = Broker::new().await;
-    let options = pool.connect_options();
+    // The test database on the server of DATABASE_URL, with its credentials: a server that asks
+    // for a password (Debian's default for TCP) must get one.
+    let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let (server, _) = admin
+        .rsplit_once('/')
+        .expect("DATABASE_URL ends with /DATABASE");
     let database_url = format!(
-        "postgres://{}@{}:{}/{}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options.get_database().expect("test database name"),
+        "{server}/{}",
+        pool.connect_options()
+            .get_database()
+            .expect("test database name")
     );
     let health_addr = {
         // Port 0 picks a free port; released at once for the worker to bind.
