@@ -87,7 +87,8 @@ struct Inner {
     /// The confirm-mode channel and its connection's status when connected. Cloned out by each
     /// publish; never held across an await.
     channel: RwLock<Option<Live>>,
-    /// Raised (notify_waiters) each time a channel is installed.
+    /// Raised (notify_waiters) each time a channel is installed, and when the first connection
+    /// attempt fails.
     connected: Notify,
     /// True until the first connection attempt has ended: orders arriving right after the gateway
     /// starts wait for it (bounded by the connect timeout) instead of a burst of 503s.
@@ -273,7 +274,10 @@ async fn supervise(inner: Arc<Inner>, amqp_url: AmqpUrl, mut stop: watch::Receiv
             return;
         }
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&amqp_url, &inner.queue)).await;
-        inner.starting.store(false, Ordering::Release);
+        if inner.starting.swap(false, Ordering::AcqRel) && !matches!(attempt, Ok(Ok(_))) {
+            // The first attempt failed: orders waiting for it get their 503 now.
+            inner.connected.notify_waiters();
+        }
         match attempt {
             Ok(Ok((connection, channel))) => {
                 tracing::info!(broker = %amqp_url, queue = %inner.queue, "connected to the message broker");

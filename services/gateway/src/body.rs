@@ -19,6 +19,8 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Resu
     axum::body::to_bytes(body, limit).await.map_err(|err| {
         if is_length_limit(&err) {
             Error::PayloadTooLarge { limit }
+        } else if http_serve::is_body_timeout(&err) {
+            Error::RequestTimeout
         } else {
             Error::BadRequestBody(err)
         }

@@ -59,6 +59,10 @@ pub struct Config {
     /// How long a billing order may wait for the broker's publisher confirm, in milliseconds.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,
+
+    /// How long clients may take, and how many connections may be open.
+    #[command(flatten)]
+    pub server: http_serve::ServerArgs,
 }
 
 impl Config {

@@ -19,6 +19,9 @@ pub enum Error {
         crate::billing::MAX_IDEMPOTENCY_KEY_CHARS
     )]
     InvalidIdempotencyKey,
+    /// 408: the request body stopped arriving (the server's body read timeout).
+    #[error("the request body stopped arriving before it was complete")]
+    RequestTimeout,
     /// 404: no route matches the path.
     #[error("no route for {0}")]
     NotFound(String),
@@ -68,6 +71,7 @@ impl Error {
                 StatusCode::BAD_REQUEST
             }
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -85,6 +89,7 @@ impl Error {
             Self::BadRequestBody(_) => "bad_request",
             Self::InvalidIdempotencyKey => "invalid_idempotency_key",
             Self::NotFound(_) => "not_found",
+            Self::RequestTimeout => "request_timeout",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",

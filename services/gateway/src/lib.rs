@@ -12,17 +12,14 @@ pub mod health;
 pub mod proxy;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, Uri};
 use axum::Router;
-use axum::ServiceExt;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_http::normalize_path::NormalizePath;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -30,6 +27,7 @@ use tracing::Level;
 pub use billing::{Publisher, PublisherTask};
 pub use config::Config;
 pub use error::Error;
+pub use http_serve::ServerArgs;
 pub use proxy::InventoryProxy;
 
 /// What every handler shares. Cheap to clone.
@@ -124,16 +122,11 @@ pub async fn run(
         queue = %config.billing_queue,
         "gateway listening"
     );
-    // A trailing slash means the same as none, for every route (the audit posts to
-    // `/api/movies/`): trimmed before routing, so inventory gets the canonical path too.
-    let app = NormalizePath::trim_trailing_slash(router(state));
-    let served = axum::serve(
-        listener,
-        ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .context("the HTTP server failed");
+    // Header and body read timeouts, a connection bound, and a trailing slash trimmed before
+    // routing (the audit posts to `/api/movies/`), so inventory gets the canonical path too.
+    let served = http_serve::serve(listener, router(state), config.server.limits(), shutdown)
+        .await
+        .context("the HTTP server failed");
     publisher_task.stop().await;
     served
 }

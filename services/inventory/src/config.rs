@@ -28,6 +28,10 @@ pub struct Config {
     /// Address and port the HTTP API listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen_addr: SocketAddr,
+
+    /// How long clients may take, and how many connections may be open.
+    #[command(flatten)]
+    pub server: http_serve::ServerArgs,
 }
 
 /// A parsed PostgreSQL URL whose `Debug` output leaves the password out, so that logging the

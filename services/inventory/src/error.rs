@@ -44,6 +44,10 @@ pub enum Error {
     #[error("{0}")]
     Validation(String),
 
+    /// 408 `request_timeout`: the request body stopped arriving (the server's body read timeout).
+    #[error("the request body stopped arriving before it was complete")]
+    RequestTimeout,
+
     /// 503 `timeout`: the service did not answer within its request timeout.
     #[error("the request took too long to process")]
     Timeout,
@@ -72,6 +76,7 @@ impl Error {
             Self::InvalidJson(_) | Self::InvalidPath(_) | Self::InvalidQuery(_) => {
                 StatusCode::BAD_REQUEST
             }
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -95,6 +100,7 @@ impl Error {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Validation(_) => "validation_failed",
             Self::Timeout => "timeout",
+            Self::RequestTimeout => "request_timeout",
             Self::NotReady(_) => "not_ready",
             Self::Database(err) if is_unreachable(err) => "database_unavailable",
             Self::Database(_) | Self::Internal(_) => "internal_error",
@@ -155,6 +161,10 @@ impl From<JsonRejection> for Error {
                 Self::PayloadTooLarge {
                     limit: crate::MAX_BODY_BYTES,
                 }
+            }
+            // The client stopped sending its body (http_serve's body read timeout).
+            JsonRejection::BytesRejection(err) if http_serve::is_body_timeout(&err) => {
+                Self::RequestTimeout
             }
             // The client hung up or sent a broken body: still its fault, never a 5xx.
             JsonRejection::BytesRejection(err) => {

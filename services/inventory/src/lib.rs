@@ -16,19 +16,18 @@ use anyhow::Context;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::HeaderName;
-use axum::routing::IntoMakeService;
-use axum::{BoxError, Router, ServiceExt};
+use axum::{BoxError, Router};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_http::normalize_path::NormalizePath;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 pub use config::{Config, DatabaseUrl};
 pub use error::Error;
+pub use http_serve::ServerArgs;
 
 /// The schema of the movies database, embedded in the binary and applied at start-up.
 pub static MIGRATOR: Migrator = sqlx::migrate!();
@@ -76,12 +75,6 @@ pub fn router(state: AppState) -> Router {
                 .timeout(REQUEST_TIMEOUT),
         )
         .with_state(state)
-}
-
-/// The router behind the server: a trailing slash means the same as none (`/api/movies/` is
-/// `/api/movies`), for every route, as the original API's clients send both.
-pub fn app(state: AppState) -> IntoMakeService<NormalizePath<Router>> {
-    ServiceExt::<Request>::into_make_service(NormalizePath::trim_trailing_slash(router(state)))
 }
 
 /// One span per request, named by the matched route so that logs group by endpoint.
@@ -162,10 +155,17 @@ pub async fn run(
         .local_addr()
         .context("cannot read the listener's address")?;
     tracing::info!(%address, "inventory listening");
-    axum::serve(listener, app(AppState { db: db.clone() }))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("the HTTP server failed")?;
+    // Header and body read timeouts, a connection bound, and a trailing slash that means the
+    // same as none.
+    let limits = config.server.limits();
+    http_serve::serve(
+        listener,
+        router(AppState { db: db.clone() }),
+        limits,
+        shutdown,
+    )
+    .await
+    .context("the HTTP server failed")?;
     db.close().await;
     tracing::info!("inventory stopped");
     Ok(())

@@ -43,6 +43,7 @@ pub fn config(inventory: &[String], amqp: &str, queue: &str) -> Config {
         upstream_timeout_ms: 3_000,
         upstream_cooldown_ms: 2_000,
         publish_timeout_ms: 5_000,
+        server: gateway::ServerArgs::default(),
     }
 }
 

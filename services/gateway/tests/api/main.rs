@@ -10,3 +10,4 @@ mod helpers;
 mod openapi;
 mod proxy;
 mod routing;
+mod slow_clients;

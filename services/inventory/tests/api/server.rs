@@ -22,6 +22,7 @@ async fn spawn_server(db: &PgPool) -> Server {
     let config = Config {
         database_url: DatabaseUrl::from((*db.connect_options()).clone()),
         listen_addr: "127.0.0.1:0".parse().expect("valid address"),
+        server: inventory::ServerArgs::default(),
     };
     let listener = TcpListener::bind(config.listen_addr)
         .await
@@ -200,4 +201,71 @@ async fn a_trailing_slash_means_the_same_as_none(db: PgPool) {
         .expect("health answers");
     assert_eq!(health.status(), reqwest::StatusCode::OK);
     stop(server).await;
+}
+
+#[sqlx::test(migrator = "inventory::MIGRATOR")]
+async fn a_body_that_stops_is_408_and_unfinished_headers_are_closed(db: PgPool) {
+    let config = Config {
+        database_url: DatabaseUrl::from((*db.connect_options()).clone()),
+        listen_addr: "127.0.0.1:0".parse().expect("valid address"),
+        server: inventory::ServerArgs {
+            header_read_timeout_ms: 1_000,
+            body_read_timeout_ms: 1_000,
+            ..inventory::ServerArgs::default()
+        },
+    };
+    let listener = TcpListener::bind(config.listen_addr).await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(inventory::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    // Wait until it serves.
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client
+            .get(format!("http://{address}/health"))
+            .send()
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut stalled = TcpStream::connect(address).await.expect("connect");
+    stalled
+        .write_all(
+            b"POST /api/movies HTTP/1.1\r\nHost: inventory\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"title\": ",
+        )
+        .await
+        .expect("write");
+    let mut unfinished = TcpStream::connect(address).await.expect("connect");
+    unfinished
+        .write_all(b"GET /health HTTP/1.1\r\nHost: inventory\r\n")
+        .await
+        .expect("write");
+
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut answer))
+        .await
+        .expect("answered within 5 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"request_timeout""#), "{answer}");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), unfinished.read_to_end(&mut rest))
+        .await
+        .expect("the connection with unfinished headers is closed within 5 s")
+        .expect("read");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops")
+        .expect("no panic")
+        .expect("Ok");
 }

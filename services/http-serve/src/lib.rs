@@ -1,0 +1,172 @@
+//! The HTTP server loop of the gateway and inventory, in place of `axum::serve`, which has no
+//! settings: a client cannot hold a connection forever.
+//! - Headers must arrive whole within [`Limits::header_read_timeout`]; otherwise the connection is
+//!   closed (hyper's `header_read_timeout`).
+//! - Between two pieces of a request body at most [`Limits::body_read_timeout`] may pass; the
+//!   handler reading it then gets an error that [`is_body_timeout`] recognises, and answers 408.
+//! - At most [`Limits::max_connections`] connections are open at once; further ones wait in the
+//!   kernel's accept queue until one closes.
+//!
+//! On shutdown the listener closes, idle connections close, and requests in flight finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+
+/// How long a client may take; each has a default fit for a public entry point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time for the request line and headers to arrive whole.
+    pub header_read_timeout: Duration,
+    /// Longest pause while a request body is being received.
+    pub body_read_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// The limits as settings of a service's command line and environment (`#[command(flatten)]`).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ServerArgs {
+    /// Time a client has to send the request line and headers, in milliseconds; then the
+    /// connection is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+
+    /// Longest pause while a request body arrives, in milliseconds; then the answer is a JSON 408.
+    #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout_ms: u64,
+
+    /// Connections open at once; more wait to be accepted until one closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+}
+
+impl Default for ServerArgs {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            header_read_timeout_ms: limits.header_read_timeout.as_millis() as u64,
+            body_read_timeout_ms: limits.body_read_timeout.as_millis() as u64,
+            max_connections: limits.max_connections as u64,
+        }
+    }
+}
+
+impl ServerArgs {
+    /// The limits these settings give.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then waits for the requests in
+/// flight. Each request carries `ConnectInfo<SocketAddr>` of its client, as with
+/// `into_make_service_with_connect_info`. A trailing slash means the same as none: it is trimmed
+/// before routing (the original API's clients send both `/api/movies` and `/api/movies/`).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = tower_http::normalize_path::NormalizePath::trim_trailing_slash(
+        router.layer(RequestBodyTimeoutLayer::new(limits.body_read_timeout)),
+    );
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, remote) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %err, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = app.clone().map_request(move |request: Request<Incoming>| {
+            let mut request = request.map(axum::body::Body::new);
+            request.extensions_mut().insert(ConnectInfo(remote));
+            request
+        });
+        let service = TowerToHyperService::new(service);
+        let builder = builder.clone();
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%remote, error = %err, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Whether a body error is the body read timeout of [`serve`] (a client that stopped sending).
+pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(current) = source {
+        if current.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+/// The client address of a request served by [`serve`].
+pub fn client_address(request: &Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| *address)
+}
