@@ -27,11 +27,13 @@ sandbox_mirror_ip() {
     echo "$ip"
 }
 
-# sandbox_net_up NETNS BRIDGE ADDRESS/24 MIRROR_IP STATE_DIR: the namespace, its bridge holding
-# ADDRESS (the machines' gateway), the egress firewall and slirp4netns.
+# sandbox_net_up NETNS BRIDGE ADDRESS/24 MIRROR_IP STATE_DIR [EXTRA_IP...]: the namespace, its
+# bridge holding ADDRESS (the machines' gateway), the egress firewall and slirp4netns. EXTRA_IPs
+# are let through on HTTPS too (a package registry the caller pins in /etc/hosts).
 sandbox_net_up() {
     local netns=$1 bridge=$2 address=$3 mirror=$4 state=$5
-    local subnet=${address%.*}.0/24
+    shift 5
+    local subnet=${address%.*}.0/24 extra
     ip netns add "$netns"
     ip -n "$netns" link set lo up
     ip -n "$netns" link add "$bridge" type bridge
@@ -46,6 +48,10 @@ sandbox_net_up() {
     "${ipt[@]}" -A FORWARD -i tap0 -o "$bridge" -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
     "${ipt[@]}" -A FORWARD -i "$bridge" -o tap0 -d "$mirror" -p tcp -m multiport --dports 80,443 -j ACCEPT
     "${ipt[@]}" -A OUTPUT -o tap0 -d "$mirror" -p tcp -m multiport --dports 80,443 -j ACCEPT
+    for extra in "$@"; do
+        "${ipt[@]}" -A FORWARD -i "$bridge" -o tap0 -d "$extra" -p tcp --dport 443 -j ACCEPT
+        "${ipt[@]}" -A OUTPUT -o tap0 -d "$extra" -p tcp --dport 443 -j ACCEPT
+    done
     "${ipt[@]}" -A OUTPUT -o tap0 -j DROP
 
     # No access to the host's loopback, no DNS.
@@ -65,6 +71,14 @@ sandbox_net_down() {
     if sandbox_pid_alive "$state/slirp.pid"; then kill -TERM "$(<"$state/slirp.pid")" 2>/dev/null || true; fi
     rm -f "$state/slirp.pid"
     ip netns del "$netns" 2>/dev/null || true
+}
+
+# sandbox_resolve HOST: one IPv4 address of HOST, resolved on this host (the sandbox has no DNS).
+sandbox_resolve() {
+    local ip
+    ip=$(getent ahostsv4 "$1" | awk 'NR == 1 { print $1 }' || true)
+    [[ -n $ip ]] || die "cannot resolve $1 on this host"
+    echo "$ip"
 }
 
 sandbox_net_exists() {
