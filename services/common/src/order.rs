@@ -191,12 +191,26 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// A JSON string or number as text; anything else is refused.
+/// A JSON string (trimmed of ASCII spaces, tabs, line breaks, vertical tab and form feed: the
+/// class `openapi.yaml`'s patterns name) or a JSON number, as text; anything else is refused.
 fn scalar_text(value: &Value) -> Option<String> {
     match value {
-        Value::String(s) => Some(s.trim().to_owned()),
+        Value::String(s) => Some(
+            s.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\u{b}' | '\u{c}'))
+                .to_owned(),
+        ),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// Digits, optionally a point and more digits: a decimal written out, as a string amount must be
+/// (no sign, no exponent; a JSON number may use an exponent).
+fn is_plain_decimal(text: &str) -> bool {
+    let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    match text.split_once('.') {
+        Some((whole, fraction)) => all_digits(whole) && all_digits(fraction),
+        None => all_digits(text),
     }
 }
 
@@ -268,8 +282,14 @@ fn parse_total_amount(value: &Value) -> Result<Decimal, OrderError> {
         reason: "must be a non-negative decimal number",
     };
     let text = scalar_text(value).ok_or(invalid.clone())?;
+    if value.is_string() && !is_plain_decimal(&text) {
+        return Err(OrderError::Invalid {
+            field: FIELD,
+            reason: "must be a decimal number written with digits and at most one point",
+        });
+    }
     // JSON numbers reach us as their shortest round-trip text ("99.97"), so no float rounding
-    // creeps in; exponents ("1e3") are accepted through the scientific parser.
+    // creeps in; their exponents ("1e3") are read by the scientific parser.
     let amount = Decimal::from_str_exact(&text)
         .or_else(|_| Decimal::from_scientific(&text))
         .map_err(|_| invalid.clone())?
@@ -340,8 +360,20 @@ mod tests {
             order(r#"{"user_id": "u", "number_of_items": 1, "total_amount": 0.1}"#).expect("ok");
         assert_eq!(o.total_amount.to_string(), "0.1");
         let o =
-            order(r#"{"user_id": "u", "number_of_items": 1, "total_amount": "1e2"}"#).expect("ok");
+            order(r#"{"user_id": "u", "number_of_items": 1, "total_amount": 1e2}"#).expect("ok");
         assert_eq!(o.total_amount, Decimal::from(100));
+        let o = order(r#"{"user_id": "u", "number_of_items": 1, "total_amount": " 0012.50\n"}"#)
+            .expect("ok");
+        assert_eq!(o.total_amount.to_string(), "12.5");
+        for text in ["1e2", ".5", "5.", "+5", "1,5", "", "\\u00a05"] {
+            let json =
+                format!(r#"{{"user_id": "u", "number_of_items": 1, "total_amount": "{text}"}}"#);
+            assert_eq!(
+                order(&json).expect_err(&json).field(),
+                Some("total_amount"),
+                "{json}"
+            );
+        }
     }
 
     #[test]

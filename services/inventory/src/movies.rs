@@ -146,16 +146,24 @@ impl MovieFields {
     }
 }
 
-/// Trims the title and checks it is non-empty and at most [`MAX_TITLE_CHARS`] characters.
+/// The characters a title is trimmed of: ASCII spaces, tabs, line breaks, vertical tab and form
+/// feed, exactly the class `openapi.yaml`'s title pattern names (Unicode spaces are kept, so the
+/// schema and the code agree on every input).
+fn is_title_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\u{b}' | '\u{c}')
+}
+
+/// Checks the title as sent is at most [`MAX_TITLE_CHARS`] characters, has something besides
+/// spaces and no NUL, and returns it trimmed.
 fn validate_title(title: &str) -> Result<String> {
-    let title = title.trim();
-    if title.is_empty() {
-        return Err(Error::Validation("title must not be empty".to_owned()));
-    }
     if title.chars().count() > MAX_TITLE_CHARS {
         return Err(Error::Validation(format!(
             "title must be at most {MAX_TITLE_CHARS} characters"
         )));
+    }
+    let title = title.trim_matches(is_title_space);
+    if title.is_empty() {
+        return Err(Error::Validation("title must not be empty".to_owned()));
     }
     reject_nul("title", title)?;
     Ok(title.to_owned())
