@@ -154,7 +154,7 @@ pub async fn wait_ready(client: &reqwest::Client, url: &str) -> Result<()> {
 }
 
 /// Databases and a queue private to one run, removed at the end whatever happened.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Scratch {
     prefix: &'static str,
     suffix: String,
@@ -220,6 +220,31 @@ impl Scratch {
         let _ = connection.close(200, "bye").await;
         Ok(())
     }
+}
+
+/// Runs `test` against the three services started on a fresh [`Scratch`] (named `prefix`), with a
+/// client whose requests time out after `request_timeout`; the scratch databases and queue are
+/// dropped afterwards, whatever the outcome.
+pub async fn with_platform<F, Fut>(
+    prefix: &'static str,
+    request_timeout: Duration,
+    test: F,
+) -> Result<()>
+where
+    F: FnOnce(Scratch, Platform, reqwest::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let scratch = Scratch::create(prefix).await?;
+    let outcome = async {
+        let client = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .build()?;
+        let platform = Platform::start(&scratch, &client).await?;
+        test(scratch.clone(), platform, client).await
+    }
+    .await;
+    scratch.drop_all().await?;
+    outcome
 }
 
 /// The three services on free loopback ports, against a [`Scratch`]'s databases and queue.

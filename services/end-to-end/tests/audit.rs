@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use end_to_end::{database_url, Platform, Scratch};
+use end_to_end::{database_url, with_platform, Platform, Scratch};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -61,17 +61,14 @@ async fn post_order(client: &reqwest::Client, gateway: &str, body: Value) -> Res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_of_the_original_design_through_the_gateway() -> Result<()> {
-    let scratch = Scratch::create("e2e").await?;
-    let outcome = run_audit(&scratch).await;
-    scratch.drop_all().await?;
-    outcome
+    with_platform("e2e", Duration::from_secs(10), run_audit).await
 }
 
-async fn run_audit(scratch: &Scratch) -> Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let mut platform = Platform::start(scratch, &client).await?;
+async fn run_audit(
+    scratch: Scratch,
+    mut platform: Platform,
+    client: reqwest::Client,
+) -> Result<()> {
     let gateway = platform.gateway_url.clone();
     let billing_db = database_url(&scratch.billing_db());
 

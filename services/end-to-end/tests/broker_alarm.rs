@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use end_to_end::{database_url, Platform, Scratch};
+use end_to_end::{database_url, with_platform, Platform, Scratch};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -110,17 +110,10 @@ async fn rows(db: &mut PgConnection, user: &str) -> Result<(i64, i64)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retry_with_the_same_key_after_a_broker_alarm_is_stored_once() -> Result<()> {
-    let scratch = Scratch::create("alarm").await?;
-    let outcome = drill(&scratch).await;
-    scratch.drop_all().await?;
-    outcome
+    with_platform("alarm", Duration::from_secs(20), drill).await
 }
 
-async fn drill(scratch: &Scratch) -> Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()?;
-    let platform = Platform::start(scratch, &client).await?;
+async fn drill(scratch: Scratch, platform: Platform, client: reqwest::Client) -> Result<()> {
     let gateway = platform.gateway_url.clone();
     let user = format!("usr_alarm_{}", scratch.suffix());
     let key = format!("order-{}", scratch.suffix());

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use end_to_end::{database_url, Platform, Scratch};
+use end_to_end::{database_url, with_platform, Platform, Scratch};
 use sqlx::{Connection, PgConnection};
 
 fn collection() -> PathBuf {
@@ -60,17 +60,10 @@ async fn rows(db: &mut PgConnection, user_id: &str) -> Result<i64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_postman_collection_passes_against_the_platform() -> Result<()> {
-    let scratch = Scratch::create("postman").await?;
-    let outcome = run(&scratch).await;
-    scratch.drop_all().await?;
-    outcome
+    with_platform("postman", Duration::from_secs(10), run).await
 }
 
-async fn run(scratch: &Scratch) -> Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let mut platform = Platform::start(scratch, &client).await?;
+async fn run(scratch: Scratch, mut platform: Platform, _client: reqwest::Client) -> Result<()> {
     let gateway = platform.gateway_url.clone();
     let tag = format!("newman-{}", scratch.suffix());
 

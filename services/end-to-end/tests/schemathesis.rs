@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use end_to_end::{Platform, Scratch};
+use end_to_end::{with_platform, Platform, Scratch};
 
 /// Examples per operation and phase; with 9 operations, about a thousand requests.
 const MAX_EXAMPLES: &str = "100";
@@ -19,17 +19,10 @@ const SEED: &str = "20261202";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_nothing_against_openapi_yaml() -> Result<()> {
-    let scratch = Scratch::create("schemathesis").await?;
-    let outcome = run(&scratch).await;
-    scratch.drop_all().await?;
-    outcome
+    with_platform("schemathesis", Duration::from_secs(10), run).await
 }
 
-async fn run(scratch: &Scratch) -> Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let platform = Platform::start(scratch, &client).await?;
+async fn run(_scratch: Scratch, platform: Platform, _client: reqwest::Client) -> Result<()> {
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../openapi.yaml");
     let started = Instant::now();
     let output = Command::new("schemathesis")

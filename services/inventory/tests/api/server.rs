@@ -19,10 +19,15 @@ struct Server {
 }
 
 async fn spawn_server(db: &PgPool) -> Server {
+    spawn_server_with(db, inventory::ServerArgs::default()).await
+}
+
+/// The server with the given client limits.
+async fn spawn_server_with(db: &PgPool, server: inventory::ServerArgs) -> Server {
     let config = Config {
         database_url: DatabaseUrl::from((*db.connect_options()).clone()),
         listen_addr: "127.0.0.1:0".parse().expect("valid address"),
-        server: inventory::ServerArgs::default(),
+        server,
     };
     let listener = TcpListener::bind(config.listen_addr)
         .await
@@ -205,35 +210,16 @@ async fn a_trailing_slash_means_the_same_as_none(db: PgPool) {
 
 #[sqlx::test(migrator = "inventory::MIGRATOR")]
 async fn a_body_that_stops_is_408_and_unfinished_headers_are_closed(db: PgPool) {
-    let config = Config {
-        database_url: DatabaseUrl::from((*db.connect_options()).clone()),
-        listen_addr: "127.0.0.1:0".parse().expect("valid address"),
-        server: inventory::ServerArgs {
+    let server = spawn_server_with(
+        &db,
+        inventory::ServerArgs {
             header_read_timeout_ms: 1_000,
             body_read_timeout_ms: 1_000,
             ..inventory::ServerArgs::default()
         },
-    };
-    let listener = TcpListener::bind(config.listen_addr).await.expect("bind");
-    let address = listener.local_addr().expect("address");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(inventory::run(config, listener, async {
-        let _ = stopped.await;
-    }));
-    // Wait until it serves.
-    let client = reqwest::Client::new();
-    for _ in 0..100 {
-        if client
-            .get(format!("http://{address}/health"))
-            .send()
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
+    )
+    .await;
+    let address = server.address;
     let mut stalled = TcpStream::connect(address).await.expect("connect");
     stalled
         .write_all(
@@ -262,10 +248,5 @@ async fn a_body_that_stops_is_408_and_unfinished_headers_are_closed(db: PgPool) 
         .expect("the connection with unfinished headers is closed within 5 s")
         .expect("read");
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("stops")
-        .expect("no panic")
-        .expect("Ok");
+    stop(server).await;
 }
