@@ -10,17 +10,17 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::apply::{self, progress, HostReport};
-use crate::binaries::BinarySet;
+use crate::converge::apply::{self, progress, HostReport};
+use crate::render::binaries::BinarySet;
 use crate::desired::DesiredHost;
-use crate::env_file::EnvFile;
-use crate::facts;
-use crate::inventory::Inventory;
-use crate::plan;
+use crate::render::env_file::EnvFile;
+use crate::converge::facts;
+use crate::render::inventory::Inventory;
+use crate::converge::plan;
 use crate::render;
-use crate::ssh::{HostKeyStatus, SshTransport};
-use crate::status::{self, HostStatus};
-use crate::transport::{shell_quote, Transport};
+use crate::converge::ssh::{HostKeyStatus, SshTransport};
+use crate::converge::status::{self, HostStatus};
+use crate::converge::transport::{shell_quote, Transport};
 
 /// Infrastructure as code for the platform: plan and apply over SSH to machines with systemd.
 #[derive(Debug, Parser)]

@@ -1,18 +1,12 @@
-//! `provision`: infrastructure as code for the platform. The inventory and `.env` are rendered
-//! into a desired state per host (no network), which plan compares with facts gathered over SSH
-//! and apply converges to.
+//! `provision`: infrastructure as code for the platform. The platform description, the inventory
+//! and `.env` are rendered into a desired state per host (no network), which plan compares with
+//! facts gathered over SSH and apply converges to.
+//!
+//! Two halves and their contract: [`render`] builds [`desired::DesiredHost`]s without any network;
+//! [`converge`] reads hosts over SSH and brings them to that state without knowing about TOML or
+//! templates.
 
-pub mod binaries;
 pub mod desired;
-pub mod env_file;
-pub mod inventory;
 pub mod render;
-
-pub mod apply;
+pub mod converge;
 pub mod cli;
-pub mod facts;
-pub mod plan;
-pub mod scram;
-pub mod ssh;
-pub mod status;
-pub mod transport;

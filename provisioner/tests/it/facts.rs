@@ -10,9 +10,9 @@ use provisioner::desired::{
     Connection, DesiredHost, PostgresDatabase, PostgresRole, PostgresState, RabbitMqState, Role,
     Secret,
 };
-use provisioner::facts;
-use provisioner::plan::{plan, ChangeKind};
-use provisioner::transport::{ExecOutput, Transport, TransportError};
+use provisioner::converge::facts;
+use provisioner::converge::plan::{plan, ChangeKind};
+use provisioner::converge::transport::{ExecOutput, Transport, TransportError};
 
 /// This machine as a host: commands run through `sh -c` as the test's user (root).
 #[derive(Debug)]
@@ -190,7 +190,7 @@ fn rabbitmq_users_tags_permissions_and_password_are_read() {
 #[test]
 fn a_failing_psql_is_an_error_not_an_empty_set_of_roles() {
     let host = desired("inventory_user", "pw");
-    let fake = provisioner::transport::fake::FakeTransport::new("localhost");
+    let fake = provisioner::converge::transport::fake::FakeTransport::new("localhost");
     fake.answer(
         "sh -s",
         0,
@@ -240,7 +240,7 @@ fn the_script_reports_psql_errors_in_one_line() {
 #[test]
 fn a_failing_rabbitmqctl_is_an_error_not_an_empty_broker() {
     let host = desired("postgres", "unused");
-    let fake = provisioner::transport::fake::FakeTransport::new("billing-vm");
+    let fake = provisioner::converge::transport::fake::FakeTransport::new("billing-vm");
     fake.answer(
         "sh -s",
         0,
@@ -270,7 +270,7 @@ fn the_script_reports_rabbitmqctl_errors_in_one_line() {
     assert_eq!(errors.len(), 1, "{output}");
     assert!(errors[0].contains("list_vhostz"), "{}", errors[0]);
     // gather parses that very output into the error.
-    let fake = provisioner::transport::fake::FakeTransport::new("localhost");
+    let fake = provisioner::converge::transport::fake::FakeTransport::new("localhost");
     fake.answer("sh -s", 0, &output);
     let error = facts::gather(&fake, &host).expect_err("rabbitmqctl failed");
     assert!(

@@ -9,17 +9,17 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use provisioner::apply::{apply_all, HostReport};
-use provisioner::binaries;
+use provisioner::converge::apply::{apply_all, HostReport};
+use provisioner::render::binaries;
 use provisioner::desired::{
     Connection, DesiredBinary, DesiredFile, DesiredHost, FileContent, Handler, PostgresDatabase,
     PostgresRole, PostgresState, RabbitMqState, Role, Secret, ServiceSpec,
 };
-use provisioner::facts::{self, FileFact, HostFacts, PostgresFacts, RabbitMqFacts, UnitFact};
-use provisioner::plan::{plan, Action, ChangeKind, Phase};
-use provisioner::scram;
-use provisioner::transport::fake::FakeTransport;
-use provisioner::transport::Transport;
+use provisioner::converge::facts::{self, FileFact, HostFacts, PostgresFacts, RabbitMqFacts, UnitFact};
+use provisioner::converge::plan::{plan, Action, ChangeKind, Phase};
+use provisioner::converge::scram;
+use provisioner::converge::transport::fake::FakeTransport;
+use provisioner::converge::transport::Transport;
 
 const DB_PASSWORD: &str = "s3cret-db";
 const MQ_PASSWORD: &str = "s3cret-mq";
@@ -295,7 +295,7 @@ fn changed_file(facts: &mut HostFacts, path: &str, old_content: &str) {
     }
 }
 
-fn targets(plan: &provisioner::plan::HostPlan) -> Vec<(ChangeKind, String)> {
+fn targets(plan: &provisioner::converge::plan::HostPlan) -> Vec<(ChangeKind, String)> {
     plan.changes
         .iter()
         .map(|change| (change.kind, change.target.clone()))

@@ -5,10 +5,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use provisioner::binaries::{self, Arch, BinarySet, MAX_GLIBC, SERVICES};
+use provisioner::render::binaries::{self, Arch, BinarySet, MAX_GLIBC, SERVICES};
 use provisioner::desired::{DesiredFile, DesiredHost, FileContent, Handler, Role};
-use provisioner::env_file::EnvFile;
-use provisioner::inventory::Inventory;
+use provisioner::render::env_file::EnvFile;
+use provisioner::render::inventory::Inventory;
 use provisioner::render::{desired_hosts, render_to_dir, RenderError};
 
 const PASSWORDS: [&str; 3] = [

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use provisioner::desired::Connection;
-use provisioner::ssh::{HostKeyStatus, SshTransport};
-use provisioner::transport::{Transport, TransportError};
+use provisioner::converge::ssh::{HostKeyStatus, SshTransport};
+use provisioner::converge::transport::{Transport, TransportError};
 
 /// An sshd for one test; killed when dropped.
 struct Sshd {

@@ -5,10 +5,10 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 
 use provisioner::desired::ServiceSpec;
-use provisioner::status::{self, QueueStatus, ServiceStatus};
-use provisioner::transport::fake::FakeTransport;
+use provisioner::converge::status::{self, QueueStatus, ServiceStatus};
+use provisioner::converge::transport::fake::FakeTransport;
 
-use crate::facts::{desired, LocalShell};
+use crate::converge::facts::{desired, LocalShell};
 
 const QUEUE: &str = "billing_queue";
 

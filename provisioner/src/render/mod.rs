@@ -18,6 +18,10 @@
 //!
 //! The parent folders (`/etc/<svc>`) are not listed: apply creates a missing parent (0755 root).
 
+pub mod binaries;
+pub mod env_file;
+pub mod inventory;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -26,13 +30,13 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tera::{Context, Tera};
 
-use crate::binaries::BinarySet;
+use crate::render::binaries::BinarySet;
 use crate::desired::{
     DesiredBinary, DesiredFile, DesiredHost, FileContent, Handler, PostgresDatabase, PostgresRole,
     PostgresState, RabbitMqState, Role, Secret, ServiceSpec, PG_VERSION_PLACEHOLDER,
 };
-use crate::env_file::{DatabaseCredentials, EnvFile};
-use crate::inventory::{is_ip_address, Host, Inventory};
+use crate::render::env_file::{DatabaseCredentials, EnvFile};
+use crate::render::inventory::{is_ip_address, Host, Inventory};
 
 /// The services of the platform, in the order they start on a host: the gateway needs the
 /// inventory API, billing nothing of the others.

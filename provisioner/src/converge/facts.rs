@@ -8,10 +8,10 @@ use std::path::Path;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use crate::binaries::Arch;
+use crate::render::binaries::Arch;
 use crate::desired::{DesiredHost, FileContent, PG_VERSION_PLACEHOLDER};
-use crate::scram;
-use crate::transport::{shell_quote, Transport, TransportError};
+use crate::converge::scram;
+use crate::converge::transport::{shell_quote, Transport, TransportError};
 
 /// A regular file present on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ssh2::{CheckResult, KnownHostFileKind, Session};
 
 use crate::desired::Connection;
-use crate::transport::{shell_quote, ExecOutput, Transport, TransportError};
+use crate::converge::transport::{shell_quote, ExecOutput, Transport, TransportError};
 
 /// Hosts connect in parallel but share one known_hosts file: its read-check-append is serialised.
 static KNOWN_HOSTS_LOCK: Mutex<()> = Mutex::new(());

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::desired::DesiredHost;
-use crate::transport::{shell_quote, Transport, TransportError};
+use crate::converge::transport::{shell_quote, Transport, TransportError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceStatus {

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::desired::{DesiredHost, Handler};
-use crate::facts::{self, FactsError, HostFacts};
-use crate::plan::{self, Action, Change, ChangeKind, HostPlan, Phase};
-use crate::scram;
-use crate::transport::{replace_file_script, shell_quote, Transport, TransportError};
+use crate::converge::facts::{self, FactsError, HostFacts};
+use crate::converge::plan::{self, Action, Change, ChangeKind, HostPlan, Phase};
+use crate::converge::scram;
+use crate::converge::transport::{replace_file_script, shell_quote, Transport, TransportError};
 
 /// How long a restarted service gets to answer its health URL.
 const HEALTH_WAIT_SECS: u32 = 30;
@@ -645,8 +645,8 @@ pub fn apply_all(hosts: &[(&DesiredHost, Result<&dyn Transport, String>)]) -> Ve
 mod tests {
     use super::*;
     use crate::desired::Connection;
-    use crate::facts::HostFacts;
-    use crate::transport::fake::FakeTransport;
+    use crate::converge::facts::HostFacts;
+    use crate::converge::transport::fake::FakeTransport;
 
     /// A host with neither PostgreSQL nor RabbitMQ (a gateway host).
     fn without_backing_services() -> DesiredHost {

@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::binaries::Arch;
+use crate::render::binaries::Arch;
 use crate::desired::{Connection, Role};
-use crate::env_file::{is_secret_name, EnvFile};
+use crate::render::env_file::{is_secret_name, EnvFile};
 
 /// What went wrong, located precisely enough that the user can fix it without guessing.
 #[derive(Debug, thiserror::Error)]
