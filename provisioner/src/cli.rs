@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -11,16 +12,18 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::converge::apply::{self, progress, HostReport};
-use crate::render::binaries::BinarySet;
-use crate::desired::DesiredHost;
-use crate::render::env_file::EnvFile;
 use crate::converge::facts;
-use crate::render::inventory::Inventory;
+use crate::converge::parallel::{self, DEFAULT_FORKS};
 use crate::converge::plan;
-use crate::render;
 use crate::converge::ssh::{HostKeyStatus, SshTransport};
 use crate::converge::status::{self, HostStatus};
 use crate::converge::transport::{shell_quote, Transport};
+use crate::desired::DesiredHost;
+use crate::render;
+use crate::render::binaries::{self, BinarySet, Profile};
+use crate::render::env_file::EnvFile;
+use crate::render::inventory::Inventory;
+use crate::render::platform::Platform;
 
 /// Infrastructure as code for the platform: plan and apply over SSH to machines with systemd.
 #[derive(Debug, Parser)]
@@ -35,16 +38,23 @@ pub struct Args {
     /// Tera templates of units and configuration files.
     #[arg(long, global = true, default_value = "templates")]
     pub templates: PathBuf,
-    /// Take the gateway, inventory and billing binaries from this folder instead of building the
-    /// workspace with `cargo build --release`.
+    /// The platform description: its services and what each needs.
+    #[arg(long, global = true, default_value = "platform.toml")]
+    pub platform: PathBuf,
+    /// Take the services' binaries from this folder instead of building the workspace (`build`).
     #[arg(long, global = true)]
     pub binaries: Option<PathBuf>,
     /// Only these hosts (inventory names); repeatable.
     #[arg(long = "limit", global = true, value_name = "HOST")]
     pub limit: Vec<String>,
     /// Print one JSON document on stdout (plan, apply, status); progress stays on stderr.
+    /// `docs/provision-json.md` describes it.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How many hosts are worked on at once (SSH sessions open together), like Ansible's forks.
+    /// `logs --follow` follows every selected host at once whatever this says.
+    #[arg(long, global = true, default_value_t = NonZeroUsize::new(DEFAULT_FORKS).expect("non-zero"))]
+    pub forks: NonZeroUsize,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,9 +65,17 @@ pub enum Command {
     Plan,
     /// Converge every host; exit 0 when all converged, 1 otherwise.
     Apply,
-    /// Per host and service: active, healthy, deployed version; billing queue depth and consumers.
-    /// Exit 0 when every service is active and healthy, 1 otherwise.
+    /// Per host and service: active, healthy, ready, deployed version; billing queue depth and
+    /// consumers. Exit 0 when every service is active and healthy, 1 otherwise (a service that
+    /// is up but not ready is shown, not failed: its dependencies may be restarting).
     Status,
+    /// Build the binaries of the platform's services with the one command plan and apply use, and
+    /// print the folder holding them on stdout.
+    Build {
+        /// Build with the `dev` profile (what the workspace's tests run) instead of `release`.
+        #[arg(long)]
+        dev: bool,
+    },
     /// Write every file for every host into DIR/<host>/<absolute path>, without any network.
     Render {
         /// Output folder.
@@ -93,13 +111,19 @@ struct Loaded {
 /// Where the desired state comes from (the render half): env file, inventory, binaries (built
 /// or taken from `--binaries`, checked for this machine's architecture), templates.
 fn load(args: &Args, with_binaries: bool) -> anyhow::Result<Loaded> {
-    let env = EnvFile::load(&args.env_file)?;
-    let inventory = Inventory::load(&args.inventory, &env)?;
+    let platform = Platform::load(&args.platform)?;
+    let env = EnvFile::load(&args.env_file, &platform.required_variables())?;
+    let inventory = Inventory::load(&args.inventory, &env, &platform)?;
     let binaries = if with_binaries {
         let arch = inventory.settings.target_arch;
         Some(
-            BinarySet::locate(args.binaries.as_deref(), &workspace_dir(), arch)
-                .context("preparing the service binaries")?,
+            BinarySet::locate(
+                args.binaries.as_deref(),
+                &workspace_dir(),
+                &service_names(&platform),
+                arch,
+            )
+            .context("preparing the service binaries")?,
         )
     } else {
         None
@@ -109,6 +133,23 @@ fn load(args: &Args, with_binaries: bool) -> anyhow::Result<Loaded> {
         hosts,
         queue: inventory.settings.queue.clone(),
     })
+}
+
+/// The platform's services, which are also their cargo packages and binaries.
+fn service_names(platform: &Platform) -> Vec<&str> {
+    platform
+        .services()
+        .iter()
+        .map(|service| service.name.as_str())
+        .collect()
+}
+
+fn run_build(args: &Args, dev: bool) -> anyhow::Result<ExitCode> {
+    let platform = Platform::load(&args.platform)?;
+    let profile = if dev { Profile::Dev } else { Profile::Release };
+    let dir = binaries::build(&workspace_dir(), &service_names(&platform), profile)?;
+    println!("{}", dir.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The workspace to build: the current directory when it holds the workspace manifest, else
@@ -140,6 +181,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             eprintln!("rendered into {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Build { dev } => run_build(args, *dev),
         Command::Plan => run_plan(args),
         Command::Apply => run_apply(args),
         Command::Status => run_status(args),
@@ -183,37 +225,26 @@ pub fn select(hosts: Vec<DesiredHost>, limit: &[String]) -> anyhow::Result<Vec<D
 
 /// One SSH session per host, opened in parallel; a host that cannot be reached gets its
 /// one-line error and the others carry on.
-fn connect_all(hosts: &[DesiredHost]) -> Vec<Result<SshTransport, String>> {
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = hosts
-            .iter()
-            .map(|host| {
-                scope.spawn(move || {
-                    let connected = SshTransport::connect(&host.name, &host.connection);
-                    match &connected {
-                        Ok(transport) if transport.host_key == HostKeyStatus::Recorded => progress(
-                            &host.name,
-                            &format!(
-                                "first contact: host key recorded in {}",
-                                host.connection.known_hosts.display()
-                            ),
-                        ),
-                        Ok(_) => {}
-                        Err(error) => eprintln!("error: {error}"),
-                    }
-                    connected.map_err(|error| error.to_string())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|_| Err("connection thread panicked".into()))
-            })
-            .collect()
-    })
+fn connect_all(hosts: &[DesiredHost], forks: NonZeroUsize) -> Vec<Result<SshTransport, String>> {
+    let connected = parallel::each(hosts, forks, |host| {
+        let connected = SshTransport::connect(&host.name, &host.connection);
+        match &connected {
+            Ok(transport) if transport.host_key == HostKeyStatus::Recorded => progress(
+                &host.name,
+                &format!(
+                    "first contact: host key recorded in {}",
+                    host.connection.known_hosts.display()
+                ),
+            ),
+            Ok(_) => {}
+            Err(error) => eprintln!("error: {error}"),
+        }
+        connected.map_err(|error| error.to_string())
+    });
+    connected
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|| Err("connection thread panicked".into())))
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -230,31 +261,22 @@ fn print_json<T: Serialize>(hosts: Vec<T>) -> anyhow::Result<()> {
 
 fn run_plan(args: &Args) -> anyhow::Result<ExitCode> {
     let hosts = selected_hosts(args, true)?.hosts;
-    let transports = connect_all(&hosts);
-    let reports: Vec<HostReport> = std::thread::scope(|scope| {
-        let handles: Vec<_> = hosts
-            .iter()
-            .zip(&transports)
-            .map(|(host, transport)| {
-                scope.spawn(move || match transport {
-                    Err(error) => HostReport::failed_with(&host.name, error),
-                    Ok(transport) => match facts::gather(transport, host) {
-                        Ok(facts) => HostReport::from_plan(&plan::plan(host, &facts)),
-                        Err(error) => HostReport::failed_with(&host.name, error),
-                    },
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .zip(&hosts)
-            .map(|(handle, host)| {
-                handle
-                    .join()
-                    .unwrap_or_else(|_| HostReport::failed_with(&host.name, "panicked"))
-            })
-            .collect()
-    });
+    let transports = connect_all(&hosts, args.forks);
+    let pairs: Vec<(&DesiredHost, &Result<SshTransport, String>)> =
+        hosts.iter().zip(&transports).collect();
+    let reports: Vec<HostReport> = parallel::each(&pairs, args.forks, |(host, transport)| {
+        match transport {
+            Err(error) => HostReport::failed_with(&host.name, error),
+            Ok(transport) => match facts::gather(transport, host) {
+                Ok(facts) => HostReport::from_plan(&plan::plan(host, &facts)),
+                Err(error) => HostReport::failed_with(&host.name, error),
+            },
+        }
+    })
+    .into_iter()
+    .zip(&hosts)
+    .map(|(report, host)| report.unwrap_or_else(|| HostReport::failed_with(&host.name, "panicked")))
+    .collect();
     if args.json {
         print_json(reports.clone())?;
     } else {
@@ -300,7 +322,7 @@ fn print_plan(reports: &[HostReport]) {
 
 fn run_apply(args: &Args) -> anyhow::Result<ExitCode> {
     let hosts = selected_hosts(args, true)?.hosts;
-    let transports = connect_all(&hosts);
+    let transports = connect_all(&hosts, args.forks);
     let pairs: Vec<(&DesiredHost, Result<&dyn Transport, String>)> = hosts
         .iter()
         .zip(&transports)
@@ -314,7 +336,7 @@ fn run_apply(args: &Args) -> anyhow::Result<ExitCode> {
             )
         })
         .collect();
-    let reports = apply::apply_all(&pairs);
+    let reports = apply::apply_all(&pairs, args.forks);
     if args.json {
         print_json(reports.clone())?;
     } else {
@@ -370,25 +392,19 @@ fn print_summary(reports: &[HostReport]) {
 
 fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
     let Loaded { hosts, queue } = selected_hosts(args, false)?;
-    let transports = connect_all(&hosts);
-    let statuses: Vec<HostStatus> = std::thread::scope(|scope| {
-        let handles: Vec<_> = hosts
-            .iter()
-            .zip(&transports)
-            .map(|(host, transport)| {
-                let queue = queue.as_str();
-                scope.spawn(move || match transport {
-                    Err(error) => HostStatus::failed(&host.name, error),
-                    Ok(transport) => status::gather(transport, host, queue)
-                        .unwrap_or_else(|error| HostStatus::failed(&host.name, error)),
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().expect("status thread"))
-            .collect()
-    });
+    let transports = connect_all(&hosts, args.forks);
+    let pairs: Vec<(&DesiredHost, &Result<SshTransport, String>)> =
+        hosts.iter().zip(&transports).collect();
+    let statuses: Vec<HostStatus> =
+        parallel::each(&pairs, args.forks, |(host, transport)| match transport {
+            Err(error) => HostStatus::failed(&host.name, error),
+            Ok(transport) => status::gather(transport, host, &queue)
+                .unwrap_or_else(|error| HostStatus::failed(&host.name, error)),
+        })
+        .into_iter()
+        .zip(&hosts)
+        .map(|(status, host)| status.unwrap_or_else(|| HostStatus::failed(&host.name, "panicked")))
+        .collect();
     let all_fine = statuses.iter().all(|status| {
         status.error.is_none()
             && status
@@ -407,7 +423,7 @@ fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
             println!("{}:", status.host);
             for service in &status.services {
                 println!(
-                    "  {:10} {:8} {:9} {}",
+                    "  {:10} {:8} {:9} {:7} {}",
                     service.name,
                     if service.active { "active" } else { "inactive" },
                     if service.healthy {
@@ -415,6 +431,7 @@ fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
                     } else {
                         "unhealthy"
                     },
+                    if service.ready { "ready" } else { "unready" },
                     service.version.as_deref().unwrap_or("-")
                 );
             }
@@ -457,7 +474,7 @@ fn hosts_running(args: &Args, service: &str) -> anyhow::Result<Vec<DesiredHost>>
 
 fn run_systemctl(args: &Args, verb: &str, service: &str) -> anyhow::Result<ExitCode> {
     let hosts = hosts_running(args, service)?;
-    let transports = connect_all(&hosts);
+    let transports = connect_all(&hosts, args.forks);
     let mut all_ok = true;
     for (host, transport) in hosts.iter().zip(&transports) {
         let Ok(transport) = transport else {
@@ -508,47 +525,42 @@ impl Write for Prefixed {
 
 fn run_logs(args: &Args, service: &str, follow: bool, lines: u32) -> anyhow::Result<ExitCode> {
     let hosts = hosts_running(args, service)?;
-    let transports = connect_all(&hosts);
+    // A follow never ends: capped, the hosts past the cap would never be shown.
+    let forks = if follow {
+        NonZeroUsize::new(hosts.len()).unwrap_or(args.forks)
+    } else {
+        args.forks
+    };
+    let transports = connect_all(&hosts, forks);
     let command = format!(
         "journalctl -u {} -n {lines} --no-pager{}",
         shell_quote(service),
         if follow { " -f" } else { "" }
     );
     let several = hosts.len() > 1;
-    let results: Vec<bool> = std::thread::scope(|scope| {
-        let handles: Vec<_> = hosts
-            .iter()
-            .zip(&transports)
-            .map(|(host, transport)| {
-                let command = command.as_str();
-                scope.spawn(move || {
-                    let Ok(transport) = transport else {
-                        return false;
-                    };
-                    let mut out: Box<dyn Write> = if several {
-                        Box::new(Prefixed {
-                            prefix: format!("[{}] ", host.name),
-                            pending: Vec::new(),
-                        })
-                    } else {
-                        Box::new(std::io::stdout())
-                    };
-                    match transport.exec_streaming(command, true, &mut out) {
-                        Ok(status) => status == 0,
-                        Err(error) => {
-                            eprintln!("error: {error}");
-                            false
-                        }
-                    }
-                })
+    let pairs: Vec<(&DesiredHost, &Result<SshTransport, String>)> =
+        hosts.iter().zip(&transports).collect();
+    let results = parallel::each(&pairs, forks, |(host, transport)| {
+        let Ok(transport) = transport else {
+            return false;
+        };
+        let mut out: Box<dyn Write> = if several {
+            Box::new(Prefixed {
+                prefix: format!("[{}] ", host.name),
+                pending: Vec::new(),
             })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().unwrap_or(false))
-            .collect()
+        } else {
+            Box::new(std::io::stdout())
+        };
+        match transport.exec_streaming(&command, true, &mut out) {
+            Ok(status) => status == 0,
+            Err(error) => {
+                eprintln!("error: {error}");
+                false
+            }
+        }
     });
-    Ok(if results.iter().all(|ok| *ok) {
+    Ok(if results.iter().all(|ok| *ok == Some(true)) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -46,25 +46,34 @@ pub struct Connection {
     pub connect_timeout: Duration,
 }
 
-/// What a host is for; several per host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Role {
-    Gateway,
-    Inventory,
-    Billing,
-    Postgres,
-    Rabbitmq,
+/// A CPU architecture the hosts may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
 }
 
-impl Role {
+impl Arch {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Gateway => "gateway",
-            Self::Inventory => "inventory",
-            Self::Billing => "billing",
-            Self::Postgres => "postgres",
-            Self::Rabbitmq => "rabbitmq",
+            Self::X86_64 => "x86_64",
+            Self::Aarch64 => "aarch64",
         }
+    }
+
+    /// Parses the names `uname -m` prints (`arm64` too, as Debian calls it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "x86_64" | "amd64" => Some(Self::X86_64),
+            "aarch64" | "arm64" => Some(Self::Aarch64),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -73,7 +82,6 @@ impl Role {
 pub struct DesiredHost {
     pub name: String,
     pub connection: Connection,
-    pub roles: Vec<Role>,
     /// Debian packages that must be installed (e.g. `postgresql`, `rabbitmq-server`).
     pub packages: Vec<String>,
     /// System accounts the services run as (no login shell, no home).
@@ -154,6 +162,17 @@ impl FileContent {
             Self::SecretText(secret) => secret.expose().as_bytes(),
         }
     }
+
+    /// Lower-case hex SHA-256 of the bytes, as `sha256sum` prints it on a host.
+    pub fn sha256(&self) -> String {
+        sha256_hex(self.bytes())
+    }
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// A reaction to a change, run once per apply however many files asked for it (Ansible's handlers).
@@ -178,6 +197,9 @@ pub struct DesiredBinary {
     /// Lower-case hex SHA-256 of `local_path`, computed once when the binary was checked, and
     /// compared with what `sha256sum` prints on the host.
     pub sha256: String,
+    /// The architecture it was built for, read from its ELF header when it was checked: a host
+    /// of another architecture is refused before anything is pushed.
+    pub arch: Arch,
 }
 
 /// A platform service running under systemd.
@@ -187,6 +209,8 @@ pub struct ServiceSpec {
     pub unit: String,
     /// Asked on the host itself (e.g. `http://127.0.0.1:8080/health`) after a restart.
     pub health_url: String,
+    /// Asked on the host itself by `status` (e.g. `http://127.0.0.1:8080/ready`).
+    pub ready_url: String,
 }
 
 #[derive(Debug, Clone)]

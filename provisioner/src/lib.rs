@@ -6,7 +6,7 @@
 //! [`converge`] reads hosts over SSH and brings them to that state without knowing about TOML or
 //! templates.
 
+pub mod cli;
+pub mod converge;
 pub mod desired;
 pub mod render;
-pub mod converge;
-pub mod cli;

@@ -3,15 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use crate::render::binaries::Arch;
-use crate::desired::{DesiredHost, FileContent, PG_VERSION_PLACEHOLDER};
 use crate::converge::scram;
 use crate::converge::transport::{shell_quote, Transport, TransportError};
+use crate::desired::{Arch, DesiredHost, FileContent, PG_VERSION_PLACEHOLDER};
 
 /// A regular file present on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,10 +112,7 @@ pub fn gather(transport: &dyn Transport, desired: &DesiredHost) -> Result<HostFa
         });
     }
     let facts = parse_facts(desired, &output);
-    let pushed = desired
-        .binaries
-        .first()
-        .and_then(|binary| elf_machine(&binary.local_path));
+    let pushed = desired.binaries.first().map(|binary| binary.arch);
     if let (Some(remote), Some(pushed)) = (facts.arch.as_deref(), pushed) {
         if Arch::from_name(remote) != Some(pushed) {
             return Err(FactsError::Arch {
@@ -140,21 +135,6 @@ fn script_error<'a>(output: &'a str, marker: &str) -> Option<&'a str> {
             "" => "no output",
             message => message,
         })
-}
-
-/// The architecture an ELF executable is built for (`e_machine`), `None` when it is no ELF
-/// file of a known architecture (then nothing is refused here; render checked the binaries).
-fn elf_machine(path: &Path) -> Option<Arch> {
-    let mut header = [0_u8; 20];
-    std::io::Read::read_exact(&mut std::fs::File::open(path).ok()?, &mut header).ok()?;
-    if &header[..4] != b"\x7fELF" {
-        return None;
-    }
-    match u16::from_le_bytes([header[18], header[19]]) {
-        0x3e => Some(Arch::X86_64),
-        0xb7 => Some(Arch::Aarch64),
-        _ => None,
-    }
 }
 
 /// Marks the end of the RabbitMQ password on the script's stdin; chosen not to occur in a password.

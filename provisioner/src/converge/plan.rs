@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use similar::TextDiff;
 
-use crate::render::binaries::sha256_hex;
-use crate::desired::{
-    resolve_pg_version, DesiredFile, DesiredHost, FileContent, Handler, PG_VERSION_PLACEHOLDER,
-};
 use crate::converge::facts::HostFacts;
+use crate::desired::{
+    resolve_pg_version, sha256_hex, DesiredFile, DesiredHost, FileContent, Handler,
+    PG_VERSION_PLACEHOLDER,
+};
 
 /// The `kind` of a change in the JSON document of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

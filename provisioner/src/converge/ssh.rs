@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ssh2::{CheckResult, KnownHostFileKind, Session};
 
-use crate::desired::Connection;
 use crate::converge::transport::{shell_quote, ExecOutput, Transport, TransportError};
+use crate::desired::Connection;
 
 /// Hosts connect in parallel but share one known_hosts file: its read-check-append is serialised.
 static KNOWN_HOSTS_LOCK: Mutex<()> = Mutex::new(());

@@ -5,14 +5,16 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::desired::DesiredHost;
 use crate::converge::transport::{shell_quote, Transport, TransportError};
+use crate::desired::DesiredHost;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceStatus {
     pub name: String,
     pub active: bool,
     pub healthy: bool,
+    /// Its readiness path answers 2xx: the service can reach what it depends on.
+    pub ready: bool,
     /// The `version` of the service's health answer.
     pub version: Option<String>,
 }
@@ -76,9 +78,11 @@ pub fn status_script(desired: &DesiredHost) -> String {
             script,
             "echo '@@service {index}'\n\
              if systemctl is-active --quiet {unit}; then echo active; else echo inactive; fi\n\
-             if body=$(curl -fsS -m 3 {url} 2>/dev/null); then echo \"healthy $(printf '%s' \"$body\" | tr -d '\\n')\"; else echo unhealthy; fi",
+             if body=$(curl -fsS -m 3 {url} 2>/dev/null); then echo \"healthy $(printf '%s' \"$body\" | tr -d '\\n')\"; else echo unhealthy; fi\n\
+             if curl -fsS -m 3 -o /dev/null {ready_url} 2>/dev/null; then echo ready; else echo unready; fi",
             unit = shell_quote(&service.unit),
             url = shell_quote(&service.health_url),
+            ready_url = shell_quote(&service.ready_url),
         );
     }
     if let Some(rabbitmq) = &desired.rabbitmq {
@@ -106,6 +110,7 @@ pub fn parse_status(
             name: service.unit.clone(),
             active: false,
             healthy: false,
+            ready: false,
             version: None,
         })
         .collect();
@@ -137,6 +142,8 @@ pub fn parse_status(
             ("service", Some(service)) => {
                 if line == "active" {
                     service.active = true;
+                } else if line == "ready" {
+                    service.ready = true;
                 } else if let Some(body) = line.strip_prefix("healthy") {
                     service.healthy = true;
                     service.version = health_version(body);

@@ -9,45 +9,13 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-/// The services whose binaries are deployed, by package and binary name.
-pub const SERVICES: [&str; 3] = ["gateway", "inventory", "billing"];
+pub use crate::desired::Arch;
 
 /// The newest glibc the binaries may need: Ubuntu 22.04 ships 2.35 (Debian 12 ships 2.36).
 pub const MAX_GLIBC: GlibcVersion = GlibcVersion {
     major: 2,
     minor: 35,
 };
-
-/// A CPU architecture the hosts may have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Arch {
-    X86_64,
-    Aarch64,
-}
-
-impl Arch {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::X86_64 => "x86_64",
-            Self::Aarch64 => "aarch64",
-        }
-    }
-
-    /// Parses the names `uname -m` prints (`arm64` too, as Debian calls it).
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "x86_64" | "amd64" => Some(Self::X86_64),
-            "aarch64" | "arm64" => Some(Self::Aarch64),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A `GLIBC_major.minor` symbol version (a third component, as in `GLIBC_2.2.5`, is dropped:
 /// it never decides whether a distribution's glibc is new enough).
@@ -82,8 +50,12 @@ pub enum BinaryError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: no such binary (expected gateway, inventory and billing in {dir})")]
-    Missing { path: PathBuf, dir: PathBuf },
+    #[error("{path}: no such binary (expected {expected} in {dir})")]
+    Missing {
+        path: PathBuf,
+        dir: PathBuf,
+        expected: String,
+    },
     #[error("{path} is not an ELF executable: {reason}")]
     NotElf { path: PathBuf, reason: String },
     #[error("{path} is built for {found}, but the hosts are {expected}: refusing to deploy it")]
@@ -112,7 +84,7 @@ pub enum BinaryError {
 /// One checked binary.
 #[derive(Debug, Clone)]
 pub struct Binary {
-    /// Service (and unit) name: `gateway`, `inventory` or `billing`.
+    /// Service (and unit, package and binary) name, e.g. `gateway`.
     pub service: String,
     pub path: PathBuf,
     /// Lower-case hex SHA-256 of the file, as `sha256sum` prints it on the host.
@@ -120,26 +92,32 @@ pub struct Binary {
     pub arch: Arch,
 }
 
-/// The three service binaries, checked.
+/// The binaries of the platform's services, checked.
 #[derive(Debug, Clone)]
 pub struct BinarySet {
     binaries: Vec<Binary>,
 }
 
 impl BinarySet {
-    /// Takes the binaries from `dir` when given, else builds them in `workspace` (cargo itself
-    /// does nothing when they are fresh), then checks each one.
-    pub fn locate(dir: Option<&Path>, workspace: &Path, arch: Arch) -> Result<Self, BinaryError> {
+    /// Takes the binaries of `services` from `dir` when given, else builds them in `workspace`
+    /// (cargo itself does nothing when they are fresh), then checks each one.
+    pub fn locate(
+        dir: Option<&Path>,
+        workspace: &Path,
+        services: &[&str],
+        arch: Arch,
+    ) -> Result<Self, BinaryError> {
         let dir = match dir {
             Some(dir) => dir.to_owned(),
-            None => build_release(workspace)?,
+            None => build(workspace, services, Profile::Release)?,
         };
-        Self::from_dir(&dir, arch)
+        Self::from_dir(&dir, services, arch)
     }
 
-    /// Checks `gateway`, `inventory` and `billing` in `dir`: present, ELF for `arch`, hashed.
-    pub fn from_dir(dir: &Path, arch: Arch) -> Result<Self, BinaryError> {
-        let binaries = SERVICES
+    /// Checks the binary of each of `services` in `dir`: present, ELF for `arch`, needing no
+    /// glibc newer than [`MAX_GLIBC`], hashed. Nothing is pushed before all of them pass.
+    pub fn from_dir(dir: &Path, services: &[&str], arch: Arch) -> Result<Self, BinaryError> {
+        let binaries = services
             .iter()
             .map(|service| {
                 let path = dir.join(service);
@@ -147,15 +125,18 @@ impl BinarySet {
                     return Err(BinaryError::Missing {
                         path,
                         dir: dir.to_owned(),
+                        expected: services.join(", "),
                     });
                 }
-                check_binary(service, &path, arch)
+                let binary = check_binary(service, &path, arch)?;
+                check_glibc(&path, MAX_GLIBC)?;
+                Ok(binary)
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { binaries })
     }
 
-    /// The binary of `service`, if it is one of [`SERVICES`].
+    /// The binary of `service`, if it was checked.
     pub fn get(&self, service: &str) -> Option<&Binary> {
         self.binaries
             .iter()
@@ -192,32 +173,62 @@ pub fn check_binary(service: &str, path: &Path, arch: Arch) -> Result<Binary, Bi
     })
 }
 
-/// Runs `cargo build --release --locked -p gateway -p inventory -p billing` in `workspace` (the
-/// same command as `scripts/build-release`: another package set would unify dependency features
-/// differently and give other binaries) and returns the folder holding the binaries (`<target dir>/release`, the target dir asked of
-/// `cargo metadata` so `CARGO_TARGET_DIR` and `.cargo/config.toml` are honoured).
-pub fn build_release(workspace: &Path) -> Result<PathBuf, BinaryError> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(&cargo);
-    build
-        .current_dir(workspace)
-        .args(["build", "--release", "--locked"]);
-    for service in SERVICES {
-        build.args(["-p", service]);
+/// A cargo profile the services are built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// `dev`, in `<target>/debug`: what the workspace's tests run.
+    Dev,
+    /// `release`, in `<target>/release`: what is deployed.
+    Release,
+}
+
+impl Profile {
+    /// The folder of `<target dir>` its binaries land in.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Self::Dev => "debug",
+            Self::Release => "release",
+        }
     }
-    let command = "cargo build --release --locked -p gateway -p inventory -p billing";
+}
+
+/// The one build command of the platform's services: `cargo build --locked -p <service>…` (with
+/// `--release` for [`Profile::Release`]) in `workspace`, every service in one command, since cargo
+/// unifies dependency features over the packages one command selects: another package set would
+/// give other binaries, and plan would see every binary as changed. `provision build` runs it, and
+/// so do plan and apply without `--binaries`, `scripts/build-release` and the end-to-end harness.
+/// Returns the folder holding the binaries (`<target dir>/<profile>`, the target dir asked of
+/// `cargo metadata` so `CARGO_TARGET_DIR` and `.cargo/config.toml` are honoured).
+pub fn build(
+    workspace: &Path,
+    services: &[&str],
+    profile: Profile,
+) -> Result<PathBuf, BinaryError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut args = vec!["build", "--locked"];
+    if profile == Profile::Release {
+        args.push("--release");
+    }
+    for service in services {
+        args.extend(["-p", service]);
+    }
+    let command = format!("cargo {}", args.join(" "));
     // cargo's progress goes to our stderr, where the user sees it live.
-    let status = build.status().map_err(|source| BinaryError::Spawn {
-        command: command.to_owned(),
-        source,
-    })?;
+    let status = Command::new(&cargo)
+        .current_dir(workspace)
+        .args(&args)
+        .status()
+        .map_err(|source| BinaryError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
     if !status.success() {
         return Err(BinaryError::CommandFailed {
-            command: command.to_owned(),
+            command,
             status: status.to_string(),
         });
     }
-    Ok(target_directory(workspace)?.join("release"))
+    Ok(target_directory(workspace)?.join(profile.folder()))
 }
 
 /// The workspace's target directory, from `cargo metadata --format-version 1 --no-deps`.
@@ -247,10 +258,7 @@ pub fn target_directory(workspace: &Path) -> Result<PathBuf, BinaryError> {
         .ok_or_else(|| BinaryError::Metadata("no target_directory".to_owned()))
 }
 
-/// Lower-case hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use crate::desired::sha256_hex;
 
 /// Lower-case hex SHA-256 of a file, read in chunks.
 pub fn sha256_file(path: &Path) -> Result<String, BinaryError> {
@@ -504,7 +512,7 @@ mod tests {
     #[test]
     fn a_missing_binary_is_named() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let message = BinarySet::from_dir(dir.path(), Arch::X86_64)
+        let message = BinarySet::from_dir(dir.path(), &["gateway", "inventory"], Arch::X86_64)
             .expect_err("empty dir")
             .to_string();
         assert!(message.contains("gateway"), "{message}");

@@ -6,21 +6,6 @@ use std::path::{Path, PathBuf};
 
 use crate::desired::Secret;
 
-/// Variables every deployment needs, whatever the inventory says: the credentials and names of the
-/// databases and of the broker. Addresses and ports (`GATEWAY_VM_IP`, `INVENTORY_API_PORT`, …) are
-/// needed only when the inventory refers to them with `${VAR}`, and then a missing one is named by
-/// the inventory's error.
-pub const REQUIRED_VARIABLES: [&str; 8] = [
-    "INVENTORY_DB_NAME",
-    "INVENTORY_DB_USER",
-    "INVENTORY_DB_PASSWORD",
-    "BILLING_DB_NAME",
-    "BILLING_DB_USER",
-    "BILLING_DB_PASSWORD",
-    "RABBITMQ_USER",
-    "RABBITMQ_PASSWORD",
-];
-
 #[derive(Debug, thiserror::Error)]
 pub enum EnvFileError {
     /// The I/O cause is the source, printed by the command\'s error chain, so not repeated here.
@@ -80,17 +65,21 @@ fn is_plain_name(value: &str) -> bool {
 }
 
 impl EnvFile {
-    /// Reads `path` and checks that every [`REQUIRED_VARIABLES`] is present and not empty.
-    pub fn load(path: &Path) -> Result<Self, EnvFileError> {
+    /// Reads `path` and checks that every `required` variable is present and not empty: the
+    /// credentials and names of the databases and of the broker, which the platform description
+    /// lists ([`crate::render::platform::Platform::required_variables`]). Addresses and ports
+    /// (`GATEWAY_VM_IP`, `INVENTORY_API_PORT`, …) are needed only when the inventory refers to them
+    /// with `${VAR}`, and then a missing one is named by the inventory's error.
+    pub fn load(path: &Path, required: &[String]) -> Result<Self, EnvFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| EnvFileError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        Self::parse(path, &text, required)
     }
 
     /// Parses `text` as if read from `path` (which only names the file in errors).
-    pub fn parse(path: &Path, text: &str) -> Result<Self, EnvFileError> {
+    pub fn parse(path: &Path, text: &str, required: &[String]) -> Result<Self, EnvFileError> {
         let mut plain = BTreeMap::new();
         let mut secrets = BTreeMap::new();
         for item in dotenvy::from_read_iter(text.as_bytes()) {
@@ -107,7 +96,7 @@ impl EnvFile {
             plain,
             secrets,
         };
-        for name in REQUIRED_VARIABLES {
+        for name in required.iter().map(String::as_str) {
             let value = env
                 .plain
                 .get(name)
@@ -158,14 +147,6 @@ impl EnvFile {
         self.plain.contains_key(name) || self.secrets.contains_key(name)
     }
 
-    pub fn inventory_database(&self) -> DatabaseCredentials {
-        self.database("INVENTORY")
-    }
-
-    pub fn billing_database(&self) -> DatabaseCredentials {
-        self.database("BILLING")
-    }
-
     pub fn broker(&self) -> BrokerCredentials {
         BrokerCredentials {
             user: self.required_plain("RABBITMQ_USER"),
@@ -173,7 +154,8 @@ impl EnvFile {
         }
     }
 
-    fn database(&self, prefix: &str) -> DatabaseCredentials {
+    /// The database whose credentials are `<prefix>_DB_NAME`, `_DB_USER` and `_DB_PASSWORD`.
+    pub fn database(&self, prefix: &str) -> DatabaseCredentials {
         DatabaseCredentials {
             name: self.required_plain(&format!("{prefix}_DB_NAME")),
             user: self.required_plain(&format!("{prefix}_DB_USER")),
@@ -181,15 +163,13 @@ impl EnvFile {
         }
     }
 
-    /// [`Self::parse`] checked every required variable, so a miss here is a bug of this module;
-    /// an empty value keeps the accessors infallible rather than panicking.
+    /// [`Self::parse`] checked the variables the platform requires, so a miss here is a bug of
+    /// the caller; an empty value keeps the accessors infallible rather than panicking.
     fn required_plain(&self, name: &str) -> String {
-        debug_assert!(REQUIRED_VARIABLES.contains(&name));
         self.plain.get(name).cloned().unwrap_or_default()
     }
 
     fn required_secret(&self, name: &str) -> Secret {
-        debug_assert!(REQUIRED_VARIABLES.contains(&name));
         self.secrets
             .get(name)
             .cloned()
@@ -228,16 +208,32 @@ RABBITMQ_PASSWORD=rabbitmq_password
 GATEWAY_VM_IP=192.168.56.10
 ";
 
+    /// What the committed platform description requires.
+    fn required() -> Vec<String> {
+        [
+            "INVENTORY_DB_NAME",
+            "INVENTORY_DB_USER",
+            "INVENTORY_DB_PASSWORD",
+            "BILLING_DB_NAME",
+            "BILLING_DB_USER",
+            "BILLING_DB_PASSWORD",
+            "RABBITMQ_USER",
+            "RABBITMQ_PASSWORD",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
     #[test]
     fn reads_variables_and_keeps_passwords_secret() {
-        let env = EnvFile::parse(Path::new("my.env"), COMPLETE).expect("parses");
+        let env = EnvFile::parse(Path::new("my.env"), COMPLETE, &required()).expect("parses");
         assert_eq!(env.get("GATEWAY_VM_IP"), Some("192.168.56.10"));
         assert_eq!(env.get("BILLING_DB_PASSWORD"), None);
         assert_eq!(
-            env.billing_database().password.expose(),
+            env.database("BILLING").password.expose(),
             "billing p@ss:w/rd"
         );
-        assert_eq!(env.inventory_database().name, "movies_db");
+        assert_eq!(env.database("INVENTORY").name, "movies_db");
         assert_eq!(env.broker().user, "rabbitmq_user");
         let shown = format!("{env:?}");
         assert!(!shown.contains("rabbitmq_password"), "{shown}");
@@ -246,14 +242,15 @@ GATEWAY_VM_IP=192.168.56.10
 
     #[test]
     fn does_not_touch_the_process_environment() {
-        let _env = EnvFile::parse(Path::new("my.env"), COMPLETE).expect("parses");
+        let _env = EnvFile::parse(Path::new("my.env"), COMPLETE, &required()).expect("parses");
         assert!(std::env::var_os("INVENTORY_DB_NAME").is_none());
     }
 
     #[test]
     fn a_missing_variable_is_named_with_the_file() {
         let text = COMPLETE.replace("RABBITMQ_PASSWORD=rabbitmq_password\n", "");
-        let error = EnvFile::parse(Path::new("conf/prod.env"), &text).expect_err("missing");
+        let error =
+            EnvFile::parse(Path::new("conf/prod.env"), &text, &required()).expect_err("missing");
         let message = error.to_string();
         assert!(message.contains("conf/prod.env"), "{message}");
         assert!(message.contains("RABBITMQ_PASSWORD"), "{message}");
@@ -262,7 +259,7 @@ GATEWAY_VM_IP=192.168.56.10
     #[test]
     fn an_empty_variable_is_named() {
         let text = COMPLETE.replace("BILLING_DB_USER=billing_user", "BILLING_DB_USER=");
-        let message = EnvFile::parse(Path::new("x.env"), &text)
+        let message = EnvFile::parse(Path::new("x.env"), &text, &required())
             .expect_err("empty")
             .to_string();
         assert!(message.contains("BILLING_DB_USER"), "{message}");
@@ -274,7 +271,7 @@ GATEWAY_VM_IP=192.168.56.10
             "BILLING_DB_NAME=billing_db",
             "BILLING_DB_NAME='billing\"; drop'",
         );
-        let message = EnvFile::parse(Path::new("x.env"), &text)
+        let message = EnvFile::parse(Path::new("x.env"), &text, &required())
             .expect_err("not a name")
             .to_string();
         assert!(message.contains("BILLING_DB_NAME"), "{message}");
@@ -284,7 +281,7 @@ GATEWAY_VM_IP=192.168.56.10
     #[test]
     fn a_syntax_error_names_the_line_without_its_content() {
         let text = format!("{COMPLETE}BROKEN LINE hunter2\n");
-        let message = EnvFile::parse(Path::new("x.env"), &text)
+        let message = EnvFile::parse(Path::new("x.env"), &text, &required())
             .expect_err("syntax")
             .to_string();
         assert!(message.contains("x.env, line 10"), "{message}");
@@ -293,7 +290,7 @@ GATEWAY_VM_IP=192.168.56.10
 
     #[test]
     fn an_unreadable_file_is_named() {
-        let message = EnvFile::load(Path::new("/nonexistent/dir/.env"))
+        let message = EnvFile::load(Path::new("/nonexistent/dir/.env"), &required())
             .expect_err("missing file")
             .to_string();
         assert!(message.contains("/nonexistent/dir/.env"), "{message}");

@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::render::binaries::Arch;
-use crate::desired::{Connection, Role};
+use super::located::{line_column, syntax_error, Located};
+use super::platform::{Component, Platform, ServiceDescription, FIXED_SETTINGS};
+use crate::desired::{Arch, Connection};
 use crate::render::env_file::{is_secret_name, EnvFile};
 
 /// What went wrong, located precisely enough that the user can fix it without guessing.
@@ -23,14 +24,8 @@ pub enum InventoryError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{file}, line {line}, column {column}, field `{field}`: {message}")]
-    Invalid {
-        file: PathBuf,
-        line: usize,
-        column: usize,
-        field: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] Located),
 }
 
 /// The validated inventory.
@@ -42,6 +37,8 @@ pub struct Inventory {
     /// In file order, names unique.
     pub hosts: Vec<Host>,
     pub settings: Settings,
+    /// The services the roles name.
+    pub platform: Platform,
 }
 
 #[derive(Debug, Clone)]
@@ -55,16 +52,32 @@ pub struct SshSettings {
 pub struct Host {
     pub name: String,
     pub connection: Connection,
-    /// Without duplicates, in the file's order.
-    pub roles: Vec<Role>,
+    /// The services it runs (names of the platform description), in the file's order.
+    pub services: Vec<String>,
+    /// The infrastructure components it runs, in the file's order.
+    pub components: Vec<Component>,
     /// Name of the host whose PostgreSQL holds the databases of the services running here;
-    /// `Some` exactly when this host runs inventory or billing.
+    /// `Some` exactly when this host runs a service that owns a database.
     pub database_host: Option<String>,
 }
 
 impl Host {
-    pub fn has(&self, role: Role) -> bool {
-        self.roles.contains(&role)
+    /// Whether it runs the service named `service`.
+    pub fn runs(&self, service: &str) -> bool {
+        self.services.iter().any(|name| name == service)
+    }
+
+    pub fn has(&self, component: Component) -> bool {
+        self.components.contains(&component)
+    }
+
+    /// Its roles as the inventory names them: services, then components.
+    pub fn role_names(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .cloned()
+            .chain(self.components.iter().map(|c| c.name().to_owned()))
+            .collect()
     }
 
     /// The address other hosts use to reach this one (the SSH address).
@@ -75,9 +88,9 @@ impl Host {
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub gateway_port: u16,
-    pub inventory_port: u16,
-    pub billing_health_port: u16,
+    /// Each service's port, by the setting the platform description names for it
+    /// (`gateway_port`, `inventory_port`, …).
+    pub ports: BTreeMap<String, u16>,
     pub queue: String,
     pub vhost: String,
     /// `RUST_LOG` of every service; `info` unless set.
@@ -87,34 +100,86 @@ pub struct Settings {
 }
 
 impl Inventory {
-    /// Reads and validates `path`, interpolating `${VAR}` from `env`.
-    pub fn load(path: &Path, env: &EnvFile) -> Result<Self, InventoryError> {
+    /// Reads and validates `path` against the services of `platform`, interpolating `${VAR}`
+    /// from `env`.
+    pub fn load(path: &Path, env: &EnvFile, platform: &Platform) -> Result<Self, InventoryError> {
         let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text, env)
+        Self::parse(path, &text, env, platform)
     }
 
     /// Validates `text` as if read from `path` (whose folder anchors relative paths).
-    pub fn parse(path: &Path, text: &str, env: &EnvFile) -> Result<Self, InventoryError> {
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &EnvFile,
+        platform: &Platform,
+    ) -> Result<Self, InventoryError> {
         let raw: RawInventory =
             toml::from_str(text).map_err(|error| syntax_error(path, text, &error))?;
-        Validator { path, text, env }.validate(raw)
+        Validator {
+            path,
+            text,
+            env,
+            platform,
+        }
+        .validate(raw)
+    }
+
+    /// The port `service` listens on.
+    pub fn port_of(&self, service: &ServiceDescription) -> u16 {
+        // Validation required every service's port setting.
+        self.settings
+            .ports
+            .get(&service.port_setting)
+            .copied()
+            .unwrap_or_default()
     }
 
     pub fn host(&self, name: &str) -> Option<&Host> {
         self.hosts.iter().find(|host| host.name == name)
     }
 
-    /// Hosts with `role`, in file order.
-    pub fn hosts_with(&self, role: Role) -> impl Iterator<Item = &Host> {
-        self.hosts.iter().filter(move |host| host.has(role))
+    /// Hosts running `service`, in file order.
+    pub fn hosts_running<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Host> {
+        self.hosts.iter().filter(move |host| host.runs(service))
     }
 
-    /// The one host running RabbitMQ (validation guarantees there is exactly one).
+    /// Hosts running `component`, in file order.
+    pub fn hosts_with(&self, component: Component) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(move |host| host.has(component))
+    }
+
+    /// Hosts running a service for which `wanted` holds, in file order.
+    pub fn hosts_running_any<'a>(
+        &'a self,
+        wanted: impl Fn(&ServiceDescription) -> bool + 'a,
+    ) -> impl Iterator<Item = &'a Host> {
+        self.hosts.iter().filter(move |host| {
+            host.services
+                .iter()
+                .filter_map(|name| self.platform.service(name))
+                .any(&wanted)
+        })
+    }
+
+    /// The services of the description `host` runs, in start order.
+    pub fn services_of<'a>(
+        &'a self,
+        host: &'a Host,
+    ) -> impl Iterator<Item = &'a ServiceDescription> {
+        self.platform
+            .services()
+            .iter()
+            .filter(move |service| host.runs(&service.name))
+    }
+
+    /// The one host running RabbitMQ (validation guarantees there is exactly one when a service
+    /// uses the broker).
     pub fn broker_host(&self) -> &Host {
-        self.hosts_with(Role::Rabbitmq)
+        self.hosts_with(Component::Rabbitmq)
             .next()
             .unwrap_or(&self.hosts[0])
     }
@@ -158,16 +223,17 @@ struct RawHost {
     roles: Spanned<Vec<Spanned<String>>>,
 }
 
+/// `[settings]`: the fixed keys and each service's port setting, checked by the validator since
+/// which keys exist depends on the platform description.
+type RawSettings = BTreeMap<String, Spanned<RawValue>>;
+
+/// A setting's value as written.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSettings {
-    gateway_port: Spanned<RawNumber>,
-    inventory_port: Spanned<RawNumber>,
-    billing_health_port: Spanned<RawNumber>,
-    queue: Spanned<String>,
-    vhost: Spanned<String>,
-    rust_log: Option<Spanned<String>>,
-    target_arch: Option<Spanned<String>>,
+#[serde(untagged)]
+enum RawValue {
+    Integer(i64),
+    Text(String),
+    Other(toml::Value),
 }
 
 /// A number written as such, or as a string (so it can come from `${VAR}`).
@@ -185,18 +251,12 @@ struct Validator<'a> {
     path: &'a Path,
     text: &'a str,
     env: &'a EnvFile,
+    platform: &'a Platform,
 }
 
 impl Validator<'_> {
     fn error(&self, span: Range<usize>, field: &str, message: impl Into<String>) -> InventoryError {
-        let (line, column) = line_column(self.text, span.start);
-        InventoryError::Invalid {
-            file: self.path.to_owned(),
-            line,
-            column,
-            field: field.to_owned(),
-            message: message.into(),
-        }
+        Located::at(self.path, self.text, span, field, message).into()
     }
 
     /// The string with every `${VAR}` replaced by its value in the env file.
@@ -346,6 +406,7 @@ impl Validator<'_> {
             ssh,
             hosts,
             settings,
+            platform: self.platform.clone(),
         })
     }
 
@@ -381,41 +442,79 @@ impl Validator<'_> {
         })
     }
 
+    /// `[settings]`: the fixed keys and one port per service of the platform description.
     fn settings(&self, raw: &Spanned<RawSettings>) -> Result<Settings, InventoryError> {
-        let settings = raw.get_ref();
-        let rust_log = match &settings.rust_log {
-            Some(value) => self.non_empty(value, "settings.rust_log")?,
-            None => "info".to_owned(),
-        };
-        let target_arch = match &settings.target_arch {
-            Some(value) => {
-                let name = self.non_empty(value, "settings.target_arch")?;
-                Arch::from_name(&name).ok_or_else(|| {
-                    self.error(
-                        value.span(),
-                        "settings.target_arch",
-                        format!("unknown architecture `{name}` (x86_64 or aarch64)"),
-                    )
-                })?
+        let table = raw.get_ref();
+        let port_settings: Vec<&str> = self
+            .platform
+            .services()
+            .iter()
+            .map(|service| service.port_setting.as_str())
+            .collect();
+        for (key, value) in table {
+            if !FIXED_SETTINGS.contains(&key.as_str()) && !port_settings.contains(&key.as_str()) {
+                let mut expected: Vec<&str> = port_settings.clone();
+                expected.extend(FIXED_SETTINGS);
+                return Err(self.error(
+                    value.span(),
+                    &format!("settings.{key}"),
+                    format!(
+                        "unknown field `{key}`, expected one of {} (the ports are those of {})",
+                        expected.join(", "),
+                        self.platform.path.display()
+                    ),
+                ));
             }
+        }
+        let missing = |key: &str| {
+            self.error(
+                raw.span(),
+                &format!("settings.{key}"),
+                format!("missing field `{key}`"),
+            )
+        };
+        let text = |key: &str| -> Result<Option<String>, InventoryError> {
+            let Some(value) = table.get(key) else {
+                return Ok(None);
+            };
+            let field = format!("settings.{key}");
+            match value.get_ref() {
+                RawValue::Text(text) => self
+                    .non_empty(&Spanned::new(value.span(), text.clone()), &field)
+                    .map(Some),
+                _ => Err(self.error(value.span(), &field, "must be a string")),
+            }
+        };
+        let rust_log = text("rust_log")?.unwrap_or_else(|| "info".to_owned());
+        let target_arch = match text("target_arch")? {
+            Some(name) => Arch::from_name(&name).ok_or_else(|| {
+                self.error(
+                    table["target_arch"].span(),
+                    "settings.target_arch",
+                    format!("unknown architecture `{name}` (x86_64 or aarch64)"),
+                )
+            })?,
             None => Arch::X86_64,
         };
-        let vhost = self.non_empty(&settings.vhost, "settings.vhost")?;
-        let queue = self.non_empty(&settings.queue, "settings.queue")?;
+        let queue = text("queue")?.ok_or_else(|| missing("queue"))?;
+        let vhost = text("vhost")?.ok_or_else(|| missing("vhost"))?;
         if queue.len() > 255 - ".dead-letter".len() {
             return Err(self.error(
-                settings.queue.span(),
+                table["queue"].span(),
                 "settings.queue",
                 "queue name too long",
             ));
         }
+        let mut ports = BTreeMap::new();
+        for key in port_settings {
+            let value = table.get(key).ok_or_else(|| missing(key))?;
+            ports.insert(
+                key.to_owned(),
+                self.port(&setting_number(value), &format!("settings.{key}"))?,
+            );
+        }
         Ok(Settings {
-            gateway_port: self.port(&settings.gateway_port, "settings.gateway_port")?,
-            inventory_port: self.port(&settings.inventory_port, "settings.inventory_port")?,
-            billing_health_port: self.port(
-                &settings.billing_health_port,
-                "settings.billing_health_port",
-            )?,
+            ports,
             queue,
             vhost,
             rust_log,
@@ -447,7 +546,6 @@ impl Validator<'_> {
         self.key_pattern(&raw.private_key, &private_key, &field("private_key"))?;
         // Connecting as root needs no sudo; anyone else needs it to converge the host.
         let sudo = raw.sudo.as_ref().map_or(user != "root", |s| *s.get_ref());
-        let mut roles = Vec::new();
         let roles_field = field("roles");
         if raw.roles.get_ref().is_empty() {
             return Err(self.error(
@@ -456,25 +554,37 @@ impl Validator<'_> {
                 "a host needs at least one role",
             ));
         }
+        let mut services = Vec::new();
+        let mut components = Vec::new();
         for role in raw.roles.get_ref() {
             let name = self.interpolate(role, &roles_field)?;
-            let parsed = parse_role(&name).ok_or_else(|| {
+            let twice = || {
                 self.error(
                     role.span(),
                     &roles_field,
-                    format!(
-                        "unknown role `{name}` (gateway, inventory, billing, postgres or rabbitmq)"
-                    ),
+                    format!("role `{name}` is listed twice"),
                 )
-            })?;
-            if roles.contains(&parsed) {
+            };
+            if let Some(service) = self.platform.service(&name) {
+                if services.contains(&service.name) {
+                    return Err(twice());
+                }
+                services.push(service.name.clone());
+            } else if let Some(component) = Component::from_name(&name) {
+                if components.contains(&component) {
+                    return Err(twice());
+                }
+                components.push(component);
+            } else {
                 return Err(self.error(
                     role.span(),
                     &roles_field,
-                    format!("role `{name}` is listed twice"),
+                    format!(
+                        "unknown role `{name}` ({})",
+                        self.platform.role_names().join(", ")
+                    ),
                 ));
             }
-            roles.push(parsed);
         }
         Ok(Host {
             name,
@@ -487,36 +597,39 @@ impl Validator<'_> {
                 known_hosts: ssh.known_hosts.clone(),
                 connect_timeout: ssh.connect_timeout,
             },
-            roles,
+            services,
+            components,
             database_host: None,
         })
     }
 
+    /// Every service of the description runs somewhere; one host runs the broker when a service
+    /// uses it.
     fn check_roles(
         &self,
         raw_hosts: &[Spanned<RawHost>],
         hosts: &[Host],
         hosts_span: Range<usize>,
     ) -> Result<(), InventoryError> {
-        for role in [Role::Gateway, Role::Inventory, Role::Billing] {
-            if !hosts.iter().any(|host| host.has(role)) {
+        for service in self.platform.services() {
+            if !hosts.iter().any(|host| host.runs(&service.name)) {
                 return Err(self.error(
                     hosts_span.clone(),
                     "hosts.roles",
-                    format!("no host has the role `{}`", role.as_str()),
+                    format!("no host has the role `{}`", service.name),
                 ));
             }
         }
         let brokers: Vec<usize> = (0..hosts.len())
-            .filter(|&index| hosts[index].has(Role::Rabbitmq))
+            .filter(|&index| hosts[index].has(Component::Rabbitmq))
             .collect();
         match brokers.as_slice() {
-            [] => Err(self.error(
+            [] if self.platform.uses_broker() => Err(self.error(
                 hosts_span,
                 "hosts.roles",
                 "no host has the role `rabbitmq` (exactly one must)",
             )),
-            [_] => Ok(()),
+            [] | [_] => Ok(()),
             [first, second, ..] => Err(self.error(
                 raw_hosts[*second].get_ref().roles.span(),
                 &format!("hosts[{second}].roles"),
@@ -537,11 +650,16 @@ impl Validator<'_> {
     ) -> Result<(), InventoryError> {
         let postgres: Vec<String> = hosts
             .iter()
-            .filter(|host| host.has(Role::Postgres))
+            .filter(|host| host.has(Component::Postgres))
             .map(|host| host.name.clone())
             .collect();
         for (index, host) in hosts.iter_mut().enumerate() {
-            if !host.has(Role::Inventory) && !host.has(Role::Billing) {
+            let needs_database = host
+                .services
+                .iter()
+                .filter_map(|name| self.platform.service(name))
+                .any(|service| service.database.is_some());
+            if !needs_database {
                 continue;
             }
             let error = |message: String| {
@@ -551,7 +669,7 @@ impl Validator<'_> {
                     message,
                 )
             };
-            host.database_host = Some(if host.has(Role::Postgres) {
+            host.database_host = Some(if host.has(Component::Postgres) {
                 host.name.clone()
             } else {
                 match postgres.as_slice() {
@@ -582,31 +700,27 @@ impl Validator<'_> {
         hosts: &[Host],
         settings: &Spanned<RawSettings>,
     ) -> Result<(), InventoryError> {
-        let raw = settings.get_ref();
-        let ports = [
-            (Role::Gateway, "settings.gateway_port", &raw.gateway_port),
-            (
-                Role::Inventory,
-                "settings.inventory_port",
-                &raw.inventory_port,
-            ),
-            (
-                Role::Billing,
-                "settings.billing_health_port",
-                &raw.billing_health_port,
-            ),
-        ];
+        let table = settings.get_ref();
         for (index, host) in hosts.iter().enumerate() {
-            let mut used: BTreeMap<u16, &str> = BTreeMap::new();
-            for (role, field, value) in &ports {
-                if !host.has(*role) {
-                    continue;
-                }
-                let port = self.port(value, field)?;
-                if let Some(other) = used.insert(port, field) {
+            let mut used: BTreeMap<u16, String> = BTreeMap::new();
+            // In the file's order, so the setting written second is the one named.
+            let mut settings: Vec<(&str, &Spanned<RawValue>)> = host
+                .services
+                .iter()
+                .filter_map(|name| self.platform.service(name))
+                .filter_map(|service| {
+                    let key = service.port_setting.as_str();
+                    table.get(key).map(|value| (key, value))
+                })
+                .collect();
+            settings.sort_by_key(|(_, value)| value.span().start);
+            for (key, value) in settings {
+                let field = format!("settings.{key}");
+                let port = self.port(&setting_number(value), &field)?;
+                if let Some(other) = used.insert(port, field.clone()) {
                     return Err(self.error(
                         value.span(),
-                        field,
+                        &field,
                         format!(
                             "port {port} is also {other}, and both services run on {} (hosts[{index}] at line {})",
                             host.name,
@@ -620,86 +734,19 @@ impl Validator<'_> {
     }
 }
 
-fn parse_role(name: &str) -> Option<Role> {
-    match name {
-        "gateway" => Some(Role::Gateway),
-        "inventory" => Some(Role::Inventory),
-        "billing" => Some(Role::Billing),
-        "postgres" => Some(Role::Postgres),
-        "rabbitmq" => Some(Role::Rabbitmq),
-        _ => None,
-    }
+/// A setting read as a number: written as one, or as a string (so it can come from `${VAR}`).
+fn setting_number(value: &Spanned<RawValue>) -> Spanned<RawNumber> {
+    let number = match value.get_ref() {
+        RawValue::Integer(number) => RawNumber::Integer(*number),
+        RawValue::Text(text) => RawNumber::Text(text.clone()),
+        RawValue::Other(other) => RawNumber::Text(other.to_string()),
+    };
+    Spanned::new(value.span(), number)
 }
 
 /// Whether `address` is an IP literal (PostgreSQL and RabbitMQ need one to bind to).
 pub fn is_ip_address(address: &str) -> bool {
     address.parse::<IpAddr>().is_ok()
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
-    (line, before[line_start..].chars().count() + 1)
-}
-
-/// A syntax or type error from the TOML parser, located and with the field it concerns.
-fn syntax_error(path: &Path, text: &str, error: &toml::de::Error) -> InventoryError {
-    let offset = error.span().map_or(0, |span| span.start);
-    let (line, column) = line_column(text, offset);
-    InventoryError::Invalid {
-        file: path.to_owned(),
-        line,
-        column,
-        field: field_at(text, offset, error.message()),
-        message: error.message().trim().to_owned(),
-    }
-}
-
-/// The dotted path of the field at `offset`: the table header above it (`hosts[1]`, `settings`)
-/// and the key on its line, or the field a "missing field" message names.
-fn field_at(text: &str, offset: usize, message: &str) -> String {
-    let offset = offset.min(text.len());
-    let mut table = String::new();
-    let mut host_index: Option<usize> = None;
-    for line in text[..offset].split_inclusive('\n') {
-        let trimmed = line.trim();
-        if trimmed.starts_with("[[") {
-            let name = trimmed.trim_matches(|c| c == '[' || c == ']').trim();
-            if name == "hosts" {
-                host_index = Some(host_index.map_or(0, |i| i + 1));
-                table = format!("hosts[{}]", host_index.unwrap_or(0));
-            } else {
-                table = name.to_owned();
-            }
-        } else if trimmed.starts_with('[') {
-            table = trimmed
-                .trim_matches(|c| c == '[' || c == ']')
-                .trim()
-                .to_owned();
-        }
-    }
-    let current_start = text[..offset].rfind('\n').map_or(0, |at| at + 1);
-    let current_line = text[current_start..].lines().next().unwrap_or("");
-    let key = match current_line.split_once('=') {
-        Some((key, _)) if !current_line.trim_start().starts_with('[') => {
-            Some(key.trim().trim_matches('"').to_owned())
-        }
-        _ => None,
-    };
-    let key = key.or_else(|| {
-        let start = message.find('`')? + 1;
-        let end = start + message[start..].find('`')?;
-        Some(message[start..end].to_owned())
-    });
-    match (table.is_empty(), key) {
-        (true, Some(key)) => key,
-        (false, Some(key)) => format!("{table}.{key}"),
-        (_, None) if !table.is_empty() => table,
-        _ => "(top level)".to_owned(),
-    }
 }
 
 #[cfg(test)]
@@ -760,12 +807,23 @@ queue = "${RABBITMQ_QUEUE}"
 vhost = "${RABBITMQ_VHOST}"
 "#;
 
+    fn platform() -> Platform {
+        Platform::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../platform.toml"))
+            .expect("platform.toml is valid")
+    }
+
     fn env() -> EnvFile {
-        EnvFile::parse(Path::new(".env"), ENV).expect("test env parses")
+        EnvFile::parse(Path::new(".env"), ENV, &platform().required_variables())
+            .expect("test env parses")
     }
 
     fn parse(text: &str) -> Result<Inventory, InventoryError> {
-        Inventory::parse(Path::new("/srv/deploy/inventory.toml"), text, &env())
+        Inventory::parse(
+            Path::new("/srv/deploy/inventory.toml"),
+            text,
+            &env(),
+            &platform(),
+        )
     }
 
     /// Line (1-based) of the first line of `text` containing `needle`.
@@ -810,7 +868,7 @@ vhost = "${RABBITMQ_VHOST}"
             Some("billing-vm")
         );
         assert_eq!(inventory.broker_host().name, "billing-vm");
-        assert_eq!(inventory.settings.inventory_port, 8080);
+        assert_eq!(inventory.settings.ports["inventory_port"], 8080);
         assert_eq!(inventory.settings.vhost, "billing_vhost");
         assert_eq!(inventory.settings.target_arch, Arch::X86_64);
         assert_eq!(
@@ -1091,9 +1149,13 @@ vhost = "${RABBITMQ_VHOST}"
 
     #[test]
     fn an_unreadable_inventory_is_named() {
-        let message = Inventory::load(Path::new("/nonexistent/inventory.toml"), &env())
-            .expect_err("missing")
-            .to_string();
+        let message = Inventory::load(
+            Path::new("/nonexistent/inventory.toml"),
+            &env(),
+            &platform(),
+        )
+        .expect_err("missing")
+        .to_string();
         assert!(message.contains("/nonexistent/inventory.toml"), "{message}");
     }
 }

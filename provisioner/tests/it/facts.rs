@@ -6,13 +6,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use provisioner::desired::{
-    Connection, DesiredHost, PostgresDatabase, PostgresRole, PostgresState, RabbitMqState, Role,
-    Secret,
-};
 use provisioner::converge::facts;
 use provisioner::converge::plan::{plan, ChangeKind};
 use provisioner::converge::transport::{ExecOutput, Transport, TransportError};
+use provisioner::desired::{
+    Connection, DesiredHost, PostgresDatabase, PostgresRole, PostgresState, RabbitMqState, Secret,
+};
 
 /// This machine as a host: commands run through `sh -c` as the test's user (root).
 #[derive(Debug)]
@@ -100,7 +99,6 @@ pub(crate) fn desired(role: &str, password: &str) -> DesiredHost {
             known_hosts: PathBuf::from("/nonexistent/known_hosts"),
             connect_timeout: Duration::from_secs(5),
         },
-        roles: vec![Role::Postgres, Role::Rabbitmq],
         packages: vec!["postgresql".into()],
         system_users: Vec::new(),
         postgres: Some(PostgresState {

@@ -10,16 +10,18 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use provisioner::converge::apply::{apply_all, HostReport};
-use provisioner::render::binaries;
-use provisioner::desired::{
-    Connection, DesiredBinary, DesiredFile, DesiredHost, FileContent, Handler, PostgresDatabase,
-    PostgresRole, PostgresState, RabbitMqState, Role, Secret, ServiceSpec,
+use provisioner::converge::facts::{
+    self, FileFact, HostFacts, PostgresFacts, RabbitMqFacts, UnitFact,
 };
-use provisioner::converge::facts::{self, FileFact, HostFacts, PostgresFacts, RabbitMqFacts, UnitFact};
 use provisioner::converge::plan::{plan, Action, ChangeKind, Phase};
 use provisioner::converge::scram;
 use provisioner::converge::transport::fake::FakeTransport;
 use provisioner::converge::transport::Transport;
+use provisioner::desired::{
+    Connection, DesiredBinary, DesiredFile, DesiredHost, FileContent, Handler, PostgresDatabase,
+    PostgresRole, PostgresState, RabbitMqState, Secret, ServiceSpec,
+};
+use provisioner::render::binaries::{self, Arch};
 
 const DB_PASSWORD: &str = "s3cret-db";
 const MQ_PASSWORD: &str = "s3cret-mq";
@@ -61,6 +63,7 @@ fn desired_host(dir: &Path) -> DesiredHost {
             local_path,
             remote_path: format!("/usr/local/bin/{service}"),
             sha256: binaries::sha256_hex(content),
+            arch: Arch::from_name(std::env::consts::ARCH).expect("a known architecture"),
         }
     };
     DesiredHost {
@@ -74,7 +77,6 @@ fn desired_host(dir: &Path) -> DesiredHost {
             known_hosts: PathBuf::from("/nonexistent/known_hosts"),
             connect_timeout: Duration::from_secs(5),
         },
-        roles: vec![Role::Inventory, Role::Billing, Role::Postgres, Role::Rabbitmq],
         packages: vec!["curl".into(), "postgresql".into(), "rabbitmq-server".into()],
         system_users: vec!["inventory".into(), "billing".into()],
         postgres: Some(PostgresState {
@@ -132,8 +134,8 @@ fn desired_host(dir: &Path) -> DesiredHost {
         ],
         binaries: vec![binary("inventory", b"inventory v1"), binary("billing", b"billing v1")],
         services: vec![
-            ServiceSpec { unit: "inventory".into(), health_url: "http://127.0.0.1:8080/health".into() },
-            ServiceSpec { unit: "billing".into(), health_url: "http://127.0.0.1:8081/health".into() },
+            ServiceSpec { unit: "inventory".into(), health_url: "http://127.0.0.1:8080/health".into(), ready_url: "http://127.0.0.1:8080/ready".into() },
+            ServiceSpec { unit: "billing".into(), health_url: "http://127.0.0.1:8081/health".into(), ready_url: "http://127.0.0.1:8081/ready".into() },
         ],
         host_units: Vec::new(),
     }
@@ -591,10 +593,8 @@ fn facts_are_gathered_in_one_round_trip_with_secrets_only_on_stdin() {
 fn a_host_of_another_architecture_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut desired = desired_host(dir.path());
-    // A real executable of this machine as the binary to push.
-    let local = dir.path().join("real-inventory");
-    std::fs::copy("/bin/true", &local).expect("copy /bin/true");
-    desired.binaries[0].local_path = local;
+    // The binaries are built for this machine (render read that from their ELF headers).
+    assert_eq!(desired.binaries[0].arch.as_str(), std::env::consts::ARCH);
     let mut facts = converged(&desired);
     facts.arch = Some(
         if std::env::consts::ARCH == "aarch64" {
@@ -645,7 +645,7 @@ fn apply_without_restarts(
 
 fn apply_one(desired: &DesiredHost, fake: &FakeTransport) -> HostReport {
     let transport: &dyn Transport = fake;
-    apply_all(&[(desired, Ok(transport))])
+    apply_all(&[(desired, Ok(transport))], std::num::NonZeroUsize::MIN)
         .pop()
         .expect("one report")
 }

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use provisioner::desired::Connection;
 use provisioner::converge::ssh::{HostKeyStatus, SshTransport};
 use provisioner::converge::transport::{Transport, TransportError};
+use provisioner::desired::Connection;
 
 /// An sshd for one test; killed when dropped.
 struct Sshd {

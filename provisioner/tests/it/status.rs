@@ -4,11 +4,11 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
-use provisioner::desired::ServiceSpec;
 use provisioner::converge::status::{self, QueueStatus, ServiceStatus};
 use provisioner::converge::transport::fake::FakeTransport;
+use provisioner::desired::ServiceSpec;
 
-use crate::converge::facts::{desired, LocalShell};
+use crate::facts::{desired, LocalShell};
 
 const QUEUE: &str = "billing_queue";
 
@@ -18,11 +18,13 @@ fn host_with_services(health_port: u16) -> provisioner::desired::DesiredHost {
         ServiceSpec {
             unit: "inventory".into(),
             health_url: format!("http://127.0.0.1:{health_port}/health"),
+            ready_url: format!("http://127.0.0.1:{health_port}/ready"),
         },
         ServiceSpec {
             unit: "billing".into(),
             // Nothing listens on port 1.
             health_url: "http://127.0.0.1:1/health".into(),
+            ready_url: "http://127.0.0.1:1/ready".into(),
         },
     ];
     host
@@ -35,8 +37,8 @@ fn status_is_one_round_trip_per_host_and_parses_services_and_queue() {
     fake.answer(
         "sh -s",
         0,
-        "@@service 0\nactive\nhealthy {\"status\":\"ok\",\"service\":\"inventory\",\"version\":\"0.3.1\"}\n\
-         @@service 1\ninactive\nunhealthy\n\
+        "@@service 0\nactive\nhealthy {\"status\":\"ok\",\"service\":\"inventory\",\"version\":\"0.3.1\"}\nready\n\
+         @@service 1\ninactive\nunhealthy\nunready\n\
          @@queues\nother\t9\t9\nbilling_queue\t4\t1\n@@end\n",
     );
     let status = status::gather(&fake, &host, QUEUE).expect("status");
@@ -49,12 +51,14 @@ fn status_is_one_round_trip_per_host_and_parses_services_and_queue() {
                 name: "inventory".into(),
                 active: true,
                 healthy: true,
+                ready: true,
                 version: Some("0.3.1".into()),
             },
             ServiceStatus {
                 name: "billing".into(),
                 active: false,
                 healthy: false,
+                ready: false,
                 version: None,
             },
         ]
@@ -86,16 +90,18 @@ fn the_status_script_runs_here_against_a_real_health_endpoint_and_rabbitmq() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("address").port();
     let server = std::thread::spawn(move || {
-        // One request: the script asks each health URL once.
-        let (mut stream, _) = listener.accept().expect("accept");
-        let mut request = [0_u8; 1024];
-        let _ = stream.read(&mut request);
-        let body = r#"{"status":"ok","service":"inventory","version":"9.8.7"}"#;
-        let _ = write!(
-            stream,
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
+        // Two requests: the script asks the health URL, then the readiness URL, once each.
+        for _ in 0..2 {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0_u8; 1024];
+            let _ = stream.read(&mut request);
+            let body = r#"{"status":"ok","service":"inventory","version":"9.8.7"}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
     });
     let host = host_with_services(port);
     // A queue nobody declared on this machine's broker: nothing waits, nobody consumes.
@@ -103,9 +109,12 @@ fn the_status_script_runs_here_against_a_real_health_endpoint_and_rabbitmq() {
     let status = status::gather(&LocalShell, &host, &queue).expect("status");
     server.join().expect("server");
     let inventory = &status.services[0];
-    assert!(inventory.healthy, "{status:?}");
+    assert!(inventory.healthy && inventory.ready, "{status:?}");
     assert_eq!(inventory.version.as_deref(), Some("9.8.7"));
-    assert!(!status.services[1].healthy, "{status:?}");
+    assert!(
+        !status.services[1].healthy && !status.services[1].ready,
+        "{status:?}"
+    );
     assert_eq!(
         status.queue,
         Some(QueueStatus {

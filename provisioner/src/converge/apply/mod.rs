@@ -3,14 +3,16 @@
 //! and puts the previous binary back when a new one is unhealthy.
 
 use std::collections::BTreeSet;
+use std::num::NonZeroUsize;
 
 use serde::Serialize;
 
-use crate::desired::{DesiredHost, Handler};
 use crate::converge::facts::{self, FactsError, HostFacts};
+use crate::converge::parallel;
 use crate::converge::plan::{self, Action, Change, ChangeKind, HostPlan, Phase};
 use crate::converge::scram;
 use crate::converge::transport::{replace_file_script, shell_quote, Transport, TransportError};
+use crate::desired::{DesiredHost, Handler};
 
 /// How long a restarted service gets to answer its health URL.
 const HEALTH_WAIT_SECS: u32 = 30;
@@ -598,7 +600,10 @@ pub fn kind_name(kind: ChangeKind) -> &'static str {
 /// Converges every host: phase 1 on all hosts in parallel, then phase 2 on all hosts in
 /// parallel, so every database and broker is ready before any service restarts.
 /// `transports` holds a connection per host, or the one-line error of connecting to it.
-pub fn apply_all(hosts: &[(&DesiredHost, Result<&dyn Transport, String>)]) -> Vec<HostReport> {
+pub fn apply_all(
+    hosts: &[(&DesiredHost, Result<&dyn Transport, String>)],
+    forks: NonZeroUsize,
+) -> Vec<HostReport> {
     let mut runs: Vec<Result<HostRun<'_>, Box<HostReport>>> = hosts
         .iter()
         .map(|(desired, transport)| match transport {
@@ -608,30 +613,30 @@ pub fn apply_all(hosts: &[(&DesiredHost, Result<&dyn Transport, String>)]) -> Ve
         .collect();
 
     for phase in [Phase::Backing, Phase::Services] {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = runs
-                .iter_mut()
-                .map(|run| {
-                    scope.spawn(move || {
-                        let Ok(host_run) = run else { return };
-                        let result = match phase {
-                            Phase::Backing => host_run.backing_phase(),
-                            Phase::Services => host_run.services_phase(),
-                        };
-                        if let Err(error) = result {
-                            progress(host_run.host(), &format!("failed: {error}"));
-                            let mut report = std::mem::take(&mut host_run.report);
-                            report.failed += 1;
-                            report.append_error(error.to_string());
-                            *run = Err(Box::new(report));
-                        }
-                    })
-                })
-                .collect();
-            for handle in handles {
-                let _ = handle.join();
+        let outcomes = parallel::each_mut(&mut runs, forks, |run| {
+            let Ok(host_run) = run else { return };
+            let result = match phase {
+                Phase::Backing => host_run.backing_phase(),
+                Phase::Services => host_run.services_phase(),
+            };
+            if let Err(error) = result {
+                progress(host_run.host(), &format!("failed: {error}"));
+                let mut report = std::mem::take(&mut host_run.report);
+                report.failed += 1;
+                report.append_error(error.to_string());
+                *run = Err(Box::new(report));
             }
         });
+        for (run, outcome) in runs.iter_mut().zip(outcomes) {
+            if outcome.is_none() {
+                if let Ok(host_run) = run {
+                    let mut report = std::mem::take(&mut host_run.report);
+                    report.failed += 1;
+                    report.append_error("panicked".to_owned());
+                    *run = Err(Box::new(report));
+                }
+            }
+        }
     }
     runs.into_iter()
         .map(|run| match run {
@@ -644,9 +649,9 @@ pub fn apply_all(hosts: &[(&DesiredHost, Result<&dyn Transport, String>)]) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::Connection;
     use crate::converge::facts::HostFacts;
     use crate::converge::transport::fake::FakeTransport;
+    use crate::desired::Connection;
 
     /// A host with neither PostgreSQL nor RabbitMQ (a gateway host).
     fn without_backing_services() -> DesiredHost {
@@ -661,7 +666,6 @@ mod tests {
                 known_hosts: "/nonexistent/known_hosts".into(),
                 connect_timeout: std::time::Duration::from_secs(5),
             },
-            roles: Vec::new(),
             packages: Vec::new(),
             system_users: Vec::new(),
             postgres: None,

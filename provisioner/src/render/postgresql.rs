@@ -1,0 +1,106 @@
+//! PostgreSQL on a host (`templates/postgresql/`): one database per service whose database lives
+//! here, owned by its role, reachable only from the hosts running that service.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use tera::Context;
+
+use super::inventory::{is_ip_address, Host};
+use super::platform::Component;
+use super::{hba_address, text_file, RenderError, Renderer};
+use crate::desired::{
+    DesiredFile, Handler, PostgresDatabase, PostgresRole, PostgresState, PG_VERSION_PLACEHOLDER,
+};
+
+#[derive(Serialize)]
+struct HbaRule {
+    database: String,
+    user: String,
+    address: String,
+}
+
+impl Renderer<'_> {
+    /// Roles, databases, listen addresses and pg_hba of the PostgreSQL running on `host`: one
+    /// database per service whose database lives here, reachable only from the hosts running
+    /// that service.
+    pub fn postgres(&self, host: &Host) -> Result<(PostgresState, Vec<DesiredFile>), RenderError> {
+        let mut roles: Vec<PostgresRole> = Vec::new();
+        let mut databases: Vec<PostgresDatabase> = Vec::new();
+        let mut rules = Vec::new();
+        let mut remote_clients = false;
+        for service in self.inventory.platform.services() {
+            let Some(credentials) = self.database_credentials(service) else {
+                continue;
+            };
+            let clients: Vec<&Host> = self
+                .inventory
+                .hosts_running(&service.name)
+                .filter(|client| client.database_host.as_deref() == Some(host.name.as_str()))
+                .collect();
+            if clients.is_empty() {
+                continue;
+            }
+            if !roles.iter().any(|r| r.name == credentials.user) {
+                roles.push(PostgresRole {
+                    name: credentials.user.clone(),
+                    password: credentials.password.clone(),
+                });
+            }
+            if !databases.iter().any(|d| d.name == credentials.name) {
+                databases.push(PostgresDatabase {
+                    name: credentials.name.clone(),
+                    owner: credentials.user.clone(),
+                });
+            }
+            let mut addresses = BTreeSet::new();
+            for client in clients {
+                if client.name == host.name {
+                    addresses.insert("127.0.0.1/32".to_owned());
+                } else {
+                    remote_clients = true;
+                    addresses.insert(hba_address(client.address()));
+                }
+            }
+            rules.extend(addresses.into_iter().map(|address| HbaRule {
+                database: credentials.name.clone(),
+                user: credentials.user.clone(),
+                address,
+            }));
+        }
+        let mut listen_addresses = vec!["localhost".to_owned()];
+        if remote_clients {
+            // PostgreSQL can bind a name, but the SSH address may resolve elsewhere: bind all.
+            listen_addresses.push(if is_ip_address(host.address()) {
+                host.address().to_owned()
+            } else {
+                "*".to_owned()
+            });
+        }
+        let mut conf = Context::new();
+        conf.insert("host", &host.name);
+        conf.insert("listen_addresses", &listen_addresses);
+        let mut hba = Context::new();
+        hba.insert("host", &host.name);
+        hba.insert("rules", &rules);
+        let folder = format!("/etc/postgresql/{PG_VERSION_PLACEHOLDER}/main");
+        let files = vec![
+            // listen_addresses takes effect only at start.
+            text_file(
+                format!("{folder}/conf.d/60-provision.conf"),
+                self.render("postgresql/provision.conf", host, &conf)?,
+                0o644,
+                "postgres",
+                vec![Handler::Restart(Component::Postgres.unit().to_owned())],
+            ),
+            text_file(
+                format!("{folder}/pg_hba.conf"),
+                self.render("postgresql/pg_hba.conf", host, &hba)?,
+                0o640,
+                "postgres",
+                vec![Handler::Reload(Component::Postgres.unit().to_owned())],
+            ),
+        ];
+        Ok((PostgresState { roles, databases }, files))
+    }
+}

@@ -1,0 +1,226 @@
+//! The platform's services on a host (`templates/systemd/`, `templates/env/`): each one's unit,
+//! env file, binary and health checks, all read from its description in `platform.toml`.
+
+use serde::Serialize;
+use tera::Context;
+
+use super::binaries::BinarySet;
+use super::inventory::Host;
+use super::platform::{Component, ServiceDescription};
+use super::{percent_encode, reach, text_file, RenderError, Renderer};
+use crate::desired::{DesiredBinary, DesiredFile, FileContent, Handler, Secret, ServiceSpec};
+use crate::render::env_file::DatabaseCredentials;
+
+/// PostgreSQL's and RabbitMQ's ports on the hosts (the packages' defaults).
+pub const POSTGRES_PORT: u16 = 5432;
+pub const AMQP_PORT: u16 = 5672;
+
+/// The unit template of services that have none of their own (`systemd/<name>.service`).
+pub const UNIT_TEMPLATE: &str = "systemd/service.service";
+
+/// `/etc/<svc>/<svc>.env`.
+pub fn env_file_path(service: &str) -> String {
+    format!("/etc/{service}/{service}.env")
+}
+
+/// `/usr/local/bin/<svc>`.
+pub fn binary_path(service: &str) -> String {
+    format!("/usr/local/bin/{service}")
+}
+
+/// The checked binary of `service`, to push to `binary_path`.
+pub fn binary(
+    binaries: &BinarySet,
+    service: &ServiceDescription,
+) -> Result<DesiredBinary, RenderError> {
+    let binary = binaries
+        .get(&service.name)
+        .ok_or_else(|| RenderError::MissingBinary {
+            service: service.name.clone(),
+        })?;
+    Ok(DesiredBinary {
+        service: service.name.clone(),
+        local_path: binary.path.clone(),
+        remote_path: binary_path(&service.name),
+        sha256: binary.sha256.clone(),
+        arch: binary.arch,
+    })
+}
+
+#[derive(Serialize)]
+struct UnitContext<'a> {
+    host: &'a str,
+    service: &'a str,
+    summary: &'a str,
+    user: &'a str,
+    env_file: String,
+    binary: String,
+    after: Vec<String>,
+}
+
+impl Renderer<'_> {
+    /// Where `service` listens: every interface when it is public or called from another host,
+    /// else loopback only.
+    fn listen_ip(&self, host: &Host, service: &ServiceDescription) -> &'static str {
+        let called_from_elsewhere = self
+            .inventory
+            .platform
+            .callers_of(&service.name)
+            .flat_map(|caller| self.inventory.hosts_running(&caller.name))
+            .any(|client| client.name != host.name);
+        if service.public || called_from_elsewhere {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        }
+    }
+
+    /// What plan/apply and status need to know of `service` on a host.
+    pub fn spec(&self, service: &ServiceDescription) -> ServiceSpec {
+        let port = self.inventory.port_of(service);
+        ServiceSpec {
+            unit: service.name.clone(),
+            health_url: format!("http://127.0.0.1:{port}{}", service.health),
+            ready_url: format!("http://127.0.0.1:{port}{}", service.ready),
+        }
+    }
+
+    /// The units `service` starts after on `host`: the services it calls there, then PostgreSQL
+    /// when its database is local, then RabbitMQ when it uses the broker and the broker is local.
+    fn after(&self, host: &Host, service: &ServiceDescription) -> Vec<String> {
+        let inventory = self.inventory;
+        let mut after: Vec<String> = service
+            .calls
+            .iter()
+            .filter(|callee| host.runs(callee))
+            .map(|callee| format!("{callee}.service"))
+            .collect();
+        let database_local = inventory
+            .database_host_of(host)
+            .is_some_and(|db| db.name == host.name);
+        if service.database.is_some() && database_local {
+            after.push(format!("{}.service", Component::Postgres.unit()));
+        }
+        if service.broker && inventory.broker_host().name == host.name {
+            after.push(format!("{}.service", Component::Rabbitmq.unit()));
+        }
+        after
+    }
+
+    pub fn unit(
+        &self,
+        host: &Host,
+        service: &ServiceDescription,
+    ) -> Result<DesiredFile, RenderError> {
+        let name = service.name.as_str();
+        let context = UnitContext {
+            host: &host.name,
+            service: name,
+            summary: &service.summary,
+            user: name,
+            env_file: env_file_path(name),
+            binary: binary_path(name),
+            after: self.after(host, service),
+        };
+        let own = format!("systemd/{name}.service");
+        let template = if self.has_template(&own) {
+            own.as_str()
+        } else {
+            UNIT_TEMPLATE
+        };
+        let text = self.render_serialized(template, host, &context)?;
+        Ok(text_file(
+            format!("/etc/systemd/system/{name}.service"),
+            text,
+            0o644,
+            "root",
+            vec![Handler::DaemonReload, Handler::Restart(name.to_owned())],
+        ))
+    }
+
+    /// `templates/env/<name>.env`, given: `host`, `rust_log`, `queue`, `listen_addr`, and, as the
+    /// description says, `database_url`, `amqp_url` and `<callee>_urls`.
+    pub fn env_file(
+        &self,
+        host: &Host,
+        service: &ServiceDescription,
+    ) -> Result<DesiredFile, RenderError> {
+        let inventory = self.inventory;
+        let settings = &inventory.settings;
+        let name = service.name.as_str();
+        let mut context = Context::new();
+        context.insert("host", &host.name);
+        context.insert("rust_log", &settings.rust_log);
+        context.insert("queue", &settings.queue);
+        context.insert(
+            "listen_addr",
+            &format!(
+                "{}:{}",
+                self.listen_ip(host, service),
+                inventory.port_of(service)
+            ),
+        );
+        if let Some(credentials) = self.database_credentials(service) {
+            context.insert(
+                "database_url",
+                self.database_url(host, &credentials).expose(),
+            );
+        }
+        if service.broker {
+            context.insert("amqp_url", self.amqp_url(host).expose());
+        }
+        for callee in &service.calls {
+            let Some(callee) = inventory.platform.service(callee) else {
+                continue;
+            };
+            let port = inventory.port_of(callee);
+            let urls: Vec<String> = inventory
+                .hosts_running(&callee.name)
+                .map(|server| format!("http://{}:{port}", reach(host, server)))
+                .collect();
+            context.insert(format!("{}_urls", callee.name), &urls);
+        }
+        let text = self.render(&format!("env/{name}.env"), host, &context)?;
+        Ok(DesiredFile {
+            path: env_file_path(name),
+            content: FileContent::SecretText(Secret::new(text)),
+            mode: 0o600,
+            owner: "root".to_owned(),
+            group: "root".to_owned(),
+            on_change: vec![Handler::Restart(name.to_owned())],
+        })
+    }
+
+    /// The database `service` owns, with its credentials from `.env`.
+    pub fn database_credentials(
+        &self,
+        service: &ServiceDescription,
+    ) -> Option<DatabaseCredentials> {
+        service
+            .database
+            .as_deref()
+            .map(|prefix| self.env.database(prefix))
+    }
+
+    fn database_url(&self, host: &Host, database: &DatabaseCredentials) -> Secret {
+        let server = self.inventory.database_host_of(host).unwrap_or(host);
+        Secret::new(format!(
+            "postgres://{}:{}@{}:{POSTGRES_PORT}/{}",
+            percent_encode(&database.user),
+            percent_encode(database.password.expose()),
+            reach(host, server),
+            percent_encode(&database.name),
+        ))
+    }
+
+    fn amqp_url(&self, host: &Host) -> Secret {
+        let broker = self.env.broker();
+        Secret::new(format!(
+            "amqp://{}:{}@{}:{AMQP_PORT}/{}",
+            percent_encode(&broker.user),
+            percent_encode(broker.password.expose()),
+            reach(host, self.inventory.broker_host()),
+            percent_encode(&self.inventory.settings.vhost),
+        ))
+    }
+}
