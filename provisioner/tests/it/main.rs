@@ -4,6 +4,7 @@
 
 mod facts;
 mod plan;
+mod platform;
 mod render;
 mod ssh;
 mod status;

@@ -592,7 +592,7 @@ fn facts_are_gathered_in_one_round_trip_with_secrets_only_on_stdin() {
 #[test]
 fn a_host_of_another_architecture_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut desired = desired_host(dir.path());
+    let desired = desired_host(dir.path());
     // The binaries are built for this machine (render read that from their ELF headers).
     assert_eq!(desired.binaries[0].arch.as_str(), std::env::consts::ARCH);
     let mut facts = converged(&desired);
