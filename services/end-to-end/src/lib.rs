@@ -44,26 +44,41 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Builds the three service binaries with the caller's profile (a no-op when fresh) and returns
-/// the folder holding them: the caller runs from `target/<profile>/deps/`, they sit one level up.
+/// Builds the service binaries with the caller's profile (a no-op when fresh) by the one build
+/// command of the platform, `provision build`, and returns the folder holding them.
 pub fn service_binaries() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
+    // The caller runs from `target/<profile>/deps/`.
+    let release = exe
         .parent()
-        .and_then(|deps| deps.parent())
-        .context("the test executable has no target folder")?;
-    let release = dir.file_name().is_some_and(|name| name == "release");
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .is_some_and(|name| name == "release");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .context("the crate sits two folders below the workspace")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args(["build", "-p", "gateway", "-p", "inventory", "-p", "billing"]);
-    if release {
-        build.arg("--release");
+    build
+        .current_dir(workspace)
+        .args([
+            "run",
+            "--locked",
+            "--quiet",
+            "-p",
+            "provisioner",
+            "--",
+            "build",
+        ])
+        .stderr(Stdio::inherit());
+    if !release {
+        build.arg("--dev");
     }
-    let status = build
-        .status()
-        .context("running cargo build for the service binaries")?;
-    ensure!(status.success(), "cargo build of the services failed");
-    Ok(dir.to_path_buf())
+    let output = build.output().context("running provision build")?;
+    ensure!(output.status.success(), "provision build failed");
+    let folder = String::from_utf8(output.stdout).context("provision build printed no path")?;
+    Ok(PathBuf::from(folder.trim()))
 }
 
 /// A service process, killed when dropped so a failing run leaves nothing behind.
