@@ -5,86 +5,18 @@
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
 
-use serde::Serialize;
+pub mod commands;
+pub mod report;
+
+pub use commands::*;
+pub use report::*;
 
 use crate::converge::facts::{self, FactsError, HostFacts};
 use crate::converge::parallel;
 use crate::converge::plan::{self, Action, Change, ChangeKind, HostPlan, Phase};
 use crate::converge::scram;
-use crate::converge::transport::{replace_file_script, shell_quote, Transport, TransportError};
+use crate::converge::transport::{shell_quote, Transport, TransportError};
 use crate::desired::{DesiredHost, Handler};
-
-/// How long a restarted service gets to answer its health URL.
-const HEALTH_WAIT_SECS: u32 = 30;
-
-/// One change as the JSON document of the contract shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ChangeReport {
-    pub kind: ChangeKind,
-    pub target: String,
-    pub detail: String,
-}
-
-impl From<&Change> for ChangeReport {
-    fn from(change: &Change) -> Self {
-        Self {
-            kind: change.kind,
-            target: change.target.clone(),
-            detail: change.detail.clone(),
-        }
-    }
-}
-
-/// The outcome of plan or apply on one host (the contract's `hosts[]` entry).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct HostReport {
-    pub host: String,
-    pub ok: usize,
-    pub changed: usize,
-    pub failed: usize,
-    pub changes: Vec<ChangeReport>,
-    pub restarted: Vec<String>,
-    pub rolled_back: Vec<String>,
-    pub error: Option<String>,
-}
-
-impl HostReport {
-    pub fn new(host: &str) -> Self {
-        Self {
-            host: host.to_string(),
-            ..Self::default()
-        }
-    }
-
-    pub fn failed_with(host: &str, error: impl std::fmt::Display) -> Self {
-        Self {
-            host: host.to_string(),
-            failed: 1,
-            error: Some(error.to_string()),
-            ..Self::default()
-        }
-    }
-
-    /// Adds `message` to the host's error: a rollback earlier in the run must stay visible.
-    fn append_error(&mut self, message: String) {
-        self.error = Some(match self.error.take() {
-            Some(previous) => format!("{previous}; {message}"),
-            None => message,
-        });
-    }
-
-    /// What `plan` reports: the changes it would make and the services it would restart.
-    pub fn from_plan(plan: &HostPlan) -> Self {
-        Self {
-            host: plan.host.clone(),
-            ok: plan.unchanged(),
-            changed: plan.changes.len(),
-            changes: plan.changes.iter().map(ChangeReport::from).collect(),
-            restarted: plan.restarts.clone(),
-            ..Self::default()
-        }
-    }
-}
 
 /// Why one step of apply failed on a host.
 #[derive(Debug, thiserror::Error)]
@@ -99,11 +31,6 @@ pub enum ApplyError {
     PackagesStillMissing { host: String, packages: Vec<String> },
     #[error("{host}: {message}")]
     Other { host: String, message: String },
-}
-
-/// Prints one progress line for a host on stderr (stdout is kept for the result).
-pub fn progress(host: &str, message: &str) {
-    eprintln!("[{host}] {message}");
 }
 
 /// One host being converged: its connection, desired state, current plan and report so far.
@@ -430,170 +357,18 @@ impl<'a> HostRun<'a> {
                 message: format!("reading /dev/urandom: {error}"),
             })
         };
-        Ok(match action {
-            Action::CreateRole(index) | Action::SetRolePassword(index) => {
-                let verb = if matches!(action, Action::CreateRole(_)) {
-                    "CREATE"
-                } else {
-                    "ALTER"
-                };
-                let role = &postgres.roles[*index];
-                // A verifier, not the password: the clear text never reaches the server or its logs.
-                format!(
-                    "{verb} ROLE {} LOGIN PASSWORD {};\n",
-                    ident(&role.name),
-                    literal(&verifier(role.password.expose())?)
-                )
-            }
-            Action::CreateDatabase(index) => {
-                let database = &postgres.databases[*index];
-                format!(
-                    "CREATE DATABASE {} OWNER {};\n",
-                    ident(&database.name),
-                    ident(&database.owner)
-                )
-            }
-            Action::SetDatabaseOwner(index) => {
-                let database = &postgres.databases[*index];
-                format!(
-                    "ALTER DATABASE {} OWNER TO {};\n",
-                    ident(&database.name),
-                    ident(&database.owner)
-                )
-            }
-            _ => return Err(self.inconsistent(action, "PostgreSQL")),
-        })
+        postgres_sql(postgres, action, verifier)?
+            .ok_or_else(|| self.inconsistent(action, "PostgreSQL"))
     }
 
     fn rabbitmq(&self, action: &Action) -> Result<(), ApplyError> {
         let Some(rabbitmq) = &self.desired.rabbitmq else {
             return Err(self.inconsistent(action, "RabbitMQ"));
         };
-        let user = shell_quote(&rabbitmq.user);
-        let vhost = shell_quote(&rabbitmq.vhost);
-        let password = Some(rabbitmq.password.expose().as_bytes());
-        let (command, stdin) = match action {
-            Action::AddVhost => (format!("rabbitmqctl -q add_vhost {vhost}"), None),
-            // Without the password argument rabbitmqctl reads it from stdin.
-            Action::AddRabbitUser => (format!("rabbitmqctl -q add_user {user}"), password),
-            Action::SetRabbitPassword => (format!("rabbitmqctl -q change_password {user}"), password),
-            Action::SetRabbitTags => {
-                let tags = rabbitmq.tags.iter().map(|tag| shell_quote(tag)).collect::<Vec<_>>().join(" ");
-                (format!("rabbitmqctl -q set_user_tags {user} {tags}"), None)
-            }
-            Action::SetRabbitPermissions => {
-                let (configure, write, read) = &rabbitmq.permissions;
-                (
-                    format!(
-                        "rabbitmqctl -q set_permissions -p {vhost} {user} {} {} {}",
-                        shell_quote(configure),
-                        shell_quote(write),
-                        shell_quote(read)
-                    ),
-                    None,
-                )
-            }
-            Action::DeleteGuest => ("rabbitmqctl -q list_users | grep -q '^guest\\b' && rabbitmqctl -q delete_user guest || true".into(), None),
-            _ => return Err(self.inconsistent(action, "RabbitMQ")),
-        };
+        let (command, stdin) = rabbitmq_command(rabbitmq, action)
+            .ok_or_else(|| self.inconsistent(action, "RabbitMQ"))?;
         self.transport.run(&command, stdin, true)?;
         Ok(())
-    }
-}
-
-/// psql as the postgres superuser over the local socket, SQL on stdin, stopping at the first error.
-pub const PSQL: &str = "cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres";
-
-pub fn install_command(packages: &[String]) -> String {
-    let names = packages
-        .iter()
-        .map(|name| shell_quote(name))
-        .collect::<Vec<_>>()
-        .join(" ");
-    format!(
-        "export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null && \
-         apt-get install -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {names} >/dev/null"
-    )
-}
-
-/// Upload on stdin to a temporary file beside the binary, keep the current one as `.previous`
-/// (a hard link, so the running process is untouched), then rename: never a half-written binary.
-pub fn push_binary_script(path: &str) -> String {
-    let quoted = shell_quote(path);
-    let previous = shell_quote(&format!("{path}.previous"));
-    replace_file_script(
-        path,
-        0o755,
-        "root",
-        "root",
-        &format!("if [ -f {quoted} ]; then ln -f {quoted} {previous}; fi; "),
-    )
-}
-
-/// Puts `<path>.previous` back in place (keeping it as `.previous` too) and restarts the unit.
-pub fn rollback_command(path: &str, unit: &str) -> String {
-    let quoted = shell_quote(path);
-    let previous = shell_quote(&format!("{path}.previous"));
-    let staging = shell_quote(&format!("{path}.rollback"));
-    format!(
-        "set -e; [ -f {previous} ]; cp -p {previous} {staging}; mv -f {staging} {quoted}; {}",
-        restart_command(unit)
-    )
-}
-
-/// Restarts a unit even after a crash loop: a unit that hit its start limit (more than 5 starts
-/// in 10 s; with `RestartSec=2` only manual restarts get there) refuses `restart` until its failed
-/// state is reset.
-pub fn restart_command(unit: &str) -> String {
-    let unit = shell_quote(unit);
-    format!("systemctl reset-failed {unit} 2>/dev/null; systemctl restart {unit}")
-}
-
-/// Polls the health URL on the host itself, once a second, printing the body when it answers.
-pub fn health_command(url: &str) -> String {
-    format!(
-        "i=0; while [ $i -lt {HEALTH_WAIT_SECS} ]; do curl -fsS -m 2 {url} && exit 0; i=$((i+1)); sleep 1; done; exit 1",
-        url = shell_quote(url)
-    )
-}
-
-/// A size for progress lines: bytes, KiB or MiB with one decimal, so a small binary is not "0 MB".
-pub fn human_size(bytes: usize) -> String {
-    const KIB: usize = 1024;
-    const MIB: usize = 1024 * KIB;
-    // Tenths, rounded, in integers: sizes of binaries need no floating point.
-    let tenths = |unit: usize| (bytes * 10 + unit / 2) / unit;
-    match bytes {
-        0..KIB => format!("{bytes} B"),
-        KIB..MIB => {
-            let tenths = tenths(KIB);
-            format!("{}.{} KiB", tenths / 10, tenths % 10)
-        }
-        _ => {
-            let tenths = tenths(MIB);
-            format!("{}.{} MiB", tenths / 10, tenths % 10)
-        }
-    }
-}
-
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
-pub fn kind_name(kind: ChangeKind) -> &'static str {
-    match kind {
-        ChangeKind::File => "file",
-        ChangeKind::Binary => "binary",
-        ChangeKind::Package => "package",
-        ChangeKind::Postgres => "postgres",
-        ChangeKind::Rabbitmq => "rabbitmq",
-        ChangeKind::Unit => "unit",
-        ChangeKind::Service => "service",
-        ChangeKind::User => "user",
     }
 }
 

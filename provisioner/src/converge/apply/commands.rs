@@ -1,0 +1,170 @@
+//! The shell and SQL commands apply sends to a host, built from the desired state: no I/O here,
+//! so each one is tested as text.
+
+use crate::converge::plan::Action;
+use crate::converge::transport::{replace_file_script, shell_quote};
+use crate::desired::{PostgresState, RabbitMqState};
+
+/// How long a restarted service gets to answer its health URL.
+pub const HEALTH_WAIT_SECS: u32 = 30;
+
+/// psql as the postgres superuser over the local socket, SQL on stdin, stopping at the first error.
+pub const PSQL: &str = "cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres";
+
+pub fn install_command(packages: &[String]) -> String {
+    let names = packages
+        .iter()
+        .map(|name| shell_quote(name))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null && \
+         apt-get install -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {names} >/dev/null"
+    )
+}
+
+/// Upload on stdin to a temporary file beside the binary, keep the current one as `.previous`
+/// (a hard link, so the running process is untouched), then rename: never a half-written binary.
+pub fn push_binary_script(path: &str) -> String {
+    let quoted = shell_quote(path);
+    let previous = shell_quote(&format!("{path}.previous"));
+    replace_file_script(
+        path,
+        0o755,
+        "root",
+        "root",
+        &format!("if [ -f {quoted} ]; then ln -f {quoted} {previous}; fi; "),
+    )
+}
+
+/// Puts `<path>.previous` back in place (keeping it as `.previous` too) and restarts the unit.
+pub fn rollback_command(path: &str, unit: &str) -> String {
+    let quoted = shell_quote(path);
+    let previous = shell_quote(&format!("{path}.previous"));
+    let staging = shell_quote(&format!("{path}.rollback"));
+    format!(
+        "set -e; [ -f {previous} ]; cp -p {previous} {staging}; mv -f {staging} {quoted}; {}",
+        restart_command(unit)
+    )
+}
+
+/// Restarts a unit even after a crash loop: a unit that hit its start limit (more than 5 starts
+/// in 10 s; with `RestartSec=2` only manual restarts get there) refuses `restart` until its failed
+/// state is reset.
+pub fn restart_command(unit: &str) -> String {
+    let unit = shell_quote(unit);
+    format!("systemctl reset-failed {unit} 2>/dev/null; systemctl restart {unit}")
+}
+
+/// Polls the health URL on the host itself, once a second, printing the body when it answers.
+pub fn health_command(url: &str) -> String {
+    format!(
+        "i=0; while [ $i -lt {HEALTH_WAIT_SECS} ]; do curl -fsS -m 2 {url} && exit 0; i=$((i+1)); sleep 1; done; exit 1",
+        url = shell_quote(url)
+    )
+}
+
+/// A size for progress lines: bytes, KiB or MiB with one decimal, so a small binary is not "0 MB".
+pub fn human_size(bytes: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    // Tenths, rounded, in integers: sizes of binaries need no floating point.
+    let tenths = |unit: usize| (bytes * 10 + unit / 2) / unit;
+    match bytes {
+        0..KIB => format!("{bytes} B"),
+        KIB..MIB => {
+            let tenths = tenths(KIB);
+            format!("{}.{} KiB", tenths / 10, tenths % 10)
+        }
+        _ => {
+            let tenths = tenths(MIB);
+            format!("{}.{} MiB", tenths / 10, tenths % 10)
+        }
+    }
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// The SQL for a PostgreSQL change, run by [`PSQL`] with the SQL on stdin; `None` for an action
+/// that is no PostgreSQL change. `verifier` turns a password into its SCRAM verifier.
+pub fn postgres_sql<E>(
+    postgres: &PostgresState,
+    action: &Action,
+    verifier: impl Fn(&str) -> Result<String, E>,
+) -> Result<Option<String>, E> {
+    Ok(Some(match action {
+        Action::CreateRole(index) | Action::SetRolePassword(index) => {
+            let verb = if matches!(action, Action::CreateRole(_)) {
+                "CREATE"
+            } else {
+                "ALTER"
+            };
+            let role = &postgres.roles[*index];
+            // A verifier, not the password: the clear text never reaches the server or its logs.
+            format!(
+                "{verb} ROLE {} LOGIN PASSWORD {};\n",
+                ident(&role.name),
+                literal(&verifier(role.password.expose())?)
+            )
+        }
+        Action::CreateDatabase(index) => {
+            let database = &postgres.databases[*index];
+            format!(
+                "CREATE DATABASE {} OWNER {};\n",
+                ident(&database.name),
+                ident(&database.owner)
+            )
+        }
+        Action::SetDatabaseOwner(index) => {
+            let database = &postgres.databases[*index];
+            format!(
+                "ALTER DATABASE {} OWNER TO {};\n",
+                ident(&database.name),
+                ident(&database.owner)
+            )
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// The `rabbitmqctl` command for a RabbitMQ change and what goes on its stdin (the password,
+/// never an argument); `None` for an action that is no RabbitMQ change.
+pub fn rabbitmq_command<'a>(
+    rabbitmq: &'a RabbitMqState,
+    action: &Action,
+) -> Option<(String, Option<&'a [u8]>)> {
+    let user = shell_quote(&rabbitmq.user);
+    let vhost = shell_quote(&rabbitmq.vhost);
+    let password = Some(rabbitmq.password.expose().as_bytes());
+    let (command, stdin) = match action {
+        Action::AddVhost => (format!("rabbitmqctl -q add_vhost {vhost}"), None),
+        // Without the password argument rabbitmqctl reads it from stdin.
+        Action::AddRabbitUser => (format!("rabbitmqctl -q add_user {user}"), password),
+        Action::SetRabbitPassword => (format!("rabbitmqctl -q change_password {user}"), password),
+        Action::SetRabbitTags => {
+            let tags = rabbitmq.tags.iter().map(|tag| shell_quote(tag)).collect::<Vec<_>>().join(" ");
+            (format!("rabbitmqctl -q set_user_tags {user} {tags}"), None)
+        }
+        Action::SetRabbitPermissions => {
+            let (configure, write, read) = &rabbitmq.permissions;
+            (
+                format!(
+                    "rabbitmqctl -q set_permissions -p {vhost} {user} {} {} {}",
+                    shell_quote(configure),
+                    shell_quote(write),
+                    shell_quote(read)
+                ),
+                None,
+            )
+        }
+        Action::DeleteGuest => ("rabbitmqctl -q list_users | grep -q '^guest\\b' && rabbitmqctl -q delete_user guest || true".into(), None),
+        _ => return None,
+    };
+    Some((command, stdin))
+}
