@@ -140,104 +140,461 @@ fn script_error<'a>(output: &'a str, marker: &str) -> Option<&'a str> {
 /// Marks the end of the RabbitMQ password on the script's stdin; chosen not to occur in a password.
 const SECRET_END: &str = "__PROVISION_SECRET_END_7f3a__";
 
-/// The facts script: plain POSIX sh, each command's stdin closed (the script itself arrives on
-/// stdin), secrets only inside here-documents, so never on a command line.
-pub fn facts_script(desired: &DesiredHost) -> String {
-    let mut script = String::from("{\ncd /\nTAB=$(printf '\\t')\necho @@arch\nuname -m\n");
-    script.push_str("PGV=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)\necho @@pgversion\necho \"$PGV\"\n");
+/// One kind of fact, pyinfra-style: the shell that prints it, beside the parser that reads that
+/// output and the inverse that prints it for given facts (so fakes and tests can never drift from
+/// the format). Every fact's command goes into one script: still one round trip per host.
+pub struct Fact {
+    /// The `@@` sections its command prints, each followed by its lines.
+    pub sections: &'static [&'static str],
+    /// The script lines, or `None` when this host needs no such fact.
+    pub command: fn(&DesiredHost) -> Option<String>,
+    /// Reads one line of one of its sections.
+    pub parse: fn(&DesiredHost, &str, &str, &mut Parsing),
+    /// What the command prints on a host holding `facts` (for fakes of a host).
+    pub print: fn(&DesiredHost, &HostFacts) -> String,
+}
 
-    script.push_str("echo @@packages\n");
-    if !desired.packages.is_empty() {
-        let packages = quote_all(&desired.packages);
-        let _ = writeln!(
-            script,
-            "dpkg-query -W -f='${{Package}} ${{db:Status-Abbrev}}\\n' {packages} 2>/dev/null"
-        );
+impl std::fmt::Debug for Fact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fact")
+            .field("sections", &self.sections)
+            .finish()
     }
+}
 
-    script.push_str("echo @@users\n");
-    if !desired.system_users.is_empty() {
-        let users = quote_all(&desired.system_users);
-        let _ = writeln!(
-            script,
-            "for u in {users}; do id -u \"$u\" >/dev/null 2>&1 && echo \"$u\"; done"
-        );
-    }
+/// The facts being read; PostgreSQL's and RabbitMQ's are kept apart until the end, when a failed
+/// `psql` or `rabbitmqctl` (an `@@pgerror` / `@@rmqerror` line) discards them.
+#[derive(Debug, Default)]
+pub struct Parsing {
+    facts: HostFacts,
+    pg_roles: Option<BTreeMap<String, bool>>,
+    pg_databases: Option<BTreeMap<String, String>>,
+    pg_failed: bool,
+    rabbitmq: Option<RabbitMqFacts>,
+    rabbitmq_failed: bool,
+}
 
-    script.push_str("echo @@files\n");
-    for (index, file) in desired.files.iter().enumerate() {
-        let path = shell_path(&file.path);
-        let _ = writeln!(
-            script,
-            "f={path}; if [ -f \"$f\" ]; then echo \"F {index} $(stat -c '%a %U %G' \"$f\") $(sha256sum \"$f\" | cut -d' ' -f1)\"; fi"
-        );
-        if matches!(file.content, FileContent::Text(_)) {
+/// Every fact, in the script's order.
+pub const FACTS: [Fact; 9] = [
+    ARCH, PG_VERSION, PACKAGES, USERS, FILES, BINARIES, UNITS, POSTGRES, RABBITMQ,
+];
+
+const ARCH: Fact = Fact {
+    sections: &["arch"],
+    command: |_| Some("echo @@arch\nuname -m\n".into()),
+    parse: |_, _, line, parsing| {
+        if !line.trim().is_empty() {
+            parsing.facts.arch = Some(line.trim().to_string());
+        }
+    },
+    print: |_, facts| format!("@@arch\n{}\n", facts.arch.clone().unwrap_or_default()),
+};
+
+/// Also sets `$PGV`, which the paths of PostgreSQL's files use in later facts.
+const PG_VERSION: Fact = Fact {
+    sections: &["pgversion"],
+    command: |_| {
+        Some(
+            "PGV=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)\necho @@pgversion\necho \"$PGV\"\n"
+                .into(),
+        )
+    },
+    parse: |_, _, line, parsing| {
+        if !line.trim().is_empty() {
+            parsing.facts.pg_version = Some(line.trim().to_string());
+        }
+    },
+    print: |_, facts| {
+        format!(
+            "@@pgversion\n{}\n",
+            facts.pg_version.clone().unwrap_or_default()
+        )
+    },
+};
+
+const PACKAGES: Fact = Fact {
+    sections: &["packages"],
+    command: |desired| {
+        let mut script = String::from("echo @@packages\n");
+        if !desired.packages.is_empty() {
             let _ = writeln!(
                 script,
-                "if [ -f \"$f\" ]; then echo \"C {index} $(base64 -w0 \"$f\")\"; fi"
+                "dpkg-query -W -f='${{Package}} ${{db:Status-Abbrev}}\\n' {} 2>/dev/null",
+                quote_all(&desired.packages)
             );
         }
-    }
+        Some(script)
+    },
+    parse: |_, _, line, parsing| {
+        let mut fields = line.split_whitespace();
+        if let (Some(name), Some(status)) = (fields.next(), fields.next()) {
+            if status.starts_with("ii") {
+                // dpkg-query may print `name:arch` for multi-arch packages.
+                let name = name.split(':').next().unwrap_or(name);
+                parsing.facts.packages.insert(name.to_string());
+            }
+        }
+    },
+    print: |_, facts| {
+        let mut out = String::from("@@packages\n");
+        for package in &facts.packages {
+            let _ = writeln!(out, "{package} ii ");
+        }
+        out
+    },
+};
 
-    script.push_str("echo @@binaries\n");
-    for (index, binary) in desired.binaries.iter().enumerate() {
-        let path = shell_quote(&binary.remote_path);
-        let _ = writeln!(
-            script,
-            "if [ -f {path} ]; then echo \"B {index} $(sha256sum {path} | cut -d' ' -f1)\"; fi"
-        );
-    }
+const USERS: Fact = Fact {
+    sections: &["users"],
+    command: |desired| {
+        let mut script = String::from("echo @@users\n");
+        if !desired.system_users.is_empty() {
+            let _ = writeln!(
+                script,
+                "for u in {}; do id -u \"$u\" >/dev/null 2>&1 && echo \"$u\"; done",
+                quote_all(&desired.system_users)
+            );
+        }
+        Some(script)
+    },
+    parse: |_, _, line, parsing| {
+        if !line.trim().is_empty() {
+            parsing.facts.users.insert(line.trim().to_string());
+        }
+    },
+    print: |_, facts| {
+        let mut out = String::from("@@users\n");
+        for user in &facts.users {
+            let _ = writeln!(out, "{user}");
+        }
+        out
+    },
+};
 
-    script.push_str("echo @@units\n");
-    if !desired.services.is_empty() || !desired.host_units.is_empty() {
-        let units = quote_all(
-            desired
-                .services
-                .iter()
-                .map(|service| &service.unit)
-                .chain(&desired.host_units),
-        );
-        let _ = writeln!(
-            script,
-            "for u in {units}; do echo \"$u $(systemctl is-active \"$u.service\" 2>/dev/null) $(systemctl is-enabled \"$u.service\" 2>/dev/null)\"; done"
-        );
-    }
+/// Mode, owner, group and SHA-256 of each desired file (`F index …`), and the content of the
+/// non-secret ones (`C index base64`), so plan can show a diff.
+const FILES: Fact = Fact {
+    sections: &["files"],
+    command: |desired| {
+        let mut script = String::from("echo @@files\n");
+        for (index, file) in desired.files.iter().enumerate() {
+            let path = shell_path(&file.path);
+            let _ = writeln!(
+                script,
+                "f={path}; if [ -f \"$f\" ]; then echo \"F {index} $(stat -c '%a %U %G' \"$f\") $(sha256sum \"$f\" | cut -d' ' -f1)\"; fi"
+            );
+            if matches!(file.content, FileContent::Text(_)) {
+                let _ = writeln!(
+                    script,
+                    "if [ -f \"$f\" ]; then echo \"C {index} $(base64 -w0 \"$f\")\"; fi"
+                );
+            }
+        }
+        Some(script)
+    },
+    parse: |desired, _, line, parsing| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let file = |index: &str| {
+            index
+                .parse::<usize>()
+                .ok()
+                .and_then(|index| desired.files.get(index))
+        };
+        let facts = &mut parsing.facts;
+        match fields[..] {
+            ["F", index, mode, owner, group, sha] => {
+                if let Some(file) = file(index) {
+                    facts.files.insert(
+                        file.path.clone(),
+                        FileFact {
+                            mode: u32::from_str_radix(mode, 8).unwrap_or(0),
+                            owner: owner.to_string(),
+                            group: group.to_string(),
+                            sha256: sha.to_string(),
+                            content: None,
+                        },
+                    );
+                }
+            }
+            ["C", index, content] => {
+                if let Some(fact) = file(index).and_then(|file| facts.files.get_mut(&file.path)) {
+                    fact.content = STANDARD.decode(content.trim()).ok();
+                }
+            }
+            _ => {}
+        }
+    },
+    print: |desired, facts| {
+        let mut out = String::from("@@files\n");
+        for (index, file) in desired.files.iter().enumerate() {
+            if let Some(fact) = facts.files.get(&file.path) {
+                let _ = writeln!(
+                    out,
+                    "F {index} {:o} {} {} {}",
+                    fact.mode, fact.owner, fact.group, fact.sha256
+                );
+                if let Some(content) = &fact.content {
+                    let _ = writeln!(out, "C {index} {}", STANDARD.encode(content));
+                }
+            }
+        }
+        out
+    },
+};
 
-    if desired.postgres.is_some() {
-        script.push_str(
+const BINARIES: Fact = Fact {
+    sections: &["binaries"],
+    command: |desired| {
+        let mut script = String::from("echo @@binaries\n");
+        for (index, binary) in desired.binaries.iter().enumerate() {
+            let path = shell_quote(&binary.remote_path);
+            let _ = writeln!(
+                script,
+                "if [ -f {path} ]; then echo \"B {index} $(sha256sum {path} | cut -d' ' -f1)\"; fi"
+            );
+        }
+        Some(script)
+    },
+    parse: |desired, _, line, parsing| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let ["B", index, sha] = fields[..] {
+            if let Some(binary) = index
+                .parse::<usize>()
+                .ok()
+                .and_then(|index| desired.binaries.get(index))
+            {
+                parsing
+                    .facts
+                    .binaries
+                    .insert(binary.remote_path.clone(), sha.to_string());
+            }
+        }
+    },
+    print: |desired, facts| {
+        let mut out = String::from("@@binaries\n");
+        for (index, binary) in desired.binaries.iter().enumerate() {
+            if let Some(sha) = facts.binaries.get(&binary.remote_path) {
+                let _ = writeln!(out, "B {index} {sha}");
+            }
+        }
+        out
+    },
+};
+
+/// Whether each platform service and host unit is active and enabled.
+const UNITS: Fact = Fact {
+    sections: &["units"],
+    command: |desired| {
+        let mut script = String::from("echo @@units\n");
+        if !desired.services.is_empty() || !desired.host_units.is_empty() {
+            let units = quote_all(
+                desired
+                    .services
+                    .iter()
+                    .map(|service| &service.unit)
+                    .chain(&desired.host_units),
+            );
+            let _ = writeln!(
+                script,
+                "for u in {units}; do echo \"$u $(systemctl is-active \"$u.service\" 2>/dev/null) $(systemctl is-enabled \"$u.service\" 2>/dev/null)\"; done"
+            );
+        }
+        Some(script)
+    },
+    parse: |_, _, line, parsing| {
+        let mut fields = line.split_whitespace();
+        if let Some(unit) = fields.next() {
+            let active = fields.next() == Some("active");
+            let enabled = fields.next() == Some("enabled");
+            parsing
+                .facts
+                .units
+                .insert(unit.to_string(), UnitFact { active, enabled });
+        }
+    },
+    print: |_, facts| {
+        let mut out = String::from("@@units\n");
+        for (unit, state) in &facts.units {
+            let active = if state.active { "active" } else { "inactive" };
+            let enabled = if state.enabled { "enabled" } else { "disabled" };
+            let _ = writeln!(out, "{unit} {active} {enabled}");
+        }
+        out
+    },
+};
+
+/// Roles with their stored verifiers (checked here against the desired passwords, which never
+/// leave this machine) and databases with their owners, from `psql` as postgres.
+const POSTGRES: Fact = Fact {
+    sections: &["pgroles", "pgdatabases"],
+    command: |desired| {
+        desired.postgres.as_ref().map(|_| {
             "if [ -n \"$PGV\" ] && command -v psql >/dev/null 2>&1 && id -u postgres >/dev/null 2>&1; then\n\
              if out=$(runuser -u postgres -- psql -XAtq -F \"$TAB\" -c \"select rolname, coalesce(rolpassword, '') from pg_authid\" 2>&1); then echo @@pgroles; printf '%s\\n' \"$out\"; else echo \"@@pgerror $(printf '%s' \"$out\" | head -n 1)\"; fi\n\
              if out=$(runuser -u postgres -- psql -XAtq -F \"$TAB\" -c \"select datname, pg_get_userbyid(datdba) from pg_database\" 2>&1); then echo @@pgdatabases; printf '%s\\n' \"$out\"; else echo \"@@pgerror $(printf '%s' \"$out\" | head -n 1)\"; fi\n\
-             fi\n",
-        );
-    }
+             fi\n"
+                .to_owned()
+        })
+    },
+    parse: |desired, section, line, parsing| match section {
+        "pgroles" => {
+            if let (Some(roles), Some((name, verifier))) =
+                (parsing.pg_roles.as_mut(), line.split_once('\t'))
+            {
+                let matches = desired
+                    .postgres
+                    .iter()
+                    .flat_map(|postgres| &postgres.roles)
+                    .find(|role| role.name == name)
+                    .is_some_and(|role| scram::verify(verifier, role.password.expose()));
+                roles.insert(name.to_string(), matches);
+            }
+        }
+        _ => {
+            if let (Some(databases), Some((name, owner))) =
+                (parsing.pg_databases.as_mut(), line.split_once('\t'))
+            {
+                databases.insert(name.to_string(), owner.to_string());
+            }
+        }
+    },
+    print: |desired, facts| {
+        let Some(postgres) = &facts.postgres else {
+            return String::new();
+        };
+        let mut out = String::from("@@pgroles\n");
+        for (role, matches) in &postgres.roles {
+            // A verifier of the desired password where it matches, an empty one elsewhere.
+            let password = desired
+                .postgres
+                .iter()
+                .flat_map(|postgres| &postgres.roles)
+                .find(|desired| &desired.name == role)
+                .filter(|_| *matches)
+                .map(|desired| desired.password.expose());
+            let verifier = password
+                .and_then(|password| scram::make_verifier(password).ok())
+                .unwrap_or_default();
+            let _ = writeln!(out, "{role}\t{verifier}");
+        }
+        out.push_str("@@pgdatabases\n");
+        for (database, owner) in &postgres.databases {
+            let _ = writeln!(out, "{database}\t{owner}");
+        }
+        out
+    },
+};
 
-    if let Some(rabbitmq) = &desired.rabbitmq {
-        let vhost = shell_quote(&rabbitmq.vhost);
-        let user = shell_quote(&rabbitmq.user);
-        let _ = write!(
-            script,
-            // Each rabbitmqctl boots an Erlang VM (~0.4 s): the four run side by side, their
-            // outputs kept apart in a private directory and printed in order afterwards.
-            "if command -v rabbitmqctl >/dev/null 2>&1; then\n\
-             R=$(mktemp -d)\n\
-             {{ rabbitmqctl -s list_vhosts 2>\"$R/vhosts.err\" || echo \"@@rmqerror $(grep -m 1 . \"$R/vhosts.err\")\"; }} >\"$R/vhosts\" &\n\
-             {{ rabbitmqctl -s list_users 2>\"$R/users.err\" || echo \"@@rmqerror $(grep -m 1 . \"$R/users.err\")\"; }} >\"$R/users\" &\n\
-             rabbitmqctl -s list_permissions -p {vhost} >\"$R/permissions\" 2>/dev/null &\n\
-             {{ rabbitmqctl -s authenticate_user {user} >/dev/null 2>&1 <<'{SECRET_END}'\n{password}\n{SECRET_END}\n\
-             echo $? >\"$R/auth\"; }} &\n\
-             wait\n\
-             echo @@rmqvhosts; cat \"$R/vhosts\"\n\
-             echo @@rmqusers; cat \"$R/users\"\n\
-             echo @@rmqpermissions; cat \"$R/permissions\"\n\
-             echo @@rmqauth; cat \"$R/auth\"\n\
-             rm -rf \"$R\"\n\
-             fi\n",
-            password = rabbitmq.password.expose(),
+/// Vhosts, users with their tags, permissions on the desired vhost, and whether the desired
+/// password authenticates, from four `rabbitmqctl` run side by side (each boots an Erlang VM,
+/// ~0.4 s); the password goes in on a here-document, never on a command line.
+const RABBITMQ: Fact = Fact {
+    sections: &["rmqvhosts", "rmqusers", "rmqpermissions", "rmqauth"],
+    command: |desired| {
+        desired.rabbitmq.as_ref().map(|rabbitmq| {
+            let vhost = shell_quote(&rabbitmq.vhost);
+            let user = shell_quote(&rabbitmq.user);
+            format!(
+                "if command -v rabbitmqctl >/dev/null 2>&1; then\n\
+                 R=$(mktemp -d)\n\
+                 {{ rabbitmqctl -s list_vhosts 2>\"$R/vhosts.err\" || echo \"@@rmqerror $(grep -m 1 . \"$R/vhosts.err\")\"; }} >\"$R/vhosts\" &\n\
+                 {{ rabbitmqctl -s list_users 2>\"$R/users.err\" || echo \"@@rmqerror $(grep -m 1 . \"$R/users.err\")\"; }} >\"$R/users\" &\n\
+                 rabbitmqctl -s list_permissions -p {vhost} >\"$R/permissions\" 2>/dev/null &\n\
+                 {{ rabbitmqctl -s authenticate_user {user} >/dev/null 2>&1 <<'{SECRET_END}'\n{password}\n{SECRET_END}\n\
+                 echo $? >\"$R/auth\"; }} &\n\
+                 wait\n\
+                 echo @@rmqvhosts; cat \"$R/vhosts\"\n\
+                 echo @@rmqusers; cat \"$R/users\"\n\
+                 echo @@rmqpermissions; cat \"$R/permissions\"\n\
+                 echo @@rmqauth; cat \"$R/auth\"\n\
+                 rm -rf \"$R\"\n\
+                 fi\n",
+                password = rabbitmq.password.expose(),
+            )
+        })
+    },
+    parse: |_, section, line, parsing| {
+        let Some(rabbitmq) = parsing.rabbitmq.as_mut() else {
+            return;
+        };
+        match section {
+            "rmqvhosts" => {
+                if !line.is_empty() {
+                    rabbitmq.vhosts.insert(line.to_string());
+                }
+            }
+            "rmqusers" => {
+                if let Some((user, tags)) = line.split_once('\t') {
+                    let tags = tags
+                        .trim()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|tag| !tag.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    rabbitmq.users.insert(user.to_string(), tags);
+                }
+            }
+            "rmqpermissions" => {
+                if let [user, configure, write, read] = line.split('\t').collect::<Vec<_>>()[..] {
+                    rabbitmq.permissions.insert(
+                        user.to_string(),
+                        (configure.to_string(), write.to_string(), read.to_string()),
+                    );
+                }
+            }
+            _ => rabbitmq.password_matches = line.trim() == "0",
+        }
+    },
+    print: |_, facts| {
+        let Some(rabbitmq) = &facts.rabbitmq else {
+            return String::new();
+        };
+        let mut out = String::from("@@rmqvhosts\n");
+        for vhost in &rabbitmq.vhosts {
+            let _ = writeln!(out, "{vhost}");
+        }
+        out.push_str("@@rmqusers\n");
+        for (user, tags) in &rabbitmq.users {
+            let _ = writeln!(out, "{user}\t[{}]", tags.join(", "));
+        }
+        out.push_str("@@rmqpermissions\n");
+        for (user, (configure, write, read)) in &rabbitmq.permissions {
+            let _ = writeln!(out, "{user}\t{configure}\t{write}\t{read}");
+        }
+        let _ = writeln!(
+            out,
+            "@@rmqauth\n{}",
+            if rabbitmq.password_matches { 0 } else { 65 }
         );
+        out
+    },
+};
+
+/// The facts script: plain POSIX sh, each command's stdin closed (the script itself arrives on
+/// stdin), secrets only inside here-documents, so never on a command line.
+pub fn facts_script(desired: &DesiredHost) -> String {
+    let mut script = String::from("{\ncd /\nTAB=$(printf '\\t')\n");
+    for fact in &FACTS {
+        if let Some(command) = (fact.command)(desired) {
+            script.push_str(&command);
+        }
     }
     script.push_str("echo @@end\n} </dev/null\n");
     script
+}
+
+/// What the facts script prints on a host holding `facts`: each fact's printer, in the script's
+/// order. Parsing it gives `facts` back; fakes of a host answer the script with it.
+pub fn script_output(desired: &DesiredHost, facts: &HostFacts) -> String {
+    let mut out: String = FACTS
+        .iter()
+        .map(|fact| (fact.print)(desired, facts))
+        .collect();
+    out.push_str("@@end\n");
+    out
 }
 
 /// A desired path as a shell word, the PostgreSQL version placeholder becoming `$PGV`.
@@ -256,182 +613,47 @@ fn quote_all<'a>(values: impl IntoIterator<Item = &'a String>) -> String {
         .join(" ")
 }
 
-/// Parses the script's output into facts; password checks happen here, locally.
+/// Parses the script's output into facts, each section by the fact that printed it; password
+/// checks happen here, locally.
 pub fn parse_facts(desired: &DesiredHost, output: &str) -> HostFacts {
-    let mut facts = HostFacts::default();
-    let mut section = "";
-    let mut pg_roles: Option<BTreeMap<String, bool>> = None;
-    let mut pg_databases: Option<BTreeMap<String, String>> = None;
-    let mut pg_failed = false;
-    let mut rabbitmq: Option<RabbitMqFacts> = None;
-    let mut rabbitmq_failed = false;
+    let mut parsing = Parsing::default();
+    let mut current: Option<(&Fact, &str)> = None;
     for line in output.lines() {
         if let Some(name) = line.strip_prefix("@@") {
-            section = match name {
-                error if error.starts_with("pgerror") => {
-                    pg_failed = true;
-                    section
+            if name.starts_with("pgerror") {
+                parsing.pg_failed = true;
+                continue;
+            }
+            if name.starts_with("rmqerror") {
+                parsing.rabbitmq_failed = true;
+                continue;
+            }
+            current = FACTS
+                .iter()
+                .find(|fact| fact.sections.contains(&name))
+                .map(|fact| (fact, name));
+            match name {
+                "pgroles" => parsing.pg_roles = Some(parsing.pg_roles.take().unwrap_or_default()),
+                "pgdatabases" => {
+                    parsing.pg_databases = Some(parsing.pg_databases.take().unwrap_or_default())
                 }
-                error if error.starts_with("rmqerror") => {
-                    rabbitmq_failed = true;
-                    section
-                }
-                other => other,
-            };
-            match section {
-                "pgroles" => pg_roles = Some(pg_roles.take().unwrap_or_default()),
-                "pgdatabases" => pg_databases = Some(pg_databases.take().unwrap_or_default()),
-                "rmqvhosts" => rabbitmq = Some(rabbitmq.take().unwrap_or_default()),
+                "rmqvhosts" => parsing.rabbitmq = Some(parsing.rabbitmq.take().unwrap_or_default()),
                 _ => {}
             }
             continue;
         }
-        match section {
-            "arch" if !line.trim().is_empty() => facts.arch = Some(line.trim().to_string()),
-            "pgversion" if !line.trim().is_empty() => {
-                facts.pg_version = Some(line.trim().to_string())
-            }
-            "packages" => {
-                let mut fields = line.split_whitespace();
-                if let (Some(name), Some(status)) = (fields.next(), fields.next()) {
-                    if status.starts_with("ii") {
-                        // dpkg-query may print `name:arch` for multi-arch packages.
-                        let name = name.split(':').next().unwrap_or(name);
-                        facts.packages.insert(name.to_string());
-                    }
-                }
-            }
-            "users" if !line.trim().is_empty() => {
-                facts.users.insert(line.trim().to_string());
-            }
-            "files" => parse_file_line(desired, line, &mut facts),
-            "binaries" => {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                if let ["B", index, sha] = fields[..] {
-                    if let Some(binary) = index
-                        .parse::<usize>()
-                        .ok()
-                        .and_then(|index| desired.binaries.get(index))
-                    {
-                        facts
-                            .binaries
-                            .insert(binary.remote_path.clone(), sha.to_string());
-                    }
-                }
-            }
-            "units" => {
-                let mut fields = line.split_whitespace();
-                if let Some(unit) = fields.next() {
-                    let active = fields.next() == Some("active");
-                    let enabled = fields.next() == Some("enabled");
-                    facts
-                        .units
-                        .insert(unit.to_string(), UnitFact { active, enabled });
-                }
-            }
-            "pgroles" => {
-                if let (Some(roles), Some((name, verifier))) =
-                    (pg_roles.as_mut(), line.split_once('\t'))
-                {
-                    let matches = desired
-                        .postgres
-                        .iter()
-                        .flat_map(|postgres| &postgres.roles)
-                        .find(|role| role.name == name)
-                        .is_some_and(|role| scram::verify(verifier, role.password.expose()));
-                    roles.insert(name.to_string(), matches);
-                }
-            }
-            "pgdatabases" => {
-                if let (Some(databases), Some((name, owner))) =
-                    (pg_databases.as_mut(), line.split_once('\t'))
-                {
-                    databases.insert(name.to_string(), owner.to_string());
-                }
-            }
-            "rmqvhosts" => {
-                if let Some(rabbitmq) = rabbitmq.as_mut().filter(|_| !line.is_empty()) {
-                    rabbitmq.vhosts.insert(line.to_string());
-                }
-            }
-            "rmqusers" => {
-                if let (Some(rabbitmq), Some((user, tags))) =
-                    (rabbitmq.as_mut(), line.split_once('\t'))
-                {
-                    let tags = tags
-                        .trim()
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|tag| !tag.is_empty())
-                        .map(str::to_string)
-                        .collect();
-                    rabbitmq.users.insert(user.to_string(), tags);
-                }
-            }
-            "rmqpermissions" => {
-                let fields: Vec<&str> = line.split('\t').collect();
-                if let (Some(rabbitmq), [user, configure, write, read]) =
-                    (rabbitmq.as_mut(), &fields[..])
-                {
-                    rabbitmq.permissions.insert(
-                        (*user).to_string(),
-                        (
-                            (*configure).to_string(),
-                            (*write).to_string(),
-                            (*read).to_string(),
-                        ),
-                    );
-                }
-            }
-            "rmqauth" => {
-                if let Some(rabbitmq) = rabbitmq.as_mut() {
-                    rabbitmq.password_matches = line.trim() == "0";
-                }
-            }
-            _ => {}
+        if let Some((fact, section)) = current {
+            (fact.parse)(desired, section, line, &mut parsing);
         }
     }
-    if !pg_failed {
-        if let (Some(roles), Some(databases)) = (pg_roles, pg_databases) {
+    let mut facts = parsing.facts;
+    if !parsing.pg_failed {
+        if let (Some(roles), Some(databases)) = (parsing.pg_roles, parsing.pg_databases) {
             facts.postgres = Some(PostgresFacts { roles, databases });
         }
     }
-    if !rabbitmq_failed {
-        facts.rabbitmq = rabbitmq;
+    if !parsing.rabbitmq_failed {
+        facts.rabbitmq = parsing.rabbitmq;
     }
     facts
-}
-
-fn parse_file_line(desired: &DesiredHost, line: &str, facts: &mut HostFacts) {
-    let fields: Vec<&str> = line.split(' ').collect();
-    let file = |index: &str| {
-        index
-            .parse::<usize>()
-            .ok()
-            .and_then(|index| desired.files.get(index))
-    };
-    match fields[..] {
-        ["F", index, mode, owner, group, sha] => {
-            if let Some(file) = file(index) {
-                facts.files.insert(
-                    file.path.clone(),
-                    FileFact {
-                        mode: u32::from_str_radix(mode, 8).unwrap_or(0),
-                        owner: owner.to_string(),
-                        group: group.to_string(),
-                        sha256: sha.to_string(),
-                        content: None,
-                    },
-                );
-            }
-        }
-        ["C", index, content] => {
-            if let Some(fact) = file(index).and_then(|file| facts.files.get_mut(&file.path)) {
-                fact.content = STANDARD.decode(content.trim()).ok();
-            }
-        }
-        _ => {}
-    }
 }

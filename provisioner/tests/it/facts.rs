@@ -279,3 +279,34 @@ fn the_script_reports_rabbitmqctl_errors_in_one_line() {
         "{error}"
     );
 }
+
+#[test]
+fn each_fact_parses_what_its_printer_prints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = crate::fixtures::desired_host(dir.path());
+    let mut facts = crate::fixtures::converged(&desired);
+    assert_eq!(
+        facts::parse_facts(&desired, &facts::script_output(&desired, &facts)),
+        facts
+    );
+    // Drift of every kind survives the round trip too.
+    facts.arch = Some("aarch64".into());
+    facts.packages.remove("postgresql");
+    facts.units.get_mut("billing").expect("billing").active = false;
+    let postgres = facts.postgres.as_mut().expect("postgres");
+    *postgres.roles.values_mut().next().expect("a role") = false;
+    postgres.databases.clear();
+    let rabbitmq = facts.rabbitmq.as_mut().expect("rabbitmq");
+    rabbitmq.password_matches = false;
+    rabbitmq.permissions.clear();
+    let output = facts::script_output(&desired, &facts);
+    assert_eq!(facts::parse_facts(&desired, &output), facts);
+
+    // Every section the script can print is a fact's, and the script asks each fact in turn.
+    let script = facts::facts_script(&desired);
+    for fact in &facts::FACTS {
+        for section in fact.sections {
+            assert!(script.contains(&format!("@@{section}")), "{section}");
+        }
+    }
+}

@@ -2,7 +2,9 @@
 //! neighbours where they can run here (local PostgreSQL, RabbitMQ, sshd, systemd-analyze) and a
 //! scripted fake transport where they cannot.
 
+mod apply;
 mod facts;
+mod fixtures;
 mod plan;
 mod platform;
 mod render;

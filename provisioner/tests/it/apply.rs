@@ -1,0 +1,425 @@
+//! Apply without a network: what runs in which order, what restarts, what rolls back, against a
+//! scripted fake transport answering with hand-built facts.
+
+use std::collections::BTreeMap;
+
+use provisioner::converge::facts::{HostFacts, PostgresFacts, RabbitMqFacts, UnitFact};
+use provisioner::converge::plan::{plan, Action, ChangeKind, Phase};
+use provisioner::converge::transport::fake::FakeTransport;
+use provisioner::desired::Handler;
+
+use crate::fixtures::*;
+
+#[test]
+fn applying_an_env_change_writes_it_through_stdin_and_restarts_only_its_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = desired_host(dir.path());
+    let mut facts = converged(&desired);
+    changed_file(&mut facts, "/etc/billing/billing.env", "old\n");
+    let fake = host_reporting(&desired, &facts);
+    let report = apply_one(&desired, &fake);
+    assert_eq!(
+        (report.changed, report.failed),
+        (1, 0),
+        "{:?}",
+        report.error
+    );
+    assert_eq!(report.restarted, ["billing"]);
+    let transcript = fake.transcript();
+    assert!(
+        transcript.contains("systemctl restart billing"),
+        "{transcript}"
+    );
+    assert!(
+        !transcript.contains("daemon-reload") && !transcript.contains("restart inventory"),
+        "{transcript}"
+    );
+    assert!(
+        !transcript.contains(MQ_PASSWORD),
+        "no secret on a command line"
+    );
+    let write = fake
+        .calls()
+        .into_iter()
+        .find(|call| call.command.contains("/etc/billing/billing.env"))
+        .expect("write");
+    assert!(
+        write.command.contains("chmod 600") && write.command.contains("chown billing:billing"),
+        "{}",
+        write.command
+    );
+    assert!(String::from_utf8_lossy(&write.stdin.expect("stdin")).contains(MQ_PASSWORD));
+}
+
+#[test]
+fn an_unhealthy_new_binary_is_rolled_back_and_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = desired_host(dir.path());
+    let mut facts = converged(&desired);
+    facts
+        .binaries
+        .insert("/usr/local/bin/billing".into(), "oldsha".into());
+    let fake = host_reporting(&desired, &facts);
+    // The new binary never answers; once rolled back, the previous one does.
+    fake.answer_times("http://127.0.0.1:8081/health", 1, 1, "");
+    let report = apply_one(&desired, &fake);
+    assert_eq!(report.rolled_back, ["billing"]);
+    assert_eq!(report.restarted, ["billing"]);
+    assert_eq!(report.failed, 1);
+    let error = report.error.expect("an error");
+    assert!(
+        error.contains("rolled back to the previous binary, which is healthy again"),
+        "{error}"
+    );
+    let transcript = fake.transcript();
+    let push = transcript
+        .find("ln -f /usr/local/bin/billing /usr/local/bin/billing.previous")
+        .expect("previous kept");
+    let rollback = transcript
+        .find("cp -p /usr/local/bin/billing.previous")
+        .expect("rolled back");
+    assert!(push < rollback);
+}
+
+#[test]
+fn a_bare_host_gets_packages_then_databases_and_broker_then_services_with_secrets_on_stdin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = desired_host(dir.path());
+    let bare = HostFacts::default();
+    // After installing, PostgreSQL and RabbitMQ are there with their defaults.
+    let installed = HostFacts {
+        packages: desired.packages.iter().cloned().collect(),
+        pg_version: Some("15".into()),
+        postgres: Some(PostgresFacts {
+            roles: [("postgres".to_string(), false)].into(),
+            databases: [("postgres".to_string(), "postgres".to_string())].into(),
+        }),
+        rabbitmq: Some(RabbitMqFacts {
+            vhosts: ["/".to_string()].into(),
+            users: [("guest".to_string(), vec!["administrator".to_string()])].into(),
+            permissions: BTreeMap::new(),
+            password_matches: false,
+        }),
+        ..HostFacts::default()
+    };
+    let fake = FakeTransport::new("app-vm");
+    fake.answer_times("sh -s", 1, 0, &script_output(&desired, &bare));
+    fake.answer("sh -s", 0, &script_output(&desired, &installed));
+    let report = apply_one(&desired, &fake);
+    assert_eq!(report.failed, 0, "{:?}", report.error);
+    assert_eq!(report.restarted, ["inventory", "billing"]);
+
+    let calls = fake.calls();
+    let position = |needle: &str| {
+        calls
+            .iter()
+            .position(|call| call.command.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in:\n{}", fake.transcript()))
+    };
+    assert!(position("apt-get install") < position("useradd"));
+    assert!(position("useradd") < position("/etc/postgresql/15/main/pg_hba.conf"));
+    assert!(position("pg_hba.conf") < position("systemctl reload-or-restart postgresql"));
+    assert!(position("psql") < position("rabbitmqctl -q add_user"));
+    assert!(position("delete_user guest") < position("/usr/local/bin/inventory"));
+    assert!(position("/etc/systemd/system/billing.service") < position("systemctl daemon-reload"));
+    assert!(position("systemctl daemon-reload") < position("systemctl restart inventory"));
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|call| call.command.contains("daemon-reload"))
+            .count(),
+        1
+    );
+
+    for call in &calls {
+        assert!(
+            !call.command.contains(DB_PASSWORD) && !call.command.contains(MQ_PASSWORD),
+            "{}",
+            call.command
+        );
+    }
+    let sql: String = calls
+        .iter()
+        .filter(|call| call.command.contains("psql"))
+        .map(|call| String::from_utf8_lossy(call.stdin.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    assert!(
+        sql.contains("CREATE ROLE \"billing_user\" LOGIN PASSWORD 'SCRAM-SHA-256$4096:"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("CREATE DATABASE \"billing_db\" OWNER \"billing_user\""),
+        "{sql}"
+    );
+    assert!(
+        !sql.contains(DB_PASSWORD),
+        "only verifiers reach PostgreSQL"
+    );
+    let add_user = calls
+        .iter()
+        .find(|call| call.command.contains("add_user"))
+        .expect("add_user");
+    assert_eq!(add_user.stdin.as_deref(), Some(MQ_PASSWORD.as_bytes()));
+}
+
+#[test]
+fn new_firewall_rules_reload_the_firewall_alone_before_any_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = with_firewall(desired_host(dir.path()));
+    let mut facts = converged(&desired);
+    changed_file(&mut facts, FIREWALL_RULES, "# older rules\n");
+    let plan = plan(&desired, &facts);
+    assert_eq!(
+        targets(&plan),
+        [(ChangeKind::File, FIREWALL_RULES.to_string())]
+    );
+    assert_eq!(plan.changes[0].phase, Phase::Backing);
+    assert_eq!(
+        plan.handlers.iter().cloned().collect::<Vec<_>>(),
+        [Handler::Reload("platform-firewall".into())]
+    );
+    assert!(plan.restarts.is_empty(), "{:?}", plan.restarts);
+
+    let fake = apply_without_restarts(&desired, &facts, 1);
+    let transcript = fake.transcript();
+    assert!(
+        transcript.contains("systemctl reload-or-restart platform-firewall"),
+        "{transcript}"
+    );
+    for absent in ["daemon-reload", "restart inventory", "restart billing"] {
+        assert!(!transcript.contains(absent), "{absent} in:\n{transcript}");
+    }
+}
+
+#[test]
+fn a_changed_firewall_unit_reloads_systemd_and_restarts_the_firewall_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = with_firewall(desired_host(dir.path()));
+    let mut facts = converged(&desired);
+    changed_file(&mut facts, FIREWALL_UNIT_FILE, "[Service]\nType=oneshot\n");
+    let plan = plan(&desired, &facts);
+    assert_eq!(
+        targets(&plan),
+        [(ChangeKind::Unit, FIREWALL_UNIT_FILE.to_string())]
+    );
+    assert_eq!(plan.changes[0].phase, Phase::Backing);
+    assert!(plan.restarts.is_empty(), "{:?}", plan.restarts);
+
+    let fake = apply_without_restarts(&desired, &facts, 1);
+    let calls: Vec<String> = fake.calls().into_iter().map(|call| call.command).collect();
+    let reload = calls
+        .iter()
+        .position(|call| call == "systemctl daemon-reload");
+    let restart = calls
+        .iter()
+        .position(|call| call == "systemctl restart platform-firewall");
+    assert!(
+        matches!((reload, restart), (Some(reload), Some(restart)) if reload < restart),
+        "{}",
+        fake.transcript()
+    );
+    let transcript = fake.transcript();
+    for absent in ["restart inventory", "restart billing", "reload-or-restart"] {
+        assert!(!transcript.contains(absent), "{absent} in:\n{transcript}");
+    }
+}
+
+#[test]
+fn a_stopped_firewall_is_enabled_and_started_before_the_services() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = with_firewall(desired_host(dir.path()));
+    let mut facts = converged(&desired);
+    facts.units.insert(
+        "platform-firewall".into(),
+        UnitFact {
+            active: false,
+            enabled: false,
+        },
+    );
+    let plan = plan(&desired, &facts);
+    let actions: Vec<(Action, Phase)> = plan
+        .changes
+        .iter()
+        .map(|change| (change.action.clone(), change.phase))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            (
+                Action::EnableService("platform-firewall".into()),
+                Phase::Backing
+            ),
+            (
+                Action::StartService("platform-firewall".into()),
+                Phase::Backing
+            ),
+        ]
+    );
+    assert!(plan.restarts.is_empty(), "{:?}", plan.restarts);
+
+    let fake = apply_without_restarts(&desired, &facts, 2);
+    let transcript = fake.transcript();
+    assert!(
+        transcript.contains("systemctl enable platform-firewall.service")
+            && transcript.contains("systemctl restart platform-firewall"),
+        "{transcript}"
+    );
+}
+
+#[test]
+fn a_bare_host_gets_its_firewall_before_any_service_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = with_firewall(desired_host(dir.path()));
+    let bare = HostFacts::default();
+    let fake = FakeTransport::new("app-vm");
+    fake.answer_times("sh -s", 1, 0, &script_output(&desired, &bare));
+    let mut installed = bare.clone();
+    installed.packages = desired.packages.iter().cloned().collect();
+    installed.pg_version = Some("15".into());
+    installed.postgres = converged(&desired).postgres;
+    installed.rabbitmq = converged(&desired).rabbitmq;
+    fake.answer("sh -s", 0, &script_output(&desired, &installed));
+    let report = apply_one(&desired, &fake);
+    assert_eq!(report.failed, 0, "{:?}", report.error);
+    assert_eq!(report.restarted, ["inventory", "billing"]);
+    let calls: Vec<String> = fake.calls().into_iter().map(|call| call.command).collect();
+    let position = |needle: &str| {
+        calls
+            .iter()
+            .position(|call| call.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in:\n{}", fake.transcript()))
+    };
+    assert!(position(FIREWALL_RULES) < position("systemctl restart platform-firewall"));
+    assert!(position(FIREWALL_UNIT_FILE) < position("systemctl daemon-reload"));
+    assert!(position("systemctl daemon-reload") < position("systemctl restart platform-firewall"));
+    assert!(
+        position("systemctl restart platform-firewall") < position("systemctl restart inventory")
+    );
+}
+
+#[test]
+fn apply_runs_exactly_the_handlers_the_plan_lists() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = with_firewall(desired_host(dir.path()));
+    let converged_facts = converged(&desired);
+    let mut scenarios: Vec<(&str, HostFacts)> = vec![("converged", converged_facts.clone())];
+    let mut env = converged_facts.clone();
+    changed_file(&mut env, "/etc/billing/billing.env", "old\n");
+    scenarios.push(("env file", env));
+    let mut unit = converged_facts.clone();
+    changed_file(
+        &mut unit,
+        "/etc/systemd/system/inventory.service",
+        "[Service]\n",
+    );
+    scenarios.push(("service unit", unit));
+    let mut stopped = converged_facts.clone();
+    stopped.units.insert(
+        "billing".into(),
+        UnitFact {
+            active: false,
+            enabled: true,
+        },
+    );
+    scenarios.push(("stopped service", stopped));
+    let mut mixed = converged_facts.clone();
+    changed_file(
+        &mut mixed,
+        "/etc/postgresql/{pg_version}/main/pg_hba.conf",
+        "local all all trust\n",
+    );
+    changed_file(&mut mixed, FIREWALL_UNIT_FILE, "[Service]\n");
+    changed_file(&mut mixed, FIREWALL_RULES, "# older rules\n");
+    changed_file(
+        &mut mixed,
+        "/etc/systemd/system/billing.service",
+        "[Service]\n",
+    );
+    mixed
+        .binaries
+        .insert("/usr/local/bin/inventory".into(), "oldsha".into());
+    scenarios.push(("firewall, pg_hba, a unit and a binary", mixed));
+
+    for (name, facts) in scenarios {
+        let planned = plan(&desired, &facts);
+        let fake = host_reporting(&desired, &facts);
+        let report = apply_one(&desired, &fake);
+        assert_eq!(report.failed, 0, "{name}: {:?}", report.error);
+        let run = handlers_run(&fake);
+        let steps: Vec<Handler> = planned
+            .steps
+            .iter()
+            .map(|step| step.handler.clone())
+            .collect();
+        assert_eq!(run, steps, "{name}:\n{}", fake.transcript());
+        let distinct: std::collections::BTreeSet<Handler> = run.into_iter().collect();
+        assert_eq!(distinct, planned.handlers, "{name}");
+        assert_eq!(report.restarted, planned.restarts, "{name}");
+    }
+}
+
+#[test]
+fn a_bare_host_runs_the_handlers_of_its_plan_made_after_installing_packages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = with_firewall(desired_host(dir.path()));
+    let bare = HostFacts::default();
+    let mut installed = bare.clone();
+    installed.packages = desired.packages.iter().cloned().collect();
+    installed.pg_version = Some("15".into());
+    installed.postgres = converged(&desired).postgres;
+    installed.rabbitmq = converged(&desired).rabbitmq;
+    let fake = FakeTransport::new("app-vm");
+    fake.answer_times("sh -s", 1, 0, &script_output(&desired, &bare));
+    fake.answer("sh -s", 0, &script_output(&desired, &installed));
+    let report = apply_one(&desired, &fake);
+    assert_eq!(report.failed, 0, "{:?}", report.error);
+
+    let planned = plan(&desired, &installed);
+    let steps: Vec<Handler> = planned
+        .steps
+        .iter()
+        .map(|step| step.handler.clone())
+        .collect();
+    assert_eq!(handlers_run(&fake), steps, "{}", fake.transcript());
+    assert_eq!(
+        steps,
+        [
+            Handler::DaemonReload,
+            Handler::Reload("postgresql".into()),
+            restart("platform-firewall"),
+            Handler::DaemonReload,
+            restart("inventory"),
+            restart("billing"),
+        ],
+        "the firewall's unit and the services' units are written in different phases"
+    );
+    assert_eq!(report.restarted, planned.restarts);
+}
+
+#[test]
+fn a_package_still_missing_after_apt_get_fails_the_host_before_anything_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = desired_host(dir.path());
+    let mut facts = converged(&desired);
+    let missing = desired.packages[0].clone();
+    facts.packages.remove(&missing);
+    // apt-get "succeeds", yet every facts run still lacks the package.
+    let fake = host_reporting(&desired, &facts);
+    let report = apply_one(&desired, &fake);
+    assert_eq!(report.failed, 1, "{:?}", report.error);
+    let error = report.error.expect("an error");
+    assert!(
+        error.contains("still not installed") && error.contains(&missing),
+        "{error}"
+    );
+    assert!(report.restarted.is_empty(), "{:?}", report.restarted);
+    let calls = fake.calls();
+    assert!(calls
+        .iter()
+        .any(|call| call.command.contains("apt-get install")));
+    assert!(
+        !calls.iter().any(|call| call.command.contains("systemctl")),
+        "{}",
+        fake.transcript()
+    );
+}
