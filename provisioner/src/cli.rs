@@ -248,13 +248,17 @@ fn connect_all(hosts: &[DesiredHost], forks: NonZeroUsize) -> Vec<Result<SshTran
 }
 
 #[derive(Debug, Serialize)]
-struct Document<T> {
-    hosts: Vec<T>,
+struct Document<'a, T> {
+    hosts: &'a [T],
 }
 
-fn print_json<T: Serialize>(hosts: Vec<T>) -> anyhow::Result<()> {
-    let document =
-        serde_json::to_string_pretty(&Document { hosts }).context("encoding the JSON document")?;
+/// The JSON document `--json` prints for these hosts' reports (`docs/provision-json.md`).
+pub fn json_document<T: Serialize>(hosts: &[T]) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(&Document { hosts })
+}
+
+fn print_json<T: Serialize>(hosts: &[T]) -> anyhow::Result<()> {
+    let document = json_document(hosts).context("encoding the JSON document")?;
     println!("{document}");
     Ok(())
 }
@@ -278,7 +282,7 @@ fn run_plan(args: &Args) -> anyhow::Result<ExitCode> {
     .map(|(report, host)| report.unwrap_or_else(|| HostReport::failed_with(&host.name, "panicked")))
     .collect();
     if args.json {
-        print_json(reports.clone())?;
+        print_json(&reports)?;
     } else {
         print_plan(&reports);
     }
@@ -338,7 +342,7 @@ fn run_apply(args: &Args) -> anyhow::Result<ExitCode> {
         .collect();
     let reports = apply::apply_all(&pairs, args.forks);
     if args.json {
-        print_json(reports.clone())?;
+        print_json(&reports)?;
     } else {
         print_summary(&reports);
     }
@@ -413,7 +417,7 @@ fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
                 .all(|service| service.active && service.healthy)
     });
     if args.json {
-        print_json(statuses)?;
+        print_json(&statuses)?;
     } else {
         for status in &statuses {
             if let Some(error) = &status.error {

@@ -5,6 +5,7 @@
 mod apply;
 mod facts;
 mod fixtures;
+mod json;
 mod plan;
 mod platform;
 mod render;

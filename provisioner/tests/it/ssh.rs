@@ -12,9 +12,9 @@ use provisioner::converge::transport::{Transport, TransportError};
 use provisioner::desired::Connection;
 
 /// An sshd for one test; killed when dropped.
-struct Sshd {
+pub(crate) struct Sshd {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Drop for Sshd {
@@ -102,13 +102,14 @@ fn start_sshd(dir: &Path, host_key: &Path, port: u16) -> Sshd {
     Sshd { child, port }
 }
 
-struct Lab {
-    dir: tempfile::TempDir,
-    sshd: Sshd,
+/// A temporary folder with a host key, a client key allowed in as root, and an sshd using them.
+pub(crate) struct Lab {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) sshd: Sshd,
 }
 
 impl Lab {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         keygen(&dir.path().join("host_key"));
         keygen(&dir.path().join("client_key"));
@@ -121,7 +122,7 @@ impl Lab {
         Self { dir, sshd }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
