@@ -498,13 +498,9 @@ impl Validator<'_> {
         };
         let queue = text("queue")?.ok_or_else(|| missing("queue"))?;
         let vhost = text("vhost")?.ok_or_else(|| missing("vhost"))?;
-        if queue.len() > 255 - ".dead-letter".len() {
-            return Err(self.error(
-                table["queue"].span(),
-                "settings.queue",
-                "queue name too long",
-            ));
-        }
+        // The rules the gateway and billing apply to the same name.
+        let queue = service_common::queue_name(&queue)
+            .map_err(|message| self.error(table["queue"].span(), "settings.queue", message))?;
         let mut ports = BTreeMap::new();
         for key in port_settings {
             let value = table.get(key).ok_or_else(|| missing(key))?;
@@ -1125,6 +1121,12 @@ vhost = "${RABBITMQ_VHOST}"
                 "user = \"\"",
                 "hosts[0].user",
                 "empty",
+            ),
+            (
+                "queue = \"${RABBITMQ_QUEUE}\"",
+                "queue = \"amq.orders\"",
+                "settings.queue",
+                "reserved by RabbitMQ",
             ),
             (
                 "connect_timeout_secs = 10",

@@ -35,7 +35,9 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Serialize;
+use service_common::error_chain;
 use tera::{Context, Tera};
 
 use crate::desired::{DesiredFile, DesiredHost, FileContent, Handler};
@@ -124,18 +126,17 @@ pub fn desired_hosts(
         .collect()
 }
 
+/// RFC 3986's unreserved characters are all that stays as is in a URL's user, password or path.
+const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes everything but RFC 3986's unreserved characters, for user names, passwords
 /// and vhosts inside `postgres://` and `amqp://` URLs.
 pub fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(text, NOT_UNRESERVED).to_string()
 }
 
 /// An address as the host part of a URL: IPv6 literals need brackets.
@@ -322,19 +323,6 @@ pub fn text_file(
         group: owner.to_owned(),
         on_change,
     }
-}
-
-/// An error and its causes on one line: Tera puts the useful part (which variable, which line)
-/// in the causes.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub struct Config {
 
     /// Durable queue consumed; poison messages go to `<queue>.dead-letter`.
     #[arg(long, env = "BILLING_QUEUE", default_value = DEFAULT_BILLING_QUEUE,
-          value_parser = queue_name)]
+          value_parser = service_common::queue_name)]
     pub billing_queue: String,
 
     /// Address of the small HTTP listener serving /health and /ready.
@@ -52,6 +52,10 @@ pub struct Config {
     #[arg(long, env = "BILLING_MAX_BACKOFF_MS", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_backoff_ms: u64,
+
+    /// How long health-check clients may take, and how many connections may be open.
+    #[command(flatten)]
+    pub server: http_serve::ServerArgs,
 }
 
 impl Config {
@@ -66,23 +70,6 @@ impl Config {
             max_backoff: Duration::from_millis(self.max_backoff_ms),
         }
     }
-}
-
-/// A queue name RabbitMQ will treat as ours: an empty name would make the broker invent a fresh
-/// queue (consuming nothing the gateway sends), and `amq.` names are reserved by the broker.
-fn queue_name(raw: &str) -> Result<String, String> {
-    let name = raw.trim();
-    if name.is_empty() {
-        return Err("the queue name must not be empty".into());
-    }
-    if name.starts_with("amq.") {
-        return Err("names starting with `amq.` are reserved by RabbitMQ".into());
-    }
-    if name.len() > 200 {
-        // 255 bytes is the AMQP limit, and the dead-letter queue appends a suffix.
-        return Err("the queue name must be at most 200 bytes".into());
-    }
-    Ok(name.to_owned())
 }
 
 /// The database URL, which may carry a password: `Debug` and `Display` show it with the password

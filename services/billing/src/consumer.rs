@@ -18,7 +18,7 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
-        BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+        BasicQosOptions, ConfirmSelectOptions,
     },
     protocol::basic::AMQPProperties,
     publisher_confirm::Confirmation,
@@ -26,14 +26,17 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
 };
 use service_common::retry::RETRY_MAX;
-use service_common::{dead_letter_queue_name, retry_delays, AmqpUrl, BillingOrder};
+use service_common::{
+    dead_letter_queue_name, declare_billing_queue, retry_delays, AmqpUrl, BillingOrder, ErrorChain,
+};
 use sqlx::PgPool;
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 use uuid::Uuid;
 
 use crate::{
-    error::{chain, Error},
+    error::Error,
     orders::{self, NewOrder},
 };
 
@@ -134,19 +137,19 @@ pub async fn run(
     readiness: Readiness,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
     let worker = Worker {
         pool,
         amqp_url,
         settings,
         readiness,
-        stop: Stop(stop_rx),
+        stop: Stop(stop.clone()),
     };
     let signal = async move {
         shutdown.await;
         info!("shutdown requested: finishing the in-flight batch");
-        let _ = stop_tx.send(true);
-        // Keep the sender alive: dropping it would look like a second signal to no one.
+        stop.cancel();
+        // The worker finishes its batch and returns on its own.
         std::future::pending::<()>().await;
     };
     tokio::select! {
@@ -157,19 +160,16 @@ pub async fn run(
 
 /// The shutdown flag as every await point of the worker sees it.
 #[derive(Debug, Clone)]
-struct Stop(watch::Receiver<bool>);
+struct Stop(CancellationToken);
 
 impl Stop {
     fn requested(&self) -> bool {
-        *self.0.borrow()
+        self.0.is_cancelled()
     }
 
-    /// Completes once shutdown is requested.
+    /// Completes once shutdown is requested; waiting needs no `&mut`, so it sits in any `select!`.
     async fn wait(&self) {
-        // A clone, so that waiting never needs `&mut` and can sit in any `select!`. An error means
-        // the sender is gone, which only happens when `run` itself returns.
-        let mut rx = self.0.clone();
-        let _ = rx.wait_for(|stop| *stop).await;
+        self.0.cancelled().await;
     }
 }
 
@@ -216,7 +216,7 @@ impl Worker {
                             break;
                         }
                         Err(err) => {
-                            warn!(error = %chain(&err), "consumer session ended; reconnecting");
+                            warn!(error = %ErrorChain(&err), "consumer session ended; reconnecting");
                             // Unacked deliveries are requeued by the broker when the connection
                             // closes; idempotency makes their redelivery harmless.
                             let _ = session.connection.close(320, "reconnecting").await;
@@ -224,7 +224,7 @@ impl Worker {
                     }
                 }
                 Err(err) => {
-                    warn!(error = %chain(&err), broker = %self.amqp_url, "cannot reach RabbitMQ");
+                    warn!(error = %ErrorChain(&err), broker = %self.amqp_url, "cannot reach RabbitMQ");
                 }
             }
             tokio::select! {
@@ -250,22 +250,9 @@ impl Worker {
         channel
             .basic_qos(self.settings.prefetch, BasicQosOptions::default())
             .await?;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        // No arguments: the gateway declares the same queue the same way, and RabbitMQ refuses a
-        // second declaration whose arguments differ.
-        channel
-            .queue_declare(&self.settings.queue, durable, FieldTable::default())
-            .await?;
-        channel
-            .queue_declare(
-                &dead_letter_queue_name(&self.settings.queue),
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
+        // Declared as the gateway declares them (durable, no arguments), through the one
+        // declaration they share: RabbitMQ refuses a second declaration whose arguments differ.
+        declare_billing_queue(&channel, &self.settings.queue).await?;
         let consumer_tag = format!("billing-{}", Uuid::new_v4());
         let consumer = channel
             .basic_consume(
@@ -358,13 +345,12 @@ impl Worker {
             Some(Err(err)) => {
                 // PostgreSQL rejects something in this batch; store row by row so one bad row
                 // cannot block the others, and dead-letter the rows it refuses.
-                warn!(error = %chain(&err), "batch rejected by the database; storing one by one");
+                warn!(error = %ErrorChain(&err), "batch rejected by the database; storing one by one");
                 for (d, order) in to_store {
                     match self.store_with_retry(std::slice::from_ref(&order)).await {
                         Some(Ok(_)) => {}
-                        Some(Err(err)) => {
-                            poison.push((d, format!("rejected by the database: {}", chain(&err))))
-                        }
+                        Some(Err(err)) => poison
+                            .push((d, format!("rejected by the database: {}", ErrorChain(&err)))),
                         None => return Ok(false),
                     }
                 }
@@ -394,7 +380,7 @@ impl Worker {
                     if err.is_rejected_data() {
                         return Some(Err(err));
                     }
-                    warn!(error = %chain(&err),
+                    warn!(error = %ErrorChain(&err),
                           "cannot store the batch; keeping it unacked and retrying");
                 }
             }
@@ -517,13 +503,13 @@ async fn close(session: Session) {
         .basic_cancel(&consumer_tag, BasicCancelOptions::default())
         .await
     {
-        warn!(error = %chain(&err), "cannot cancel the consumer");
+        warn!(error = %ErrorChain(&err), "cannot cancel the consumer");
     }
     if let Err(err) = channel.close(200, "shutting down").await {
-        warn!(error = %chain(&err), "cannot close the channel");
+        warn!(error = %ErrorChain(&err), "cannot close the channel");
     }
     if let Err(err) = connection.close(200, "shutting down").await {
-        warn!(error = %chain(&err), "cannot close the connection");
+        warn!(error = %ErrorChain(&err), "cannot close the connection");
     }
 }
 

@@ -64,15 +64,3 @@ impl IntoResponse for NotReady {
             .into_response()
     }
 }
-
-/// Formats an error with its whole `source()` chain on one line, for logs.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

@@ -39,12 +39,12 @@ impl Status {
     }
 }
 
-/// `GET /health` and `GET /ready`.
+/// `GET /health` and `GET /ready`; anything else is the platform's JSON 404 or 405.
 pub fn router(state: HealthState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(health))
-        .route("/ready", get(ready))
-        .with_state(state)
+        .route("/ready", get(ready));
+    http_serve::with_json_fallbacks(routes).with_state(state)
 }
 
 async fn health() -> Json<Status> {

@@ -13,8 +13,10 @@ pub mod orders;
 use std::{future::Future, time::Duration};
 
 use anyhow::Context as _;
+use service_common::ErrorChain;
 use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use config::{Config, SecretUrl};
@@ -34,35 +36,38 @@ pub fn lazy_pool(database_url: &SecretUrl) -> anyhow::Result<PgPool> {
         .with_context(|| format!("invalid DATABASE_URL {database_url}"))
 }
 
-/// Runs the worker until `shutdown` completes: binds the health listener, applies the migrations
-/// (retrying while PostgreSQL is down), consumes, and on shutdown finishes the in-flight batch.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Runs the worker until `shutdown` completes: serves /health and /ready on `listener`, applies
+/// the migrations (retrying while PostgreSQL is down), consumes, and on shutdown finishes the
+/// in-flight batch.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let pool = lazy_pool(&config.database_url)?;
     let readiness = Readiness::default();
-    let listener = TcpListener::bind(config.health_listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.health_listen_addr))?;
-    info!(addr = %config.health_listen_addr, "health listener ready");
+    let address = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    info!(%address, queue = %config.billing_queue, "billing health listener ready");
 
-    // One stop flag for both halves: set by the shutdown signal, or by the consumer when it ends
+    // One stop for both halves: cancelled by the shutdown signal, or by the consumer when it ends
     // on its own (a fatal error), so the health listener never outlives the worker.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
+    let stop = CancellationToken::new();
 
     let app = health::router(health::HealthState {
         pool: pool.clone(),
         readiness: readiness.clone(),
     });
     let server = async {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopped())
-            .await
-            .context("health listener failed")
+        http_serve::serve(
+            listener,
+            app,
+            config.server.limits(),
+            stop.clone().cancelled_owned(),
+        )
+        .await
+        .context("health listener failed")
     };
 
     let worker = async {
@@ -70,19 +75,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let result = async {
             tokio::select! {
                 migrated = migrate_with_retry(&pool, settings.max_backoff) => migrated?,
-                () = stopped() => return Ok(()),
+                () = stop.cancelled() => return Ok(()),
             }
             consumer::run(
                 pool.clone(),
                 config.amqp_url.clone(),
                 settings,
                 readiness,
-                stopped(),
+                stop.clone().cancelled_owned(),
             )
             .await
         }
         .await;
-        let _ = stop_tx.send(true);
+        stop.cancel();
         result.context("billing consumer failed")
     };
 
@@ -92,7 +97,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         out = &mut both => out,
         () = shutdown => {
             info!("shutdown requested");
-            let _ = stop_tx.send(true);
+            stop.cancel();
             both.await
         }
     };
@@ -110,7 +115,7 @@ async fn migrate_with_retry(pool: &PgPool, max_backoff: Duration) -> Result<(), 
         match MIGRATOR.run(pool).await {
             Ok(()) => return Ok(()),
             Err(sqlx::migrate::MigrateError::Execute(err)) if is_unreachable(&err) => {
-                warn!(error = %error::chain(&err), "database unavailable; retrying migrations");
+                warn!(error = %ErrorChain(&err), "database unavailable; retrying migrations");
             }
             Err(err) => return Err(err.into()),
         }

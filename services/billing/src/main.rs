@@ -1,19 +1,9 @@
-//! The `billing` binary: reads its configuration, installs tracing, and runs the worker until
-//! SIGTERM or Ctrl-C.
+//! The `billing` binary: the services' shared `main`, then binds its health port and consumes
+//! until SIGTERM.
 
-use clap::Parser;
-
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    // A `.env` file is a convenience for local runs; in production the environment is set by systemd.
-    let _ = dotenvy::dotenv();
-    let config = billing::Config::parse();
-    service_common::init_tracing();
-    match billing::run(config, service_common::shutdown_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "billing failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    service_common::service_main("billing", |config: billing::Config| async move {
+        let listener = service_common::bind(config.health_listen_addr).await?;
+        billing::run(config, listener, service_common::shutdown_signal()).await
+    })
 }

@@ -28,7 +28,7 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
 };
 use rust_decimal::Decimal;
-use service_common::{dead_letter_queue_name, ErrorBody};
+use service_common::{dead_letter_queue_name, declare_billing_queue, ErrorBody};
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     PgPool,
@@ -70,21 +70,10 @@ impl Broker {
             channel,
             queue,
         };
-        // Declared exactly as the worker and the gateway do, so the worker's declaration agrees.
-        for name in [broker.queue.clone(), broker.dead_letter_queue()] {
-            broker
-                .channel
-                .queue_declare(
-                    &name,
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .expect("declare queue");
-        }
+        // Declared by the very declaration the worker and the gateway make.
+        declare_billing_queue(&broker.channel, &broker.queue)
+            .await
+            .expect("declare queue");
         broker
     }
 
@@ -740,11 +729,11 @@ async fn run_serves_ready_stores_orders_and_exits_ok_on_shutdown(pool: PgPool) {
             .get_database()
             .expect("test database name")
     );
-    let health_addr = {
-        // Port 0 picks a free port; released at once for the worker to bind.
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        probe.local_addr().expect("addr")
-    };
+    // Port 0: the system picks a free port, and the worker serves on this very listener.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let health_addr = listener.local_addr().expect("addr");
     let config = Config {
         database_url: SecretUrl::new(database_url),
         amqp_url: amqp_url().parse().expect("AMQP_URL"),
@@ -754,9 +743,10 @@ async fn run_serves_ready_stores_orders_and_exits_ok_on_shutdown(pool: PgPool) {
         batch_size: 100,
         batch_timeout_ms: 50,
         max_backoff_ms: 500,
+        server: http_serve::ServerArgs::default(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(billing::run(config, async {
+    let running = tokio::spawn(billing::run(config, listener, async {
         let _ = stopped.await;
     }));
 

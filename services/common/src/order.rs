@@ -7,9 +7,6 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Name of the durable queue orders travel through, unless `BILLING_QUEUE` says otherwise.
-pub const DEFAULT_BILLING_QUEUE: &str = "billing_queue";
-
 /// Longest accepted `user_id`, in characters; the column is `VARCHAR(255)`.
 pub const MAX_USER_ID_CHARS: usize = 255;
 
@@ -18,12 +15,6 @@ const MAX_TOTAL_AMOUNT: Decimal = Decimal::from_parts(1_215_752_192, 23, 0, fals
 
 /// Largest number of decimal places a `total_amount` may carry (cents).
 pub const MAX_AMOUNT_SCALE: u32 = 2;
-
-/// The dead-letter queue of `queue`: where billing puts, with the reason, every message it cannot
-/// parse or validate, so that it is neither lost nor retried forever.
-pub fn dead_letter_queue_name(queue: &str) -> String {
-    format!("{queue}.dead-letter")
-}
 
 /// A validated order. Serialised with `total_amount` as a string so that no float ever touches it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -522,14 +513,6 @@ mod tests {
         assert_eq!(
             BillingOrder::from_json_slice(&bytes).expect("round trip"),
             o
-        );
-    }
-
-    #[test]
-    fn dead_letter_queue_is_derived_from_the_queue() {
-        assert_eq!(
-            dead_letter_queue_name("billing_queue"),
-            "billing_queue.dead-letter"
         );
     }
 }

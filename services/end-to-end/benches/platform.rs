@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use end_to_end::{amqp_url, database_url, peak_rss_mib, Platform, Scratch};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -181,14 +180,8 @@ async fn publish_backlog(queue: &str, count: usize) -> Result<()> {
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    // The same declaration as gateway and billing (durable, no arguments), so they agree.
-    let options = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue, options, FieldTable::default())
-        .await?;
+    // The very declaration gateway and billing make, so they agree.
+    service_common::declare_billing_queue(&channel, queue).await?;
     let body = serde_json::to_vec(
         &json!({"user_id": "bench_backlog", "number_of_items": 2, "total_amount": "19.99"}),
     )?;

@@ -15,19 +15,19 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ConnectionStatus};
 use serde::Serialize;
 use service_common::retry::RETRY_MAX;
-use service_common::{retry_delays, AmqpUrl, BillingOrder};
-use tokio::sync::{watch, Notify};
+use service_common::{declare_billing_queue, retry_delays, AmqpUrl, BillingOrder, ErrorChain};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::body::read_limited;
-use crate::error::{DisplayChain, Error};
+use crate::error::Error;
 use crate::AppState;
 
 /// The routes this module answers.
@@ -109,14 +109,14 @@ struct Live {
 /// The supervisor task of a [`Publisher`]; stopping it closes the connection.
 #[derive(Debug)]
 pub struct PublisherTask {
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     handle: JoinHandle<()>,
 }
 
 impl PublisherTask {
     /// Closes the broker connection and waits for the supervisor to end.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         if let Err(err) = self.handle.await {
             tracing::error!(%err, "billing publisher task failed");
         }
@@ -139,8 +139,8 @@ impl Publisher {
             confirm_timeout,
             check_connection: Notify::new(),
         });
-        let (stop, stopped) = watch::channel(false);
-        let handle = tokio::spawn(supervise(inner.clone(), amqp_url, stopped));
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(supervise(inner.clone(), amqp_url, stop.clone()));
         (Self { inner }, PublisherTask { stop, handle })
     }
 
@@ -251,26 +251,17 @@ async fn connect(amqp_url: &AmqpUrl, queue: &str) -> Result<(Connection, Channel
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    // Durable with no arguments, exactly as billing declares it: any difference would make the
-    // second declaration fail with PRECONDITION_FAILED.
-    channel
-        .queue_declare(
-            queue,
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    // Through the one declaration billing makes too: any difference would make the second
+    // declaration fail with PRECONDITION_FAILED.
+    declare_billing_queue(&channel, queue).await?;
     Ok((connection, channel))
 }
 
 /// Keeps one connection open for as long as the gateway runs.
-async fn supervise(inner: Arc<Inner>, amqp_url: AmqpUrl, mut stop: watch::Receiver<bool>) {
+async fn supervise(inner: Arc<Inner>, amqp_url: AmqpUrl, stop: CancellationToken) {
     let mut delays = retry_delays(RETRY_MAX);
     loop {
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             return;
         }
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&amqp_url, &inner.queue)).await;
@@ -285,7 +276,7 @@ async fn supervise(inner: Arc<Inner>, amqp_url: AmqpUrl, mut stop: watch::Receiv
                 let woken = Arc::new(Notify::new());
                 let on_error = woken.clone();
                 connection.on_error(move |err| {
-                    tracing::warn!(error = %DisplayChain(&err), "message broker connection lost");
+                    tracing::warn!(error = %ErrorChain(&err), "message broker connection lost");
                     on_error.notify_one();
                 });
                 *inner.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(Live {
@@ -296,7 +287,7 @@ async fn supervise(inner: Arc<Inner>, amqp_url: AmqpUrl, mut stop: watch::Receiv
 
                 let stopping = loop {
                     tokio::select! {
-                        _ = stop.changed() => break true,
+                        () = stop.cancelled() => break true,
                         () = woken.notified() => {}
                         () = inner.check_connection.notified() => {}
                         () = tokio::time::sleep(HEALTH_POLL) => {}
@@ -320,7 +311,7 @@ async fn supervise(inner: Arc<Inner>, amqp_url: AmqpUrl, mut stop: watch::Receiv
                 tracing::warn!("message broker connection is gone; reconnecting");
             }
             Ok(Err(err)) => {
-                tracing::warn!(broker = %amqp_url, error = %DisplayChain(&err), "cannot connect to the message broker");
+                tracing::warn!(broker = %amqp_url, error = %ErrorChain(&err), "cannot connect to the message broker");
             }
             Err(_) => {
                 tracing::warn!(broker = %amqp_url, "connecting to the message broker timed out");
@@ -332,7 +323,7 @@ async fn supervise(inner: Arc<Inner>, amqp_url: AmqpUrl, mut stop: watch::Receiv
             "next connection attempt"
         );
         tokio::select! {
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
     }

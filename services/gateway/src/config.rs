@@ -35,7 +35,8 @@ pub struct Config {
     pub amqp_url: AmqpUrl,
 
     /// Durable queue billing orders are published to (through the default exchange).
-    #[arg(long, env = "BILLING_QUEUE", default_value = service_common::DEFAULT_BILLING_QUEUE)]
+    #[arg(long, env = "BILLING_QUEUE", default_value = service_common::DEFAULT_BILLING_QUEUE,
+          value_parser = service_common::queue_name)]
     pub billing_queue: String,
 
     /// Largest accepted request body, in bytes; larger bodies get a JSON 413.
@@ -66,11 +67,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parses the process arguments and environment, exiting with clap's message on error.
-    pub fn from_env() -> Self {
-        Self::parse()
-    }
-
     pub fn upstream_connect_timeout(&self) -> Duration {
         Duration::from_millis(self.upstream_connect_timeout_ms)
     }

@@ -4,7 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use service_common::{ErrorBody, OrderError};
+use service_common::{ErrorBody, ErrorChain, OrderError};
 
 /// Everything that can go wrong while serving a request.
 #[derive(Debug, thiserror::Error)]
@@ -22,13 +22,6 @@ pub enum Error {
     /// 408: the request body stopped arriving (the server's body read timeout).
     #[error("the request body stopped arriving before it was complete")]
     RequestTimeout,
-    /// 404: no route matches the path.
-    #[error("no route for {0}")]
-    NotFound(String),
-
-    /// 405: the path exists but not with this method.
-    #[error("method {0} is not allowed here")]
-    MethodNotAllowed(String),
 
     /// 413: the request body is larger than the configured limit.
     #[error("request body is larger than {limit} bytes")]
@@ -70,9 +63,7 @@ impl Error {
             Self::InvalidOrder(_) | Self::BadRequestBody(_) | Self::InvalidIdempotencyKey => {
                 StatusCode::BAD_REQUEST
             }
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -88,9 +79,7 @@ impl Error {
             Self::InvalidOrder(_) => "validation_failed",
             Self::BadRequestBody(_) => "bad_request",
             Self::InvalidIdempotencyKey => "invalid_idempotency_key",
-            Self::NotFound(_) => "not_found",
             Self::RequestTimeout => "request_timeout",
-            Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BadGateway(_) => "bad_gateway",
@@ -108,7 +97,7 @@ impl IntoResponse for Error {
         // Server-side failures are logged with their whole cause chain; client errors are not
         // worth more than a debug line.
         if status.is_server_error() {
-            tracing::error!(error = %DisplayChain(&self), status = status.as_u16(), "request failed");
+            tracing::error!(error = %ErrorChain(&self), status = status.as_u16(), "request failed");
         } else {
             tracing::debug!(error = %self, status = status.as_u16(), "request refused");
         }
@@ -124,27 +113,5 @@ impl IntoResponse for Error {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
-    }
-}
-
-/// Formats an error with its sources, `outer: inner: innermost`, for the log.
-#[derive(Debug)]
-pub struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for DisplayChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut text = self.0.to_string();
-        let mut source = self.0.source();
-        while let Some(err) = source {
-            // Many errors already repeat their source in their own message; saying it twice
-            // only makes the log harder to read.
-            let part = err.to_string();
-            if !text.ends_with(&part) {
-                text.push_str(": ");
-                text.push_str(&part);
-            }
-            source = err.source();
-        }
-        f.write_str(&text)
     }
 }

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{Method, Uri};
 use axum::Router;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -61,14 +60,11 @@ impl AppState {
 
 /// Every route of the gateway, with request ids, tracing, and JSON 404/405.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .merge(health::router())
         .merge(proxy::router())
-        .merge(billing::router())
-        .fallback(|uri: Uri| async move { Error::NotFound(uri.path().to_owned()) })
-        .method_not_allowed_fallback(|method: Method| async move {
-            Error::MethodNotAllowed(method.to_string())
-        })
+        .merge(billing::router());
+    http_serve::with_json_fallbacks(routes)
         // The first layer listed is the outermost: the id is set before the span is made, so
         // every log line of the request carries it, and it is copied onto the response.
         .layer(

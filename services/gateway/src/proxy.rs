@@ -181,7 +181,7 @@ impl InventoryProxy {
                 Err(err) if err.is_connect() => {
                     tracing::warn!(
                         upstream = %upstream.url,
-                        error = %crate::error::DisplayChain(&err),
+                        error = %service_common::ErrorChain(&err),
                         cooldown_ms = self.cooldown.as_millis() as u64,
                         "cannot connect to inventory; trying it last for a while"
                     );

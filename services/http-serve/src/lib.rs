@@ -1,5 +1,5 @@
-//! The HTTP server loop of the gateway and inventory, in place of `axum::serve`, which has no
-//! settings: a client cannot hold a connection forever.
+//! The HTTP server loop of the three services, in place of `axum::serve`, which has no settings: a
+//! client cannot hold a connection forever. And the JSON 404 and 405 every router falls back to.
 //! - Headers must arrive whole within [`Limits::header_read_timeout`]; otherwise the connection is
 //!   closed (hyper's `header_read_timeout`).
 //! - Between two pieces of a request body at most [`Limits::body_read_timeout`] may pass; the
@@ -15,16 +15,55 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
-use axum::Router;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use service_common::ErrorBody;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower_http::timeout::RequestBodyTimeoutLayer;
+
+/// 404 `not_found` in the platform's [`ErrorBody`], for `Router::fallback`.
+pub async fn route_not_found(uri: Uri) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(ErrorBody::new(
+            "not_found",
+            format!("no route for {}", uri.path()),
+        )),
+    )
+        .into_response()
+}
+
+/// 405 `method_not_allowed` in the platform's [`ErrorBody`], for
+/// `Router::method_not_allowed_fallback`.
+pub async fn method_not_allowed(method: Method) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(ErrorBody::new(
+            "method_not_allowed",
+            format!("method {method} is not allowed here"),
+        )),
+    )
+        .into_response()
+}
+
+/// `router` answering every unknown path and every wrong method with the platform's JSON error,
+/// never axum's empty or plain-text default.
+pub fn with_json_fallbacks<S>(router: Router<S>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
 
 /// How long a client may take; each has a default fit for a public entry point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

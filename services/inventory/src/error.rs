@@ -23,13 +23,9 @@ pub enum Error {
     #[error("{0}")]
     InvalidQuery(String),
 
-    /// 404 `not_found`: no such movie, or no such route.
+    /// 404 `not_found`: no such movie (no such route is `http_serve::route_not_found`).
     #[error("{0}")]
     NotFound(String),
-
-    /// 405 `method_not_allowed`: the route exists but not with this method.
-    #[error("this method is not allowed on this route")]
-    MethodNotAllowed,
 
     /// 413 `payload_too_large`: the body exceeds the service's limit.
     #[error("the request body is larger than {limit} bytes")]
@@ -78,7 +74,6 @@ impl Error {
             }
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -95,7 +90,6 @@ impl Error {
             Self::InvalidPath(_) => "invalid_path",
             Self::InvalidQuery(_) => "invalid_query",
             Self::NotFound(_) => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Validation(_) => "validation_failed",

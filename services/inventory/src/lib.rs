@@ -59,12 +59,11 @@ pub struct AppState {
 
 /// The whole HTTP API: movies, health, JSON 404 and 405 answers, tracing, timeout and body limit.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // After every route is added: the 405 fallback only applies to routes already registered.
+    let routes = Router::new()
         .merge(health::router())
-        .merge(movies::router())
-        .fallback(route_not_found)
-        // Must come after every route is added: it only applies to routes already registered.
-        .method_not_allowed_fallback(method_not_allowed)
+        .merge(movies::router());
+    http_serve::with_json_fallbacks(routes)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
             ServiceBuilder::new()
@@ -103,14 +102,6 @@ async fn timeout_error(err: BoxError) -> Error {
     } else {
         Error::Internal(format!("unhandled middleware error: {err}"))
     }
-}
-
-async fn route_not_found() -> Error {
-    Error::NotFound("no such route".to_owned())
-}
-
-async fn method_not_allowed() -> Error {
-    Error::MethodNotAllowed
 }
 
 /// Connects to the database and brings its schema up to date. Fails fast when the database cannot

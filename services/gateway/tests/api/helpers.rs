@@ -10,8 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use gateway::Config;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::QueueDeleteOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -211,15 +210,7 @@ impl Broker {
 
     /// How many messages wait in `queue` (declaring it as the gateway does, if needed).
     pub async fn message_count(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue,
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        service_common::declare_billing_queue(&self.channel, queue)
             .await
             .unwrap()
             .message_count()

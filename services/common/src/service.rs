@@ -1,0 +1,53 @@
+//! The `main` every service binary shares, so the three start, fail and report the same way.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+/// Reads `.env` when there is one (a convenience for local runs: in production systemd sets the
+/// environment; a malformed file is refused, without echoing its lines, which may hold
+/// passwords), parses the configuration (clap prints its message and exits 2 on a bad value), sets
+/// up tracing, then runs `serve` on a multi-threaded runtime until it returns. An error is logged
+/// and printed on stderr with its cause chain, one cause per line; the exit code is then 1.
+pub fn service_main<C, F>(name: &str, serve: impl FnOnce(C) -> F) -> ExitCode
+where
+    C: clap::Parser,
+    F: Future<Output = anyhow::Result<()>>,
+{
+    if let Err(error) = dotenvy::dotenv() {
+        if !error.not_found() {
+            let reason = match error {
+                dotenvy::Error::LineParse(_, index) => format!("cannot parse it at byte {index}"),
+                other => other.to_string(),
+            };
+            eprintln!("error: .env: {reason}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let config = C::parse();
+    crate::init_tracing();
+    let result = tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")
+        .and_then(|runtime| runtime.block_on(serve(config)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "{name} failed");
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A listener on `address`; the error names it.
+pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))
+}
