@@ -23,11 +23,11 @@ pub fn verify(verifier: &str, password: &str) -> bool {
     stored_key == parsed.stored_key && server_key == parsed.server_key
 }
 
-/// A fresh verifier for `password` with a random salt, in pg_authid's text form, suitable for
-/// `ALTER ROLE … PASSWORD '<verifier>'` (PostgreSQL stores it as is).
-pub fn make_verifier(password: &str) -> std::io::Result<String> {
+/// A fresh verifier for `password` with a random salt from the operating system, in pg_authid's
+/// text form, suitable for `ALTER ROLE … PASSWORD '<verifier>'` (PostgreSQL stores it as is).
+pub fn make_verifier(password: &str) -> Result<String, getrandom::Error> {
     let mut salt = [0_u8; 16];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut salt)?;
+    getrandom::fill(&mut salt)?;
     Ok(verifier_with_salt(password, &salt, ITERATIONS))
 }
 
@@ -67,19 +67,9 @@ fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// PBKDF2-HMAC-SHA-256 with one output block (32 bytes), which is all SCRAM needs.
+/// SCRAM's SaltedPassword: PBKDF2-HMAC-SHA-256, one 32-byte block.
 fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
-    let mut block = salt.to_vec();
-    block.extend_from_slice(&1_u32.to_be_bytes());
-    let mut u = hmac(password.as_bytes(), &block);
-    let mut result = u;
-    for _ in 1..iterations {
-        u = hmac(password.as_bytes(), &u);
-        for (out, byte) in result.iter_mut().zip(u) {
-            *out ^= byte;
-        }
-    }
-    result
+    pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password.as_bytes(), salt, iterations)
 }
 
 fn keys(password: &str, salt: &[u8], iterations: u32) -> (Vec<u8>, Vec<u8>) {
@@ -96,11 +86,28 @@ mod tests {
 
     #[test]
     fn a_fresh_verifier_accepts_its_password_only() {
-        let verifier = make_verifier("s3cret").expect("urandom");
+        let verifier = make_verifier("s3cret").expect("random salt");
         assert!(verifier.starts_with("SCRAM-SHA-256$4096:"), "{verifier}");
         assert!(verify(&verifier, "s3cret"));
         assert!(!verify(&verifier, "s3cret2"));
         assert!(!verify("md5abcdef", "s3cret"));
         assert!(!verify("", "s3cret"));
+    }
+
+    #[test]
+    fn the_salted_password_is_rfc_7677s() {
+        // RFC 7677, section 3: user "user", password "pencil", salt "W22ZaJ0SNY7soEsUEjb6gQ==",
+        // 4096 iterations, and the ServerSignature it leads to.
+        let salt = STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").expect("salt");
+        let salted = salted_password("pencil", &salt, 4096);
+        let server_key = hmac(&salted, b"Server Key");
+        let auth_message = "n=user,r=rOprNGfwEbeRWgbNEkqO,\
+            r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,\
+            c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+        let signature = hmac(&server_key, auth_message.as_bytes());
+        assert_eq!(
+            STANDARD.encode(signature),
+            "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+        );
     }
 }

@@ -354,7 +354,7 @@ impl<'a> HostRun<'a> {
         let verifier = |password: &str| {
             scram::make_verifier(password).map_err(|error| ApplyError::Other {
                 host: self.host().to_string(),
-                message: format!("reading /dev/urandom: {error}"),
+                message: format!("cannot generate a salt: {error}"),
             })
         };
         postgres_sql(postgres, action, verifier)?
