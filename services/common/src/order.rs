@@ -31,7 +31,10 @@ pub struct BillingOrder {
 /// Why a body is not an acceptable order. The `Display` text is safe to show a client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrderError {
-    /// The body is not JSON, not a JSON object, or gives a key twice. The text says which.
+    /// The body is not syntactically valid JSON: the request itself cannot be read (400).
+    #[error("{0}")]
+    NotJson(String),
+    /// The body is JSON but not a JSON object, or gives a key twice. The text says which.
     #[error("{0}")]
     NotAnObject(String),
     /// A required field is absent or null.
@@ -49,7 +52,7 @@ impl OrderError {
     /// The field at fault, if the error is about one field.
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            Self::NotAnObject(_) => None,
+            Self::NotJson(_) | Self::NotAnObject(_) => None,
             Self::Missing(field) | Self::Invalid { field, .. } => Some(field),
         }
     }
@@ -65,7 +68,7 @@ impl BillingOrder {
             serde_json::from_slice(body).map_err(|err| match err.classify() {
                 // Only UniqueKeysVisitor raises data errors: a repeated key.
                 serde_json::error::Category::Data => OrderError::NotAnObject(err.to_string()),
-                _ => OrderError::NotAnObject(format!("the body is not valid JSON: {err}")),
+                _ => OrderError::NotJson(format!("the body is not valid JSON: {err}")),
             })?;
         Self::from_json_value(&value)
     }
@@ -432,7 +435,11 @@ mod tests {
 
     #[test]
     fn refuses_non_objects() {
-        for json in ["", "not json", "[1,2]", "\"x\"", "null", "{"] {
+        for json in ["", "not json", "{"] {
+            let err = order(json).expect_err(json);
+            assert!(matches!(err, OrderError::NotJson(_)), "{json}: {err}");
+        }
+        for json in ["[1,2]", "\"x\"", "null"] {
             let err = order(json).expect_err(json);
             assert!(matches!(err, OrderError::NotAnObject(_)), "{json}: {err}");
         }

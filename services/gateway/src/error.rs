@@ -9,7 +9,9 @@ use service_common::{ErrorBody, ErrorChain, OrderError};
 /// Everything that can go wrong while serving a request.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// 400: the billing order is not acceptable; the message names the field.
+    /// 400 `invalid_json` when the body is not JSON at all; otherwise 422 `validation_failed`:
+    /// the billing order is readable but not acceptable, and the message names the field. The
+    /// same split as inventory's: 400 for a request that cannot be read, 422 for content refused.
     #[error("{0}")]
     InvalidOrder(#[from] OrderError),
 
@@ -60,9 +62,10 @@ impl Error {
     /// The HTTP status this error becomes.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidOrder(_) | Self::BadRequestBody(_) | Self::InvalidIdempotencyKey => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidOrder(OrderError::NotJson(_))
+            | Self::BadRequestBody(_)
+            | Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
+            Self::InvalidOrder(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -76,6 +79,7 @@ impl Error {
     /// The stable machine-readable code put in [`ErrorBody::error`].
     pub fn code(&self) -> &'static str {
         match self {
+            Self::InvalidOrder(OrderError::NotJson(_)) => "invalid_json",
             Self::InvalidOrder(_) => "validation_failed",
             Self::BadRequestBody(_) => "bad_request",
             Self::InvalidIdempotencyKey => "invalid_idempotency_key",

@@ -75,7 +75,7 @@ async fn confirmed_order_is_in_the_queue_persistent_with_the_returned_id() {
 }
 
 #[tokio::test]
-async fn refused_orders_are_400_or_415_and_publish_nothing() {
+async fn refused_orders_are_422_400_or_415_and_publish_nothing() {
     let queue = unique_queue();
     let broker = Broker::connect().await;
     let gateway = gateway_on_queue(&queue).await;
@@ -96,7 +96,11 @@ async fn refused_orders_are_400_or_415_and_publish_nothing() {
         ),
     ] {
         let response = post_order(&gateway, &order).await;
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{order}");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{order}"
+        );
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"], "validation_failed");
         assert!(body["message"].as_str().unwrap().contains(field), "{body}");
@@ -111,6 +115,8 @@ async fn refused_orders_are_400_or_415_and_publish_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_json");
 
     let response = gateway
         .client
