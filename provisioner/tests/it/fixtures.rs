@@ -24,14 +24,7 @@ pub(crate) fn text(
     owner: &str,
     on_change: Vec<Handler>,
 ) -> DesiredFile {
-    DesiredFile {
-        path: path.into(),
-        content: FileContent::Text(content.into()),
-        mode,
-        owner: owner.into(),
-        group: owner.into(),
-        on_change,
-    }
+    provisioner::render::text_file(path, content.into(), mode, owner, on_change)
 }
 
 pub(crate) fn secret(

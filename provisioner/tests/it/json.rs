@@ -3,7 +3,7 @@
 //! status against this machine over a real sshd (both only read), every command against an
 //! unreachable host, and apply's report of a converging host through a scripted fake host.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -12,14 +12,8 @@ use provisioner::cli::json_document;
 use provisioner::converge::apply::HostReport;
 
 use crate::fixtures::{apply_one, converged, desired_host, host_reporting};
+use crate::render::workspace;
 use crate::ssh::Lab;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate sits in the workspace")
-        .to_owned()
-}
 
 fn validator(schema: &str) -> jsonschema::Validator {
     let text = std::fs::read_to_string(workspace().join("docs").join(schema)).expect("schema");

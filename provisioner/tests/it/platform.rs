@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 
 use provisioner::converge::facts::HostFacts;
 use provisioner::converge::plan::{self, Action, ChangeKind};
-use provisioner::desired::DesiredHost;
 use provisioner::render::binaries::{Arch, BinarySet};
 use provisioner::render::desired_hosts;
 use provisioner::render::env_file::EnvFile;
 use provisioner::render::inventory::Inventory;
 use provisioner::render::platform::Platform;
+
+use crate::render::{copy_dir, file, host, text, workspace};
 
 const NOTIFICATION: &str = r#"
 [[services]]
@@ -33,13 +34,6 @@ INVENTORY_URL={{ inventory_urls | join(sep=\",\") }}
 HEALTH_LISTEN_ADDR={{ listen_addr }}
 RUST_LOG={{ rust_log }}
 ";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate sits in the workspace")
-        .to_owned()
-}
 
 /// The committed platform, inventory and templates, plus notification: on the gateway's host
 /// (which the inventory API already serves) and on a fourth, bare machine.
@@ -95,35 +89,6 @@ fn four_services() -> FourServices {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
-fn host<'a>(hosts: &'a [DesiredHost], name: &str) -> &'a DesiredHost {
-    hosts
-        .iter()
-        .find(|host| host.name == name)
-        .unwrap_or_else(|| panic!("no host {name}"))
-}
-
-fn text<'a>(host: &'a DesiredHost, path: &str) -> &'a str {
-    let file = host
-        .files
-        .iter()
-        .find(|file| file.path == path)
-        .unwrap_or_else(|| panic!("{} has no {path}", host.name));
-    std::str::from_utf8(file.content.bytes()).expect("UTF-8")
-}
-
 /// Any ELF of this machine stands in for the four binaries.
 fn stand_in_binaries(platform: &Platform, dir: &Path) -> BinarySet {
     let exe = std::env::current_exe().expect("own path");
@@ -156,7 +121,7 @@ fn a_fourth_service_is_rendered_from_its_description_and_one_template() {
 
     let hosts = desired_hosts(&four.inventory, &four.env, &four.templates, None).expect("renders");
     let notify = host(&hosts, "notify-vm");
-    let unit = text(notify, "/etc/systemd/system/notification.service");
+    let unit = text(file(notify, "/etc/systemd/system/notification.service"));
     assert!(
         unit.contains("Description=Streaming platform: notification worker"),
         "{unit}"
@@ -174,7 +139,7 @@ fn a_fourth_service_is_rendered_from_its_description_and_one_template() {
         unit.contains("After=network-online.target\n"),
         "nothing it needs runs on its own host: {unit}"
     );
-    let env = text(notify, "/etc/notification/notification.env");
+    let env = text(file(notify, "/etc/notification/notification.env"));
     assert!(
         env.contains(
             "AMQP_URL=amqp://rabbitmq_user:rabbitmq_password@192.168.56.12:5672/billing_vhost\n"
@@ -205,10 +170,10 @@ fn a_fourth_service_is_rendered_from_its_description_and_one_template() {
     assert_eq!(units, ["gateway", "notification"]);
 
     // The inventory API is open to the new caller's hosts, and the broker to the new consumer's.
-    let inventory_rules = text(
+    let inventory_rules = text(file(
         host(&hosts, "inventory-vm"),
         "/etc/platform-firewall/rules.nft",
-    );
+    ));
     assert!(
         inventory_rules.contains("tcp dport 8080 ip saddr { 192.168.56.10, 192.168.56.13 } accept"),
         "{inventory_rules}"
@@ -217,10 +182,10 @@ fn a_fourth_service_is_rendered_from_its_description_and_one_template() {
         inventory_rules.contains("called by gateway and notification"),
         "{inventory_rules}"
     );
-    let broker_rules = text(
+    let broker_rules = text(file(
         host(&hosts, "billing-vm"),
         "/etc/platform-firewall/rules.nft",
-    );
+    ));
     assert!(
         broker_rules.contains("tcp dport 5672 ip saddr { 192.168.56.10, 192.168.56.13 } accept"),
         "{broker_rules}"

@@ -18,18 +18,18 @@ const PASSWORDS: [&str; 3] = [
     "rabbitmq_password",
 ];
 
-fn workspace() -> PathBuf {
+pub(crate) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the crate sits in the workspace")
         .to_owned()
 }
 
-fn platform() -> Platform {
+pub(crate) fn platform() -> Platform {
     Platform::load(&workspace().join("platform.toml")).expect("platform.toml is valid")
 }
 
-fn example_env() -> EnvFile {
+pub(crate) fn example_env() -> EnvFile {
     EnvFile::load(
         &workspace().join(".env.example"),
         &platform().required_variables(),
@@ -43,7 +43,7 @@ fn default_inventory(env: &EnvFile) -> Inventory {
 }
 
 /// The services of the committed description, which are also their binaries' names.
-fn services() -> Vec<String> {
+pub(crate) fn services() -> Vec<String> {
     platform()
         .services()
         .iter()
@@ -60,21 +60,21 @@ fn default_hosts() -> Vec<DesiredHost> {
     render(&default_inventory(&env), &env)
 }
 
-fn host<'a>(hosts: &'a [DesiredHost], name: &str) -> &'a DesiredHost {
+pub(crate) fn host<'a>(hosts: &'a [DesiredHost], name: &str) -> &'a DesiredHost {
     hosts
         .iter()
         .find(|host| host.name == name)
         .unwrap_or_else(|| panic!("no host {name}"))
 }
 
-fn file<'a>(host: &'a DesiredHost, path: &str) -> &'a DesiredFile {
+pub(crate) fn file<'a>(host: &'a DesiredHost, path: &str) -> &'a DesiredFile {
     host.files
         .iter()
         .find(|file| file.path == path)
         .unwrap_or_else(|| panic!("{} has no {path}", host.name))
 }
 
-fn text(file: &DesiredFile) -> &str {
+pub(crate) fn text(file: &DesiredFile) -> &str {
     std::str::from_utf8(file.content.bytes()).expect("UTF-8")
 }
 
@@ -743,7 +743,8 @@ fn a_template_using_an_unknown_variable_is_an_error_naming_it() {
     assert!(message.contains("(for gateway-vm)"), "{message}");
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(from).expect("read dir") {
         let entry = entry.expect("entry");
         let target = to.join(entry.file_name());
