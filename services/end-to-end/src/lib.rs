@@ -5,6 +5,8 @@
 //! It reads `DATABASE_URL` (an administrative connection; scratch databases are created from it)
 //! and `AMQP_URL`, as `scripts/test` and `scripts/bench` set them.
 
+pub mod audit;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
