@@ -19,21 +19,21 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use config::{Config, SecretUrl};
+pub use config::Config;
 pub use consumer::{handle, ConsumerSettings, Outcome, Readiness};
 pub use error::Error;
+pub use service_common::DatabaseUrl;
 
 /// The embedded schema; applied at start-up.
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// A pool that connects on first use, so the worker starts (and `/health` answers) even while
 /// PostgreSQL is down.
-pub fn lazy_pool(database_url: &SecretUrl) -> anyhow::Result<PgPool> {
+pub fn lazy_pool(database_url: &DatabaseUrl) -> PgPool {
     PgPoolOptions::new()
         .max_connections(5)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(database_url.expose())
-        .with_context(|| format!("invalid DATABASE_URL {database_url}"))
+        .connect_lazy_with(database_url.connect_options().clone())
 }
 
 /// Runs the worker until `shutdown` completes: serves /health and /ready on `listener`, applies
@@ -44,7 +44,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let pool = lazy_pool(&config.database_url)?;
+    let pool = lazy_pool(&config.database_url);
     let readiness = Readiness::default();
     let address = listener
         .local_addr()

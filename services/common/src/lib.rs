@@ -4,11 +4,13 @@
 //! tracing set-up, the shutdown signal, the delays between reconnection attempts, and connection
 //! URLs that never show their password (with the `amqp` feature, the broker's URL).
 //!
-//! No business logic lives here, and neither axum nor sqlx: each service owns its own HTTP and
-//! database code.
+//! No business logic lives here, and neither axum nor sqlx queries: each service owns its own HTTP
+//! and database code (the `postgres` feature only parses `DATABASE_URL`).
 
 #[cfg(feature = "amqp")]
 pub mod amqp_url;
+#[cfg(feature = "postgres")]
+pub mod database_url;
 pub mod error_body;
 pub mod error_chain;
 pub mod order;
@@ -21,6 +23,8 @@ pub mod telemetry;
 
 #[cfg(feature = "amqp")]
 pub use amqp_url::{AmqpUrl, AmqpUrlError};
+#[cfg(feature = "postgres")]
+pub use database_url::{DatabaseUrl, DatabaseUrlParser, InvalidDatabaseUrl};
 pub use error_body::ErrorBody;
 pub use error_chain::{error_chain, ErrorChain};
 pub use order::{BillingOrder, OrderError};

@@ -59,7 +59,7 @@ async fn run_audit(
     // Inventory, as in section 5 of the original design: the steps the lab's audit runs too.
     let gateway = Gateway::new(client, &gateway_url);
     let tag = scratch.suffix();
-    let movie = gateway.movie_until_update(&tag).await?;
+    let movie = gateway.movie_until_update(tag).await?;
     gateway.delete_movie(movie.id).await?;
 
     // Billing: an order becomes a row.

@@ -1,6 +1,6 @@
 //! The health listener and the whole worker as the binary runs it.
 
-use billing::{consumer::Readiness, Config, SecretUrl};
+use billing::{consumer::Readiness, Config};
 use service_common::ErrorBody;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
@@ -78,7 +78,7 @@ async fn run_serves_ready_stores_orders_and_exits_ok_on_shutdown(pool: PgPool) {
         .expect("listener");
     let health_addr = listener.local_addr().expect("addr");
     let config = Config {
-        database_url: SecretUrl::new(database_url),
+        database_url: database_url.parse().expect("a PostgreSQL URL"),
         amqp_url: amqp_url().parse().expect("AMQP_URL"),
         billing_queue: broker.queue.clone(),
         health_listen_addr: health_addr,
