@@ -1,12 +1,16 @@
 //! The service binaries pushed to the hosts: found in `--binaries DIR` or built from the
 //! workspace, refused when they are not ELF executables for the hosts' architecture, with their
-//! SHA-256 and the newest glibc symbol version they need (read from the ELF, no external tool).
+//! SHA-256 and the newest glibc symbol version they need (read from the ELF with the `object`
+//! crate, no external tool).
 
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use object::elf::{FileHeader64, EM_AARCH64, EM_X86_64, ET_DYN, ET_EXEC};
+use object::read::elf::FileHeader;
+use object::Endianness;
 use sha2::{Digest, Sha256};
 
 pub use crate::desired::Arch;
@@ -308,24 +312,23 @@ fn read(path: &Path) -> Result<Vec<u8>, BinaryError> {
     })
 }
 
-const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
-const ELFCLASS64: u8 = 2;
-const ELFDATA2LSB: u8 = 1;
-const ET_EXEC: u16 = 2;
-const ET_DYN: u16 = 3;
-const EM_X86_64: u16 = 0x3e;
-const EM_AARCH64: u16 = 0xb7;
-const SHT_GNU_VERNEED: u32 = 0x6fff_fffe;
+/// The ELF header of a 64-bit ELF file, and its byte order.
+fn elf_header(bytes: &[u8]) -> Result<(&FileHeader64<Endianness>, Endianness), String> {
+    let header = FileHeader64::<Endianness>::parse(bytes)
+        .map_err(|error| format!("not a 64-bit ELF file ({error})"))?;
+    let endian = header.endian().map_err(|error| error.to_string())?;
+    Ok((header, endian))
+}
 
-/// The architecture of a 64-bit little-endian ELF executable: `Ok(Ok(arch))` for a known one,
+/// The architecture of a 64-bit ELF executable: `Ok(Ok(arch))` for a known one,
 /// `Ok(Err(e_machine))` for another machine, `Err(reason)` when it is no such executable.
 pub fn elf_arch(bytes: &[u8]) -> Result<Result<Arch, u16>, String> {
-    let elf = Elf::new(bytes)?;
-    let kind = elf.u16(16)?;
+    let (header, endian) = elf_header(bytes)?;
+    let kind = header.e_type(endian);
     if kind != ET_EXEC && kind != ET_DYN {
         return Err(format!("ELF type {kind} is not an executable"));
     }
-    Ok(match elf.u16(18)? {
+    Ok(match header.e_machine(endian) {
         EM_X86_64 => Ok(Arch::X86_64),
         EM_AARCH64 => Ok(Arch::Aarch64),
         other => Err(other),
@@ -335,108 +338,28 @@ pub fn elf_arch(bytes: &[u8]) -> Result<Result<Arch, u16>, String> {
 /// Every `GLIBC_x.y` version named in the ELF's version needs (`.gnu.version_r`), sorted and
 /// without duplicates.
 pub fn required_glibc_versions(bytes: &[u8]) -> Result<Vec<GlibcVersion>, String> {
-    let elf = Elf::new(bytes)?;
+    let (header, endian) = elf_header(bytes)?;
+    let malformed = |error: object::read::Error| format!("malformed ELF ({error})");
+    let sections = header.sections(endian, bytes).map_err(malformed)?;
     let mut versions = Vec::new();
-    for needs in elf.sections()?.filter(|s| s.kind == SHT_GNU_VERNEED) {
-        let strings = elf.section(needs.link)?;
-        let mut entry = needs.offset;
-        // One Verneed entry per library, each with a chain of Vernaux entries (one per version).
-        for _ in 0..needs.info {
-            let count = elf.u16(entry + 2)?;
-            let mut aux = entry + elf.u32(entry + 8)? as usize;
-            for _ in 0..count {
-                let name = elf.c_string(strings.offset + elf.u32(aux + 8)? as usize)?;
-                if let Some(version) = GlibcVersion::parse(name) {
+    if let Some((mut needs, strings)) = sections.gnu_verneed(endian, bytes).map_err(malformed)? {
+        let strings = sections
+            .strings(endian, bytes, strings)
+            .map_err(malformed)?;
+        // One entry per library, each with one auxiliary entry per version it needs.
+        while let Some((_, mut needed)) = needs.next().map_err(malformed)? {
+            while let Some(version) = needed.next().map_err(malformed)? {
+                let name = version.name(endian, strings).map_err(malformed)?;
+                if let Some(version) = std::str::from_utf8(name).ok().and_then(GlibcVersion::parse)
+                {
                     versions.push(version);
                 }
-                aux += elf.u32(aux + 12)? as usize;
             }
-            let next = elf.u32(entry + 12)? as usize;
-            if next == 0 {
-                break;
-            }
-            entry += next;
         }
     }
     versions.sort();
     versions.dedup();
     Ok(versions)
-}
-
-/// A minimal reader of 64-bit little-endian ELF files: just what the checks above need.
-struct Elf<'a> {
-    bytes: &'a [u8],
-}
-
-struct Section {
-    kind: u32,
-    offset: usize,
-    link: u32,
-    info: u32,
-}
-
-impl<'a> Elf<'a> {
-    fn new(bytes: &'a [u8]) -> Result<Self, String> {
-        if bytes.len() < 64 || &bytes[..4] != ELF_MAGIC {
-            return Err("no ELF magic number".to_owned());
-        }
-        if bytes[4] != ELFCLASS64 || bytes[5] != ELFDATA2LSB {
-            return Err("not a 64-bit little-endian ELF".to_owned());
-        }
-        Ok(Self { bytes })
-    }
-
-    fn slice(&self, at: usize, len: usize) -> Result<&'a [u8], String> {
-        at.checked_add(len)
-            .and_then(|end| self.bytes.get(at..end))
-            .ok_or_else(|| format!("truncated ELF (offset {at:#x})"))
-    }
-
-    fn u16(&self, at: usize) -> Result<u16, String> {
-        let b = self.slice(at, 2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&self, at: usize) -> Result<u32, String> {
-        let b = self.slice(at, 4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn u64(&self, at: usize) -> Result<usize, String> {
-        let b = self.slice(at, 8)?;
-        let mut word = [0; 8];
-        word.copy_from_slice(b);
-        usize::try_from(u64::from_le_bytes(word)).map_err(|e| e.to_string())
-    }
-
-    fn c_string(&self, at: usize) -> Result<&'a str, String> {
-        let rest = self.bytes.get(at..).ok_or("string outside the file")?;
-        let end = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or("unterminated string")?;
-        std::str::from_utf8(&rest[..end]).map_err(|e| e.to_string())
-    }
-
-    fn section(&self, index: u32) -> Result<Section, String> {
-        let table = self.u64(0x28)?;
-        let entry_size = usize::from(self.u16(0x3a)?);
-        let at = table + entry_size * index as usize;
-        Ok(Section {
-            kind: self.u32(at + 4)?,
-            offset: self.u64(at + 0x18)?,
-            link: self.u32(at + 0x28)?,
-            info: self.u32(at + 0x2c)?,
-        })
-    }
-
-    fn sections(&self) -> Result<impl Iterator<Item = Section> + '_, String> {
-        let count = u32::from(self.u16(0x3c)?);
-        let sections = (0..count)
-            .map(|index| self.section(index))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(sections.into_iter())
-    }
 }
 
 #[cfg(test)]
