@@ -9,20 +9,31 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A value that must never reach a log, a `Debug` output or a command line.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+use secrecy::{ExposeSecret, SecretString};
+
+/// A value that must never reach a log, a `Debug` output or a command line; its memory is wiped
+/// when it is dropped (`secrecy`).
+#[derive(Clone)]
+pub struct Secret(SecretString);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(SecretString::from(value.into()))
     }
 
     /// The secret itself; call only where it is written to a 0600 file or a process's stdin.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
