@@ -289,6 +289,15 @@ fn validate_service(
             format!("service `{name}` is already services[{first}]"),
         ));
     }
+    // It goes into the unit's `Description=`: one line of printable text.
+    let summary = raw.summary.get_ref();
+    if summary.trim().is_empty() || summary.chars().any(char::is_control) {
+        return Err(error(
+            raw.summary.span(),
+            &field("summary"),
+            "must be one non-empty line of printable text".into(),
+        ));
+    }
     let port_setting = raw.port.get_ref().clone();
     if FIXED_SETTINGS.contains(&port_setting.as_str()) || !is_service_name(&port_setting) {
         return Err(error(
@@ -348,7 +357,7 @@ fn validate_service(
     }
     Ok(ServiceDescription {
         name,
-        summary: raw.summary.clone(),
+        summary: summary.clone(),
         port_setting,
         public: raw.public,
         health: raw.health.get_ref().clone(),
@@ -369,7 +378,7 @@ struct RawPlatform {
 #[serde(deny_unknown_fields)]
 struct RawService {
     name: Spanned<String>,
-    summary: String,
+    summary: Spanned<String>,
     port: Spanned<String>,
     public: bool,
     health: Spanned<String>,
@@ -514,6 +523,15 @@ broker = false
             &GOOD.replace("broker = false", "broker = false\nport_number = 3"),
             "services[1].port_number",
             "unknown field",
+        );
+        // A summary goes into the unit: a second line would be a directive of its own.
+        refused(
+            &GOOD.replace(
+                "summary = \"entry\"",
+                "summary = \"entry\\nExecStartPre=/bin/false\"",
+            ),
+            "services[0].summary",
+            "one non-empty line",
         );
     }
 
