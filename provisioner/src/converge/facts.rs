@@ -9,7 +9,9 @@ use base64::Engine;
 
 use crate::converge::scram;
 use crate::converge::transport::{shell_quote, Transport, TransportError};
-use crate::desired::{Arch, DesiredHost, FileContent, PG_VERSION_PLACEHOLDER};
+use crate::desired::{
+    Arch, DesiredFile, DesiredHost, FileContent, Handler, PG_VERSION_PLACEHOLDER,
+};
 
 /// A regular file present on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,45 @@ pub struct HostFacts {
     pub postgres: Option<PostgresFacts>,
     /// `None` when RabbitMQ is not installed or does not answer.
     pub rabbitmq: Option<RabbitMqFacts>,
+    /// When the main process of each running platform service started, by unit.
+    pub started: BTreeMap<String, Timestamp>,
+    /// When each desired file and binary that restarts a service was last written, by path (as
+    /// written in the desired state): one newer than its service's process is a lost restart.
+    pub modified: BTreeMap<String, Timestamp>,
+}
+
+/// A moment on the host's clock, in nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// Parses what `date +%s.%N` and `stat -c %.9Y` print (`1796204508.123456000`).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (seconds, fraction) = text.trim().split_once('.').unwrap_or((text.trim(), "0"));
+        let seconds: u64 = seconds.parse().ok()?;
+        if fraction.is_empty()
+            || fraction.len() > 9
+            || !fraction.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let nanos: u64 = format!("{fraction:0<9}").parse().ok()?;
+        seconds
+            .checked_mul(1_000_000_000)?
+            .checked_add(nanos)
+            .map(Self)
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}.{:09}",
+            self.0 / 1_000_000_000,
+            self.0 % 1_000_000_000
+        )
+    }
 }
 
 /// Why facts could not be gathered.
@@ -175,8 +216,8 @@ pub struct Parsing {
 }
 
 /// Every fact, in the script's order.
-pub const FACTS: [Fact; 9] = [
-    ARCH, PG_VERSION, PACKAGES, USERS, FILES, BINARIES, UNITS, POSTGRES, RABBITMQ,
+pub const FACTS: [Fact; 10] = [
+    ARCH, PG_VERSION, PACKAGES, USERS, FILES, BINARIES, UNITS, STARTED, POSTGRES, RABBITMQ,
 ];
 
 const ARCH: Fact = Fact {
@@ -418,6 +459,98 @@ const UNITS: Fact = Fact {
             let active = if state.active { "active" } else { "inactive" };
             let enabled = if state.enabled { "enabled" } else { "disabled" };
             let _ = writeln!(out, "{unit} {active} {enabled}");
+        }
+        out
+    },
+};
+
+/// The desired files whose change restarts a platform service (its unit, its env file), by index.
+fn restarting_files(desired: &DesiredHost) -> impl Iterator<Item = (usize, &DesiredFile)> {
+    desired.files.iter().enumerate().filter(|(_, file)| {
+        file.on_change
+            .iter()
+            .any(|handler| matches!(handler, Handler::Restart(unit) if desired.runs_service(unit)))
+    })
+}
+
+/// When each platform service's running process started (`S index time`, systemd's own record),
+/// and when its unit, env file and binary were last written (`M file-index time`,
+/// `B binary-index time`), all on the host's clock: an apply that wrote a file and died before
+/// the restart leaves a file newer than the process, which plan then restarts.
+const STARTED: Fact = Fact {
+    sections: &["started"],
+    command: |desired| {
+        let mut script = String::from(
+            "echo @@started
+",
+        );
+        for (index, service) in desired.services.iter().enumerate() {
+            let unit = shell_quote(&format!("{}.service", service.unit));
+            let _ = writeln!(
+                script,
+                "t=$(systemctl show -P ExecMainStartTimestamp --timestamp=us+utc {unit} 2>/dev/null) && [ -n \"$t\" ] && [ \"$t\" != n/a ] && s=$(date -d \"$t\" +%s.%N 2>/dev/null) && echo \"S {index} $s\""
+            );
+        }
+        for (index, file) in restarting_files(desired) {
+            let path = shell_path(&file.path);
+            let _ = writeln!(
+                script,
+                "m=$(stat -c %.9Y {path} 2>/dev/null) && echo \"M {index} $m\""
+            );
+        }
+        for (index, binary) in desired.binaries.iter().enumerate() {
+            let path = shell_quote(&binary.remote_path);
+            let _ = writeln!(
+                script,
+                "m=$(stat -c %.9Y {path} 2>/dev/null) && echo \"B {index} $m\""
+            );
+        }
+        Some(script)
+    },
+    parse: |desired, _, line, parsing| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [kind, index, time] = fields[..] else {
+            return;
+        };
+        let (Ok(index), Some(time)) = (index.parse::<usize>(), Timestamp::parse(time)) else {
+            return;
+        };
+        let facts = &mut parsing.facts;
+        match kind {
+            "S" => {
+                if let Some(service) = desired.services.get(index) {
+                    facts.started.insert(service.unit.clone(), time);
+                }
+            }
+            "M" => {
+                if let Some(file) = desired.files.get(index) {
+                    facts.modified.insert(file.path.clone(), time);
+                }
+            }
+            "B" => {
+                if let Some(binary) = desired.binaries.get(index) {
+                    facts.modified.insert(binary.remote_path.clone(), time);
+                }
+            }
+            _ => {}
+        }
+    },
+    print: |desired, facts| {
+        let mut out = String::from("@@started\n");
+        for (index, service) in desired.services.iter().enumerate() {
+            if let Some(time) = facts.started.get(&service.unit) {
+                let _ = writeln!(out, "S {index} {time}");
+            }
+        }
+        for (index, file) in restarting_files(desired) {
+            if let Some(time) = facts.modified.get(&file.path) {
+                let _ = writeln!(out, "M {index} {time}");
+            }
+        }
+        for (index, binary) in desired.binaries.iter().enumerate() {
+            if let Some(time) = facts.modified.get(&binary.remote_path) {
+                let _ = writeln!(out, "B {index} {time}");
+            }
         }
         out
     },

@@ -52,6 +52,8 @@ pub enum Action {
     PushBinary(usize),
     EnableService(String),
     StartService(String),
+    /// A running service older than a file that restarts it: restarted by its handler.
+    RestartService(String),
 }
 
 /// When an action runs: databases and broker on every host first, then the services.
@@ -157,6 +159,8 @@ pub fn plan(desired: &DesiredHost, facts: &HostFacts) -> HostPlan {
         }
     }
 
+    plan_lost_restarts(desired, facts, &mut plan);
+
     plan.steps = handler_steps(desired, &plan.changes);
     plan.handlers = plan.steps.iter().map(|step| step.handler.clone()).collect();
     plan.restarts = plan
@@ -253,6 +257,59 @@ fn handler_steps(desired: &DesiredHost, changes: &[Change]) -> Vec<HandlerStep> 
         );
     }
     steps
+}
+
+/// A running service whose unit, env file or binary was written after its process started missed
+/// its restart (an apply that died between writing and restarting, Ansible's lost handler): it is
+/// restarted now. A file about to be rewritten restarts it anyway, so only files in place count.
+fn plan_lost_restarts(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
+    for service in &desired.services {
+        let unit = &service.unit;
+        let Some(started) = facts.started.get(unit) else {
+            continue;
+        };
+        let restart = Handler::Restart(unit.clone());
+        if plan
+            .changes
+            .iter()
+            .any(|change| change.handlers.contains(&restart))
+        {
+            continue;
+        }
+        let newer: Vec<&str> = desired
+            .files
+            .iter()
+            .filter(|file| file.on_change.contains(&restart))
+            .map(|file| file.path.as_str())
+            .chain(
+                desired
+                    .binaries
+                    .iter()
+                    .filter(|binary| &binary.service == unit)
+                    .map(|binary| binary.remote_path.as_str()),
+            )
+            .filter(|path| {
+                facts
+                    .modified
+                    .get(*path)
+                    .is_some_and(|written| written > started)
+            })
+            .collect();
+        plan.checked += 1;
+        if !newer.is_empty() {
+            plan.push_triggering(
+                ChangeKind::Service,
+                unit,
+                format!(
+                    "restart: the running process started before {} was written (a restart was lost)",
+                    newer.join(", ")
+                ),
+                Action::RestartService(unit.clone()),
+                Phase::Services,
+                vec![restart],
+            );
+        }
+    }
 }
 
 fn plan_packages(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use provisioner::converge::facts::{HostFacts, PostgresFacts, RabbitMqFacts, UnitFact};
+use provisioner::converge::facts::{HostFacts, PostgresFacts, RabbitMqFacts, Timestamp, UnitFact};
 use provisioner::converge::plan::{plan, Action, ChangeKind, Phase};
 use provisioner::converge::transport::fake::FakeTransport;
 use provisioner::desired::Handler;
@@ -421,5 +421,38 @@ fn a_package_still_missing_after_apt_get_fails_the_host_before_anything_else() {
         !calls.iter().any(|call| call.command.contains("systemctl")),
         "{}",
         fake.transcript()
+    );
+}
+
+#[test]
+fn a_service_that_missed_its_restart_is_restarted_and_health_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = desired_host(dir.path());
+    let mut facts = converged(&desired);
+    facts
+        .started
+        .insert("inventory".into(), Timestamp(1_000_000_000_000));
+    facts.modified.insert(
+        "/etc/inventory/inventory.env".into(),
+        Timestamp(2_000_000_000_000),
+    );
+    let fake = host_reporting(&desired, &facts);
+    let report = apply_one(&desired, &fake);
+    assert_eq!(
+        (report.changed, report.failed),
+        (1, 0),
+        "{:?}",
+        report.error
+    );
+    assert_eq!(report.restarted, ["inventory"]);
+    let transcript = fake.transcript();
+    assert!(
+        transcript.contains("systemctl restart inventory"),
+        "{transcript}"
+    );
+    assert!(
+        !transcript.contains("restart billing")
+            && !transcript.contains("/etc/inventory/inventory.env"),
+        "nothing else restarted, nothing rewritten: {transcript}"
     );
 }

@@ -299,6 +299,17 @@ fn each_fact_parses_what_its_printer_prints() {
     let rabbitmq = facts.rabbitmq.as_mut().expect("rabbitmq");
     rabbitmq.password_matches = false;
     rabbitmq.permissions.clear();
+    facts.started.insert(
+        "inventory".into(),
+        facts::Timestamp(1_796_204_508_123_456_000),
+    );
+    facts.modified.insert(
+        "/etc/inventory/inventory.env".into(),
+        facts::Timestamp(1_796_204_509_000_000_001),
+    );
+    facts
+        .modified
+        .insert("/usr/local/bin/billing".into(), facts::Timestamp(42));
     let output = facts::script_output(&desired, &facts);
     assert_eq!(facts::parse_facts(&desired, &output), facts);
 

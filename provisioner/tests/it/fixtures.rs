@@ -204,6 +204,9 @@ pub(crate) fn converged(desired: &DesiredHost) -> HostFacts {
             .into(),
             password_matches: true,
         }),
+        // Processes and files as an apply leaves them: nothing written after its restart.
+        started: std::collections::BTreeMap::new(),
+        modified: std::collections::BTreeMap::new(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Plan without a network: what changes, what restarts, and that secrets only travel on stdin,
 //! against hand-built facts and a scripted fake transport.
 
-use provisioner::converge::facts::{self, HostFacts, UnitFact};
+use provisioner::converge::facts::{self, HostFacts, Timestamp, UnitFact};
 use provisioner::converge::plan::{plan, Action, ChangeKind, Phase};
 use provisioner::converge::scram;
 use provisioner::desired::Handler;
@@ -339,4 +339,71 @@ fn applying_a_converged_host_changes_and_restarts_nothing() {
         "only the facts: {}",
         fake.transcript()
     );
+}
+
+#[test]
+fn a_service_older_than_its_env_file_missed_its_restart_and_is_restarted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = desired_host(dir.path());
+    let mut facts = converged(&desired);
+    // An apply wrote inventory's env file, then died before the restart: the file is as desired,
+    // but the process still runs with the old one.
+    facts
+        .started
+        .insert("inventory".into(), Timestamp(1_000_000_000_000));
+    facts
+        .started
+        .insert("billing".into(), Timestamp(1_000_000_000_000));
+    facts.modified.insert(
+        "/etc/inventory/inventory.env".into(),
+        Timestamp(1_000_000_000_001),
+    );
+    facts.modified.insert(
+        "/etc/billing/billing.env".into(),
+        Timestamp(999_999_999_999),
+    );
+    let planned = plan(&desired, &facts);
+    assert_eq!(
+        targets(&planned),
+        [(ChangeKind::Service, "inventory".to_string())]
+    );
+    assert_eq!(planned.restarts, ["inventory"]);
+    let detail = &planned.changes[0].detail;
+    assert!(
+        detail.contains("/etc/inventory/inventory.env") && detail.contains("lost"),
+        "{detail}"
+    );
+
+    // Started after the write: nothing to do.
+    facts
+        .started
+        .insert("inventory".into(), Timestamp(1_000_000_000_002));
+    assert!(plan(&desired, &facts).is_empty());
+
+    // A binary pushed after the process started counts the same.
+    facts.modified.insert(
+        "/usr/local/bin/billing".into(),
+        Timestamp(1_000_000_000_005),
+    );
+    let planned = plan(&desired, &facts);
+    assert_eq!(planned.restarts, ["billing"]);
+}
+
+#[test]
+fn timestamps_read_what_date_and_stat_print() {
+    assert_eq!(
+        Timestamp::parse("1796204508.123456000"),
+        Some(Timestamp(1_796_204_508_123_456_000))
+    );
+    assert_eq!(
+        Timestamp::parse("1796204508.5"),
+        Some(Timestamp(1_796_204_508_500_000_000))
+    );
+    assert_eq!(Timestamp::parse("17"), Some(Timestamp(17_000_000_000)));
+    for bad in ["", "x", "1.", "1.1234567890", "-1.0", "1.2e3"] {
+        assert_eq!(Timestamp::parse(bad), None, "{bad:?}");
+    }
+    let time = Timestamp(1_796_204_508_000_000_042);
+    assert_eq!(time.to_string(), "1796204508.000000042");
+    assert_eq!(Timestamp::parse(&time.to_string()), Some(time));
 }

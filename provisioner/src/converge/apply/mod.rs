@@ -334,7 +334,7 @@ impl<'a> HostRun<'a> {
                 Ok(())
             }
             // Started by the restart handler the plan lists for it, after daemon-reload.
-            Action::StartService(_) => Ok(()),
+            Action::StartService(_) | Action::RestartService(_) => Ok(()),
         }
     }
 
