@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::converge::apply::{self, progress, HostReport};
+use crate::converge::apply::{self, progress, HostReport, Rollout};
 use crate::converge::facts;
 use crate::converge::parallel::{self, DEFAULT_FORKS};
 use crate::converge::plan;
@@ -64,7 +64,16 @@ pub enum Command {
     /// Show per host what apply would change. Exit 0: nothing; 2: changes; 1: error.
     Plan,
     /// Converge every host; exit 0 when all converged, 1 otherwise.
-    Apply,
+    Apply {
+        /// Update the services of this many hosts at a time, batch after batch, each restarted
+        /// service healthy before the next batch (a rolling deploy); default: all at once.
+        #[arg(long, value_name = "HOSTS")]
+        serial: Option<NonZeroUsize>,
+        /// With --serial: how many hosts may fail before the rollout stops (the hosts after
+        /// keep what they run).
+        #[arg(long, value_name = "HOSTS", default_value_t = 0, requires = "serial")]
+        max_fail: usize,
+    },
     /// Per host and service: active, healthy, ready, deployed version; billing queue depth and
     /// consumers. Exit 0 when every service is active and healthy, 1 otherwise (a service that
     /// is up but not ready is shown, not failed: its dependencies may be restarting).
@@ -183,7 +192,16 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         Command::Build { dev } => run_build(args, *dev),
         Command::Plan => run_plan(args),
-        Command::Apply => run_apply(args),
+        Command::Apply { serial, max_fail } => run_apply(
+            args,
+            match serial {
+                Some(serial) => Rollout {
+                    serial: Some(*serial),
+                    max_fail: *max_fail,
+                },
+                None => Rollout::default(),
+            },
+        ),
         Command::Status => run_status(args),
         Command::Stop { service } => run_systemctl(args, "stop", service),
         Command::Start { service } => run_systemctl(args, "start", service),
@@ -324,7 +342,7 @@ fn print_plan(reports: &[HostReport]) {
     }
 }
 
-fn run_apply(args: &Args) -> anyhow::Result<ExitCode> {
+fn run_apply(args: &Args, rollout: Rollout) -> anyhow::Result<ExitCode> {
     let hosts = selected_hosts(args, true)?.hosts;
     let transports = connect_all(&hosts, args.forks);
     let pairs: Vec<(&DesiredHost, Result<&dyn Transport, String>)> = hosts
@@ -340,7 +358,7 @@ fn run_apply(args: &Args) -> anyhow::Result<ExitCode> {
             )
         })
         .collect();
-    let reports = apply::apply_all(&pairs, args.forks);
+    let reports = apply::apply_all(&pairs, args.forks, rollout);
     if args.json {
         print_json(&reports)?;
     } else {

@@ -2,11 +2,16 @@
 //! scripted fake transport answering with hand-built facts.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 
-use provisioner::converge::facts::{HostFacts, PostgresFacts, RabbitMqFacts, Timestamp, UnitFact};
+use provisioner::converge::apply::{apply_all, HostReport, Rollout};
+use provisioner::converge::facts::{
+    self, HostFacts, PostgresFacts, RabbitMqFacts, Timestamp, UnitFact,
+};
 use provisioner::converge::plan::{plan, Action, ChangeKind, Phase};
 use provisioner::converge::transport::fake::FakeTransport;
-use provisioner::desired::Handler;
+use provisioner::converge::transport::Transport;
+use provisioner::desired::{DesiredHost, Handler};
 
 use crate::fixtures::*;
 
@@ -455,4 +460,95 @@ fn a_service_that_missed_its_restart_is_restarted_and_health_checked() {
             && !transcript.contains("/etc/inventory/inventory.env"),
         "nothing else restarted, nothing rewritten: {transcript}"
     );
+}
+
+/// Three hosts like `desired_host`, each with a new billing binary to roll out; the second one's
+/// new binary never answers its health check.
+fn rollout(dir: &std::path::Path, rollout: Rollout) -> (Vec<HostReport>, Vec<FakeTransport>) {
+    let hosts: Vec<DesiredHost> = ["app-1", "app-2", "app-3"]
+        .into_iter()
+        .map(|name| {
+            let mut desired = desired_host(dir);
+            desired.name = name.into();
+            desired
+        })
+        .collect();
+    let fakes: Vec<FakeTransport> = hosts
+        .iter()
+        .map(|desired| {
+            let mut facts = converged(desired);
+            facts
+                .binaries
+                .insert("/usr/local/bin/billing".into(), "oldsha".into());
+            let fake = FakeTransport::new(&desired.name);
+            fake.answer("sh -s", 0, &facts::script_output(desired, &facts));
+            fake
+        })
+        .collect();
+    fakes[1].answer_times("http://127.0.0.1:8081/health", 1, 1, "");
+    let pairs: Vec<(&DesiredHost, Result<&dyn Transport, String>)> = hosts
+        .iter()
+        .zip(&fakes)
+        .map(|(desired, fake)| (desired, Ok(fake as &dyn Transport)))
+        .collect();
+    let reports = apply_all(&pairs, NonZeroUsize::new(4).expect("4"), rollout);
+    (reports, fakes)
+}
+
+fn serial(hosts: usize, max_fail: usize) -> Rollout {
+    Rollout {
+        serial: NonZeroUsize::new(hosts),
+        max_fail,
+    }
+}
+
+#[test]
+fn a_rolling_deploy_stops_at_the_first_failure_and_leaves_the_hosts_after_it_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (reports, fakes) = rollout(dir.path(), serial(1, 0));
+    assert_eq!(
+        (reports[0].failed, reports[0].restarted.as_slice()),
+        (0, ["billing".to_string()].as_slice()),
+        "{:?}",
+        reports[0].error
+    );
+    assert_eq!(
+        reports[1].rolled_back,
+        ["billing"],
+        "the failed host is rolled back"
+    );
+    assert_eq!(reports[1].failed, 1);
+    let third = &reports[2];
+    assert!(third.restarted.is_empty(), "{third:?}");
+    assert_eq!(third.failed, 0, "{third:?}");
+    let error = third.error.as_deref().expect("said why");
+    assert!(
+        error.contains("rollout stopped after 1 host(s) failed"),
+        "{error}"
+    );
+    let transcript = fakes[2].transcript();
+    assert!(
+        !transcript.contains("/usr/local/bin/billing") && !transcript.contains("systemctl restart"),
+        "the third host keeps what it runs: {transcript}"
+    );
+    // Its first phase (databases and broker) ran before any service was touched anywhere.
+    assert!(transcript.contains("sh -s"), "{transcript}");
+}
+
+#[test]
+fn a_rolling_deploy_goes_on_while_failures_stay_within_max_fail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (reports, _) = rollout(dir.path(), serial(1, 1));
+    assert_eq!(reports[1].rolled_back, ["billing"]);
+    assert_eq!(reports[2].restarted, ["billing"], "{:?}", reports[2].error);
+    assert_eq!(reports[2].error, None);
+}
+
+#[test]
+fn without_serial_every_host_is_updated_at_once_whatever_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (reports, _) = rollout(dir.path(), Rollout::default());
+    assert_eq!(reports[0].restarted, ["billing"]);
+    assert_eq!(reports[1].rolled_back, ["billing"]);
+    assert_eq!(reports[2].restarted, ["billing"]);
 }

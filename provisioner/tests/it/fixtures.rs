@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use provisioner::converge::apply::{apply_all, HostReport};
+use provisioner::converge::apply::{apply_all, HostReport, Rollout};
 use provisioner::converge::facts::{
     self, FileFact, HostFacts, PostgresFacts, RabbitMqFacts, UnitFact,
 };
@@ -258,9 +258,13 @@ pub(crate) fn apply_without_restarts(
 
 pub(crate) fn apply_one(desired: &DesiredHost, fake: &FakeTransport) -> HostReport {
     let transport: &dyn Transport = fake;
-    apply_all(&[(desired, Ok(transport))], std::num::NonZeroUsize::MIN)
-        .pop()
-        .expect("one report")
+    apply_all(
+        &[(desired, Ok(transport))],
+        std::num::NonZeroUsize::MIN,
+        Rollout::default(),
+    )
+    .pop()
+    .expect("one report")
 }
 
 pub(crate) const FIREWALL_RULES: &str = "/etc/platform-firewall/rules.nft";

@@ -372,14 +372,42 @@ impl<'a> HostRun<'a> {
     }
 }
 
-/// Converges every host: phase 1 on all hosts in parallel, then phase 2 on all hosts in
-/// parallel, so every database and broker is ready before any service restarts.
-/// `transports` holds a connection per host, or the one-line error of connecting to it.
+/// How the services phase rolls out over the hosts, like Ansible's `serial` and
+/// `max_fail_percentage` (as a count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollout {
+    /// Hosts whose services are updated at once, batch after batch in the inventory's order;
+    /// `None`: every host at once.
+    pub serial: Option<NonZeroUsize>,
+    /// Hosts whose services phase may fail before the rollout stops; the hosts of the batches
+    /// after that keep what they run. Hosts that failed the first phase do not count.
+    pub max_fail: usize,
+}
+
+impl Default for Rollout {
+    /// Every host at once; a host's failure does not stop the others.
+    fn default() -> Self {
+        Self {
+            serial: None,
+            max_fail: usize::MAX,
+        }
+    }
+}
+
+/// A run that ended in a report: its host failed, or was never reached.
+type Run<'a> = Result<HostRun<'a>, Box<HostReport>>;
+
+/// Converges every host: phase 1 (firewall, databases and broker) on all hosts in parallel, so
+/// every database and broker is ready before any service restarts; then phase 2 (binaries, units,
+/// env files, restarts with health checks and rollback) batch by batch as `rollout` says, each
+/// batch in parallel, stopping once more hosts than `rollout.max_fail` failed. `hosts` holds a
+/// connection per host, or the one-line error of connecting to it.
 pub fn apply_all(
     hosts: &[(&DesiredHost, Result<&dyn Transport, String>)],
     forks: NonZeroUsize,
+    rollout: Rollout,
 ) -> Vec<HostReport> {
-    let mut runs: Vec<Result<HostRun<'_>, Box<HostReport>>> = hosts
+    let mut runs: Vec<Run<'_>> = hosts
         .iter()
         .map(|(desired, transport)| match transport {
             Ok(transport) => Ok(HostRun::new(*transport, desired)),
@@ -387,30 +415,48 @@ pub fn apply_all(
         })
         .collect();
 
-    for phase in [Phase::Backing, Phase::Services] {
-        let outcomes = parallel::each_mut(&mut runs, forks, |run| {
-            let Ok(host_run) = run else { return };
-            let result = match phase {
-                Phase::Backing => host_run.backing_phase(),
-                Phase::Services => host_run.services_phase(),
-            };
-            if let Err(error) = result {
-                progress(host_run.host(), &format!("failed: {error}"));
-                let mut report = std::mem::take(&mut host_run.report);
-                report.failed += 1;
-                report.append_error(error.to_string());
-                *run = Err(Box::new(report));
-            }
-        });
-        for (run, outcome) in runs.iter_mut().zip(outcomes) {
-            if outcome.is_none() {
-                if let Ok(host_run) = run {
+    run_phase(
+        &mut runs.iter_mut().collect::<Vec<_>>(),
+        Phase::Backing,
+        forks,
+    );
+
+    let pending: Vec<usize> = (0..runs.len()).filter(|&i| runs[i].is_ok()).collect();
+    let batch = rollout
+        .serial
+        .map_or(pending.len().max(1), NonZeroUsize::get);
+    let mut failed = 0;
+    let mut stopped_after: Option<usize> = None;
+    for indexes in pending.chunks(batch) {
+        if let Some(count) = stopped_after {
+            for &index in indexes {
+                if let Ok(host_run) = &mut runs[index] {
+                    progress(host_run.host(), "not updated: the rollout stopped");
                     let mut report = std::mem::take(&mut host_run.report);
-                    report.failed += 1;
-                    report.append_error("panicked".to_owned());
-                    *run = Err(Box::new(report));
+                    report.append_error(format!(
+                        "not updated: the rollout stopped after {count} host(s) failed"
+                    ));
+                    runs[index] = Err(Box::new(report));
                 }
             }
+            continue;
+        }
+        let mut batch_runs: Vec<&mut Run<'_>> = runs
+            .iter_mut()
+            .enumerate()
+            .filter(|(index, _)| indexes.contains(index))
+            .map(|(_, run)| run)
+            .collect();
+        run_phase(&mut batch_runs, Phase::Services, forks);
+        failed += batch_runs
+            .iter()
+            .filter(|run| match run {
+                Ok(host_run) => host_run.report.failed > 0,
+                Err(_) => true,
+            })
+            .count();
+        if failed > rollout.max_fail {
+            stopped_after = Some(failed);
         }
     }
     runs.into_iter()
@@ -419,6 +465,34 @@ pub fn apply_all(
             Err(report) => *report,
         })
         .collect()
+}
+
+/// Runs `phase` on every run still going, at most `forks` at once; a failure ends that run.
+fn run_phase(runs: &mut [&mut Run<'_>], phase: Phase, forks: NonZeroUsize) {
+    let outcomes = parallel::each_mut(runs, forks, |run| {
+        let Ok(host_run) = &mut **run else { return };
+        let result = match phase {
+            Phase::Backing => host_run.backing_phase(),
+            Phase::Services => host_run.services_phase(),
+        };
+        if let Err(error) = result {
+            progress(host_run.host(), &format!("failed: {error}"));
+            let mut report = std::mem::take(&mut host_run.report);
+            report.failed += 1;
+            report.append_error(error.to_string());
+            **run = Err(Box::new(report));
+        }
+    });
+    for (run, outcome) in runs.iter_mut().zip(outcomes) {
+        if outcome.is_none() {
+            if let Ok(host_run) = &mut **run {
+                let mut report = std::mem::take(&mut host_run.report);
+                report.failed += 1;
+                report.append_error("panicked".to_owned());
+                **run = Err(Box::new(report));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
