@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use service_common::{AmqpUrl, DatabaseUrl, DatabaseUrlParser, DEFAULT_BILLING_QUEUE};
+use service_common::{AmqpUrls, DatabaseUrl, DatabaseUrlParser, DEFAULT_BILLING_QUEUE};
 
 use crate::consumer::ConsumerSettings;
 
@@ -21,9 +21,11 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrlParser)]
     pub database_url: DatabaseUrl,
 
-    /// RabbitMQ broker the orders arrive through (amqp://user:password@host:port/vhost).
+    /// RabbitMQ broker the orders arrive through (amqp://user:password@host:port/vhost), or the
+    /// URLs of a cluster's nodes, comma-separated: billing consumes through one and moves to the
+    /// next when it goes away.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-    pub amqp_url: AmqpUrl,
+    pub amqp_url: AmqpUrls,
 
     /// Durable queue consumed; poison messages go to `<queue>.dead-letter`.
     #[arg(long, env = "BILLING_QUEUE", default_value = DEFAULT_BILLING_QUEUE,
@@ -102,7 +104,7 @@ mod tests {
             "amqp://billing:pw@10.1.2.3:5673/billing_vhost",
         ]);
         // What `consumer` hands to `Connection::connect_uri`.
-        let uri = config.amqp_url.to_amqp_uri();
+        let uri = config.amqp_url.node(0).to_amqp_uri();
         assert_eq!(uri.authority.host, "10.1.2.3");
         assert_eq!(uri.authority.port, 5673);
         assert_eq!(uri.vhost, "billing_vhost");
@@ -118,7 +120,10 @@ mod tests {
             "--amqp-url",
             "amqp://billing:pw@[fd00::13]:5673/billing_vhost",
         ]);
-        assert_eq!(config.amqp_url.to_amqp_uri().authority.host, "[fd00::13]");
+        assert_eq!(
+            config.amqp_url.node(0).to_amqp_uri().authority.host,
+            "[fd00::13]"
+        );
     }
 
     #[test]

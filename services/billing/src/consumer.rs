@@ -27,7 +27,8 @@ use lapin::{
 };
 use service_common::retry::RETRY_MAX;
 use service_common::{
-    dead_letter_queue_name, declare_billing_queue, retry_delays, AmqpUrl, BillingOrder, ErrorChain,
+    dead_letter_queue_name, declare_billing_queue, retry_delays, AmqpUrl, AmqpUrls, BillingOrder,
+    ErrorChain,
 };
 use sqlx::PgPool;
 use tokio::time::Instant;
@@ -132,7 +133,7 @@ pub fn handle(body: &[u8], properties: &BasicProperties) -> Outcome {
 /// The database schema must already be migrated.
 pub async fn run(
     pool: PgPool,
-    amqp_url: AmqpUrl,
+    amqp_url: AmqpUrls,
     settings: ConsumerSettings,
     readiness: Readiness,
     shutdown: impl Future<Output = ()>,
@@ -175,7 +176,8 @@ impl Stop {
 
 struct Worker {
     pool: PgPool,
-    amqp_url: AmqpUrl,
+    /// The broker's nodes; each connection attempt goes to the next.
+    amqp_url: AmqpUrls,
     settings: ConsumerSettings,
     readiness: Readiness,
     stop: Stop,
@@ -198,14 +200,18 @@ impl Worker {
     /// The outer loop: lapin does not reconnect by itself, so each failure rebuilds the session.
     async fn run(self) -> Result<(), Error> {
         let mut delays = retry_delays(self.settings.max_backoff);
+        let mut node = 0;
         while !self.stop.requested() {
+            // A node that refused or went away is not tried again before the others.
+            let broker = self.amqp_url.node(node);
+            node += 1;
             let session = tokio::select! {
-                session = self.connect() => session,
+                session = self.connect(broker) => session,
                 () = self.stop.wait() => break,
             };
             match session {
                 Ok(mut session) => {
-                    info!(queue = %self.settings.queue, broker = %self.amqp_url, "consuming");
+                    info!(queue = %self.settings.queue, %broker, "consuming");
                     self.readiness.set(true);
                     delays = retry_delays(self.settings.max_backoff);
                     let result = self.consume(&mut session).await;
@@ -224,7 +230,7 @@ impl Worker {
                     }
                 }
                 Err(err) => {
-                    warn!(error = %ErrorChain(&err), broker = %self.amqp_url, "cannot reach RabbitMQ");
+                    warn!(error = %ErrorChain(&err), %broker, "cannot reach RabbitMQ");
                 }
             }
             tokio::select! {
@@ -236,11 +242,10 @@ impl Worker {
         Ok(())
     }
 
-    async fn connect(&self) -> Result<Session, Error> {
+    async fn connect(&self, broker: &AmqpUrl) -> Result<Session, Error> {
         // The parsed URL, not its text: lapin's own parser would lose an IPv6 host.
         let connection =
-            Connection::connect_uri(self.amqp_url.to_amqp_uri(), ConnectionProperties::default())
-                .await?;
+            Connection::connect_uri(broker.to_amqp_uri(), ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         // Confirms on the one channel we publish dead letters on: the original is acked only
         // once the broker has taken responsibility for its dead letter.

@@ -84,6 +84,74 @@ impl FromStr for AmqpUrl {
     }
 }
 
+/// The broker's nodes: one or more [`AmqpUrl`]s, comma-separated in `AMQP_URL` (a comma inside a
+/// password is percent-encoded, `%2C`, as the provisioner writes it). A client connects to one and,
+/// when it cannot or loses it, tries the next: with the nodes of a cluster, losing one node's
+/// machine costs a reconnection, not the service.
+#[derive(Clone)]
+pub struct AmqpUrls(Vec<AmqpUrl>);
+
+impl AmqpUrls {
+    /// The node to try on attempt `attempt` (0, 1, 2, …): round-robin over the list.
+    pub fn node(&self, attempt: usize) -> &AmqpUrl {
+        &self.0[attempt % self.0.len()]
+    }
+
+    /// How many nodes there are (at least one).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never: a list is parsed with at least one URL. (Here for `len`'s sake.)
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<AmqpUrl> for AmqpUrls {
+    fn from(url: AmqpUrl) -> Self {
+        Self(vec![url])
+    }
+}
+
+impl FromStr for AmqpUrls {
+    type Err = AmqpUrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let several = parts.len() > 1;
+        let urls = parts
+            .into_iter()
+            .enumerate()
+            .map(|(index, part)| {
+                part.parse::<AmqpUrl>()
+                    .map_err(|AmqpUrlError::Invalid(err)| {
+                        AmqpUrlError::Invalid(if several {
+                            format!("URL {} of the list: {err}", index + 1)
+                        } else {
+                            err
+                        })
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(urls))
+    }
+}
+
+/// The nodes, each redacted, comma-separated.
+impl fmt::Display for AmqpUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: Vec<String> = self.0.iter().map(AmqpUrl::redacted).collect();
+        f.write_str(&shown.join(","))
+    }
+}
+
+impl fmt::Debug for AmqpUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AmqpUrls").field(&self.to_string()).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +214,41 @@ mod tests {
             let err = bad.parse::<AmqpUrl>().expect_err(bad);
             assert!(!err.to_string().contains("s3cret"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_list_of_nodes_is_tried_round_robin_and_never_shows_a_password() {
+        let urls: AmqpUrls = "amqp://u:s3cret@10.0.0.1/vh, amqp://u:s3cret@10.0.0.2/vh"
+            .parse()
+            .expect("valid");
+        assert_eq!(urls.len(), 2);
+        let hosts: Vec<String> = (0..3)
+            .map(|attempt| urls.node(attempt).to_amqp_uri().authority.host)
+            .collect();
+        assert_eq!(hosts, ["10.0.0.1", "10.0.0.2", "10.0.0.1"]);
+        let shown = format!("{urls} {urls:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("amqp://u:***@10.0.0.1/vh,amqp://u:***@10.0.0.2/vh"),
+            "{shown}"
+        );
+
+        let one: AmqpUrls = "amqp://guest:guest@127.0.0.1:5672/%2f"
+            .parse()
+            .expect("one");
+        assert_eq!(one.len(), 1);
+        for bad in [
+            "",
+            "amqp://u:s3cret@h/vh,",
+            "amqp://u:s3cret@h/vh,http://u:s3cret@h/",
+        ] {
+            let err = bad.parse::<AmqpUrls>().expect_err(bad).to_string();
+            assert!(!err.contains("s3cret"), "{bad}: {err}");
+        }
+        let err = "amqp://h/vh,http://h/"
+            .parse::<AmqpUrls>()
+            .expect_err("second bad")
+            .to_string();
+        assert!(err.contains("URL 2 of the list"), "{err}");
     }
 }

@@ -22,7 +22,7 @@ pub mod shutdown;
 pub mod telemetry;
 
 #[cfg(feature = "amqp")]
-pub use amqp_url::{AmqpUrl, AmqpUrlError};
+pub use amqp_url::{AmqpUrl, AmqpUrlError, AmqpUrls};
 #[cfg(feature = "postgres")]
 pub use database_url::{DatabaseUrl, DatabaseUrlParser, InvalidDatabaseUrl};
 pub use error_body::ErrorBody;

@@ -20,7 +20,9 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ConnectionStatus};
 use serde::Serialize;
 use service_common::retry::RETRY_MAX;
-use service_common::{declare_billing_queue, retry_delays, AmqpUrl, BillingOrder, ErrorChain};
+use service_common::{
+    declare_billing_queue, retry_delays, AmqpUrl, AmqpUrls, BillingOrder, ErrorChain,
+};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -127,7 +129,7 @@ impl Publisher {
     /// Starts the supervisor, which connects in the background; until it has, publishing fails
     /// with [`PublishError::NotConnected`].
     pub fn start(
-        amqp_url: AmqpUrl,
+        amqp_url: AmqpUrls,
         queue: String,
         confirm_timeout: Duration,
     ) -> (Self, PublisherTask) {
@@ -258,13 +260,18 @@ async fn connect(amqp_url: &AmqpUrl, queue: &str) -> Result<(Connection, Channel
 }
 
 /// Keeps one connection open for as long as the gateway runs.
-async fn supervise(inner: Arc<Inner>, amqp_url: AmqpUrl, stop: CancellationToken) {
+/// Each attempt goes to the next node of `nodes`: a node that refused or went away is not tried
+/// again before the others.
+async fn supervise(inner: Arc<Inner>, nodes: AmqpUrls, stop: CancellationToken) {
     let mut delays = retry_delays(RETRY_MAX);
+    let mut node = 0;
     loop {
         if stop.is_cancelled() {
             return;
         }
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&amqp_url, &inner.queue)).await;
+        let amqp_url = nodes.node(node);
+        node += 1;
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(amqp_url, &inner.queue)).await;
         if inner.starting.swap(false, Ordering::AcqRel) && !matches!(attempt, Ok(Ok(_))) {
             // The first attempt failed: orders waiting for it get their 503 now.
             inner.connected.notify_waiters();

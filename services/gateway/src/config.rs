@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use http::Uri;
-use service_common::AmqpUrl;
+use service_common::AmqpUrls;
 
 /// Everything the gateway needs to start. Every field has an environment variable.
 #[derive(Debug, Clone, Parser)]
@@ -29,10 +29,12 @@ pub struct Config {
     )]
     pub inventory_url: Vec<InventoryUrl>,
 
-    /// RabbitMQ URL, e.g. `amqp://user:password@127.0.0.1:5672/%2f`. Set it in the environment,
-    /// not on the command line: it carries a password. Its value is never shown.
+    /// RabbitMQ URL, e.g. `amqp://user:password@127.0.0.1:5672/%2f`, or the URLs of a cluster's
+    /// nodes, comma-separated: the gateway publishes through one and moves to the next when it
+    /// goes away. Set it in the environment, not on the command line: it carries a password. Its
+    /// value is never shown.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-    pub amqp_url: AmqpUrl,
+    pub amqp_url: AmqpUrls,
 
     /// Durable queue billing orders are published to (through the default exchange).
     #[arg(long, env = "BILLING_QUEUE", default_value = service_common::DEFAULT_BILLING_QUEUE,

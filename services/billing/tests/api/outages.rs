@@ -170,3 +170,18 @@ async fn shutdown_mid_stream_commits_and_acks_exactly_what_it_took(pool: PgPool)
     assert_eq!(broker.ready(&broker.queue.clone()).await, 0);
     broker.cleanup().await;
 }
+
+#[sqlx::test(migrator = "billing::MIGRATOR")]
+async fn with_several_broker_nodes_an_unreachable_one_is_passed_over(pool: PgPool) {
+    let broker = Broker::new().await;
+    // A cluster's URLs with its first node down: the worker consumes through the next one.
+    let nodes = format!("amqp://guest:guest@127.0.0.1:1/%2f,{}", amqp_url());
+    let worker = spawn_worker(pool.clone(), nodes, broker.settings());
+    let id = Uuid::new_v4();
+    broker
+        .publish(&order_json("two_nodes", 1, "1.00"), Some(id))
+        .await;
+    eventually("the order is stored", || stored(&pool, id)).await;
+    worker.stop().await;
+    broker.cleanup().await;
+}

@@ -426,3 +426,23 @@ async fn after_a_long_broker_outage_orders_are_accepted_within_about_a_second() 
     broker.close().await;
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn with_several_broker_nodes_an_unreachable_one_is_passed_over() {
+    let queue = unique_queue();
+    let broker = Broker::connect().await;
+    // A cluster's URLs with its first node down: the gateway publishes through the next one.
+    let nodes = format!("{DEAD_BROKER},{}", amqp_url());
+    let gateway = TestGateway::spawn(config(&[dead_upstream().await], &nodes, &queue)).await;
+    gateway.wait_ready().await;
+    let response = post_order(
+        &gateway,
+        &json!({"user_id": "u", "number_of_items": 1, "total_amount": "2.50"}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(broker.message_count(&queue).await, 1);
+    gateway.stop().await;
+    broker.delete_queue(&queue).await;
+    broker.close().await;
+}
