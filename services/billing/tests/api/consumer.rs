@@ -3,7 +3,7 @@
 
 use std::{str::FromStr, time::Duration};
 
-use billing::orders;
+use billing::{orders, ConsumerSettings};
 use lapin::{
     options::BasicPublishOptions, publisher_confirm::Confirmation, types::AMQPValue,
     BasicProperties,
@@ -271,6 +271,48 @@ async fn a_dead_letter_stays_even_when_the_original_had_an_expiration(pool: PgPo
     assert_eq!(
         headers.inner().get("x-original-expiration"),
         Some(&AMQPValue::LongString("1500".into()))
+    );
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrator = "billing::MIGRATOR")]
+async fn several_workers_share_the_queue_and_rows_stay_unique(pool: PgPool) {
+    let broker = Broker::new().await;
+    // Two billing instances, as on two billing hosts, with a small prefetch so both get work.
+    let settings = ConsumerSettings {
+        prefetch: 10,
+        batch_size: 10,
+        ..broker.settings()
+    };
+    let first = spawn_worker(pool.clone(), amqp_url(), settings.clone());
+    let second = spawn_worker(pool.clone(), amqp_url(), settings);
+    eventually("both workers consume", || async {
+        broker.consumers(&broker.queue).await == 2
+    })
+    .await;
+    // 300 orders, each sent twice (a client's retry with its Idempotency-Key, or a redelivery),
+    // the copies far apart so they are likely to reach different workers.
+    let ids: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
+    let copy = |id: &Uuid| (order_json("shared", 1, "3.00"), Some(*id));
+    let messages: Vec<(String, Option<Uuid>)> =
+        ids.iter().map(copy).chain(ids.iter().map(copy)).collect();
+    broker.publish_many(&messages).await;
+    eventually("300 rows", || async { count(&pool).await == 300 }).await;
+    eventually("every copy consumed", || async {
+        broker.ready(&broker.queue).await == 0
+    })
+    .await;
+    first.stop().await;
+    second.stop().await;
+    assert_eq!(
+        count(&pool).await,
+        300,
+        "one row per order, whichever worker took its copies"
+    );
+    assert_eq!(
+        broker.ready(&broker.dead_letter_queue()).await,
+        0,
+        "a duplicate is not poison"
     );
     broker.cleanup().await;
 }

@@ -123,6 +123,15 @@ impl Broker {
 
     /// Messages ready (not delivered to a consumer) in `queue`.
     pub(crate) async fn ready(&self, queue: &str) -> u32 {
+        self.inspect(queue).await.message_count()
+    }
+
+    /// Consumers subscribed to `queue`.
+    pub(crate) async fn consumers(&self, queue: &str) -> u32 {
+        self.inspect(queue).await.consumer_count()
+    }
+
+    async fn inspect(&self, queue: &str) -> lapin::Queue {
         self.channel
             .queue_declare(
                 queue,
@@ -134,7 +143,6 @@ impl Broker {
             )
             .await
             .expect("passive declare")
-            .message_count()
     }
 
     pub(crate) async fn get(&self, queue: &str) -> Option<BasicGetMessage> {
