@@ -10,4 +10,5 @@ mod helpers;
 mod openapi;
 mod proxy;
 mod routing;
+mod shutdown;
 mod slow_clients;
