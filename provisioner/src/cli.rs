@@ -66,7 +66,8 @@ pub enum Command {
     /// Converge every host; exit 0 when all converged, 1 otherwise.
     Apply {
         /// Update the services of this many hosts at a time, batch after batch, each restarted
-        /// service healthy before the next batch (a rolling deploy); default: all at once.
+        /// service healthy and ready before the next batch (a rolling deploy); default: all at
+        /// once.
         #[arg(long, value_name = "HOSTS")]
         serial: Option<NonZeroUsize>,
         /// With --serial: how many hosts may fail before the rollout stops (the hosts after

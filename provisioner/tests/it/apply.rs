@@ -465,6 +465,17 @@ fn a_service_that_missed_its_restart_is_restarted_and_health_checked() {
 /// Three hosts like `desired_host`, each with a new billing binary to roll out; the second one's
 /// new binary never answers its health check.
 fn rollout(dir: &std::path::Path, rollout: Rollout) -> (Vec<HostReport>, Vec<FakeTransport>) {
+    rollout_with(dir, rollout, |fakes| {
+        fakes[1].answer_times("http://127.0.0.1:8081/health", 1, 1, "");
+    })
+}
+
+/// The three hosts of [`rollout`], their fake hosts scripted by `script`.
+fn rollout_with(
+    dir: &std::path::Path,
+    rollout: Rollout,
+    script: impl Fn(&[FakeTransport]),
+) -> (Vec<HostReport>, Vec<FakeTransport>) {
     let hosts: Vec<DesiredHost> = ["app-1", "app-2", "app-3"]
         .into_iter()
         .map(|name| {
@@ -485,7 +496,7 @@ fn rollout(dir: &std::path::Path, rollout: Rollout) -> (Vec<HostReport>, Vec<Fak
             fake
         })
         .collect();
-    fakes[1].answer_times("http://127.0.0.1:8081/health", 1, 1, "");
+    script(&fakes);
     let pairs: Vec<(&DesiredHost, Result<&dyn Transport, String>)> = hosts
         .iter()
         .zip(&fakes)
@@ -551,4 +562,40 @@ fn without_serial_every_host_is_updated_at_once_whatever_fails() {
     assert_eq!(reports[0].restarted, ["billing"]);
     assert_eq!(reports[1].rolled_back, ["billing"]);
     assert_eq!(reports[2].restarted, ["billing"]);
+}
+
+#[test]
+fn a_rolling_deploy_waits_for_readiness_and_stops_when_a_service_never_gets_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The first host's billing restarts healthy but never reaches its dependencies.
+    let (reports, fakes) = rollout_with(dir.path(), serial(1, 0), |fakes| {
+        fakes[0].answer_times("http://127.0.0.1:8081/ready", 100, 1, "");
+    });
+    let first = &reports[0];
+    assert_eq!(first.restarted, ["billing"]);
+    assert!(
+        first.rolled_back.is_empty(),
+        "healthy, so not rolled back: {first:?}"
+    );
+    assert_eq!(first.failed, 1);
+    let error = first.error.as_deref().expect("said why");
+    assert!(
+        error.contains("billing is healthy but not ready"),
+        "{error}"
+    );
+    for (report, fake) in reports.iter().zip(&fakes).skip(1) {
+        assert!(report.restarted.is_empty(), "{report:?}");
+        assert!(
+            !fake.transcript().contains("systemctl restart"),
+            "{}",
+            fake.transcript()
+        );
+    }
+
+    // Ready at once: the rollout goes through every host, asking each one's readiness.
+    let (reports, fakes) = rollout_with(dir.path(), serial(1, 0), |_| {});
+    for (report, fake) in reports.iter().zip(&fakes) {
+        assert_eq!(report.restarted, ["billing"], "{:?}", report.error);
+        assert!(fake.transcript().contains("http://127.0.0.1:8081/ready"));
+    }
 }

@@ -198,6 +198,37 @@ impl<'a> HostRun<'a> {
 
     /// Restarts a platform service and waits for its health URL; a new binary that does not
     /// become healthy is replaced by the previous one, which must then be healthy again.
+    /// In a rolling deploy, before the next batch: every service restarted here (and not rolled
+    /// back) must also be ready, i.e. reach what it depends on. One that is not counts as this
+    /// host's failure; nothing is rolled back for it (its dependency may be what is down).
+    pub fn wait_ready_after_restarts(&mut self) {
+        let restarted: Vec<(String, String)> = self
+            .report
+            .restarted
+            .iter()
+            .filter(|unit| !self.report.rolled_back.contains(unit))
+            .filter_map(|unit| {
+                self.desired
+                    .services
+                    .iter()
+                    .find(|service| &service.unit == unit)
+                    .map(|service| (service.unit.clone(), service.ready_url.clone()))
+            })
+            .collect();
+        for (unit, ready_url) in restarted {
+            if self.wait_healthy(&ready_url) {
+                progress(self.host(), &format!("{unit} ready"));
+            } else {
+                let message = format!(
+                    "{unit} is healthy but not ready at {ready_url} after {HEALTH_WAIT_SECS} s: the rollout stops here"
+                );
+                progress(self.host(), &message);
+                self.report.failed += 1;
+                self.report.append_error(message);
+            }
+        }
+    }
+
     fn restart_and_check(&mut self, unit: &str, health_url: &str) {
         let host = self.host().to_string();
         progress(&host, &format!("restarting {unit}"));
@@ -400,7 +431,8 @@ type Run<'a> = Result<HostRun<'a>, Box<HostReport>>;
 /// Converges every host: phase 1 (firewall, databases and broker) on all hosts in parallel, so
 /// every database and broker is ready before any service restarts; then phase 2 (binaries, units,
 /// env files, restarts with health checks and rollback) batch by batch as `rollout` says, each
-/// batch in parallel, stopping once more hosts than `rollout.max_fail` failed. `hosts` holds a
+/// batch in parallel and, with `serial`, its restarted services ready before the next batch,
+/// stopping once more hosts than `rollout.max_fail` failed. `hosts` holds a
 /// connection per host, or the one-line error of connecting to it.
 pub fn apply_all(
     hosts: &[(&DesiredHost, Result<&dyn Transport, String>)],
@@ -448,6 +480,16 @@ pub fn apply_all(
             .map(|(_, run)| run)
             .collect();
         run_phase(&mut batch_runs, Phase::Services, forks);
+        // The next batch waits until the services of this one also reach their dependencies.
+        if rollout.serial.is_some() {
+            parallel::each_mut(&mut batch_runs, forks, |run| {
+                if let Ok(host_run) = &mut **run {
+                    if host_run.report.failed == 0 {
+                        host_run.wait_ready_after_restarts();
+                    }
+                }
+            });
+        }
         failed += batch_runs
             .iter()
             .filter(|run| match run {
