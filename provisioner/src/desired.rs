@@ -119,6 +119,25 @@ impl DesiredHost {
     pub fn runs_service(&self, unit: &str) -> bool {
         self.services.iter().any(|service| service.unit == unit)
     }
+
+    /// The paths whose writing restarts `unit`: the files that ask for its restart (its unit, its
+    /// env file) and its binary. A running process older than one of them missed a restart.
+    pub fn restart_inputs<'a>(&'a self, unit: &'a str) -> impl Iterator<Item = &'a str> {
+        self.files
+            .iter()
+            .filter(move |file| {
+                file.on_change
+                    .iter()
+                    .any(|handler| matches!(handler, Handler::Restart(name) if name == unit))
+            })
+            .map(|file| file.path.as_str())
+            .chain(
+                self.binaries
+                    .iter()
+                    .filter(move |binary| binary.service == unit)
+                    .map(|binary| binary.remote_path.as_str()),
+            )
+    }
 }
 
 /// Stands in a [`DesiredFile::path`] for the PostgreSQL major version installed on the host

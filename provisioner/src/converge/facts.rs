@@ -9,9 +9,7 @@ use base64::Engine;
 
 use crate::converge::scram;
 use crate::converge::transport::{shell_quote, Transport, TransportError};
-use crate::desired::{
-    Arch, DesiredFile, DesiredHost, FileContent, Handler, PG_VERSION_PLACEHOLDER,
-};
+use crate::desired::{Arch, DesiredFile, DesiredHost, FileContent, PG_VERSION_PLACEHOLDER};
 
 /// A regular file present on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -466,11 +464,16 @@ const UNITS: Fact = Fact {
 
 /// The desired files whose change restarts a platform service (its unit, its env file), by index.
 fn restarting_files(desired: &DesiredHost) -> impl Iterator<Item = (usize, &DesiredFile)> {
-    desired.files.iter().enumerate().filter(|(_, file)| {
-        file.on_change
-            .iter()
-            .any(|handler| matches!(handler, Handler::Restart(unit) if desired.runs_service(unit)))
-    })
+    let inputs: BTreeSet<&str> = desired
+        .services
+        .iter()
+        .flat_map(|service| desired.restart_inputs(&service.unit))
+        .collect();
+    desired
+        .files
+        .iter()
+        .enumerate()
+        .filter(move |(_, file)| inputs.contains(file.path.as_str()))
 }
 
 /// When each platform service's running process started (`S index time`, systemd's own record),

@@ -277,17 +277,7 @@ fn plan_lost_restarts(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostP
             continue;
         }
         let newer: Vec<&str> = desired
-            .files
-            .iter()
-            .filter(|file| file.on_change.contains(&restart))
-            .map(|file| file.path.as_str())
-            .chain(
-                desired
-                    .binaries
-                    .iter()
-                    .filter(|binary| &binary.service == unit)
-                    .map(|binary| binary.remote_path.as_str()),
-            )
+            .restart_inputs(unit)
             .filter(|path| {
                 facts
                     .modified

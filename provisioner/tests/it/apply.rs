@@ -108,8 +108,8 @@ fn a_bare_host_gets_packages_then_databases_and_broker_then_services_with_secret
         ..HostFacts::default()
     };
     let fake = FakeTransport::new("app-vm");
-    fake.answer_times("sh -s", 1, 0, &script_output(&desired, &bare));
-    fake.answer("sh -s", 0, &script_output(&desired, &installed));
+    fake.answer_times("sh -s", 1, 0, &facts::script_output(&desired, &bare));
+    fake.answer("sh -s", 0, &facts::script_output(&desired, &installed));
     let report = apply_one(&desired, &fake);
     assert_eq!(report.failed, 0, "{:?}", report.error);
     assert_eq!(report.restarted, ["inventory", "billing"]);
@@ -277,13 +277,13 @@ fn a_bare_host_gets_its_firewall_before_any_service_starts() {
     let desired = with_firewall(desired_host(dir.path()));
     let bare = HostFacts::default();
     let fake = FakeTransport::new("app-vm");
-    fake.answer_times("sh -s", 1, 0, &script_output(&desired, &bare));
+    fake.answer_times("sh -s", 1, 0, &facts::script_output(&desired, &bare));
     let mut installed = bare.clone();
     installed.packages = desired.packages.iter().cloned().collect();
     installed.pg_version = Some("15".into());
     installed.postgres = converged(&desired).postgres;
     installed.rabbitmq = converged(&desired).rabbitmq;
-    fake.answer("sh -s", 0, &script_output(&desired, &installed));
+    fake.answer("sh -s", 0, &facts::script_output(&desired, &installed));
     let report = apply_one(&desired, &fake);
     assert_eq!(report.failed, 0, "{:?}", report.error);
     assert_eq!(report.restarted, ["inventory", "billing"]);
@@ -374,8 +374,8 @@ fn a_bare_host_runs_the_handlers_of_its_plan_made_after_installing_packages() {
     installed.postgres = converged(&desired).postgres;
     installed.rabbitmq = converged(&desired).rabbitmq;
     let fake = FakeTransport::new("app-vm");
-    fake.answer_times("sh -s", 1, 0, &script_output(&desired, &bare));
-    fake.answer("sh -s", 0, &script_output(&desired, &installed));
+    fake.answer_times("sh -s", 1, 0, &facts::script_output(&desired, &bare));
+    fake.answer("sh -s", 0, &facts::script_output(&desired, &installed));
     let report = apply_one(&desired, &fake);
     assert_eq!(report.failed, 0, "{:?}", report.error);
 
@@ -491,9 +491,7 @@ fn rollout_with(
             facts
                 .binaries
                 .insert("/usr/local/bin/billing".into(), "oldsha".into());
-            let fake = FakeTransport::new(&desired.name);
-            fake.answer("sh -s", 0, &facts::script_output(desired, &facts));
-            fake
+            host_reporting(desired, &facts)
         })
         .collect();
     script(&fakes);

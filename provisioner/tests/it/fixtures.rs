@@ -210,11 +210,6 @@ pub(crate) fn converged(desired: &DesiredHost) -> HostFacts {
     }
 }
 
-/// What the facts script would print on a host holding `facts`: the facts' own printers.
-pub(crate) fn script_output(desired: &DesiredHost, facts: &HostFacts) -> String {
-    facts::script_output(desired, facts)
-}
-
 pub(crate) fn changed_file(facts: &mut HostFacts, path: &str, old_content: &str) {
     let fact = facts.files.get_mut(path).expect("file in facts");
     fact.sha256 = binaries::sha256_hex(old_content.as_bytes());
@@ -232,8 +227,8 @@ pub(crate) fn targets(plan: &provisioner::converge::plan::HostPlan) -> Vec<(Chan
 
 /// A scripted host whose facts script reports `facts`.
 pub(crate) fn host_reporting(desired: &DesiredHost, facts: &HostFacts) -> FakeTransport {
-    let fake = FakeTransport::new("app-vm");
-    fake.answer("sh -s", 0, &script_output(desired, facts));
+    let fake = FakeTransport::new(&desired.name);
+    fake.answer("sh -s", 0, &facts::script_output(desired, facts));
     fake
 }
 

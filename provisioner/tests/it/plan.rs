@@ -279,7 +279,7 @@ fn facts_are_gathered_in_one_round_trip_with_secrets_only_on_stdin() {
         .expect("postgres")
         .roles
         .insert("billing_user".into(), false);
-    let output = script_output(&desired, &expected).replace(
+    let output = facts::script_output(&desired, &expected).replace(
         "billing_user\tSCRAM",
         &format!(
             "billing_user\t{}\nignored\tSCRAM",
