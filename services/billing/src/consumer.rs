@@ -255,9 +255,9 @@ impl Worker {
         channel
             .basic_qos(self.settings.prefetch, BasicQosOptions::default())
             .await?;
-        // Declared as the gateway declares them (durable, no arguments), through the one
+        // Declared as the gateway declares them (durable quorum queues), through the one
         // declaration they share: RabbitMQ refuses a second declaration whose arguments differ.
-        declare_billing_queue(&channel, &self.settings.queue).await?;
+        declare_billing_queue(&connection, &self.settings.queue).await?;
         let consumer_tag = format!("billing-{}", Uuid::new_v4());
         let consumer = channel
             .basic_consume(

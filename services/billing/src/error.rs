@@ -23,6 +23,11 @@ pub enum Error {
     #[error("RabbitMQ error")]
     Amqp(#[from] lapin::Error),
 
+    /// The billing queues could not be declared (or moved from classic to quorum queues yet);
+    /// the session is rebuilt.
+    #[error("cannot declare the billing queues")]
+    Queue(#[from] service_common::QueueError),
+
     /// The broker did not confirm a dead-lettered message, so the original is not acked.
     #[error("the broker refused to take dead-lettered message {delivery_tag}")]
     DeadLetterNotConfirmed { delivery_tag: u64 },

@@ -181,7 +181,7 @@ async fn publish_backlog(queue: &str, count: usize) -> Result<()> {
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     // The very declaration gateway and billing make, so they agree.
-    service_common::declare_billing_queue(&channel, queue).await?;
+    service_common::declare_billing_queue(&connection, queue).await?;
     let body = serde_json::to_vec(
         &json!({"user_id": "bench_backlog", "number_of_items": 2, "total_amount": "19.99"}),
     )?;

@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Connecti
 use serde::Serialize;
 use service_common::retry::RETRY_MAX;
 use service_common::{
-    declare_billing_queue, retry_delays, AmqpUrl, AmqpUrls, BillingOrder, ErrorChain,
+    declare_billing_queue, retry_delays, AmqpUrl, AmqpUrls, BillingOrder, ErrorChain, QueueError,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -246,7 +246,7 @@ impl Publisher {
 }
 
 /// Opens a connection and a confirm-mode channel, and declares the queue as billing does.
-async fn connect(amqp_url: &AmqpUrl, queue: &str) -> Result<(Connection, Channel), lapin::Error> {
+async fn connect(amqp_url: &AmqpUrl, queue: &str) -> Result<(Connection, Channel), QueueError> {
     let properties = ConnectionProperties::default().with_connection_name("gateway".into());
     let connection = Connection::connect_uri(amqp_url.to_amqp_uri(), properties).await?;
     let channel = connection.create_channel().await?;
@@ -255,7 +255,7 @@ async fn connect(amqp_url: &AmqpUrl, queue: &str) -> Result<(Connection, Channel
         .await?;
     // Through the one declaration billing makes too: any difference would make the second
     // declaration fail with PRECONDITION_FAILED.
-    declare_billing_queue(&channel, queue).await?;
+    declare_billing_queue(&connection, queue).await?;
     Ok((connection, channel))
 }
 

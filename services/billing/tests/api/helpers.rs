@@ -27,7 +27,9 @@ use lapin::{
     types::{AMQPValue, FieldTable},
     BasicProperties, Channel, Connection, ConnectionProperties,
 };
-use service_common::{dead_letter_queue_name, declare_billing_queue};
+use service_common::{
+    dead_letter_queue_name, declare_billing_queue, queue::migrate::quorum_arguments,
+};
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     PgPool,
@@ -38,6 +40,13 @@ use tokio::{
     task::JoinHandle,
 };
 use uuid::Uuid;
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
 
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
@@ -69,10 +78,68 @@ impl Broker {
             queue,
         };
         // Declared by the very declaration the worker and the gateway make.
-        declare_billing_queue(&broker.channel, &broker.queue)
+        declare_billing_queue(&broker.connection, &broker.queue)
             .await
             .expect("declare queue");
         broker
+    }
+
+    /// A queue and dead-letter queue as a deployment from before quorum queues has them:
+    /// classic, durable, no arguments.
+    pub(crate) async fn classic() -> Self {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ reachable at AMQP_URL");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let queue = format!("billing_test_{}", Uuid::new_v4());
+        for name in [dead_letter_queue_name(&queue), queue.clone()] {
+            channel
+                .queue_declare(&name, durable(), FieldTable::default())
+                .await
+                .expect("declare a classic queue");
+        }
+        Self {
+            connection,
+            channel,
+            queue,
+        }
+    }
+
+    /// Whether `queue` is a quorum queue: RabbitMQ refuses to declare a quorum queue as
+    /// classic, and a classic one as quorum. Each try has its own channel, which a refusal closes.
+    pub(crate) async fn is_quorum(&self, queue: &str) -> bool {
+        let as_quorum = self.connection.create_channel().await.expect("channel");
+        let quorum = as_quorum
+            .queue_declare(queue, durable(), quorum_arguments())
+            .await
+            .is_ok();
+        let as_classic = self.connection.create_channel().await.expect("channel");
+        let classic = as_classic
+            .queue_declare(queue, durable(), FieldTable::default())
+            .await
+            .is_ok();
+        assert_ne!(quorum, classic, "`{queue}` is exactly one of the two");
+        quorum
+    }
+
+    /// Whether a queue of that name exists (a passive declaration, on a channel of its own).
+    pub(crate) async fn exists(&self, queue: &str) -> bool {
+        let channel = self.connection.create_channel().await.expect("channel");
+        channel
+            .queue_declare(
+                queue,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok()
     }
 
     pub(crate) fn dead_letter_queue(&self) -> String {

@@ -5,4 +5,5 @@
 mod consumer;
 mod health;
 mod helpers;
+mod migration;
 mod outages;

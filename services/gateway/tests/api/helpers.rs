@@ -210,7 +210,7 @@ impl Broker {
 
     /// How many messages wait in `queue` (declaring it as the gateway does, if needed).
     pub async fn message_count(&self, queue: &str) -> u32 {
-        service_common::declare_billing_queue(&self.channel, queue)
+        service_common::declare_billing_queue(&self.connection, queue)
             .await
             .unwrap()
             .message_count()
