@@ -273,6 +273,20 @@ pub struct RabbitMqState {
     /// User tags (`rabbitmqctl set_user_tags`), e.g. `management` so the user can log in to the
     /// management UI that the Vagrantfile forwards to the host.
     pub tags: Vec<String>,
+    /// When the broker runs on several hosts: this node's place in the cluster.
+    pub cluster: Option<RabbitMqCluster>,
+}
+
+/// A node of a RabbitMQ cluster. Nodes are named `rabbit@<inventory name>`; every node but the
+/// seed joins the seed's cluster when it is not in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RabbitMqCluster {
+    /// This host's node.
+    pub node: String,
+    /// The node the others join: the first broker host's.
+    pub seed: String,
+    /// Every node, in the inventory's order.
+    pub nodes: Vec<String>,
 }
 
 #[cfg(test)]

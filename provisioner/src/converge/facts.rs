@@ -50,6 +50,11 @@ pub struct RabbitMqFacts {
     pub permissions: BTreeMap<String, (String, String, String)>,
     /// Whether `rabbitmqctl authenticate_user` accepted the desired password.
     pub password_matches: bool,
+    /// The nodes of this node's cluster (`disk_nodes`; itself alone when it is in none), asked
+    /// only of the nodes of a desired cluster.
+    pub cluster_nodes: BTreeSet<String>,
+    /// Those of them running now.
+    pub running_nodes: BTreeSet<String>,
 }
 
 /// Everything plan compares with a [`DesiredHost`].
@@ -625,7 +630,7 @@ const POSTGRES: Fact = Fact {
 /// password authenticates, from four `rabbitmqctl` run side by side (each boots an Erlang VM,
 /// ~0.4 s); the password goes in on a here-document, never on a command line.
 const RABBITMQ: Fact = Fact {
-    sections: &["rmqvhosts", "rmqusers", "rmqpermissions", "rmqauth"],
+    sections: &["rmqvhosts", "rmqusers", "rmqpermissions", "rmqauth", "rmqcluster"],
     command: |desired| {
         desired.rabbitmq.as_ref().map(|rabbitmq| {
             let vhost = shell_quote(&rabbitmq.vhost);
@@ -638,14 +643,26 @@ const RABBITMQ: Fact = Fact {
                  rabbitmqctl -s list_permissions -p {vhost} >\"$R/permissions\" 2>/dev/null &\n\
                  {{ rabbitmqctl -s authenticate_user {user} >/dev/null 2>&1 <<'{SECRET_END}'\n{password}\n{SECRET_END}\n\
                  echo $? >\"$R/auth\"; }} &\n\
+                 {cluster}\
                  wait\n\
                  echo @@rmqvhosts; cat \"$R/vhosts\"\n\
                  echo @@rmqusers; cat \"$R/users\"\n\
                  echo @@rmqpermissions; cat \"$R/permissions\"\n\
                  echo @@rmqauth; cat \"$R/auth\"\n\
+                 {cluster_out}\
                  rm -rf \"$R\"\n\
                  fi\n",
                 password = rabbitmq.password.expose(),
+                cluster = if rabbitmq.cluster.is_some() {
+                    "rabbitmqctl -s cluster_status --formatter json >\"$R/cluster\" 2>/dev/null &\n"
+                } else {
+                    ""
+                },
+                cluster_out = if rabbitmq.cluster.is_some() {
+                    "echo @@rmqcluster; cat \"$R/cluster\"; echo\n"
+                } else {
+                    ""
+                },
             )
         })
     },
@@ -681,10 +698,23 @@ const RABBITMQ: Fact = Fact {
                     );
                 }
             }
+            "rmqcluster" => {
+                #[derive(serde::Deserialize)]
+                struct ClusterStatus {
+                    #[serde(default)]
+                    disk_nodes: BTreeSet<String>,
+                    #[serde(default)]
+                    running_nodes: BTreeSet<String>,
+                }
+                if let Ok(status) = serde_json::from_str::<ClusterStatus>(line) {
+                    rabbitmq.cluster_nodes = status.disk_nodes;
+                    rabbitmq.running_nodes = status.running_nodes;
+                }
+            }
             _ => rabbitmq.password_matches = line.trim() == "0",
         }
     },
-    print: |_, facts| {
+    print: |desired, facts| {
         let Some(rabbitmq) = &facts.rabbitmq else {
             return String::new();
         };
@@ -705,6 +735,13 @@ const RABBITMQ: Fact = Fact {
             "@@rmqauth\n{}",
             if rabbitmq.password_matches { 0 } else { 65 }
         );
+        if desired.rabbitmq.as_ref().is_some_and(|r| r.cluster.is_some()) {
+            let status = serde_json::json!({
+                "disk_nodes": rabbitmq.cluster_nodes,
+                "running_nodes": rabbitmq.running_nodes,
+            });
+            let _ = writeln!(out, "@@rmqcluster\n{status}");
+        }
         out
     },
 };

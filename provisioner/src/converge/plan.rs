@@ -48,6 +48,9 @@ pub enum Action {
     SetRabbitTags,
     SetRabbitPermissions,
     DeleteGuest,
+    /// This node is not in its cluster: reset it and join the seed's (then take replicas of the
+    /// quorum queues).
+    JoinCluster,
     /// Indexes [`DesiredHost::binaries`].
     PushBinary(usize),
     EnableService(String),
@@ -56,11 +59,14 @@ pub enum Action {
     RestartService(String),
 }
 
-/// When an action runs: databases and broker on every host first, then the services.
+/// When an action runs: databases and broker on every host first, then the broker's cluster
+/// joins one host at a time, then the services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     /// Packages, users, PostgreSQL and RabbitMQ configuration and objects.
     Backing,
+    /// RabbitMQ nodes joining their cluster, once every node is configured, one at a time.
+    Cluster,
     /// Binaries, units, env files and the platform services themselves.
     Services,
 }
@@ -587,6 +593,29 @@ fn plan_rabbitmq(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
             Action::SetRabbitPermissions,
             Phase::Backing,
         );
+    }
+    if let Some(cluster) = &rabbitmq.cluster {
+        plan.checked += 1;
+        if cluster.node != cluster.seed && !current.cluster_nodes.contains(&cluster.seed) {
+            let now = if current.cluster_nodes.is_empty() {
+                "not running yet".to_owned()
+            } else {
+                format!(
+                    "in a cluster of {}",
+                    current.cluster_nodes.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            };
+            plan.push(
+                ChangeKind::Rabbitmq,
+                &format!("cluster node {}", cluster.node),
+                format!(
+                    "{now} → joins {} (reset first: a node outside the cluster holds none of its messages)",
+                    cluster.seed
+                ),
+                Action::JoinCluster,
+                Phase::Cluster,
+            );
+        }
     }
     if rabbitmq.remove_guest && (current.users.contains_key("guest") || facts.rabbitmq.is_none()) {
         plan.push(

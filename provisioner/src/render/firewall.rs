@@ -117,14 +117,20 @@ impl Renderer<'_> {
                         host,
                         inventory.hosts_running_any(|service| service.broker),
                     ));
-                    for (port, purpose) in [
-                        (EPMD_PORT, "Erlang's port mapper, for rabbitmqctl on this host"),
-                        (
-                            ERLANG_DISTRIBUTION_PORT,
+                    let purposes = if inventory.broker_cluster() {
+                        [
+                            "Erlang's port mapper, for the other nodes of the RabbitMQ cluster",
+                            "RabbitMQ's inter-node port, for the other nodes of the cluster",
+                        ]
+                    } else {
+                        [
+                            "Erlang's port mapper, for rabbitmqctl on this host",
                             "RabbitMQ's inter-node port, for rabbitmqctl on this host (single node)",
-                        ),
-                    ] {
-                        ports.push(FirewallPort::new(port, purpose, host, []));
+                        ]
+                    };
+                    let peers = inventory.broker_hosts();
+                    for (port, purpose) in [EPMD_PORT, ERLANG_DISTRIBUTION_PORT].into_iter().zip(purposes) {
+                        ports.push(FirewallPort::new(port, purpose, host, peers.iter().copied()));
                     }
                 }
             }

@@ -176,12 +176,15 @@ impl Inventory {
             .filter(move |service| host.runs(&service.name))
     }
 
-    /// The one host running RabbitMQ (validation guarantees there is exactly one when a service
-    /// uses the broker).
-    pub fn broker_host(&self) -> &Host {
-        self.hosts_with(Component::Rabbitmq)
-            .next()
-            .unwrap_or(&self.hosts[0])
+    /// The hosts running RabbitMQ, in file order: one, or the nodes of a cluster (validation
+    /// guarantees an odd number when a service uses the broker).
+    pub fn broker_hosts(&self) -> Vec<&Host> {
+        self.hosts_with(Component::Rabbitmq).collect()
+    }
+
+    /// Whether RabbitMQ runs as a cluster of several nodes.
+    pub fn broker_cluster(&self) -> bool {
+        self.hosts_with(Component::Rabbitmq).nth(1).is_some()
     }
 
     /// The host whose PostgreSQL serves the services of `host`.
@@ -599,8 +602,8 @@ impl Validator<'_> {
         })
     }
 
-    /// Every service of the description runs somewhere; one host runs the broker when a service
-    /// uses it.
+    /// Every service of the description runs somewhere; the broker runs on one host, or on an
+    /// odd number of hosts (a cluster), when a service uses it.
     fn check_roles(
         &self,
         raw_hosts: &[Spanned<RawHost>],
@@ -623,39 +626,49 @@ impl Validator<'_> {
             [] if self.platform.uses_broker() => Err(self.error(
                 hosts_span,
                 "hosts.roles",
-                "no host has the role `rabbitmq` (exactly one must)",
+                "no host has the role `rabbitmq` (one host, or a cluster of 3 or more)",
             )),
-            [] | [_] => Ok(()),
-            [first, second, ..] => Err(self.error(
-                raw_hosts[*second].get_ref().roles.span(),
-                &format!("hosts[{second}].roles"),
-                format!(
-                    "`rabbitmq` is already on {} (exactly one host runs the broker)",
-                    hosts[*first].name
-                ),
-            )),
+            // A cluster keeps its quorum queues while a majority of its nodes is up: with an
+            // even number, losing half stops them as surely as losing one more would.
+            several if several.len() % 2 == 0 => {
+                let last = *several.last().unwrap_or(&0);
+                Err(self.error(
+                    raw_hosts[last].get_ref().roles.span(),
+                    &format!("hosts[{last}].roles"),
+                    format!(
+                        "`rabbitmq` is on {} hosts; a cluster needs an odd number (1, 3, 5…): its queues stop without a majority of its nodes, so an even number survives no more losses than one node fewer",
+                        several.len()
+                    ),
+                ))
+            }
+            _ => Ok(()),
         }
     }
 
-    /// A service's database lives on the postgres host that also runs that service, else on the
-    /// only postgres host.
+    /// A service's database lives on the postgres host of the same host; else on the postgres
+    /// host where that service also runs (a second billing host uses the first one's); else on
+    /// the only postgres host.
     fn resolve_databases(
         &self,
         raw_hosts: &[Spanned<RawHost>],
         hosts: &mut [Host],
     ) -> Result<(), InventoryError> {
-        let postgres: Vec<String> = hosts
+        let postgres: Vec<(String, Vec<String>)> = hosts
             .iter()
             .filter(|host| host.has(Component::Postgres))
-            .map(|host| host.name.clone())
+            .map(|host| (host.name.clone(), host.services.clone()))
             .collect();
         for (index, host) in hosts.iter_mut().enumerate() {
-            let needs_database = host
+            let with_database: Vec<&String> = host
                 .services
                 .iter()
-                .filter_map(|name| self.platform.service(name))
-                .any(|service| service.database.is_some());
-            if !needs_database {
+                .filter(|name| {
+                    self.platform
+                        .service(name)
+                        .is_some_and(|service| service.database.is_some())
+                })
+                .collect();
+            if with_database.is_empty() {
                 continue;
             }
             let error = |message: String| {
@@ -665,24 +678,34 @@ impl Validator<'_> {
                     message,
                 )
             };
-            host.database_host = Some(if host.has(Component::Postgres) {
-                host.name.clone()
+            if host.has(Component::Postgres) {
+                host.database_host = Some(host.name.clone());
+                continue;
+            }
+            let homes: Vec<&String> = postgres
+                .iter()
+                .filter(|(_, services)| services.iter().any(|s| with_database.contains(&s)))
+                .map(|(name, _)| name)
+                .collect();
+            let candidates: Vec<&String> = if homes.is_empty() {
+                postgres.iter().map(|(name, _)| name).collect()
             } else {
-                match postgres.as_slice() {
-                    [only] => only.clone(),
-                    [] => {
-                        return Err(error(format!(
-                            "{} needs a database but no host has the role `postgres`",
-                            host.name
-                        )))
-                    }
-                    several => {
-                        return Err(error(format!(
-                            "the database of {} is ambiguous: postgres runs on {}; add `postgres` to this host's roles or keep a single postgres host",
-                            host.name,
-                            several.join(", ")
-                        )))
-                    }
+                homes
+            };
+            host.database_host = Some(match candidates.as_slice() {
+                [only] => (*only).clone(),
+                [] => {
+                    return Err(error(format!(
+                        "{} needs a database but no host has the role `postgres`",
+                        host.name
+                    )))
+                }
+                several => {
+                    return Err(error(format!(
+                        "the database of {} is ambiguous: postgres runs on {}; add `postgres` to this host's roles, or run its services on the postgres host that holds their database too",
+                        host.name,
+                        several.iter().map(|name| name.as_str()).collect::<Vec<_>>().join(", ")
+                    )))
                 }
             });
         }
@@ -863,7 +886,12 @@ vhost = "${RABBITMQ_VHOST}"
             inventory.hosts[2].database_host.as_deref(),
             Some("billing-vm")
         );
-        assert_eq!(inventory.broker_host().name, "billing-vm");
+        let brokers: Vec<&str> = inventory
+            .broker_hosts()
+            .iter()
+            .map(|host| host.name.as_str())
+            .collect();
+        assert_eq!(brokers, ["billing-vm"]);
         assert_eq!(inventory.settings.ports["inventory_port"], 8080);
         assert_eq!(inventory.settings.vhost, "billing_vhost");
         assert_eq!(inventory.settings.target_arch, Arch::X86_64);
@@ -999,13 +1027,13 @@ vhost = "${RABBITMQ_VHOST}"
     }
 
     #[test]
-    fn exactly_one_broker() {
+    fn one_broker_or_an_odd_cluster() {
         let text = GOOD.replace("[\"gateway\"]", "[\"gateway\", \"rabbitmq\"]");
         assert_error(
             &text,
             line_of(GOOD, "[\"billing\", \"postgres\", \"rabbitmq\"]"),
             "hosts[2].roles",
-            "exactly one",
+            "an odd number",
         );
         let text = GOOD.replace(", \"rabbitmq\"]", "]");
         assert_error(
@@ -1013,6 +1041,46 @@ vhost = "${RABBITMQ_VHOST}"
             line_of(&text, "[[hosts]]"),
             "hosts.roles",
             "rabbitmq",
+        );
+        let three = GOOD
+            .replace("[\"gateway\"]", "[\"gateway\", \"rabbitmq\"]")
+            .replace(
+                "[\"inventory\", \"postgres\"]",
+                "[\"inventory\", \"postgres\", \"rabbitmq\"]",
+            );
+        let inventory = parse(&three).expect("a cluster of three");
+        assert!(inventory.broker_cluster());
+        assert_eq!(inventory.broker_hosts().len(), 3);
+        assert!(!parse(GOOD).expect("valid").broker_cluster());
+    }
+
+    /// `GOOD` with one more host of `roles`.
+    fn with_host(name: &str, roles: &str) -> String {
+        GOOD.replace(
+            "\n[settings]",
+            &format!(
+                "\n[[hosts]]\nname = \"{name}\"\naddress = \"10.0.0.9\"\nuser = \"vagrant\"\nprivate_key = \"key\"\nroles = {roles}\n\n[settings]"
+            ),
+        )
+    }
+
+    #[test]
+    fn a_second_host_of_a_service_uses_the_database_where_that_service_runs_with_postgres() {
+        let inventory = parse(&with_host("billing2-vm", "[\"billing\"]")).expect("valid");
+        let second = &inventory.hosts[3];
+        assert_eq!(second.database_host.as_deref(), Some("billing-vm"));
+        let inventory = parse(&with_host("inventory2-vm", "[\"inventory\"]")).expect("valid");
+        assert_eq!(
+            inventory.hosts[3].database_host.as_deref(),
+            Some("inventory-vm")
+        );
+        // Both services on one host without postgres: their databases live on two hosts.
+        let text = with_host("both-vm", "[\"inventory\", \"billing\"]");
+        assert_error(
+            &text,
+            line_of(&text, "[\"inventory\", \"billing\"]"),
+            "hosts[3].roles",
+            "ambiguous",
         );
     }
 

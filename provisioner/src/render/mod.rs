@@ -58,6 +58,13 @@ pub enum RenderError {
     },
     #[error("no binary for {service}")]
     MissingBinary { service: String },
+    /// The secret a RabbitMQ cluster's nodes share is missing or unusable.
+    #[error("{path}: {variable} {problem} (the Erlang cookie the nodes of a RabbitMQ cluster share; see .env.example)")]
+    ClusterCookie {
+        path: PathBuf,
+        variable: &'static str,
+        problem: &'static str,
+    },
     /// The I/O cause is the source, printed by the command\'s error chain, so not repeated here.
     #[error("cannot write {path}")]
     Write {

@@ -7,20 +7,46 @@ use super::inventory::{is_ip_address, Host};
 use super::platform::Component;
 use super::services::AMQP_PORT;
 use super::{text_file, RenderError, Renderer};
-use crate::desired::{DesiredFile, Handler, RabbitMqState};
+use crate::desired::{DesiredFile, FileContent, Handler, RabbitMqCluster, RabbitMqState};
 
-/// Erlang's port mapper and RabbitMQ's inter-node (distribution) port: only `rabbitmqctl` on
-/// the broker's own host uses them, since the broker is a single node.
+/// Erlang's port mapper and RabbitMQ's inter-node (distribution) port: on a single node only
+/// `rabbitmqctl` on the broker's own host uses them; the nodes of a cluster use them between
+/// each other.
 pub const EPMD_PORT: u16 = 4369;
 pub const ERLANG_DISTRIBUTION_PORT: u16 = AMQP_PORT + 20_000;
 
 /// Debian's and Ubuntu's rabbitmq-server starts epmd through this socket unit of erlang-base.
 pub const EPMD_SOCKET: &str = "epmd.socket";
 
+/// The `.env` variable holding a cluster's Erlang cookie (a `_PASSWORD`: a secret).
+pub const CLUSTER_COOKIE_VARIABLE: &str = "RABBITMQ_CLUSTER_PASSWORD";
+
+/// Where the broker (and `rabbitmqctl`, which Debian runs as the `rabbitmq` user) reads it.
+pub const COOKIE_PATH: &str = "/var/lib/rabbitmq/.erlang.cookie";
+
+/// Erlang's own host table, so that the nodes' names resolve without touching `/etc/hosts`.
+pub const INETRC_PATH: &str = "/etc/rabbitmq/erl_inetrc";
+
+/// The name of the RabbitMQ node on `host`: what Debian's package names it by default when the
+/// machine's host name is its inventory name, as on the Vagrant VMs and the lab's machines.
+pub fn node_name(host: &Host) -> String {
+    format!("rabbit@{}", host.name)
+}
+
 impl Renderer<'_> {
     /// The broker's state and files on `host`.
     pub fn rabbitmq(&self, host: &Host) -> Result<(RabbitMqState, Vec<DesiredFile>), RenderError> {
         let broker = self.env.broker();
+        let nodes: Vec<&Host> = self.inventory.broker_hosts();
+        let cluster = self.inventory.broker_cluster().then(|| RabbitMqCluster {
+            node: node_name(host),
+            seed: node_name(nodes[0]),
+            nodes: nodes.iter().map(|node| node_name(node)).collect(),
+        });
+        let mut files = self.rabbitmq_files(host, cluster.as_ref())?;
+        if cluster.is_some() {
+            files.push(self.cluster_cookie()?);
+        }
         let state = RabbitMqState {
             vhost: self.inventory.settings.vhost.clone(),
             user: broker.user,
@@ -28,11 +54,47 @@ impl Renderer<'_> {
             permissions: (".*".to_owned(), ".*".to_owned(), ".*".to_owned()),
             remove_guest: true,
             tags: vec!["management".to_owned()],
+            cluster,
         };
-        Ok((state, self.rabbitmq_files(host)?))
+        Ok((state, files))
     }
 
-    fn rabbitmq_files(&self, host: &Host) -> Result<Vec<DesiredFile>, RenderError> {
+    /// The Erlang cookie every node of the cluster shares, readable by the broker alone.
+    fn cluster_cookie(&self) -> Result<DesiredFile, RenderError> {
+        let problem = |problem| RenderError::ClusterCookie {
+            path: self.env.path().to_owned(),
+            variable: CLUSTER_COOKIE_VARIABLE,
+            problem,
+        };
+        let cookie = self
+            .env
+            .secret(CLUSTER_COOKIE_VARIABLE)
+            .ok_or_else(|| problem("is missing"))?;
+        let value = cookie.expose();
+        if value.len() < 20 || value.len() > 255 {
+            return Err(problem("must be 20 to 255 characters long"));
+        }
+        if !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(problem("may hold only letters, digits, `_` and `-`"));
+        }
+        Ok(DesiredFile {
+            path: COOKIE_PATH.to_owned(),
+            content: FileContent::SecretText(cookie.clone()),
+            mode: 0o400,
+            owner: "rabbitmq".to_owned(),
+            group: "rabbitmq".to_owned(),
+            on_change: vec![Handler::Restart(Component::Rabbitmq.unit().to_owned())],
+        })
+    }
+
+    fn rabbitmq_files(
+        &self,
+        host: &Host,
+        cluster: Option<&RabbitMqCluster>,
+    ) -> Result<Vec<DesiredFile>, RenderError> {
         let remote_clients = self
             .inventory
             .hosts_running_any(|service| service.broker)
@@ -55,8 +117,13 @@ impl Renderer<'_> {
         context.insert("management_ip", "0.0.0.0");
         context.insert("epmd_port", &EPMD_PORT);
         context.insert("distribution_port", &ERLANG_DISTRIBUTION_PORT);
+        if let Some(cluster) = cluster {
+            context.insert("node", &cluster.node);
+            context.insert("nodes", &cluster.nodes);
+            context.insert("inetrc", INETRC_PATH);
+        }
         let restart = vec![Handler::Restart(Component::Rabbitmq.unit().to_owned())];
-        Ok(vec![
+        let mut files = vec![
             text_file(
                 "/etc/rabbitmq/rabbitmq-env.conf",
                 self.render("rabbitmq/rabbitmq-env.conf", host, &context)?,
@@ -89,8 +156,41 @@ impl Renderer<'_> {
                 self.render("rabbitmq/enabled_plugins", host, &context)?,
                 0o644,
                 "root",
-                restart,
+                restart.clone(),
             ),
-        ])
+        ];
+        if cluster.is_some() {
+            let nodes: Vec<(String, String)> = self
+                .inventory
+                .broker_hosts()
+                .iter()
+                .map(|node| (node.name.clone(), erlang_address(node.address())))
+                .collect();
+            context.insert("hosts", &nodes);
+            files.push(text_file(
+                INETRC_PATH,
+                self.render("rabbitmq/erl_inetrc", host, &context)?,
+                0o644,
+                "root",
+                restart,
+            ));
+        }
+        Ok(files)
+    }
+}
+
+/// An IP address as an Erlang tuple for `erl_inetrc`: `{10,0,0,1}`, or eight hexadecimal groups
+/// for IPv6. A name that is not an address is left to the system's resolver (`native`).
+fn erlang_address(address: &str) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            let [a, b, c, d] = ip.octets();
+            format!("{{{a},{b},{c},{d}}}")
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            let groups: Vec<String> = ip.segments().iter().map(|g| format!("16#{g:x}")).collect();
+            format!("{{{}}}", groups.join(","))
+        }
+        Err(_) => String::new(),
     }
 }

@@ -101,7 +101,7 @@ impl Renderer<'_> {
         if service.database.is_some() && database_local {
             after.push(format!("{}.service", Component::Postgres.unit()));
         }
-        if service.broker && inventory.broker_host().name == host.name {
+        if service.broker && host.has(Component::Rabbitmq) {
             after.push(format!("{}.service", Component::Rabbitmq.unit()));
         }
         after
@@ -213,14 +213,32 @@ impl Renderer<'_> {
         ))
     }
 
+    /// One URL per broker node, comma-separated: the services connect to the first and move
+    /// on to the next when it fails. The host's own node comes first; other hosts start at a
+    /// node that depends on their place in the inventory, so clients spread over the cluster.
     fn amqp_url(&self, host: &Host) -> Secret {
         let broker = self.env.broker();
-        Secret::new(format!(
-            "amqp://{}:{}@{}:{AMQP_PORT}/{}",
-            percent_encode(&broker.user),
-            percent_encode(broker.password.expose()),
-            reach(host, self.inventory.broker_host()),
-            percent_encode(&self.inventory.settings.vhost),
-        ))
+        let mut nodes = self.inventory.broker_hosts();
+        let first = nodes
+            .iter()
+            .position(|node| node.name == host.name)
+            .unwrap_or_else(|| {
+                let place = self.inventory.hosts.iter().position(|h| h.name == host.name);
+                place.unwrap_or(0) % nodes.len().max(1)
+            });
+        nodes.rotate_left(first);
+        let urls: Vec<String> = nodes
+            .into_iter()
+            .map(|node| {
+                format!(
+                    "amqp://{}:{}@{}:{AMQP_PORT}/{}",
+                    percent_encode(&broker.user),
+                    percent_encode(broker.password.expose()),
+                    reach(host, node),
+                    percent_encode(&self.inventory.settings.vhost),
+                )
+            })
+            .collect();
+        Secret::new(urls.join(","))
     }
 }

@@ -104,6 +104,7 @@ fn a_bare_host_gets_packages_then_databases_and_broker_then_services_with_secret
             users: [("guest".to_string(), vec!["administrator".to_string()])].into(),
             permissions: BTreeMap::new(),
             password_matches: false,
+            ..RabbitMqFacts::default()
         }),
         ..HostFacts::default()
     };

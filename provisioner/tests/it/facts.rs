@@ -10,7 +10,8 @@ use provisioner::converge::facts;
 use provisioner::converge::plan::{plan, ChangeKind};
 use provisioner::converge::transport::{ExecOutput, Transport, TransportError};
 use provisioner::desired::{
-    Connection, DesiredHost, PostgresDatabase, PostgresRole, PostgresState, RabbitMqState, Secret,
+    Connection, DesiredHost, PostgresDatabase, PostgresRole, PostgresState, RabbitMqCluster,
+    RabbitMqState, Secret,
 };
 
 /// This machine as a host: commands run through `sh -c` as the test's user (root).
@@ -119,6 +120,7 @@ pub(crate) fn desired(role: &str, password: &str) -> DesiredHost {
             permissions: (".*".into(), ".*".into(), ".*".into()),
             remove_guest: false,
             tags: vec!["administrator".into()],
+            cluster: None,
         }),
         files: Vec::new(),
         binaries: Vec::new(),
@@ -181,6 +183,39 @@ fn rabbitmq_users_tags_permissions_and_password_are_read() {
         Some(&(".*".to_string(), ".*".to_string(), ".*".to_string()))
     );
     assert!(rabbitmq.password_matches);
+    assert!(
+        rabbitmq.cluster_nodes.is_empty(),
+        "membership is asked only of a cluster's nodes"
+    );
+}
+
+/// A cluster's node reports its cluster: this machine's broker is a cluster of one.
+#[test]
+fn a_cluster_node_reports_its_members() {
+    let mut host = desired("postgres", "unused");
+    let node = String::from_utf8(
+        std::process::Command::new("rabbitmqctl")
+            .args(["-s", "eval", "node()."])
+            .output()
+            .expect("rabbitmqctl runs")
+            .stdout,
+    )
+    .expect("utf-8")
+    .trim()
+    .to_owned();
+    let rabbitmq = host.rabbitmq.as_mut().expect("rabbitmq");
+    rabbitmq.cluster = Some(RabbitMqCluster {
+        node: node.clone(),
+        seed: node.clone(),
+        nodes: vec![node.clone()],
+    });
+    let gathered = facts::gather(&LocalShell, &host).expect("facts");
+    let rabbitmq = gathered.rabbitmq.as_ref().expect("RabbitMQ answers");
+    assert_eq!(rabbitmq.cluster_nodes, [node.clone()].into());
+    assert_eq!(rabbitmq.running_nodes, [node].into());
+    // The printer writes what the parser reads.
+    let again = facts::parse_facts(&host, &facts::script_output(&host, &gathered));
+    assert_eq!(again, gathered);
 }
 
 /// PostgreSQL installed but psql failing (server down, broken query) is an error naming the host
@@ -310,6 +345,19 @@ fn each_fact_parses_what_its_printer_prints() {
     facts
         .modified
         .insert("/usr/local/bin/billing".into(), facts::Timestamp(42));
+    let output = facts::script_output(&desired, &facts);
+    assert_eq!(facts::parse_facts(&desired, &output), facts);
+
+    // A cluster's node also reports its membership.
+    let mut desired = desired;
+    desired.rabbitmq.as_mut().expect("rabbitmq").cluster = Some(RabbitMqCluster {
+        node: "rabbit@b".into(),
+        seed: "rabbit@a".into(),
+        nodes: vec!["rabbit@a".into(), "rabbit@b".into(), "rabbit@c".into()],
+    });
+    let rabbitmq = facts.rabbitmq.as_mut().expect("rabbitmq");
+    rabbitmq.cluster_nodes = ["rabbit@a".to_string(), "rabbit@b".into()].into();
+    rabbitmq.running_nodes = ["rabbit@b".to_string()].into();
     let output = facts::script_output(&desired, &facts);
     assert_eq!(facts::parse_facts(&desired, &output), facts);
 

@@ -91,6 +91,7 @@ pub(crate) fn desired_host(dir: &Path) -> DesiredHost {
             permissions: (".*".into(), ".*".into(), ".*".into()),
             remove_guest: true,
             tags: vec!["management".into()],
+            cluster: None,
         }),
         files: vec![
             text(
@@ -203,6 +204,7 @@ pub(crate) fn converged(desired: &DesiredHost) -> HostFacts {
             )]
             .into(),
             password_matches: true,
+            ..RabbitMqFacts::default()
         }),
         // Processes and files as an apply leaves them: nothing written after its restart.
         started: std::collections::BTreeMap::new(),

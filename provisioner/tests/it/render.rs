@@ -873,3 +873,145 @@ fn release_binaries_need_at_most_glibc_2_35() {
         binaries::check_glibc(&binary.path, MAX_GLIBC).unwrap_or_else(|error| panic!("{error}"));
     }
 }
+
+/// The default inventory with RabbitMQ on every host: a cluster of three.
+fn cluster_hosts() -> Vec<DesiredHost> {
+    let text = std::fs::read_to_string(workspace().join("inventory.toml"))
+        .expect("inventory.toml")
+        .replace("roles = [\"gateway\"]", "roles = [\"gateway\", \"rabbitmq\"]")
+        .replace(
+            "roles = [\"inventory\", \"postgres\"]",
+            "roles = [\"inventory\", \"postgres\", \"rabbitmq\"]",
+        );
+    let env = example_env();
+    render(&inventory_from(&text, &env), &env)
+}
+
+#[test]
+fn a_rabbitmq_cluster_shares_a_cookie_names_its_nodes_and_opens_erlang_ports_to_its_nodes_only() {
+    let hosts = cluster_hosts();
+    let billing = host(&hosts, "billing-vm");
+    let cluster = billing
+        .rabbitmq
+        .as_ref()
+        .and_then(|rabbitmq| rabbitmq.cluster.as_ref())
+        .expect("a cluster");
+    assert_eq!(cluster.node, "rabbit@billing-vm");
+    assert_eq!(cluster.seed, "rabbit@gateway-vm", "the first broker host");
+    assert_eq!(
+        cluster.nodes,
+        ["rabbit@gateway-vm", "rabbit@inventory-vm", "rabbit@billing-vm"]
+    );
+
+    let cookie = file(billing, "/var/lib/rabbitmq/.erlang.cookie");
+    assert!(matches!(cookie.content, FileContent::SecretText(_)));
+    assert_eq!((cookie.mode, cookie.owner.as_str()), (0o400, "rabbitmq"));
+    assert_eq!(text(cookie), "change_me_to_a_long_random_erlang_cookie");
+    assert_eq!(
+        cookie.on_change,
+        [Handler::Restart("rabbitmq-server".to_owned())]
+    );
+
+    let env = text(file(billing, "/etc/rabbitmq/rabbitmq-env.conf"));
+    assert!(env.contains("NODENAME=rabbit@billing-vm\n"), "{env}");
+    assert!(
+        env.contains("SERVER_ADDITIONAL_ERL_ARGS=\"-kernel inetrc \\\"/etc/rabbitmq/erl_inetrc\\\"\"\n"),
+        "{env}"
+    );
+    assert!(!env.contains("bind_to_device"), "{env}");
+    let inetrc = text(file(billing, "/etc/rabbitmq/erl_inetrc"));
+    for line in [
+        "{host, {192,168,56,10}, [\"gateway-vm\"]}.",
+        "{host, {192,168,56,11}, [\"inventory-vm\"]}.",
+        "{host, {192,168,56,12}, [\"billing-vm\"]}.",
+        "{lookup, [file, native]}.",
+    ] {
+        assert!(inetrc.lines().any(|l| l == line), "{line} in {inetrc}");
+    }
+    let conf = text(file(billing, "/etc/rabbitmq/rabbitmq.conf"));
+    for line in [
+        "cluster_formation.peer_discovery_backend = classic_config",
+        "cluster_formation.classic_config.nodes.1 = rabbit@gateway-vm",
+        "cluster_formation.classic_config.nodes.3 = rabbit@billing-vm",
+        "cluster_partition_handling = pause_minority",
+    ] {
+        assert!(conf.lines().any(|l| l == line), "{line} in {conf}");
+    }
+    let socket = text(file(
+        billing,
+        "/etc/systemd/system/epmd.socket.d/provision-loopback.conf",
+    ));
+    assert!(socket.contains("ListenStream=\nListenStream=4369\n"), "{socket}");
+    assert!(!socket.contains("BindToDevice"), "{socket}");
+
+    // epmd and the distribution port: the other nodes, nobody else.
+    let rules = firewall_rules(billing);
+    for port in [4369, 25672] {
+        assert!(
+            rules.contains(&format!(
+                "tcp dport {port} ip saddr {{ 192.168.56.10, 192.168.56.11 }} accept"
+            )),
+            "{rules:?}"
+        );
+    }
+    // Every service reaches every node, its own first, as a list the services fail over along.
+    let gateway = host(&hosts, "gateway-vm");
+    let env = text(file(gateway, "/etc/gateway/gateway.env"));
+    let amqp = env
+        .lines()
+        .find_map(|line| line.strip_prefix("AMQP_URL="))
+        .expect("AMQP_URL");
+    let nodes: Vec<&str> = amqp
+        .split(',')
+        .map(|url| url.rsplit_once('@').expect("credentials").1)
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            "127.0.0.1:5672/billing_vhost",
+            "192.168.56.11:5672/billing_vhost",
+            "192.168.56.12:5672/billing_vhost"
+        ]
+    );
+    let unit = text(file(gateway, "/etc/systemd/system/gateway.service"));
+    assert!(unit.contains("rabbitmq-server.service"), "{unit}");
+}
+
+#[test]
+fn a_cluster_needs_its_cookie_in_the_env_file() {
+    let text = std::fs::read_to_string(workspace().join("inventory.toml"))
+        .expect("inventory.toml")
+        .replace("roles = [\"gateway\"]", "roles = [\"gateway\", \"rabbitmq\"]")
+        .replace(
+            "roles = [\"inventory\", \"postgres\"]",
+            "roles = [\"inventory\", \"postgres\", \"rabbitmq\"]",
+        );
+    let example = std::fs::read_to_string(workspace().join(".env.example")).expect("example");
+    for (replacement, problem) in [
+        ("", "is missing"),
+        ("RABBITMQ_CLUSTER_PASSWORD=short\n", "20 to 255"),
+        (
+            "RABBITMQ_CLUSTER_PASSWORD=\"a cookie with spaces in it!\"\n",
+            "only letters",
+        ),
+    ] {
+        let env_text: String = example
+            .lines()
+            .filter(|line| !line.starts_with("RABBITMQ_CLUSTER_PASSWORD="))
+            .map(|line| format!("{line}\n"))
+            .collect::<String>()
+            + replacement;
+        let env = EnvFile::parse(Path::new(".env"), &env_text, &platform().required_variables())
+            .expect("parses");
+        let inventory = inventory_from(&text, &env);
+        let error = desired_hosts(&inventory, &env, &workspace().join("templates"), None)
+            .expect_err("refused");
+        let message = error.to_string();
+        assert!(matches!(error, RenderError::ClusterCookie { .. }), "{message}");
+        assert!(
+            message.contains("RABBITMQ_CLUSTER_PASSWORD") && message.contains(problem),
+            "{message}"
+        );
+        assert!(!message.contains("cookie with spaces"), "never echoed: {message}");
+    }
+}

@@ -164,6 +164,23 @@ pub fn rabbitmq_command<'a>(
             )
         }
         Action::DeleteGuest => ("rabbitmqctl -q list_users | grep -q '^guest\\b' && rabbitmqctl -q delete_user guest || true".into(), None),
+        // The node may have just restarted (a new cookie or configuration). Should the join
+        // fail, the node starts again on its own rather than stay stopped. Quorum queues
+        // declared before this node joined take a replica on it.
+        Action::JoinCluster => {
+            let cluster = rabbitmq.cluster.as_ref()?;
+            let seed = shell_quote(&cluster.seed);
+            let node = shell_quote(&cluster.node);
+            (
+                format!(
+                    "rabbitmqctl -q await_startup && rabbitmqctl -q stop_app && rabbitmqctl -q reset && \
+                     {{ rabbitmqctl -q join_cluster {seed} || {{ rabbitmqctl -q start_app; exit 1; }}; }} && \
+                     rabbitmqctl -q start_app && rabbitmqctl -q await_startup && \
+                     rabbitmq-queues -q grow {node} all"
+                ),
+                None,
+            )
+        }
         _ => return None,
     };
     Some((command, stdin))

@@ -126,6 +126,11 @@ impl<'a> HostRun<'a> {
         self.run_phase(Phase::Backing)
     }
 
+    /// Between the phases, one host at a time: the broker's node joins its cluster.
+    pub fn cluster_phase(&mut self) -> Result<(), ApplyError> {
+        self.run_phase(Phase::Cluster)
+    }
+
     /// Phase 2: binaries, units and env files, then the plan's handlers of this phase
     /// (daemon-reload, enable, (re)start with health checks and rollback).
     pub fn services_phase(&mut self) -> Result<(), ApplyError> {
@@ -334,7 +339,8 @@ impl<'a> HostRun<'a> {
             | Action::SetRabbitPassword
             | Action::SetRabbitTags
             | Action::SetRabbitPermissions
-            | Action::DeleteGuest => self.rabbitmq(&change.action),
+            | Action::DeleteGuest
+            | Action::JoinCluster => self.rabbitmq(&change.action),
             Action::PushBinary(index) => {
                 let binary = &desired.binaries[*index];
                 let bytes =
@@ -429,7 +435,8 @@ impl Default for Rollout {
 type Run<'a> = Result<HostRun<'a>, Box<HostReport>>;
 
 /// Converges every host: phase 1 (firewall, databases and broker) on all hosts in parallel, so
-/// every database and broker is ready before any service restarts; then phase 2 (binaries, units,
+/// every database and broker is ready before any service restarts; the broker nodes that are not
+/// in their cluster join it, one host at a time; then phase 2 (binaries, units,
 /// env files, restarts with health checks and rollback) batch by batch as `rollout` says, each
 /// batch in parallel and, with `serial`, its restarted services ready before the next batch,
 /// stopping once more hosts than `rollout.max_fail` failed. `hosts` holds a
@@ -451,6 +458,12 @@ pub fn apply_all(
         &mut runs.iter_mut().collect::<Vec<_>>(),
         Phase::Backing,
         forks,
+    );
+    // Joins one at a time: two nodes joining at once could each wait on the other.
+    run_phase(
+        &mut runs.iter_mut().collect::<Vec<_>>(),
+        Phase::Cluster,
+        NonZeroUsize::MIN,
     );
 
     let pending: Vec<usize> = (0..runs.len()).filter(|&i| runs[i].is_ok()).collect();
@@ -515,6 +528,7 @@ fn run_phase(runs: &mut [&mut Run<'_>], phase: Phase, forks: NonZeroUsize) {
         let Ok(host_run) = &mut **run else { return };
         let result = match phase {
             Phase::Backing => host_run.backing_phase(),
+            Phase::Cluster => host_run.cluster_phase(),
             Phase::Services => host_run.services_phase(),
         };
         if let Err(error) = result {
