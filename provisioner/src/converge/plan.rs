@@ -59,14 +59,16 @@ pub enum Action {
     RestartService(String),
 }
 
-/// When an action runs: databases and broker on every host first, then the broker's cluster
-/// joins one host at a time, then the services.
+/// When an action runs: databases and the broker's configuration on every host first, then the
+/// broker's objects and cluster membership one host at a time, then the services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     /// Packages, users, PostgreSQL and RabbitMQ configuration and objects.
     Backing,
-    /// RabbitMQ nodes joining their cluster, once every node is configured, one at a time.
-    Cluster,
+    /// RabbitMQ's vhost, users, permissions and cluster membership: once the backing phase's
+    /// restarts made its configuration (a new Erlang cookie above all) take effect, one host at a
+    /// time, so that the cluster's first node has them before the others join it.
+    Broker,
     /// Binaries, units, env files and the platform services themselves.
     Services,
 }
@@ -533,6 +535,31 @@ fn plan_rabbitmq(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
         return;
     };
     let current = facts.rabbitmq.clone().unwrap_or_default();
+    if let Some(cluster) = &rabbitmq.cluster {
+        plan.checked += 1;
+        if cluster.node != cluster.seed && !current.cluster_nodes.contains(&cluster.seed) {
+            let now = if current.cluster_nodes.is_empty() {
+                "not running yet".to_owned()
+            } else {
+                format!(
+                    "in a cluster of {}",
+                    current.cluster_nodes.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            };
+            // Its vhost, users and permissions are the cluster's, converged on the first node.
+            plan.push(
+                ChangeKind::Rabbitmq,
+                &format!("cluster node {}", cluster.node),
+                format!(
+                    "{now} → joins {} (reset first; users, vhost and permissions come from the cluster)",
+                    cluster.seed
+                ),
+                Action::JoinCluster,
+                Phase::Broker,
+            );
+            return;
+        }
+    }
     let user_target = format!("user {}", rabbitmq.user);
     plan.checked += 5;
     if !current.vhosts.contains(&rabbitmq.vhost) {
@@ -541,7 +568,7 @@ fn plan_rabbitmq(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
             &format!("vhost {}", rabbitmq.vhost),
             "create".into(),
             Action::AddVhost,
-            Phase::Backing,
+            Phase::Broker,
         );
     }
     match current.users.get(&rabbitmq.user) {
@@ -550,7 +577,7 @@ fn plan_rabbitmq(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
             &user_target,
             "create with its password".into(),
             Action::AddRabbitUser,
-            Phase::Backing,
+            Phase::Broker,
         ),
         Some(_) if !current.password_matches => {
             plan.push(
@@ -558,7 +585,7 @@ fn plan_rabbitmq(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
                 &user_target,
                 "password changes".into(),
                 Action::SetRabbitPassword,
-                Phase::Backing,
+                Phase::Broker,
             );
         }
         Some(_) => {}
@@ -581,7 +608,7 @@ fn plan_rabbitmq(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
                 wanted_tags.join(", ")
             ),
             Action::SetRabbitTags,
-            Phase::Backing,
+            Phase::Broker,
         );
     }
     if current.permissions.get(&rabbitmq.user) != Some(&rabbitmq.permissions) {
@@ -591,31 +618,8 @@ fn plan_rabbitmq(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
             &format!("permissions {} on {}", rabbitmq.user, rabbitmq.vhost),
             format!("configure {configure:?} write {write:?} read {read:?}"),
             Action::SetRabbitPermissions,
-            Phase::Backing,
+            Phase::Broker,
         );
-    }
-    if let Some(cluster) = &rabbitmq.cluster {
-        plan.checked += 1;
-        if cluster.node != cluster.seed && !current.cluster_nodes.contains(&cluster.seed) {
-            let now = if current.cluster_nodes.is_empty() {
-                "not running yet".to_owned()
-            } else {
-                format!(
-                    "in a cluster of {}",
-                    current.cluster_nodes.iter().cloned().collect::<Vec<_>>().join(", ")
-                )
-            };
-            plan.push(
-                ChangeKind::Rabbitmq,
-                &format!("cluster node {}", cluster.node),
-                format!(
-                    "{now} → joins {} (reset first: a node outside the cluster holds none of its messages)",
-                    cluster.seed
-                ),
-                Action::JoinCluster,
-                Phase::Cluster,
-            );
-        }
     }
     if rabbitmq.remove_guest && (current.users.contains_key("guest") || facts.rabbitmq.is_none()) {
         plan.push(
@@ -623,7 +627,7 @@ fn plan_rabbitmq(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
             "user guest",
             "delete the default user".into(),
             Action::DeleteGuest,
-            Phase::Backing,
+            Phase::Broker,
         );
     }
 }

@@ -2,9 +2,9 @@
 //! against hand-built facts and a scripted fake transport.
 
 use provisioner::converge::facts::{self, HostFacts, Timestamp, UnitFact};
-use provisioner::converge::plan::{plan, Action, ChangeKind, Phase};
+use provisioner::converge::plan::{plan, Action, Change, ChangeKind, Phase};
 use provisioner::converge::scram;
-use provisioner::desired::Handler;
+use provisioner::desired::{DesiredHost, Handler, RabbitMqCluster};
 
 use crate::fixtures::*;
 
@@ -179,10 +179,67 @@ fn database_and_broker_drift_is_planned_without_touching_services() {
         plan.restarts.is_empty(),
         "credentials in the database changed, not the services' files"
     );
-    assert!(plan
+    // PostgreSQL's objects with the backing phase; RabbitMQ's once its restarts are done.
+    let phases: Vec<Phase> = plan.changes.iter().map(|change| change.phase).collect();
+    assert_eq!(
+        phases,
+        [Phase::Backing, Phase::Backing, Phase::Broker, Phase::Broker]
+    );
+}
+
+#[test]
+fn a_broker_node_outside_its_cluster_joins_it_and_takes_the_clusters_objects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut desired = desired_host(dir.path());
+    desired.rabbitmq.as_mut().expect("rabbitmq").cluster = Some(RabbitMqCluster {
+        node: "rabbit@b".into(),
+        seed: "rabbit@a".into(),
+        nodes: vec!["rabbit@a".into(), "rabbit@b".into(), "rabbit@c".into()],
+    });
+    // A node Debian's package booted alone: its own cluster, none of the platform's objects.
+    let mut facts = converged(&desired);
+    let rabbitmq = facts.rabbitmq.as_mut().expect("rabbitmq");
+    rabbitmq.vhosts.clear();
+    rabbitmq.users.clear();
+    rabbitmq.cluster_nodes = ["rabbit@b".to_string()].into();
+    let plan = plan(&desired, &facts);
+    let joins: Vec<(&str, &str, Phase)> = plan
         .changes
         .iter()
-        .all(|change| change.phase == Phase::Backing));
+        .map(|change| (change.target.as_str(), change.detail.as_str(), change.phase))
+        .collect();
+    assert_eq!(
+        joins,
+        [(
+            "cluster node rabbit@b",
+            "in a cluster of rabbit@b → joins rabbit@a (reset first; users, vhost and permissions come from the cluster)",
+            Phase::Broker
+        )]
+    );
+    assert_eq!(plan.changes[0].action, Action::JoinCluster);
+
+    // A member: nothing to do, its objects being the cluster's.
+    let mut member = converged(&desired);
+    member.rabbitmq.as_mut().expect("rabbitmq").cluster_nodes =
+        ["rabbit@a".to_string(), "rabbit@b".into()].into();
+    assert!(plan_of(&desired, &member).is_empty());
+
+    // The first node never joins anything: it converges the objects.
+    desired.rabbitmq.as_mut().expect("rabbitmq").cluster = Some(RabbitMqCluster {
+        node: "rabbit@a".into(),
+        seed: "rabbit@a".into(),
+        nodes: vec!["rabbit@a".into(), "rabbit@b".into(), "rabbit@c".into()],
+    });
+    let actions: Vec<Action> = plan_of(&desired, &facts)
+        .iter()
+        .map(|change| change.action.clone())
+        .collect();
+    assert!(!actions.contains(&Action::JoinCluster), "{actions:?}");
+    assert!(actions.contains(&Action::AddVhost), "{actions:?}");
+}
+
+fn plan_of(desired: &DesiredHost, facts: &HostFacts) -> Vec<Change> {
+    plan(desired, facts).changes
 }
 
 #[test]

@@ -1015,3 +1015,33 @@ fn a_cluster_needs_its_cookie_in_the_env_file() {
         assert!(!message.contains("cookie with spaces"), "never echoed: {message}");
     }
 }
+
+/// The committed high-availability inventory: a cluster of three brokers, two of each service,
+/// the second inventory and billing on the databases of the first.
+#[test]
+fn the_high_availability_inventory_renders() {
+    let env = example_env();
+    let inventory = Inventory::load(&workspace().join("inventory-ha.toml"), &env, &platform())
+        .expect("inventory-ha.toml is valid");
+    let hosts = render(&inventory, &env);
+    let nodes: Vec<&str> = hosts
+        .iter()
+        .filter_map(|host| host.rabbitmq.as_ref()?.cluster.as_ref())
+        .map(|cluster| cluster.node.as_str())
+        .collect();
+    assert_eq!(
+        nodes,
+        ["rabbit@billing-vm", "rabbit@node6-vm", "rabbit@node7-vm"]
+    );
+    for (name, service) in [("node4-vm", "gateway"), ("node5-vm", "inventory"), ("node6-vm", "billing")] {
+        let host = host(&hosts, name);
+        assert!(
+            host.services.iter().any(|spec| spec.unit == service),
+            "{name} runs {service}"
+        );
+    }
+    let env_text = text(file(host(&hosts, "node5-vm"), "/etc/inventory/inventory.env"));
+    assert!(env_text.contains("@192.168.56.11:5432/movies_db"), "{env_text}");
+    let env_text = text(file(host(&hosts, "node6-vm"), "/etc/billing/billing.env"));
+    assert!(env_text.contains("@192.168.56.12:5432/billing_db"), "{env_text}");
+}

@@ -74,8 +74,8 @@ impl<'a> HostRun<'a> {
     }
 
     /// Phase 1: facts, packages (then facts again and a new plan, since installing PostgreSQL
-    /// creates its version directory and its user), users, PostgreSQL and RabbitMQ files,
-    /// objects, and the plan's handlers of this phase.
+    /// creates its version directory and its user), users, files, PostgreSQL objects, and the
+    /// plan's handlers of this phase (RabbitMQ's restart among them).
     pub fn backing_phase(&mut self) -> Result<(), ApplyError> {
         let (_, mut plan) = self.gather()?;
         let checked = plan.checked;
@@ -126,9 +126,10 @@ impl<'a> HostRun<'a> {
         self.run_phase(Phase::Backing)
     }
 
-    /// Between the phases, one host at a time: the broker's node joins its cluster.
-    pub fn cluster_phase(&mut self) -> Result<(), ApplyError> {
-        self.run_phase(Phase::Cluster)
+    /// Between the phases, one host at a time: RabbitMQ's objects, or the node joining its
+    /// cluster.
+    pub fn broker_phase(&mut self) -> Result<(), ApplyError> {
+        self.run_phase(Phase::Broker)
     }
 
     /// Phase 2: binaries, units and env files, then the plan's handlers of this phase
@@ -435,8 +436,8 @@ impl Default for Rollout {
 type Run<'a> = Result<HostRun<'a>, Box<HostReport>>;
 
 /// Converges every host: phase 1 (firewall, databases and broker) on all hosts in parallel, so
-/// every database and broker is ready before any service restarts; the broker nodes that are not
-/// in their cluster join it, one host at a time; then phase 2 (binaries, units,
+/// every database and broker is ready before any service restarts; RabbitMQ's objects, and the
+/// nodes that are not in their cluster joining it, one host at a time; then phase 2 (binaries, units,
 /// env files, restarts with health checks and rollback) batch by batch as `rollout` says, each
 /// batch in parallel and, with `serial`, its restarted services ready before the next batch,
 /// stopping once more hosts than `rollout.max_fail` failed. `hosts` holds a
@@ -459,10 +460,11 @@ pub fn apply_all(
         Phase::Backing,
         forks,
     );
-    // Joins one at a time: two nodes joining at once could each wait on the other.
+    // One host at a time, in the inventory's order: the cluster's first node has its objects
+    // before the others join it, and two nodes never join at once.
     run_phase(
         &mut runs.iter_mut().collect::<Vec<_>>(),
-        Phase::Cluster,
+        Phase::Broker,
         NonZeroUsize::MIN,
     );
 
@@ -528,7 +530,7 @@ fn run_phase(runs: &mut [&mut Run<'_>], phase: Phase, forks: NonZeroUsize) {
         let Ok(host_run) = &mut **run else { return };
         let result = match phase {
             Phase::Backing => host_run.backing_phase(),
-            Phase::Cluster => host_run.cluster_phase(),
+            Phase::Broker => host_run.broker_phase(),
             Phase::Services => host_run.services_phase(),
         };
         if let Err(error) = result {
