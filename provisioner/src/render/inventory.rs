@@ -97,6 +97,16 @@ pub struct Settings {
     pub rust_log: String,
     /// Architecture of every host; `x86_64` unless set.
     pub target_arch: Arch,
+    /// The one address of the public services, moved between their hosts by keepalived.
+    pub vip: Option<Vip>,
+}
+
+/// A virtual IPv4 address held by one host of the public services at a time (VRRP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vip {
+    pub address: std::net::Ipv4Addr,
+    /// The network interface it is added to, on every host that may hold it.
+    pub interface: String,
 }
 
 impl Inventory {
@@ -404,6 +414,7 @@ impl Validator<'_> {
         self.check_roles(&raw_hosts, &hosts, hosts_span.clone())?;
         self.resolve_databases(&raw_hosts, &mut hosts)?;
         self.check_ports(&raw_hosts, &hosts, &raw.settings)?;
+        self.check_vip(&raw_hosts, &hosts, &settings, &raw.settings)?;
         Ok(Inventory {
             path: self.path.to_owned(),
             ssh,
@@ -512,12 +523,46 @@ impl Validator<'_> {
                 self.port(&setting_number(value), &format!("settings.{key}"))?,
             );
         }
+        let vip = match (text("vip")?, text("vip_interface")?) {
+            (None, None) => None,
+            (Some(address), interface) => {
+                let address = address.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                    self.error(
+                        table["vip"].span(),
+                        "settings.vip",
+                        format!("`{address}` is not an IPv4 address"),
+                    )
+                })?;
+                let interface = interface.ok_or_else(|| missing("vip_interface"))?;
+                // Linux's limit, and nothing that could break out of keepalived.conf.
+                if interface.len() > 15
+                    || !interface
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                {
+                    return Err(self.error(
+                        table["vip_interface"].span(),
+                        "settings.vip_interface",
+                        format!("`{interface}` is not a network interface name"),
+                    ));
+                }
+                Some(Vip { address, interface })
+            }
+            (None, Some(_)) => {
+                return Err(self.error(
+                    table["vip_interface"].span(),
+                    "settings.vip_interface",
+                    "is set without `vip`, the address it would carry",
+                ))
+            }
+        };
         Ok(Settings {
             ports,
             queue,
             vhost,
             rust_log,
             target_arch,
+            vip,
         })
     }
 
@@ -643,6 +688,57 @@ impl Validator<'_> {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The hosts that may hold the VIP (those of the public services) send VRRP to each other's
+    /// address: each must be an IPv4 address, none the VIP itself.
+    fn check_vip(
+        &self,
+        raw_hosts: &[Spanned<RawHost>],
+        hosts: &[Host],
+        settings: &Settings,
+        raw_settings: &Spanned<RawSettings>,
+    ) -> Result<(), InventoryError> {
+        let Some(vip) = &settings.vip else {
+            return Ok(());
+        };
+        let public: Vec<usize> = (0..hosts.len())
+            .filter(|&index| {
+                hosts[index]
+                    .services
+                    .iter()
+                    .any(|name| self.platform.service(name).is_some_and(|s| s.public))
+            })
+            .collect();
+        if public.is_empty() {
+            return Err(self.error(
+                raw_settings.get_ref()["vip"].span(),
+                "settings.vip",
+                "no host runs a public service to hold it",
+            ));
+        }
+        for index in public {
+            let address = hosts[index].address();
+            let field = format!("hosts[{index}].address");
+            let span = raw_hosts[index].get_ref().address.span();
+            match address.parse::<std::net::Ipv4Addr>() {
+                Ok(ip) if ip == vip.address => {
+                    return Err(self.error(span, &field, "is the VIP itself"))
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(self.error(
+                        span,
+                        &field,
+                        format!(
+                            "`{address}` must be an IPv4 address: {} may hold the VIP, and keepalived speaks VRRP to each such host's address",
+                            hosts[index].name
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A service's database lives on the postgres host of the same host; else on the postgres

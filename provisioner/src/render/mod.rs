@@ -25,6 +25,7 @@ pub mod binaries;
 pub mod env_file;
 pub mod firewall;
 pub mod inventory;
+pub mod keepalived;
 pub mod located;
 pub mod platform;
 pub mod postgresql;
@@ -289,6 +290,11 @@ impl<'a> Renderer<'a> {
             }
         }
         let mut host_units = Vec::new();
+        if let Some(conf) = self.keepalived(host)? {
+            files.push(conf);
+            packages.push("keepalived".to_owned());
+            host_units.push(keepalived::KEEPALIVED_UNIT.to_owned());
+        }
         let firewall_ports = self.firewall_ports(host);
         if !firewall_ports.is_empty() {
             files.extend(self.firewall_files(host, &firewall_ports)?);

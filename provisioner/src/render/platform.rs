@@ -11,7 +11,14 @@ use toml::Spanned;
 use super::located::{syntax_error, Located};
 
 /// The `[settings]` keys of `inventory.toml` that are not a service's port.
-pub const FIXED_SETTINGS: [&str; 4] = ["queue", "vhost", "rust_log", "target_arch"];
+pub const FIXED_SETTINGS: [&str; 6] = [
+    "queue",
+    "vhost",
+    "rust_log",
+    "target_arch",
+    "vip",
+    "vip_interface",
+];
 
 /// The broker's credentials in `.env`, needed when a service uses the broker.
 pub const BROKER_VARIABLES: [&str; 2] = ["RABBITMQ_USER", "RABBITMQ_PASSWORD"];

@@ -1045,3 +1045,86 @@ fn the_high_availability_inventory_renders() {
     let env_text = text(file(host(&hosts, "node6-vm"), "/etc/billing/billing.env"));
     assert!(env_text.contains("@192.168.56.12:5432/billing_db"), "{env_text}");
 }
+
+/// `vip` in the inventory: keepalived on the gateway hosts, the first preferred, each checking
+/// its gateway's readiness and speaking VRRP to the others' addresses.
+#[test]
+fn the_vip_is_held_by_keepalived_on_the_gateway_hosts() {
+    let env = example_env();
+    let inventory = Inventory::load(&workspace().join("inventory-ha.toml"), &env, &platform())
+        .expect("inventory-ha.toml is valid");
+    let vip = inventory.settings.vip.clone().expect("a vip");
+    assert_eq!(vip.address.to_string(), "192.168.56.20");
+    let hosts = render(&inventory, &env);
+    for (name, priority, own, peer) in [
+        ("gateway-vm", 150, "192.168.56.10", "192.168.56.13"),
+        ("node4-vm", 149, "192.168.56.13", "192.168.56.10"),
+    ] {
+        let host = host(&hosts, name);
+        assert!(host.packages.contains(&"keepalived".to_owned()));
+        assert!(host.host_units.contains(&"keepalived".to_owned()));
+        let conf = file(host, "/etc/keepalived/keepalived.conf");
+        assert_eq!(conf.on_change, [Handler::Restart("keepalived".to_owned())]);
+        let conf = text(conf);
+        for line in [
+            "script \"/usr/bin/curl -fsS -o /dev/null --max-time 1 http://127.0.0.1:8080/ready\"",
+            "state BACKUP",
+            "nopreempt",
+            "interface eth1",
+            "virtual_router_id 20",
+            &format!("priority {priority}"),
+            &format!("unicast_src_ip {own}"),
+            peer,
+            "192.168.56.20/32 dev eth1",
+        ] {
+            assert!(conf.lines().any(|l| l.trim() == line), "{line} in {conf}");
+        }
+    }
+    for name in ["inventory-vm", "billing-vm", "node7-vm"] {
+        let host = host(&hosts, name);
+        assert!(!host.packages.contains(&"keepalived".to_owned()), "{name}");
+    }
+    // Without `vip`, as in the default inventory: no keepalived anywhere.
+    assert!(default_hosts()
+        .iter()
+        .all(|host| !host.packages.contains(&"keepalived".to_owned())));
+}
+
+#[test]
+fn a_vip_needs_an_interface_and_holders_with_ipv4_addresses() {
+    let env = example_env();
+    let text = std::fs::read_to_string(workspace().join("inventory-ha.toml")).expect("read");
+    for (variant, field, words) in [
+        (
+            text.replace("vip = \"${GATEWAY_VIP}\"", "vip = \"gateway.example\""),
+            "settings.vip",
+            "not an IPv4 address",
+        ),
+        (
+            text.replace("vip_interface = \"eth1\"\n", ""),
+            "settings.vip_interface",
+            "missing",
+        ),
+        (
+            text.replace("vip_interface = \"eth1\"", "vip_interface = \"eth1; rm\""),
+            "settings.vip_interface",
+            "not a network interface name",
+        ),
+        (
+            text.replace("address = \"${NODE4_VM_IP}\"", "address = \"node4.example\""),
+            "hosts[3].address",
+            "must be an IPv4 address",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("inventory.toml");
+        std::fs::write(&path, &variant).expect("write");
+        let message = Inventory::load(&path, &env, &platform())
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            message.contains(&format!("`{field}`")) && message.contains(words),
+            "{message}"
+        );
+    }
+}
