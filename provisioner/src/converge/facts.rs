@@ -181,9 +181,6 @@ fn script_error<'a>(output: &'a str, marker: &str) -> Option<&'a str> {
         })
 }
 
-/// Marks the end of the RabbitMQ password on the script's stdin; chosen not to occur in a password.
-const SECRET_END: &str = "__PROVISION_SECRET_END_7f3a__";
-
 /// One kind of fact, pyinfra-style: the shell that prints it, beside the parser that reads that
 /// output and the inverse that prints it for given facts (so fakes and tests can never drift from
 /// the format). Every fact's command goes into one script: still one round trip per host.
@@ -627,38 +624,31 @@ const POSTGRES: Fact = Fact {
 };
 
 /// Vhosts, users with their tags, permissions on the desired vhost, and whether the desired
-/// password authenticates, from four `rabbitmqctl` run side by side (each boots an Erlang VM,
-/// ~0.4 s); the password goes in on a here-document, never on a command line.
+/// password matches, from one `rabbitmqctl export_definitions` (each rabbitmqctl boots an Erlang
+/// VM: one, not one per question); the password is checked here against the user's salted hash,
+/// as SCRAM verifiers are for PostgreSQL, so it never goes to the host. A cluster's node also
+/// reports its cluster (`cluster_status`), side by side.
 const RABBITMQ: Fact = Fact {
-    sections: &["rmqvhosts", "rmqusers", "rmqpermissions", "rmqauth", "rmqcluster"],
+    sections: &["rmqdefinitions", "rmqcluster"],
     command: |desired| {
         desired.rabbitmq.as_ref().map(|rabbitmq| {
-            let vhost = shell_quote(&rabbitmq.vhost);
-            let user = shell_quote(&rabbitmq.user);
+            let cluster = rabbitmq.cluster.is_some();
             format!(
                 "if command -v rabbitmqctl >/dev/null 2>&1; then\n\
                  R=$(mktemp -d)\n\
-                 {{ rabbitmqctl -s list_vhosts 2>\"$R/vhosts.err\" || echo \"@@rmqerror $(grep -m 1 . \"$R/vhosts.err\")\"; }} >\"$R/vhosts\" &\n\
-                 {{ rabbitmqctl -s list_users 2>\"$R/users.err\" || echo \"@@rmqerror $(grep -m 1 . \"$R/users.err\")\"; }} >\"$R/users\" &\n\
-                 rabbitmqctl -s list_permissions -p {vhost} >\"$R/permissions\" 2>/dev/null &\n\
-                 {{ rabbitmqctl -s authenticate_user {user} >/dev/null 2>&1 <<'{SECRET_END}'\n{password}\n{SECRET_END}\n\
-                 echo $? >\"$R/auth\"; }} &\n\
-                 {cluster}\
+                 {{ rabbitmqctl -q export_definitions --format json - 2>\"$R/err\" || echo \"@@rmqerror $(grep -m 1 . \"$R/err\")\"; }} >\"$R/definitions\" &\n\
+                 {cluster_status}\
                  wait\n\
-                 echo @@rmqvhosts; cat \"$R/vhosts\"\n\
-                 echo @@rmqusers; cat \"$R/users\"\n\
-                 echo @@rmqpermissions; cat \"$R/permissions\"\n\
-                 echo @@rmqauth; cat \"$R/auth\"\n\
+                 echo @@rmqdefinitions; cat \"$R/definitions\"; echo\n\
                  {cluster_out}\
                  rm -rf \"$R\"\n\
                  fi\n",
-                password = rabbitmq.password.expose(),
-                cluster = if rabbitmq.cluster.is_some() {
+                cluster_status = if cluster {
                     "rabbitmqctl -s cluster_status --formatter json >\"$R/cluster\" 2>/dev/null &\n"
                 } else {
                     ""
                 },
-                cluster_out = if rabbitmq.cluster.is_some() {
+                cluster_out = if cluster {
                     "echo @@rmqcluster; cat \"$R/cluster\"; echo\n"
                 } else {
                     ""
@@ -666,39 +656,43 @@ const RABBITMQ: Fact = Fact {
             )
         })
     },
-    parse: |_, section, line, parsing| {
+    parse: |desired, section, line, parsing| {
         let Some(rabbitmq) = parsing.rabbitmq.as_mut() else {
             return;
         };
+        if line.trim().is_empty() {
+            return;
+        }
         match section {
-            "rmqvhosts" => {
-                if !line.is_empty() {
-                    rabbitmq.vhosts.insert(line.to_string());
+            "rmqdefinitions" => {
+                let Ok(definitions) = serde_json::from_str::<Definitions>(line) else {
+                    parsing.rabbitmq_failed = true;
+                    return;
+                };
+                let wanted = desired.rabbitmq.as_ref();
+                for vhost in definitions.vhosts {
+                    rabbitmq.vhosts.insert(vhost.name);
+                }
+                for user in definitions.users {
+                    if let Some(wanted) = wanted.filter(|wanted| wanted.user == user.name) {
+                        rabbitmq.password_matches = rabbit_password_matches(
+                            &user.hashing_algorithm,
+                            &user.password_hash,
+                            wanted.password.expose(),
+                        );
+                    }
+                    rabbitmq.users.insert(user.name, user.tags.into_list());
+                }
+                for permission in definitions.permissions {
+                    if wanted.is_some_and(|wanted| wanted.vhost == permission.vhost) {
+                        rabbitmq.permissions.insert(
+                            permission.user,
+                            (permission.configure, permission.write, permission.read),
+                        );
+                    }
                 }
             }
-            "rmqusers" => {
-                if let Some((user, tags)) = line.split_once('\t') {
-                    let tags = tags
-                        .trim()
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|tag| !tag.is_empty())
-                        .map(str::to_string)
-                        .collect();
-                    rabbitmq.users.insert(user.to_string(), tags);
-                }
-            }
-            "rmqpermissions" => {
-                if let [user, configure, write, read] = line.split('\t').collect::<Vec<_>>()[..] {
-                    rabbitmq.permissions.insert(
-                        user.to_string(),
-                        (configure.to_string(), write.to_string(), read.to_string()),
-                    );
-                }
-            }
-            "rmqcluster" => {
+            _ => {
                 #[derive(serde::Deserialize)]
                 struct ClusterStatus {
                     #[serde(default)]
@@ -711,31 +705,42 @@ const RABBITMQ: Fact = Fact {
                     rabbitmq.running_nodes = status.running_nodes;
                 }
             }
-            _ => rabbitmq.password_matches = line.trim() == "0",
         }
     },
     print: |desired, facts| {
         let Some(rabbitmq) = &facts.rabbitmq else {
             return String::new();
         };
-        let mut out = String::from("@@rmqvhosts\n");
-        for vhost in &rabbitmq.vhosts {
-            let _ = writeln!(out, "{vhost}");
-        }
-        out.push_str("@@rmqusers\n");
-        for (user, tags) in &rabbitmq.users {
-            let _ = writeln!(out, "{user}\t[{}]", tags.join(", "));
-        }
-        out.push_str("@@rmqpermissions\n");
-        for (user, (configure, write, read)) in &rabbitmq.permissions {
-            let _ = writeln!(out, "{user}\t{configure}\t{write}\t{read}");
-        }
-        let _ = writeln!(
-            out,
-            "@@rmqauth\n{}",
-            if rabbitmq.password_matches { 0 } else { 65 }
-        );
-        if desired.rabbitmq.as_ref().is_some_and(|r| r.cluster.is_some()) {
+        let wanted = desired.rabbitmq.as_ref();
+        let users: Vec<serde_json::Value> = rabbitmq
+            .users
+            .iter()
+            .map(|(name, tags)| {
+                // The desired password's hash where it matches, another one's elsewhere.
+                let password = match wanted {
+                    Some(wanted) if &wanted.user == name && rabbitmq.password_matches => {
+                        wanted.password.expose().to_owned()
+                    }
+                    _ => format!("not the password of {name}"),
+                };
+                serde_json::json!({
+                    "name": name,
+                    "password_hash": rabbit_password_hash(*b"salt", &password),
+                    "hashing_algorithm": SHA256_HASHING,
+                    "tags": tags,
+                })
+            })
+            .collect();
+        let vhost = wanted.map(|wanted| wanted.vhost.as_str()).unwrap_or("/");
+        let definitions = serde_json::json!({
+            "vhosts": rabbitmq.vhosts.iter().map(|name| serde_json::json!({"name": name})).collect::<Vec<_>>(),
+            "users": users,
+            "permissions": rabbitmq.permissions.iter().map(|(user, (configure, write, read))| serde_json::json!({
+                "user": user, "vhost": vhost, "configure": configure, "write": write, "read": read,
+            })).collect::<Vec<_>>(),
+        });
+        let mut out = format!("@@rmqdefinitions\n{definitions}\n");
+        if wanted.is_some_and(|wanted| wanted.cluster.is_some()) {
             let status = serde_json::json!({
                 "disk_nodes": rabbitmq.cluster_nodes,
                 "running_nodes": rabbitmq.running_nodes,
@@ -745,6 +750,109 @@ const RABBITMQ: Fact = Fact {
         out
     },
 };
+
+/// What `rabbitmqctl export_definitions` says of the platform's objects.
+#[derive(serde::Deserialize)]
+struct Definitions {
+    #[serde(default)]
+    vhosts: Vec<NamedVhost>,
+    #[serde(default)]
+    users: Vec<DefinedUser>,
+    #[serde(default)]
+    permissions: Vec<DefinedPermission>,
+}
+
+#[derive(serde::Deserialize)]
+struct NamedVhost {
+    name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct DefinedUser {
+    name: String,
+    #[serde(default)]
+    password_hash: String,
+    #[serde(default)]
+    hashing_algorithm: String,
+    #[serde(default)]
+    tags: Tags,
+}
+
+/// A list since RabbitMQ 3.9; a comma-separated string before.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Tags {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl Default for Tags {
+    fn default() -> Self {
+        Self::List(Vec::new())
+    }
+}
+
+impl Tags {
+    fn into_list(self) -> Vec<String> {
+        match self {
+            Self::List(tags) => tags,
+            Self::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|tag| !tag.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct DefinedPermission {
+    user: String,
+    vhost: String,
+    configure: String,
+    write: String,
+    read: String,
+}
+
+/// RabbitMQ's default password hashing.
+const SHA256_HASHING: &str = "rabbit_password_hashing_sha256";
+
+/// `base64(salt ‖ SHA-256(salt ‖ password))`, as RabbitMQ stores a password.
+pub fn rabbit_password_hash(salt: [u8; 4], password: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(salt)
+        .chain_update(password.as_bytes())
+        .finalize();
+    STANDARD.encode([&salt[..], &digest[..]].concat())
+}
+
+/// Whether `password` is the one RabbitMQ stored as `hash` with `algorithm` (SHA-256 or SHA-512,
+/// salted; any other algorithm counts as a mismatch, so the password is set again).
+pub fn rabbit_password_matches(algorithm: &str, hash: &str, password: &str) -> bool {
+    use sha2::{Digest, Sha256, Sha512};
+    let Ok(bytes) = STANDARD.decode(hash) else {
+        return false;
+    };
+    let Some((salt, stored)) = bytes.split_at_checked(4) else {
+        return false;
+    };
+    let computed = match algorithm {
+        "rabbit_password_hashing_sha256" | "" => Sha256::new()
+            .chain_update(salt)
+            .chain_update(password.as_bytes())
+            .finalize()
+            .to_vec(),
+        "rabbit_password_hashing_sha512" => Sha512::new()
+            .chain_update(salt)
+            .chain_update(password.as_bytes())
+            .finalize()
+            .to_vec(),
+        _ => return false,
+    };
+    computed == stored
+}
 
 /// The facts script: plain POSIX sh, each command's stdin closed (the script itself arrives on
 /// stdin), secrets only inside here-documents, so never on a command line.
@@ -810,7 +918,9 @@ pub fn parse_facts(desired: &DesiredHost, output: &str) -> HostFacts {
                 "pgdatabases" => {
                     parsing.pg_databases = Some(parsing.pg_databases.take().unwrap_or_default())
                 }
-                "rmqvhosts" => parsing.rabbitmq = Some(parsing.rabbitmq.take().unwrap_or_default()),
+                "rmqdefinitions" => {
+                    parsing.rabbitmq = Some(parsing.rabbitmq.take().unwrap_or_default())
+                }
                 _ => {}
             }
             continue;
