@@ -77,12 +77,22 @@ impl FromStr for AmqpUrl {
             Some(url::Host::Ipv6(ip)) => uri.authority.host = format!("[{ip}]"),
             Some(url::Host::Domain(_)) | None => {}
         }
+        // RabbitMQ proposes 60 s, and a client notices a dead peer after two missed heartbeats:
+        // two minutes of a machine that lost its power looking connected. Unless the URL says
+        // otherwise, a few seconds.
+        if uri.query.heartbeat.is_none() {
+            uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
+        }
         Ok(Self {
             raw: s.to_owned(),
             uri,
         })
     }
 }
+
+/// The AMQP heartbeat asked for when `AMQP_URL` sets none (`?heartbeat=N` does): a broker
+/// that stops answering is given up after twice this.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 5;
 
 /// The broker's nodes: one or more [`AmqpUrl`]s, comma-separated in `AMQP_URL` (a comma inside a
 /// password is percent-encoded, `%2C`, as the provisioner writes it). A client connects to one and,
@@ -200,6 +210,13 @@ mod tests {
         assert_eq!(uri.authority.port, 5672);
         assert_eq!(uri.vhost, "/");
         assert_eq!(uri.authority.userinfo.username, "guest");
+        // Except the heartbeat: seconds, not RabbitMQ's minute, unless the URL says.
+        assert_eq!(uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
+        let uri = "amqp://rabbit.internal/%2f?heartbeat=30"
+            .parse::<AmqpUrl>()
+            .expect("valid")
+            .to_amqp_uri();
+        assert_eq!(uri.query.heartbeat, Some(30));
     }
 
     #[test]

@@ -99,6 +99,10 @@ struct Inner {
     confirm_timeout: Duration,
     /// Wakes the supervisor early when a publish failed, so a dead connection is replaced soon.
     check_connection: Notify,
+    /// Set when a confirm did not come in time: the node may be gone without closing the
+    /// connection (a machine that lost its power sends no reset), so the supervisor replaces it
+    /// with one to the next node rather than wait for the missing heartbeats.
+    confirms_late: AtomicBool,
 }
 
 /// An open channel, with the status of its connection (which says whether the broker blocks it).
@@ -140,6 +144,7 @@ impl Publisher {
             queue,
             confirm_timeout,
             check_connection: Notify::new(),
+            confirms_late: AtomicBool::new(false),
         });
         let stop = CancellationToken::new();
         let handle = tokio::spawn(supervise(inner.clone(), amqp_url, stop.clone()));
@@ -235,6 +240,9 @@ impl Publisher {
             Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
             Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::ConfirmsNotEnabled),
         };
+        if matches!(result, Err(PublishError::Timeout(_))) {
+            self.inner.confirms_late.store(true, Ordering::Release);
+        }
         if matches!(
             result,
             Err(PublishError::Amqp(_) | PublishError::Timeout(_))
@@ -300,6 +308,10 @@ async fn supervise(inner: Arc<Inner>, nodes: AmqpUrls, stop: CancellationToken) 
                         () = tokio::time::sleep(HEALTH_POLL) => {}
                     }
                     if !(connection.status().connected() && channel.status().connected()) {
+                        break false;
+                    }
+                    if inner.confirms_late.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(broker = %amqp_url, "confirms are late: connecting to the next node");
                         break false;
                     }
                 };
