@@ -875,16 +875,27 @@ fn release_binaries_need_at_most_glibc_2_35() {
 }
 
 /// The default inventory with RabbitMQ on every host: a cluster of three.
-fn cluster_hosts() -> Vec<DesiredHost> {
-    let text = std::fs::read_to_string(workspace().join("inventory.toml"))
+fn cluster_inventory() -> String {
+    std::fs::read_to_string(workspace().join("inventory.toml"))
         .expect("inventory.toml")
         .replace("roles = [\"gateway\"]", "roles = [\"gateway\", \"rabbitmq\"]")
         .replace(
             "roles = [\"inventory\", \"postgres\"]",
             "roles = [\"inventory\", \"postgres\", \"rabbitmq\"]",
-        );
+        )
+}
+
+fn cluster_hosts() -> Vec<DesiredHost> {
     let env = example_env();
-    render(&inventory_from(&text, &env), &env)
+    render(&inventory_from(&cluster_inventory(), &env), &env)
+}
+
+/// Each of `lines` is a whole line of `text`.
+#[track_caller]
+fn assert_has_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(text.lines().any(|l| l.trim() == *line), "{line} in {text}");
+    }
 }
 
 #[test]
@@ -919,24 +930,24 @@ fn a_rabbitmq_cluster_shares_a_cookie_names_its_nodes_and_opens_erlang_ports_to_
         "{env}"
     );
     assert!(!env.contains("bind_to_device"), "{env}");
-    let inetrc = text(file(billing, "/etc/rabbitmq/erl_inetrc"));
-    for line in [
-        "{host, {192,168,56,10}, [\"gateway-vm\"]}.",
-        "{host, {192,168,56,11}, [\"inventory-vm\"]}.",
-        "{host, {192,168,56,12}, [\"billing-vm\"]}.",
-        "{lookup, [file, native]}.",
-    ] {
-        assert!(inetrc.lines().any(|l| l == line), "{line} in {inetrc}");
-    }
-    let conf = text(file(billing, "/etc/rabbitmq/rabbitmq.conf"));
-    for line in [
-        "cluster_formation.peer_discovery_backend = classic_config",
-        "cluster_formation.classic_config.nodes.1 = rabbit@gateway-vm",
-        "cluster_formation.classic_config.nodes.3 = rabbit@billing-vm",
-        "cluster_partition_handling = pause_minority",
-    ] {
-        assert!(conf.lines().any(|l| l == line), "{line} in {conf}");
-    }
+    assert_has_lines(
+        text(file(billing, "/etc/rabbitmq/erl_inetrc")),
+        &[
+            "{host, {192,168,56,10}, [\"gateway-vm\"]}.",
+            "{host, {192,168,56,11}, [\"inventory-vm\"]}.",
+            "{host, {192,168,56,12}, [\"billing-vm\"]}.",
+            "{lookup, [file, native]}.",
+        ],
+    );
+    assert_has_lines(
+        text(file(billing, "/etc/rabbitmq/rabbitmq.conf")),
+        &[
+            "cluster_formation.peer_discovery_backend = classic_config",
+            "cluster_formation.classic_config.nodes.1 = rabbit@gateway-vm",
+            "cluster_formation.classic_config.nodes.3 = rabbit@billing-vm",
+            "cluster_partition_handling = pause_minority",
+        ],
+    );
     let socket = text(file(
         billing,
         "/etc/systemd/system/epmd.socket.d/provision-loopback.conf",
@@ -979,13 +990,7 @@ fn a_rabbitmq_cluster_shares_a_cookie_names_its_nodes_and_opens_erlang_ports_to_
 
 #[test]
 fn a_cluster_needs_its_cookie_in_the_env_file() {
-    let text = std::fs::read_to_string(workspace().join("inventory.toml"))
-        .expect("inventory.toml")
-        .replace("roles = [\"gateway\"]", "roles = [\"gateway\", \"rabbitmq\"]")
-        .replace(
-            "roles = [\"inventory\", \"postgres\"]",
-            "roles = [\"inventory\", \"postgres\", \"rabbitmq\"]",
-        );
+    let text = cluster_inventory();
     let example = std::fs::read_to_string(workspace().join(".env.example")).expect("example");
     for (replacement, problem) in [
         ("", "is missing"),
@@ -1065,20 +1070,20 @@ fn the_vip_is_held_by_keepalived_on_the_gateway_hosts() {
         assert!(host.host_units.contains(&"keepalived".to_owned()));
         let conf = file(host, "/etc/keepalived/keepalived.conf");
         assert_eq!(conf.on_change, [Handler::Restart("keepalived".to_owned())]);
-        let conf = text(conf);
-        for line in [
-            "script \"/usr/bin/curl -fsS -o /dev/null --max-time 1 http://127.0.0.1:8080/ready\"",
-            "state BACKUP",
-            "nopreempt",
-            "interface eth1",
-            "virtual_router_id 20",
-            &format!("priority {priority}"),
-            &format!("unicast_src_ip {own}"),
-            peer,
-            "192.168.56.20/32 dev eth1",
-        ] {
-            assert!(conf.lines().any(|l| l.trim() == line), "{line} in {conf}");
-        }
+        assert_has_lines(
+            text(conf),
+            &[
+                "script \"/usr/bin/curl -fsS -o /dev/null --max-time 1 http://127.0.0.1:8080/ready\"",
+                "state BACKUP",
+                "nopreempt",
+                "interface eth1",
+                "virtual_router_id 20",
+                &format!("priority {priority}"),
+                &format!("unicast_src_ip {own}"),
+                peer,
+                "192.168.56.20/32 dev eth1",
+            ],
+        );
     }
     for name in ["inventory-vm", "billing-vm", "node7-vm"] {
         let host = host(&hosts, name);

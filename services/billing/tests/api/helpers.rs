@@ -63,20 +63,7 @@ pub(crate) struct Broker {
 
 impl Broker {
     pub(crate) async fn new() -> Self {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ reachable at AMQP_URL");
-        let channel = connection.create_channel().await.expect("channel");
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirms");
-        let queue = format!("billing_test_{}", Uuid::new_v4());
-        let broker = Self {
-            connection,
-            channel,
-            queue,
-        };
+        let broker = Self::open().await;
         // Declared by the very declaration the worker and the gateway make.
         declare_billing_queue(&broker.connection, &broker.queue)
             .await
@@ -87,6 +74,19 @@ impl Broker {
     /// A queue and dead-letter queue as a deployment from before quorum queues has them:
     /// classic, durable, no arguments.
     pub(crate) async fn classic() -> Self {
+        let broker = Self::open().await;
+        for name in [broker.dead_letter_queue(), broker.queue.clone()] {
+            broker
+                .channel
+                .queue_declare(&name, durable(), FieldTable::default())
+                .await
+                .expect("declare a classic queue");
+        }
+        broker
+    }
+
+    /// A connection and a confirm-mode channel, and a fresh queue name, declared nowhere yet.
+    async fn open() -> Self {
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
             .expect("RabbitMQ reachable at AMQP_URL");
@@ -95,17 +95,10 @@ impl Broker {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirms");
-        let queue = format!("billing_test_{}", Uuid::new_v4());
-        for name in [dead_letter_queue_name(&queue), queue.clone()] {
-            channel
-                .queue_declare(&name, durable(), FieldTable::default())
-                .await
-                .expect("declare a classic queue");
-        }
         Self {
             connection,
             channel,
-            queue,
+            queue: format!("billing_test_{}", Uuid::new_v4()),
         }
     }
 
