@@ -41,6 +41,14 @@ use tokio::{
 };
 use uuid::Uuid;
 
+/// A declaration that only asks about an existing queue.
+fn passive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
 fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
         durable: true,
@@ -123,14 +131,7 @@ impl Broker {
     pub(crate) async fn exists(&self, queue: &str) -> bool {
         let channel = self.connection.create_channel().await.expect("channel");
         channel
-            .queue_declare(
-                queue,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+            .queue_declare(queue, passive(), FieldTable::default())
             .await
             .is_ok()
     }
@@ -193,14 +194,7 @@ impl Broker {
 
     async fn inspect(&self, queue: &str) -> lapin::Queue {
         self.channel
-            .queue_declare(
-                queue,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+            .queue_declare(queue, passive(), FieldTable::default())
             .await
             .expect("passive declare")
     }
