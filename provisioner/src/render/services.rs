@@ -214,8 +214,10 @@ impl Renderer<'_> {
     }
 
     /// One URL per broker node, comma-separated: the services connect to the first and move
-    /// on to the next when it fails. The host's own node comes first; other hosts start at a
-    /// node that depends on their place in the inventory, so clients spread over the cluster.
+    /// on to the next when it fails. The host's own node comes first; the other clients start
+    /// each at the next node, in the inventory's order, so that losing one node's machine costs
+    /// a reconnection to as few of them as possible (two gateways never share their first node
+    /// while there are two nodes or more).
     fn amqp_url(&self, host: &Host) -> Secret {
         let broker = self.env.broker();
         let mut nodes = self.inventory.broker_hosts();
@@ -223,7 +225,11 @@ impl Renderer<'_> {
             .iter()
             .position(|node| node.name == host.name)
             .unwrap_or_else(|| {
-                let place = self.inventory.hosts.iter().position(|h| h.name == host.name);
+                let place = self
+                    .inventory
+                    .hosts_running_any(|service| service.broker)
+                    .filter(|client| !client.has(Component::Rabbitmq))
+                    .position(|client| client.name == host.name);
                 place.unwrap_or(0) % nodes.len().max(1)
             });
         nodes.rotate_left(first);

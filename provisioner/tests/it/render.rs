@@ -1049,6 +1049,23 @@ fn the_high_availability_inventory_renders() {
     assert!(env_text.contains("@192.168.56.11:5432/movies_db"), "{env_text}");
     let env_text = text(file(host(&hosts, "node6-vm"), "/etc/billing/billing.env"));
     assert!(env_text.contains("@192.168.56.12:5432/billing_db"), "{env_text}");
+    // Each gateway starts at another node; a billing at its own.
+    for (name, env, first) in [
+        ("gateway-vm", "/etc/gateway/gateway.env", "192.168.56.12"),
+        ("node4-vm", "/etc/gateway/gateway.env", "192.168.56.15"),
+        ("node6-vm", "/etc/billing/billing.env", "127.0.0.1"),
+    ] {
+        let env_text = text(file(host(&hosts, name), env));
+        let amqp = env_text
+            .lines()
+            .find_map(|line| line.strip_prefix("AMQP_URL="))
+            .expect("AMQP_URL");
+        assert_eq!(amqp.split(',').count(), 3, "{name}");
+        assert!(
+            amqp.split(',').next().expect("a node").contains(&format!("@{first}:5672/")),
+            "{name} starts at {first}"
+        );
+    }
 }
 
 /// `vip` in the inventory: keepalived on the gateway hosts, the first preferred, each checking
