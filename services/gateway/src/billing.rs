@@ -101,7 +101,8 @@ struct Inner {
     check_connection: Notify,
     /// Set when a confirm did not come in time: the node may be gone without closing the
     /// connection (a machine that lost its power sends no reset), so the supervisor replaces it
-    /// with one to the next node rather than wait for the missing heartbeats.
+    /// with one to the next node rather than wait for the missing heartbeats, unless the broker
+    /// blocks publishers.
     confirms_late: AtomicBool,
 }
 
@@ -310,7 +311,11 @@ async fn supervise(inner: Arc<Inner>, nodes: AmqpUrls, stop: CancellationToken) 
                     if !(connection.status().connected() && channel.status().connected()) {
                         break false;
                     }
-                    if inner.confirms_late.swap(false, Ordering::AcqRel) {
+                    // A broker that blocks publishers (a memory or disk alarm) said why its
+                    // confirms are late; another connection would only hide that from /ready.
+                    if inner.confirms_late.swap(false, Ordering::AcqRel)
+                        && !connection.status().blocked()
+                    {
                         tracing::warn!(broker = %amqp_url, "confirms are late: connecting to the next node");
                         break false;
                     }
