@@ -543,7 +543,12 @@ fn plan_rabbitmq(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
             } else {
                 format!(
                     "in a cluster of {}",
-                    current.cluster_nodes.iter().cloned().collect::<Vec<_>>().join(", ")
+                    current
+                        .cluster_nodes
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             };
             // Its vhost, users and permissions are the cluster's, converged on the first node.

@@ -129,8 +129,16 @@ impl Renderer<'_> {
                         ]
                     };
                     let peers = inventory.broker_hosts();
-                    for (port, purpose) in [EPMD_PORT, ERLANG_DISTRIBUTION_PORT].into_iter().zip(purposes) {
-                        ports.push(FirewallPort::new(port, purpose, host, peers.iter().copied()));
+                    for (port, purpose) in [EPMD_PORT, ERLANG_DISTRIBUTION_PORT]
+                        .into_iter()
+                        .zip(purposes)
+                    {
+                        ports.push(FirewallPort::new(
+                            port,
+                            purpose,
+                            host,
+                            peers.iter().copied(),
+                        ));
                     }
                 }
             }

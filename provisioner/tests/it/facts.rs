@@ -196,8 +196,16 @@ fn rabbitmq_password_hashes_are_checked_locally() {
     let sha256 = "rabbit_password_hashing_sha256";
     assert!(facts::rabbit_password_matches(sha256, hash, "guest"));
     assert!(!facts::rabbit_password_matches(sha256, hash, "guesT"));
-    assert!(!facts::rabbit_password_matches("rabbit_password_hashing_md5", hash, "guest"));
-    assert!(!facts::rabbit_password_matches(sha256, "not base64!", "guest"));
+    assert!(!facts::rabbit_password_matches(
+        "rabbit_password_hashing_md5",
+        hash,
+        "guest"
+    ));
+    assert!(!facts::rabbit_password_matches(
+        sha256,
+        "not base64!",
+        "guest"
+    ));
     let made = facts::rabbit_password_hash(*b"abcd", "p@ss word");
     assert!(facts::rabbit_password_matches(sha256, &made, "p@ss word"));
 }

@@ -878,7 +878,10 @@ fn release_binaries_need_at_most_glibc_2_35() {
 fn cluster_inventory() -> String {
     std::fs::read_to_string(workspace().join("inventory.toml"))
         .expect("inventory.toml")
-        .replace("roles = [\"gateway\"]", "roles = [\"gateway\", \"rabbitmq\"]")
+        .replace(
+            "roles = [\"gateway\"]",
+            "roles = [\"gateway\", \"rabbitmq\"]",
+        )
         .replace(
             "roles = [\"inventory\", \"postgres\"]",
             "roles = [\"inventory\", \"postgres\", \"rabbitmq\"]",
@@ -911,7 +914,11 @@ fn a_rabbitmq_cluster_shares_a_cookie_names_its_nodes_and_opens_erlang_ports_to_
     assert_eq!(cluster.seed, "rabbit@gateway-vm", "the first broker host");
     assert_eq!(
         cluster.nodes,
-        ["rabbit@gateway-vm", "rabbit@inventory-vm", "rabbit@billing-vm"]
+        [
+            "rabbit@gateway-vm",
+            "rabbit@inventory-vm",
+            "rabbit@billing-vm"
+        ]
     );
 
     let cookie = file(billing, "/var/lib/rabbitmq/.erlang.cookie");
@@ -926,7 +933,9 @@ fn a_rabbitmq_cluster_shares_a_cookie_names_its_nodes_and_opens_erlang_ports_to_
     let env = text(file(billing, "/etc/rabbitmq/rabbitmq-env.conf"));
     assert!(env.contains("NODENAME=rabbit@billing-vm\n"), "{env}");
     assert!(
-        env.contains("SERVER_ADDITIONAL_ERL_ARGS=\"-kernel inetrc \\\"/etc/rabbitmq/erl_inetrc\\\"\"\n"),
+        env.contains(
+            "SERVER_ADDITIONAL_ERL_ARGS=\"-kernel inetrc \\\"/etc/rabbitmq/erl_inetrc\\\"\"\n"
+        ),
         "{env}"
     );
     assert!(!env.contains("bind_to_device"), "{env}");
@@ -952,7 +961,10 @@ fn a_rabbitmq_cluster_shares_a_cookie_names_its_nodes_and_opens_erlang_ports_to_
         billing,
         "/etc/systemd/system/epmd.socket.d/provision-loopback.conf",
     ));
-    assert!(socket.contains("ListenStream=\nListenStream=4369\n"), "{socket}");
+    assert!(
+        socket.contains("ListenStream=\nListenStream=4369\n"),
+        "{socket}"
+    );
     assert!(!socket.contains("BindToDevice"), "{socket}");
 
     // epmd and the distribution port: the other nodes, nobody else.
@@ -1006,18 +1018,28 @@ fn a_cluster_needs_its_cookie_in_the_env_file() {
             .map(|line| format!("{line}\n"))
             .collect::<String>()
             + replacement;
-        let env = EnvFile::parse(Path::new(".env"), &env_text, &platform().required_variables())
-            .expect("parses");
+        let env = EnvFile::parse(
+            Path::new(".env"),
+            &env_text,
+            &platform().required_variables(),
+        )
+        .expect("parses");
         let inventory = inventory_from(&text, &env);
         let error = desired_hosts(&inventory, &env, &workspace().join("templates"), None)
             .expect_err("refused");
         let message = error.to_string();
-        assert!(matches!(error, RenderError::ClusterCookie { .. }), "{message}");
+        assert!(
+            matches!(error, RenderError::ClusterCookie { .. }),
+            "{message}"
+        );
         assert!(
             message.contains("RABBITMQ_CLUSTER_PASSWORD") && message.contains(problem),
             "{message}"
         );
-        assert!(!message.contains("cookie with spaces"), "never echoed: {message}");
+        assert!(
+            !message.contains("cookie with spaces"),
+            "never echoed: {message}"
+        );
     }
 }
 
@@ -1038,17 +1060,30 @@ fn the_high_availability_inventory_renders() {
         nodes,
         ["rabbit@billing-vm", "rabbit@node6-vm", "rabbit@node7-vm"]
     );
-    for (name, service) in [("node4-vm", "gateway"), ("node5-vm", "inventory"), ("node6-vm", "billing")] {
+    for (name, service) in [
+        ("node4-vm", "gateway"),
+        ("node5-vm", "inventory"),
+        ("node6-vm", "billing"),
+    ] {
         let host = host(&hosts, name);
         assert!(
             host.services.iter().any(|spec| spec.unit == service),
             "{name} runs {service}"
         );
     }
-    let env_text = text(file(host(&hosts, "node5-vm"), "/etc/inventory/inventory.env"));
-    assert!(env_text.contains("@192.168.56.11:5432/movies_db"), "{env_text}");
+    let env_text = text(file(
+        host(&hosts, "node5-vm"),
+        "/etc/inventory/inventory.env",
+    ));
+    assert!(
+        env_text.contains("@192.168.56.11:5432/movies_db"),
+        "{env_text}"
+    );
     let env_text = text(file(host(&hosts, "node6-vm"), "/etc/billing/billing.env"));
-    assert!(env_text.contains("@192.168.56.12:5432/billing_db"), "{env_text}");
+    assert!(
+        env_text.contains("@192.168.56.12:5432/billing_db"),
+        "{env_text}"
+    );
     // Each gateway starts at another node; a billing at its own.
     for (name, env, first) in [
         ("gateway-vm", "/etc/gateway/gateway.env", "192.168.56.12"),
@@ -1062,7 +1097,10 @@ fn the_high_availability_inventory_renders() {
             .expect("AMQP_URL");
         assert_eq!(amqp.split(',').count(), 3, "{name}");
         assert!(
-            amqp.split(',').next().expect("a node").contains(&format!("@{first}:5672/")),
+            amqp.split(',')
+                .next()
+                .expect("a node")
+                .contains(&format!("@{first}:5672/")),
             "{name} starts at {first}"
         );
     }
@@ -1133,7 +1171,10 @@ fn a_vip_needs_an_interface_and_holders_with_ipv4_addresses() {
             "not a network interface name",
         ),
         (
-            text.replace("address = \"${NODE4_VM_IP}\"", "address = \"node4.example\""),
+            text.replace(
+                "address = \"${NODE4_VM_IP}\"",
+                "address = \"node4.example\"",
+            ),
             "hosts[3].address",
             "must be an IPv4 address",
         ),

@@ -28,9 +28,9 @@ pub use database_url::{DatabaseUrl, DatabaseUrlParser, InvalidDatabaseUrl};
 pub use error_body::ErrorBody;
 pub use error_chain::{error_chain, ErrorChain};
 pub use order::{BillingOrder, OrderError};
+pub use queue::{dead_letter_queue_name, queue_name, DEFAULT_BILLING_QUEUE};
 #[cfg(feature = "amqp")]
 pub use queue::{declare_billing_queue, QueueError};
-pub use queue::{dead_letter_queue_name, queue_name, DEFAULT_BILLING_QUEUE};
 pub use redact::redact_url_password;
 pub use retry::{retry_delays, RetryDelays};
 pub use service::{bind, service_main};

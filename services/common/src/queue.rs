@@ -128,7 +128,10 @@ pub mod migrate {
     /// The arguments of every declaration of the billing queues.
     pub fn quorum_arguments() -> FieldTable {
         let mut arguments = FieldTable::default();
-        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         arguments
     }
 
@@ -169,7 +172,12 @@ pub mod migrate {
                         let _ = channel.close(200, "declared").await;
                         return Ok(declared);
                     }
-                    locked(connection, queue, drain_staging(connection, &staging, queue)).await?;
+                    locked(
+                        connection,
+                        queue,
+                        drain_staging(connection, &staging, queue),
+                    )
+                    .await?;
                     // Declared again: the count above misses what came back.
                 }
                 Err(err) if is_soft(&err, AMQPSoftError::PRECONDITIONFAILED) => {
@@ -190,7 +198,10 @@ pub mod migrate {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        match channel.queue_declare(queue, passive, FieldTable::default()).await {
+        match channel
+            .queue_declare(queue, passive, FieldTable::default())
+            .await
+        {
             Ok(_) => {
                 let _ = channel.close(200, "exists").await;
                 Ok(true)
@@ -245,7 +256,10 @@ pub mod migrate {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        let classic = match channel.queue_declare(queue, passive, FieldTable::default()).await {
+        let classic = match channel
+            .queue_declare(queue, passive, FieldTable::default())
+            .await
+        {
             Ok(classic) => classic,
             // Moved by another migrator meanwhile: declare again.
             Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => return Ok(()),

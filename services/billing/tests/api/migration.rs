@@ -54,12 +54,18 @@ async fn classic_queues_become_quorum_queues_with_every_message(pool: PgPool) {
             )
             .await
             .expect("publish a dead letter");
-        assert!(matches!(confirm.await.expect("confirm"), Confirmation::Ack(None)));
+        assert!(matches!(
+            confirm.await.expect("confirm"),
+            Confirmation::Ack(None)
+        ));
     }
 
     let worker = spawn_worker(pool.clone(), amqp_url(), broker.settings());
     eventually("300 rows", || async { count(&pool).await == 300 }).await;
-    eventually("the worker is ready", || async { worker.readiness.is_consuming() }).await;
+    eventually("the worker is ready", || async {
+        worker.readiness.is_consuming()
+    })
+    .await;
     worker.stop().await;
 
     for id in &orders {
@@ -70,7 +76,12 @@ async fn classic_queues_become_quorum_queues_with_every_message(pool: PgPool) {
     let mut kept = Vec::new();
     while let Some(message) = broker.get(&dead_letters).await {
         assert_eq!(message.delivery.data, b"not json");
-        let id = message.delivery.properties.message_id().clone().expect("id");
+        let id = message
+            .delivery
+            .properties
+            .message_id()
+            .clone()
+            .expect("id");
         kept.push(id.to_string());
     }
     kept.sort();
@@ -109,7 +120,10 @@ async fn a_classic_queue_an_old_billing_consumes_is_moved_once_it_stops(pool: Pg
     let worker = spawn_worker(pool.clone(), amqp_url(), broker.settings());
     // Deleting the queue now would drop the old billing's 10 deliveries: the new one waits.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!worker.readiness.is_consuming(), "not ready while the move waits");
+    assert!(
+        !worker.readiness.is_consuming(),
+        "not ready while the move waits"
+    );
     assert!(!broker.is_quorum(&broker.queue).await, "still classic");
     assert_eq!(count(&pool).await, 0);
 
@@ -184,7 +198,10 @@ async fn orders_published_while_two_workers_migrate_are_stored_or_refused(pool: 
         accepted.len(),
         count(&pool).await
     );
-    for id in accepted.iter().chain(backlog.iter().filter_map(|(_, id)| id.as_ref())) {
+    for id in accepted
+        .iter()
+        .chain(backlog.iter().filter_map(|(_, id)| id.as_ref()))
+    {
         assert!(stored(&pool, *id).await, "confirmed order {id} is stored");
     }
     assert_eq!(accepted.len() + refused, 1000);

@@ -21,7 +21,10 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 #[derive(Debug, Parser)]
-#[command(name = "load", about = "A bounded load of movie reads and orders, counted.")]
+#[command(
+    name = "load",
+    about = "A bounded load of movie reads and orders, counted."
+)]
 struct Args {
     /// The gateway's base URL.
     #[arg(long)]
