@@ -223,6 +223,8 @@ fn a_cluster_node_reports_its_members() {
     )
     .expect("utf-8")
     .trim()
+    // An Erlang atom: quoted when the host name has a hyphen ('rabbit@clean-room').
+    .trim_matches('\'')
     .to_owned();
     let rabbitmq = host.rabbitmq.as_mut().expect("rabbitmq");
     rabbitmq.cluster = Some(RabbitMqCluster {
