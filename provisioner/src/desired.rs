@@ -241,6 +241,9 @@ pub struct ServiceSpec {
     pub health_url: String,
     /// Asked on the host itself by `status` (e.g. `http://127.0.0.1:8080/ready`).
     pub ready_url: String,
+    /// The path of its socket unit when systemd holds its listening socket (a service others
+    /// call): a restart then keeps the socket, and rebinds it only when this file was rewritten.
+    pub socket: Option<String>,
 }
 
 #[derive(Debug, Clone)]

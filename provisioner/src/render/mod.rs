@@ -263,6 +263,7 @@ impl<'a> Renderer<'a> {
         let mut specs = Vec::new();
         for service in &services {
             files.push(self.unit(host, service)?);
+            files.extend(self.socket(host, service)?);
             files.push(self.env_file(host, service)?);
             if let Some(binaries) = binaries {
                 desired_binaries.push(services::binary(binaries, service)?);

@@ -18,6 +18,9 @@ pub const AMQP_PORT: u16 = 5672;
 /// The unit template of services that have none of their own (`systemd/<name>.service`).
 pub const UNIT_TEMPLATE: &str = "systemd/service.service";
 
+/// The socket unit template of the socket-activated services.
+pub const SOCKET_TEMPLATE: &str = "systemd/service.socket";
+
 /// `/etc/<svc>/<svc>.env`.
 pub fn env_file_path(service: &str) -> String {
     format!("/etc/{service}/{service}.env")
@@ -47,6 +50,11 @@ pub fn binary(
     })
 }
 
+/// `/etc/systemd/system/<svc>.socket`.
+pub fn socket_path(service: &str) -> String {
+    format!("/etc/systemd/system/{service}.socket")
+}
+
 #[derive(Serialize)]
 struct UnitContext<'a> {
     host: &'a str,
@@ -56,6 +64,16 @@ struct UnitContext<'a> {
     env_file: String,
     binary: String,
     after: Vec<String>,
+    /// Started by its socket unit, which holds the listening socket across restarts.
+    socket: bool,
+}
+
+#[derive(Serialize)]
+struct SocketContext<'a> {
+    host: &'a str,
+    service: &'a str,
+    summary: &'a str,
+    listen_addr: String,
 }
 
 impl Renderer<'_> {
@@ -75,6 +93,28 @@ impl Renderer<'_> {
         }
     }
 
+    /// `host:port` where `service` listens on `host`.
+    fn listen_addr(&self, host: &Host, service: &ServiceDescription) -> String {
+        format!(
+            "{}:{}",
+            self.listen_ip(host, service),
+            self.inventory.port_of(service)
+        )
+    }
+
+    /// Whether systemd holds `service`'s listening socket: when it is public or another service
+    /// calls it, so that its restarts in a rolling deploy refuse no connection (they wait in the
+    /// socket's queue). A service nobody calls (billing: only its health is asked) is not: a
+    /// connection to a socket would start it again after a deliberate `systemctl stop`.
+    fn socket_activated(&self, service: &ServiceDescription) -> bool {
+        service.public
+            || self
+                .inventory
+                .platform
+                .callers_of(&service.name)
+                .any(|caller| self.inventory.hosts_running(&caller.name).next().is_some())
+    }
+
     /// What plan/apply and status need to know of `service` on a host.
     pub fn spec(&self, service: &ServiceDescription) -> ServiceSpec {
         let port = self.inventory.port_of(service);
@@ -82,11 +122,44 @@ impl Renderer<'_> {
             unit: service.name.clone(),
             health_url: format!("http://127.0.0.1:{port}{}", service.health),
             ready_url: format!("http://127.0.0.1:{port}{}", service.ready),
+            socket: self
+                .socket_activated(service)
+                .then(|| socket_path(&service.name)),
         }
     }
 
-    /// The units `service` starts after on `host`: the services it calls there, then PostgreSQL
-    /// when its database is local, then RabbitMQ when it uses the broker and the broker is local.
+    /// `templates/systemd/service.socket` for a socket-activated service; `None` for the others.
+    /// Rewriting it restarts the service, which then rebinds the socket (see apply).
+    pub fn socket(
+        &self,
+        host: &Host,
+        service: &ServiceDescription,
+    ) -> Result<Option<DesiredFile>, RenderError> {
+        if !self.socket_activated(service) {
+            return Ok(None);
+        }
+        let context = SocketContext {
+            host: &host.name,
+            service: &service.name,
+            summary: &service.summary,
+            listen_addr: self.listen_addr(host, service),
+        };
+        let text = self.render_serialized(SOCKET_TEMPLATE, host, &context)?;
+        Ok(Some(text_file(
+            socket_path(&service.name),
+            text,
+            0o644,
+            "root",
+            vec![
+                Handler::DaemonReload,
+                Handler::Restart(service.name.clone()),
+            ],
+        )))
+    }
+
+    /// The units `service` starts after on `host`: the services it calls there, its own socket
+    /// when it has one, then PostgreSQL when its database is local, then RabbitMQ when it uses the
+    /// broker and the broker is local.
     fn after(&self, host: &Host, service: &ServiceDescription) -> Vec<String> {
         let inventory = self.inventory;
         let mut after: Vec<String> = service
@@ -95,6 +168,9 @@ impl Renderer<'_> {
             .filter(|callee| host.runs(callee))
             .map(|callee| format!("{callee}.service"))
             .collect();
+        if self.socket_activated(service) {
+            after.push(format!("{}.socket", service.name));
+        }
         let database_local = inventory
             .database_host_of(host)
             .is_some_and(|db| db.name == host.name);
@@ -121,6 +197,7 @@ impl Renderer<'_> {
             env_file: env_file_path(name),
             binary: binary_path(name),
             after: self.after(host, service),
+            socket: self.socket_activated(service),
         };
         let own = format!("systemd/{name}.service");
         let template = if self.has_template(&own) {
@@ -152,14 +229,7 @@ impl Renderer<'_> {
         context.insert("host", &host.name);
         context.insert("rust_log", &settings.rust_log);
         context.insert("queue", &settings.queue);
-        context.insert(
-            "listen_addr",
-            &format!(
-                "{}:{}",
-                self.listen_ip(host, service),
-                inventory.port_of(service)
-            ),
-        );
+        context.insert("listen_addr", &self.listen_addr(host, service));
         if let Some(credentials) = self.database_credentials(service) {
             context.insert(
                 "database_url",

@@ -598,3 +598,71 @@ fn a_rolling_deploy_waits_for_readiness_and_stops_when_a_service_never_gets_read
         assert!(fake.transcript().contains("http://127.0.0.1:8081/ready"));
     }
 }
+
+/// inventory with a socket unit, as render gives a service others call.
+fn with_inventory_socket(mut desired: DesiredHost) -> DesiredHost {
+    const SOCKET: &str = "/etc/systemd/system/inventory.socket";
+    desired.files.push(text(
+        SOCKET,
+        "[Socket]\nListenStream=0.0.0.0:8080\n",
+        0o644,
+        "root",
+        vec![Handler::DaemonReload, restart("inventory")],
+    ));
+    desired.services[0].socket = Some(SOCKET.into());
+    desired
+}
+
+#[test]
+fn a_socket_activated_service_restarts_with_its_socket_kept_unless_the_socket_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = with_inventory_socket(desired_host(dir.path()));
+
+    // A new binary: the socket stays open through the restart (started first where it is not
+    // active yet, the service stopped so that it can take the port).
+    let mut facts = converged(&desired);
+    facts
+        .binaries
+        .insert("/usr/local/bin/inventory".into(), "oldsha".into());
+    let fake = host_reporting(&desired, &facts);
+    let report = apply_one(&desired, &fake);
+    assert_eq!(
+        (report.failed, report.restarted.clone()),
+        (0, vec!["inventory".to_owned()])
+    );
+    let transcript = fake.transcript();
+    assert!(
+        transcript.contains(
+            "systemctl is-active --quiet inventory.socket || systemctl stop inventory.service; systemctl restart inventory.service"
+        ),
+        "{transcript}"
+    );
+    assert!(
+        !transcript.contains("stop inventory.socket"),
+        "{transcript}"
+    );
+
+    // A rewritten socket unit (another port): closed and opened again with the service.
+    let mut facts = converged(&desired);
+    changed_file(
+        &mut facts,
+        "/etc/systemd/system/inventory.socket",
+        "[Socket]\nListenStream=0.0.0.0:9090\n",
+    );
+    let fake = host_reporting(&desired, &facts);
+    let report = apply_one(&desired, &fake);
+    assert_eq!(
+        (report.failed, report.restarted.clone()),
+        (0, vec!["inventory".to_owned()])
+    );
+    let transcript = fake.transcript();
+    let reload = transcript
+        .find("systemctl daemon-reload")
+        .expect("daemon-reload");
+    let rebind = transcript
+        .find("systemctl stop inventory.socket inventory.service && systemctl start inventory.service")
+        .expect("the socket is rebound");
+    assert!(reload < rebind, "{transcript}");
+    // billing, which has no socket, restarts as before when it restarts.
+    assert!(!transcript.contains("billing.socket"), "{transcript}");
+}

@@ -130,8 +130,8 @@ pub(crate) fn desired_host(dir: &Path) -> DesiredHost {
         ],
         binaries: vec![binary("inventory", b"inventory v1"), binary("billing", b"billing v1")],
         services: vec![
-            ServiceSpec { unit: "inventory".into(), health_url: "http://127.0.0.1:8080/health".into(), ready_url: "http://127.0.0.1:8080/ready".into() },
-            ServiceSpec { unit: "billing".into(), health_url: "http://127.0.0.1:8081/health".into(), ready_url: "http://127.0.0.1:8081/ready".into() },
+            ServiceSpec { unit: "inventory".into(), health_url: "http://127.0.0.1:8080/health".into(), ready_url: "http://127.0.0.1:8080/ready".into(), socket: None },
+            ServiceSpec { unit: "billing".into(), health_url: "http://127.0.0.1:8081/health".into(), ready_url: "http://127.0.0.1:8081/ready".into(), socket: None },
         ],
         host_units: Vec::new(),
     }
@@ -304,7 +304,7 @@ pub(crate) fn handlers_run(fake: &FakeTransport) -> Vec<Handler> {
                 Some(restart(unit))
             } else if command.starts_with("systemctl reset-failed ") {
                 let unit = command.rsplit(' ').next().expect("a unit");
-                Some(restart(unit))
+                Some(restart(unit.trim_end_matches(".service")))
             } else {
                 None
             }

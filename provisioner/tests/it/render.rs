@@ -103,7 +103,8 @@ fn each_host_gets_the_files_of_its_roles() {
         paths(gateway),
         [
             "/etc/gateway/gateway.env",
-            "/etc/systemd/system/gateway.service"
+            "/etc/systemd/system/gateway.service",
+            "/etc/systemd/system/gateway.socket"
         ]
     );
     assert_eq!(gateway.packages, ["curl"], "no platform port to filter");
@@ -120,6 +121,7 @@ fn each_host_gets_the_files_of_its_roles() {
             "/etc/postgresql/{pg_version}/main/conf.d/60-provision.conf",
             "/etc/postgresql/{pg_version}/main/pg_hba.conf",
             "/etc/systemd/system/inventory.service",
+            "/etc/systemd/system/inventory.socket",
             "/etc/systemd/system/platform-firewall.service",
         ]
     );
@@ -323,10 +325,49 @@ fn units_run_as_their_own_user_from_their_env_file() {
         host(&hosts, "gateway-vm"),
         "/etc/systemd/system/gateway.service",
     ));
-    assert!(
-        gateway_unit.contains("After=network-online.target\n"),
-        "{gateway_unit}"
+    assert_has_lines(
+        gateway_unit,
+        &[
+            "After=network-online.target gateway.socket",
+            "Requires=gateway.socket",
+        ],
     );
+    assert!(!billing_unit.contains("Requires="), "{billing_unit}");
+}
+
+/// The services others call (inventory) or that are public (the gateway) get a socket unit
+/// holding their port across restarts, on the address their env file gives; billing, which
+/// nobody calls, binds its health port itself.
+#[test]
+fn called_and_public_services_listen_through_a_socket_unit() {
+    let hosts = default_hosts();
+    for (host_name, service, address) in [
+        ("gateway-vm", "gateway", "0.0.0.0:8080"),
+        ("inventory-vm", "inventory", "0.0.0.0:8080"),
+    ] {
+        let desired = host(&hosts, host_name);
+        let socket = file(desired, &format!("/etc/systemd/system/{service}.socket"));
+        assert_has_lines(
+            text(socket),
+            &[&format!("ListenStream={address}"), "NoDelay=true"],
+        );
+        assert_eq!(
+            socket.on_change,
+            [Handler::DaemonReload, Handler::Restart(service.to_owned())]
+        );
+        let env = text(file(desired, &format!("/etc/{service}/{service}.env")));
+        assert_has_lines(env, &[&format!("LISTEN_ADDR={address}")]);
+        assert_eq!(
+            desired.services[0].socket.as_deref(),
+            Some(socket.path.as_str())
+        );
+    }
+    let billing = host(&hosts, "billing-vm");
+    assert!(billing.services[0].socket.is_none());
+    assert!(billing
+        .files
+        .iter()
+        .all(|file| !file.path.ends_with(".socket")));
 }
 
 #[test]
@@ -805,7 +846,8 @@ fn rendered_units() -> Vec<(String, String)> {
         .iter()
         .flat_map(|host| host.files.iter())
         .filter(|file| {
-            file.path.starts_with("/etc/systemd/system/") && file.path.ends_with(".service")
+            file.path.starts_with("/etc/systemd/system/")
+                && (file.path.ends_with(".service") || file.path.ends_with(".socket"))
         })
         .map(|file| {
             let name = file.path.rsplit('/').next().expect("file name").to_owned();
@@ -822,7 +864,9 @@ fn every_rendered_unit_passes_systemd_analyze_verify() {
         names,
         [
             "gateway.service",
+            "gateway.socket",
             "inventory.service",
+            "inventory.socket",
             "platform-firewall.service",
             "billing.service",
             "platform-firewall.service"
@@ -839,7 +883,8 @@ fn verify_catches_a_misspelled_directive() {
     let complaint = verify_units(&units).expect_err("a typo must be reported");
     assert!(complaint.contains("RestartSecs"), "{complaint}");
     let mut units = rendered_units();
-    units[1].1 = units[1]
+    assert_eq!(units[2].0, "inventory.service");
+    units[2].1 = units[2]
         .1
         .replace("ProtectSystem=strict", "ProtectSystem=strikt");
     assert!(

@@ -19,12 +19,14 @@ fn host_with_services(health_port: u16) -> provisioner::desired::DesiredHost {
             unit: "inventory".into(),
             health_url: format!("http://127.0.0.1:{health_port}/health"),
             ready_url: format!("http://127.0.0.1:{health_port}/ready"),
+            socket: None,
         },
         ServiceSpec {
             unit: "billing".into(),
             // Nothing listens on port 1.
             health_url: "http://127.0.0.1:1/health".into(),
             ready_url: "http://127.0.0.1:1/ready".into(),
+            socket: None,
         },
     ];
     host

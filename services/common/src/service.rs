@@ -45,8 +45,30 @@ where
     }
 }
 
-/// A listener on `address`; the error names it.
+/// The service's listener: the socket systemd passes when the unit is socket-activated
+/// (`LISTEN_FDS`, for this process), else a new one on `address`; the error names it.
+///
+/// A socket from systemd outlives the process: while the service restarts, new connections wait
+/// in its accept queue instead of being refused.
 pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    let mut passed = listenfd::ListenFd::from_env();
+    if passed.len() > 0 {
+        let listener = passed
+            .take_tcp_listener(0)
+            .context("the socket systemd passed (LISTEN_FDS) is unusable")?
+            .context("the socket systemd passed (LISTEN_FDS) is not a TCP listener")?;
+        listener
+            .set_nonblocking(true)
+            .context("cannot make the passed socket non-blocking")?;
+        let listener = TcpListener::from_std(listener).context("cannot use the passed socket")?;
+        let local = listener
+            .local_addr()
+            .context("cannot read the passed socket's address")?;
+        if local != address {
+            tracing::warn!(%local, configured = %address, "the socket systemd passed is not on LISTEN_ADDR; serving on it");
+        }
+        return Ok(listener);
+    }
     TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))

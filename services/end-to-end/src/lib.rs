@@ -121,6 +121,26 @@ impl Service {
         Ok(Self { name, child })
     }
 
+    /// Starts `bin_dir/name` as systemd starts a socket-activated unit: `listener` is passed
+    /// open (`LISTEN_FDS=1`, `LISTEN_FDS_FIRST_FD`), the service serves on it instead of binding.
+    /// The caller keeps its own copy, as systemd does, so the socket outlives the process.
+    pub fn start_with_listener(
+        bin_dir: &Path,
+        name: &'static str,
+        env: &[(&str, String)],
+        listener: &std::net::TcpListener,
+    ) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        let fd = listener.as_raw_fd();
+        // Rust opens every socket close-on-exec; this one must survive the exec.
+        rustix::io::fcntl_setfd(listener, rustix::io::FdFlags::empty())
+            .context("cannot pass the listener: clearing its close-on-exec flag")?;
+        let mut env = env.to_vec();
+        env.push(("LISTEN_FDS", "1".to_owned()));
+        env.push(("LISTEN_FDS_FIRST_FD", fd.to_string()));
+        Self::start(bin_dir, name, &env)
+    }
+
     /// The peak resident set size of the process so far (`VmHWM`), in MiB.
     pub fn peak_rss_mib(&self) -> Result<f64> {
         peak_rss_mib(&format!("/proc/{}/status", self.child.id()))

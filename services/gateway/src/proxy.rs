@@ -4,7 +4,9 @@
 //!
 //! Instances are used round-robin. One that cannot be connected to is skipped for the request
 //! (retrying is safe whatever the method, since nothing was sent) and tried only after the others
-//! for a short cool-off. A request that was sent is never retried: it may have had its effect.
+//! for a short cool-off. A request that was sent and got no answer (the instance closed a kept-alive
+//! connection as the request went out, or died under it) is retried once, on the next instance, only
+//! when its method is safe (GET, HEAD, OPTIONS): any other may have had its effect.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -163,8 +165,12 @@ impl InventoryProxy {
             .map(|offset| &self.upstreams[(start + offset) % count])
             .partition(|upstream| upstream.cooling_off_for(now).is_some());
         resting.sort_by_key(|upstream| upstream.cooling_off_for(now));
+        let mut order: Vec<&Upstream> = in_rotation.into_iter().chain(resting).collect();
         let mut last_connect_error = None;
-        for upstream in in_rotation.into_iter().chain(resting) {
+        let mut retried = false;
+        let mut index = 0;
+        while let Some(&upstream) = order.get(index) {
+            index += 1;
             let uri = upstream
                 .url
                 .join(path_and_query)
@@ -187,6 +193,18 @@ impl InventoryProxy {
                     );
                     upstream.mark_down(self.cooldown);
                     last_connect_error = Some(err);
+                }
+                Err(err) if method.is_safe() && !retried && !is_timeout(&err) => {
+                    tracing::warn!(
+                        upstream = %upstream.url,
+                        error = %service_common::ErrorChain(&err),
+                        "inventory gave no answer to a safe request; retrying it once"
+                    );
+                    retried = true;
+                    // On the next instance; a lone instance gets it again, on another connection.
+                    if index == order.len() {
+                        order.push(upstream);
+                    }
                 }
                 Err(err) => return Err(Error::BadGateway(err.into())),
             }

@@ -7,15 +7,20 @@
 //! - At most [`Limits::max_connections`] connections are open at once; further ones wait in the
 //!   kernel's accept queue until one closes.
 //!
-//! On shutdown the listener closes, idle connections close, and requests in flight finish.
+//! On shutdown the listener closes (a socket passed by systemd stays open in systemd, so new
+//! connections wait for the next process). Open connections are then drained for up to
+//! [`Limits::drain`]: each gets its next answer with `Connection: close` and closes after it, so a
+//! client never has a kept-alive connection closed under a request it is sending. Connections still
+//! idle at the end close, and requests in flight finish.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use hyper::body::Incoming;
@@ -74,6 +79,9 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// Connections open at once.
     pub max_connections: usize,
+    /// On shutdown, how long open connections get to take one more request (answered with
+    /// `Connection: close`) before the idle ones are closed.
+    pub drain: Duration,
 }
 
 impl Default for Limits {
@@ -82,6 +90,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            drain: Duration::from_secs(1),
         }
     }
 }
@@ -104,6 +113,13 @@ pub struct ServerArgs {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
+
+    /// On shutdown, how long open keep-alive connections get to send one more request (answered
+    /// with `Connection: close`) before the idle ones are closed, in milliseconds; 0 closes them
+    /// at once.
+    #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub shutdown_drain_ms: u64,
 }
 
 impl Default for ServerArgs {
@@ -113,6 +129,7 @@ impl Default for ServerArgs {
             header_read_timeout_ms: limits.header_read_timeout.as_millis() as u64,
             body_read_timeout_ms: limits.body_read_timeout.as_millis() as u64,
             max_connections: limits.max_connections as u64,
+            shutdown_drain_ms: limits.drain.as_millis() as u64,
         }
     }
 }
@@ -124,6 +141,7 @@ impl ServerArgs {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            drain: Duration::from_millis(self.shutdown_drain_ms),
         }
     }
 }
@@ -147,7 +165,9 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let builder = Arc::new(builder);
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let max_connections = limits.max_connections.max(1);
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let draining = Arc::new(AtomicBool::new(false));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -167,10 +187,22 @@ pub async fn serve(
                 }
             },
         };
-        let service = app.clone().map_request(move |request: Request<Incoming>| {
-            let mut request = request.map(axum::body::Body::new);
-            request.extensions_mut().insert(ConnectInfo(remote));
-            request
+        let (app, draining) = (app.clone(), draining.clone());
+        let service = tower::service_fn(move |request: Request<Incoming>| {
+            let (app, draining) = (app.clone(), draining.clone());
+            async move {
+                let http1 = request.version() < Version::HTTP_2;
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(ConnectInfo(remote));
+                let mut response = app.oneshot(request).await?;
+                // HTTP/2 has no such header: its connections get a GOAWAY on shutdown.
+                if http1 && draining.load(Ordering::Relaxed) {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let service = TowerToHyperService::new(service);
         let builder = builder.clone();
@@ -186,6 +218,12 @@ pub async fn serve(
         });
     }
     drop(listener);
+    // Each open connection closes after its next answer; wait for them, up to the drain time.
+    draining.store(true, Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + limits.drain;
+    while permits.available_permits() < max_connections && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     graceful.shutdown().await;
     Ok(())
 }

@@ -38,22 +38,50 @@ pub fn push_binary_script(path: &str) -> String {
 }
 
 /// Puts `<path>.previous` back in place (keeping it as `.previous` too) and restarts the unit.
-pub fn rollback_command(path: &str, unit: &str) -> String {
+pub fn rollback_command(path: &str, unit: &str, socket: Socket) -> String {
     let quoted = shell_quote(path);
     let previous = shell_quote(&format!("{path}.previous"));
     let staging = shell_quote(&format!("{path}.rollback"));
     format!(
         "set -e; [ -f {previous} ]; cp -p {previous} {staging}; mv -f {staging} {quoted}; {}",
-        restart_command(unit)
+        restart_command(unit, socket)
     )
+}
+
+/// How a service's listening socket goes through its restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Socket {
+    /// The service binds its own port (no socket unit).
+    None,
+    /// systemd's socket stays open: connections wait in its queue while the service restarts.
+    /// Where the socket is not active yet (a service that bound its port itself until this
+    /// apply), the service is stopped first, so the socket can take the port.
+    Kept,
+    /// The socket unit was rewritten (another address): the socket is closed and opened again
+    /// with the service, which refuses connections for that moment.
+    Rebound,
 }
 
 /// Restarts a unit even after a crash loop: a unit that hit its start limit (more than 5 starts
 /// in 10 s; with `RestartSec=2` only manual restarts get there) refuses `restart` until its failed
-/// state is reset.
-pub fn restart_command(unit: &str) -> String {
-    let unit = shell_quote(unit);
-    format!("systemctl reset-failed {unit} 2>/dev/null; systemctl restart {unit}")
+/// state is reset. A socket-activated service starts its socket first (`Requires=`).
+pub fn restart_command(unit: &str, socket: Socket) -> String {
+    let service = shell_quote(&format!("{unit}.service"));
+    let socket_unit = shell_quote(&format!("{unit}.socket"));
+    match socket {
+        Socket::None => {
+            format!("systemctl reset-failed {service} 2>/dev/null; systemctl restart {service}")
+        }
+        Socket::Kept => format!(
+            "systemctl reset-failed {service} {socket_unit} 2>/dev/null; \
+             systemctl is-active --quiet {socket_unit} || systemctl stop {service}; \
+             systemctl restart {service}"
+        ),
+        Socket::Rebound => format!(
+            "systemctl reset-failed {service} {socket_unit} 2>/dev/null; \
+             systemctl stop {socket_unit} {service} && systemctl start {service}"
+        ),
+    }
 }
 
 /// Polls the health URL on the host itself, once a second, printing the body when it answers.

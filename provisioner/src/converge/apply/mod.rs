@@ -16,7 +16,7 @@ use crate::converge::parallel;
 use crate::converge::plan::{self, Action, Change, ChangeKind, HostPlan, Phase};
 use crate::converge::scram;
 use crate::converge::transport::{shell_quote, Transport, TransportError};
-use crate::desired::{DesiredHost, Handler};
+use crate::desired::{DesiredHost, Handler, ServiceSpec};
 
 /// Why one step of apply failed on a host.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,8 @@ pub struct HostRun<'a> {
     pub report: HostReport,
     /// Binaries pushed in this run, by service: only those can be rolled back.
     pushed: BTreeSet<String>,
+    /// Services whose socket unit was rewritten in this run: their restart rebinds the socket.
+    sockets_written: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for HostRun<'_> {
@@ -60,6 +62,7 @@ impl<'a> HostRun<'a> {
             plan: HostPlan::default(),
             report: HostReport::new(&desired.name),
             pushed: BTreeSet::new(),
+            sockets_written: BTreeSet::new(),
         }
     }
 
@@ -151,9 +154,23 @@ impl<'a> HostRun<'a> {
         for change in &changes {
             self.execute(change)?;
             self.record(change);
-            if let Action::PushBinary(index) = &change.action {
-                self.pushed
-                    .insert(self.desired.binaries[*index].service.clone());
+            match &change.action {
+                Action::PushBinary(index) => {
+                    self.pushed
+                        .insert(self.desired.binaries[*index].service.clone());
+                }
+                Action::WriteFile { file, .. } => {
+                    let path = &self.desired.files[*file].path;
+                    if let Some(service) = self
+                        .desired
+                        .services
+                        .iter()
+                        .find(|service| service.socket.as_ref() == Some(path))
+                    {
+                        self.sockets_written.insert(service.unit.clone());
+                    }
+                }
+                _ => {}
             }
         }
         let handlers: Vec<Handler> = self.plan.steps_in(phase).cloned().collect();
@@ -169,7 +186,7 @@ impl<'a> HostRun<'a> {
                 _ => None,
             };
             match service {
-                Some(service) => self.restart_and_check(&service.unit, &service.health_url),
+                Some(service) => self.restart_and_check(&service),
                 None => self.run_handler(handler)?,
             }
         }
@@ -235,10 +252,18 @@ impl<'a> HostRun<'a> {
         }
     }
 
-    fn restart_and_check(&mut self, unit: &str, health_url: &str) {
+    fn restart_and_check(&mut self, service: &ServiceSpec) {
+        let (unit, health_url) = (service.unit.as_str(), service.health_url.as_str());
+        let socket = match &service.socket {
+            None => Socket::None,
+            Some(_) if self.sockets_written.contains(unit) => Socket::Rebound,
+            Some(_) => Socket::Kept,
+        };
         let host = self.host().to_string();
         progress(&host, &format!("restarting {unit}"));
-        let restarted = self.transport.run(&restart_command(unit), None, true);
+        let restarted = self
+            .transport
+            .run(&restart_command(unit, socket), None, true);
         self.report.restarted.push(unit.to_string());
         let healthy = restarted.is_ok() && self.wait_healthy(health_url);
         if healthy {
@@ -261,7 +286,7 @@ impl<'a> HostRun<'a> {
                 progress(&host, &format!("{why}; rolling back to {path}.previous"));
                 let rolled = self
                     .transport
-                    .run(&rollback_command(&path, unit), None, true)
+                    .run(&rollback_command(&path, unit, socket), None, true)
                     .is_ok()
                     && self.wait_healthy(health_url);
                 if rolled {

@@ -1,12 +1,14 @@
 //! `/api/movies` reaches inventory unchanged and inventory's answers come back unchanged; inventory
 //! down or slow becomes a quick JSON error; several instances share the load and a dead one is
-//! skipped.
+//! skipped; a safe request that got no answer is retried once, any other never.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::helpers::{
     config, dead_upstream, echo_app, echoed_header, serve, TestGateway, DEAD_BROKER,
@@ -228,5 +230,88 @@ async fn requests_spread_over_instances_and_a_dead_one_is_skipped() {
         seen.insert(echo["upstream"].as_str().unwrap().to_owned());
     }
     assert_eq!(seen, HashSet::from(["a".to_owned(), "b".to_owned()]));
+    gateway.stop().await;
+}
+
+/// An inventory whose first connection reads one request and closes without answering (as an
+/// instance does when it closes a kept-alive connection just as a request goes out); every later
+/// connection answers `[]`. Returns its URL and the request lines it received.
+async fn upstream_dropping_its_first_request() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        for connection in 0.. {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(&mut stream);
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    // The rest of the head, then the body its Content-Length announces.
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        reader.read_line(&mut line).await.unwrap();
+                        if let Some(value) =
+                            line.to_ascii_lowercase().strip_prefix("content-length:")
+                        {
+                            length = value.trim().parse().unwrap();
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).await.unwrap();
+                    log.lock().unwrap().push(request_line.trim().to_owned());
+                    if connection == 0 {
+                        return;
+                    }
+                    reader
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]")
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_safe_request_that_got_no_answer_is_retried_once_and_an_unsafe_one_never() {
+    // GET: the dropped attempt is sent again, on another connection, and answered.
+    let (upstream, seen) = upstream_dropping_its_first_request().await;
+    let gateway = gateway_in_front_of(std::slice::from_ref(&upstream)).await;
+    let response = gateway.get("/api/movies").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "[]");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["GET /api/movies HTTP/1.1", "GET /api/movies HTTP/1.1"]
+    );
+    gateway.stop().await;
+
+    // POST: it may have had its effect, so it is not sent twice: a JSON 502.
+    let (upstream, seen) = upstream_dropping_its_first_request().await;
+    let gateway = gateway_in_front_of(std::slice::from_ref(&upstream)).await;
+    let response = gateway
+        .client
+        .post(gateway.url("/api/movies"))
+        .header("content-type", "application/json")
+        .body(r#"{"title":"once"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "bad_gateway");
+    assert_eq!(*seen.lock().unwrap(), ["POST /api/movies HTTP/1.1"]);
     gateway.stop().await;
 }
