@@ -495,6 +495,21 @@ fn hosts_running(args: &Args, service: &str) -> anyhow::Result<Vec<DesiredHost>>
     Ok(running)
 }
 
+/// `systemctl VERB SERVICE`; a stop also stops the service's socket where it has one, which
+/// would otherwise start it again on the next connection.
+pub fn systemctl_command(verb: &str, service: &str) -> String {
+    let unit = shell_quote(service);
+    if verb == "stop" {
+        let socket = shell_quote(&format!("{service}.socket"));
+        format!(
+            "if systemctl cat {socket} >/dev/null 2>&1; then systemctl stop {socket} {unit}; \
+             else systemctl stop {unit}; fi"
+        )
+    } else {
+        format!("systemctl {verb} {unit}")
+    }
+}
+
 fn run_systemctl(args: &Args, verb: &str, service: &str) -> anyhow::Result<ExitCode> {
     let hosts = hosts_running(args, service)?;
     let transports = connect_all(&hosts, args.forks);
@@ -504,11 +519,7 @@ fn run_systemctl(args: &Args, verb: &str, service: &str) -> anyhow::Result<ExitC
             all_ok = false;
             continue;
         };
-        match transport.run(
-            &format!("systemctl {verb} {}", shell_quote(service)),
-            None,
-            true,
-        ) {
+        match transport.run(&systemctl_command(verb, service), None, true) {
             Ok(_) => progress(&host.name, &format!("systemctl {verb} {service}: done")),
             Err(error) => {
                 eprintln!("error: {error}");

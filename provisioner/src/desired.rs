@@ -120,8 +120,29 @@ impl DesiredHost {
         self.services.iter().any(|service| service.unit == unit)
     }
 
+    /// Every unit a change may restart: the platform services, then the units the files' handlers
+    /// restart (RabbitMQ, PostgreSQL, keepalived, the firewall), each once.
+    pub fn restarted_units(&self) -> Vec<&str> {
+        let mut units: Vec<&str> = self
+            .services
+            .iter()
+            .map(|service| service.unit.as_str())
+            .collect();
+        for file in &self.files {
+            for handler in &file.on_change {
+                if let Handler::Restart(unit) = handler {
+                    if !units.contains(&unit.as_str()) {
+                        units.push(unit);
+                    }
+                }
+            }
+        }
+        units
+    }
+
     /// The paths whose writing restarts `unit`: the files that ask for its restart (its unit, its
-    /// env file) and its binary. A running process older than one of them missed a restart.
+    /// env file, a daemon's configuration) and its binary. A running process older than one of
+    /// them missed a restart.
     pub fn restart_inputs<'a>(&'a self, unit: &'a str) -> impl Iterator<Item = &'a str> {
         self.files
             .iter()

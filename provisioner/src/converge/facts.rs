@@ -78,7 +78,7 @@ pub struct HostFacts {
     pub postgres: Option<PostgresFacts>,
     /// `None` when RabbitMQ is not installed or does not answer.
     pub rabbitmq: Option<RabbitMqFacts>,
-    /// When the main process of each running platform service started, by unit.
+    /// When the main process of each running unit a change may restart started, by unit.
     pub started: BTreeMap<String, Timestamp>,
     /// When each desired file and binary that restarts a service was last written, by path (as
     /// written in the desired state): one newer than its service's process is a lost restart.
@@ -464,12 +464,13 @@ const UNITS: Fact = Fact {
     },
 };
 
-/// The desired files whose change restarts a platform service (its unit, its env file), by index.
+/// The desired files whose change restarts a unit (a service's unit and env file, a daemon's
+/// configuration), by index.
 fn restarting_files(desired: &DesiredHost) -> impl Iterator<Item = (usize, &DesiredFile)> {
     let inputs: BTreeSet<&str> = desired
-        .services
-        .iter()
-        .flat_map(|service| desired.restart_inputs(&service.unit))
+        .restarted_units()
+        .into_iter()
+        .flat_map(|unit| desired.restart_inputs(unit))
         .collect();
     desired
         .files
@@ -478,8 +479,9 @@ fn restarting_files(desired: &DesiredHost) -> impl Iterator<Item = (usize, &Desi
         .filter(move |(_, file)| inputs.contains(file.path.as_str()))
 }
 
-/// When each platform service's running process started (`S index time`, systemd's own record),
-/// and when its unit, env file and binary were last written (`M file-index time`,
+/// When the running process of each unit a change may restart started (`S index time`, systemd's
+/// own record; the platform services, RabbitMQ, PostgreSQL, keepalived, the firewall), and when
+/// the files and binaries that restart them were last written (`M file-index time`,
 /// `B binary-index time`), all on the host's clock: an apply that wrote a file and died before
 /// the restart leaves a file newer than the process, which plan then restarts.
 const STARTED: Fact = Fact {
@@ -489,8 +491,8 @@ const STARTED: Fact = Fact {
             "echo @@started
 ",
         );
-        for (index, service) in desired.services.iter().enumerate() {
-            let unit = shell_quote(&format!("{}.service", service.unit));
+        for (index, unit) in desired.restarted_units().into_iter().enumerate() {
+            let unit = shell_quote(&format!("{unit}.service"));
             let _ = writeln!(
                 script,
                 "t=$(systemctl show -P ExecMainStartTimestamp --timestamp=us+utc {unit} 2>/dev/null) && [ -n \"$t\" ] && [ \"$t\" != n/a ] && s=$(date -d \"$t\" +%s.%N 2>/dev/null) && echo \"S {index} $s\""
@@ -523,8 +525,8 @@ const STARTED: Fact = Fact {
         let facts = &mut parsing.facts;
         match kind {
             "S" => {
-                if let Some(service) = desired.services.get(index) {
-                    facts.started.insert(service.unit.clone(), time);
+                if let Some(unit) = desired.restarted_units().get(index) {
+                    facts.started.insert((*unit).to_owned(), time);
                 }
             }
             "M" => {
@@ -542,8 +544,8 @@ const STARTED: Fact = Fact {
     },
     print: |desired, facts| {
         let mut out = String::from("@@started\n");
-        for (index, service) in desired.services.iter().enumerate() {
-            if let Some(time) = facts.started.get(&service.unit) {
+        for (index, unit) in desired.restarted_units().into_iter().enumerate() {
+            if let Some(time) = facts.started.get(unit) {
                 let _ = writeln!(out, "S {index} {time}");
             }
         }

@@ -267,16 +267,16 @@ fn handler_steps(desired: &DesiredHost, changes: &[Change]) -> Vec<HandlerStep> 
     steps
 }
 
-/// A running service whose unit, env file or binary was written after its process started missed
-/// its restart (an apply that died between writing and restarting, Ansible's lost handler): it is
-/// restarted now. A file about to be rewritten restarts it anyway, so only files in place count.
+/// A running unit (a platform service, or a daemon such as RabbitMQ) whose unit, env file,
+/// configuration or binary was written after its process started missed its restart (an apply that
+/// died between writing and restarting, Ansible's lost handler): it is restarted now. A file about
+/// to be rewritten restarts it anyway, so only files in place count.
 fn plan_lost_restarts(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
-    for service in &desired.services {
-        let unit = &service.unit;
+    for unit in desired.restarted_units() {
         let Some(started) = facts.started.get(unit) else {
             continue;
         };
-        let restart = Handler::Restart(unit.clone());
+        let restart = Handler::Restart(unit.to_owned());
         if plan
             .changes
             .iter()
@@ -302,8 +302,13 @@ fn plan_lost_restarts(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostP
                     "restart: the running process started before {} was written (a restart was lost)",
                     newer.join(", ")
                 ),
-                Action::RestartService(unit.clone()),
-                Phase::Services,
+                Action::RestartService(unit.to_owned()),
+                // A daemon's restart belongs with its configuration, before any service.
+                if desired.runs_service(unit) {
+                    Phase::Services
+                } else {
+                    Phase::Backing
+                },
                 vec![restart],
             );
         }

@@ -666,3 +666,18 @@ fn a_socket_activated_service_restarts_with_its_socket_kept_unless_the_socket_ch
     // billing, which has no socket, restarts as before when it restarts.
     assert!(!transcript.contains("billing.socket"), "{transcript}");
 }
+
+#[test]
+fn provision_stop_also_stops_a_services_socket_which_would_start_it_again() {
+    let stop = provisioner::cli::systemctl_command("stop", "gateway");
+    assert_eq!(
+        stop,
+        "if systemctl cat gateway.socket >/dev/null 2>&1; then systemctl stop gateway.socket gateway; \
+         else systemctl stop gateway; fi"
+    );
+    // Restarting keeps the socket: connections wait in it meanwhile.
+    assert_eq!(
+        provisioner::cli::systemctl_command("restart", "gateway"),
+        "systemctl restart gateway"
+    );
+}

@@ -447,6 +447,53 @@ fn a_service_older_than_its_env_file_missed_its_restart_and_is_restarted() {
 }
 
 #[test]
+fn a_daemon_older_than_its_configuration_missed_its_restart_and_is_restarted_before_the_services() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut desired = desired_host(dir.path());
+    desired.files.push(text(
+        "/etc/rabbitmq/rabbitmq.conf",
+        "listeners.tcp.default = 5672\n",
+        0o644,
+        "root",
+        vec![restart("rabbitmq-server")],
+    ));
+    assert_eq!(
+        desired.restarted_units(),
+        ["inventory", "billing", "rabbitmq-server"]
+    );
+    let mut facts = converged(&desired);
+    // An apply wrote RabbitMQ's configuration (a new cluster cookie, say) and died before
+    // restarting it: the broker still runs with the old one.
+    facts
+        .started
+        .insert("rabbitmq-server".into(), Timestamp(1_000_000_000_000));
+    facts.modified.insert(
+        "/etc/rabbitmq/rabbitmq.conf".into(),
+        Timestamp(1_000_000_000_001),
+    );
+    let planned = plan(&desired, &facts);
+    assert_eq!(
+        targets(&planned),
+        [(ChangeKind::Service, "rabbitmq-server".to_string())]
+    );
+    assert_eq!(planned.changes[0].phase, Phase::Backing);
+    assert!(planned.restarts.is_empty(), "no platform service restarts");
+    assert_eq!(planned.handlers, [restart("rabbitmq-server")].into());
+    assert!(
+        planned.changes[0]
+            .detail
+            .contains("/etc/rabbitmq/rabbitmq.conf"),
+        "{}",
+        planned.changes[0].detail
+    );
+    // Restarted after the write: nothing to do.
+    facts
+        .started
+        .insert("rabbitmq-server".into(), Timestamp(1_000_000_000_002));
+    assert!(plan(&desired, &facts).is_empty());
+}
+
+#[test]
 fn timestamps_read_what_date_and_stat_print() {
     assert_eq!(
         Timestamp::parse("1796204508.123456000"),
