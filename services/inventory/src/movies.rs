@@ -23,6 +23,14 @@ pub const MAX_TITLE_CHARS: usize = 255;
 /// request cannot fill the database.
 pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
 
+/// Most movies one page holds when the client asks for pages (`limit`).
+pub const MAX_PAGE_SIZE: u32 = 1_000;
+
+/// Most movies a list without `limit` holds. The original API answers every movie at once; up to
+/// this many it still does. Beyond, the answer holds the first ones and its `Link` header gives
+/// the next page, rather than a reply of unbounded size.
+pub const LIST_CAP: u32 = 10_000;
+
 /// A movie as stored and as answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Movie {
@@ -196,6 +204,23 @@ fn reject_nul(field: &str, value: &str) -> Result<()> {
 pub struct ListParams {
     /// Case-insensitive substring of the title; `%`, `_` and `\` match themselves.
     title: Option<String>,
+    /// Page size, 1 to [`MAX_PAGE_SIZE`]; without it, up to [`LIST_CAP`] movies.
+    limit: Option<u32>,
+    /// The page after this id (the cursor a `Link: rel="next"` carries): movies with a greater id.
+    after: Option<i64>,
+}
+
+/// `Link: </api/movies?…>; rel="next"`: the same query from the last movie of this page on.
+fn next_page_link(params: &ListParams, last_id: i64) -> Option<HeaderValue> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(title) = &params.title {
+        query.append_pair("title", title);
+    }
+    if let Some(limit) = params.limit {
+        query.append_pair("limit", &limit.to_string());
+    }
+    query.append_pair("after", &last_id.to_string());
+    HeaderValue::from_str(&format!("</api/movies?{}>; rel=\"next\"", query.finish())).ok()
 }
 
 /// Turns a substring into an `ILIKE … ESCAPE '\'` pattern in which the wildcard characters of the
@@ -213,32 +238,60 @@ fn contains_pattern(substring: &str) -> String {
     pattern
 }
 
-/// `GET /api/movies[?title=x]`: every movie, or those whose title contains `x`, ordered by id.
+/// `GET /api/movies[?title=x][&limit=n][&after=id]`: the movies (those whose title contains `x`),
+/// ordered by id, a page at a time when asked (`limit`), up to [`LIST_CAP`] otherwise; when more
+/// follow, `Link: <…>; rel="next"` says where.
 #[instrument(skip(state))]
 async fn list_movies(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
-) -> Result<axum::Json<Vec<Movie>>> {
-    let pattern = match params.title {
+) -> Result<(HeaderMap, axum::Json<Vec<Movie>>)> {
+    let pattern = match &params.title {
         Some(title) => {
             if title.contains('\0') {
                 return Err(Error::InvalidQuery(
                     "title must not contain NUL characters".to_owned(),
                 ));
             }
-            Some(contains_pattern(&title))
+            Some(contains_pattern(title))
         }
         None => None,
     };
-    let movies = sqlx::query_as::<_, Movie>(
+    let limit = match params.limit {
+        Some(limit) if !(1..=MAX_PAGE_SIZE).contains(&limit) => {
+            return Err(Error::InvalidQuery(format!(
+                "limit must be between 1 and {MAX_PAGE_SIZE}, not {limit}"
+            )));
+        }
+        Some(limit) => limit,
+        None => LIST_CAP,
+    };
+    if params.after.is_some_and(|after| after < 0) {
+        return Err(Error::InvalidQuery(
+            "after must be a movie id (0 or more)".to_owned(),
+        ));
+    }
+    // One more than the page: whether there is a next page, without counting every row.
+    let mut movies = sqlx::query_as::<_, Movie>(
         r"SELECT id, title, description FROM movies
-          WHERE $1::text IS NULL OR title ILIKE $1 ESCAPE '\'
-          ORDER BY id",
+          WHERE ($1::text IS NULL OR title ILIKE $1 ESCAPE '\') AND ($2::bigint IS NULL OR id > $2)
+          ORDER BY id
+          LIMIT $3",
     )
     .bind(pattern)
+    .bind(params.after)
+    .bind(i64::from(limit) + 1)
     .fetch_all(&state.db)
     .await?;
-    Ok(axum::Json(movies))
+    let mut headers = HeaderMap::new();
+    if movies.len() > limit as usize {
+        movies.truncate(limit as usize);
+        let last = movies.last().map_or(0, |movie| movie.id);
+        if let Some(link) = next_page_link(&params, last) {
+            headers.insert(header::LINK, link);
+        }
+    }
+    Ok((headers, axum::Json(movies)))
 }
 
 /// `POST /api/movies`: 201 with the movie and its `Location`.

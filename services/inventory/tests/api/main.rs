@@ -6,4 +6,5 @@ mod client_errors;
 mod health;
 mod helpers;
 mod movies;
+mod pages;
 mod server;
