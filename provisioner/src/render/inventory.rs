@@ -99,6 +99,10 @@ pub struct Settings {
     pub target_arch: Arch,
     /// The one address of the public services, moved between their hosts by keepalived.
     pub vip: Option<Vip>,
+    /// The gateway's per-client limit of API requests (`RATE_LIMIT_PER_SECOND`); none unless set.
+    pub rate_limit_per_second: Option<u32>,
+    /// Its burst (`RATE_LIMIT_BURST`); one second's worth unless set.
+    pub rate_limit_burst: Option<u32>,
 }
 
 /// A virtual IPv4 address held by one host of the public services at a time (VRRP).
@@ -556,6 +560,34 @@ impl Validator<'_> {
                 ))
             }
         };
+        let positive = |key: &str| -> Result<Option<u32>, InventoryError> {
+            let Some(value) = table.get(key) else {
+                return Ok(None);
+            };
+            let field = format!("settings.{key}");
+            let value = setting_number(value);
+            let number = self.number(&value, &field)?;
+            u32::try_from(number)
+                .ok()
+                .filter(|number| *number > 0)
+                .map(Some)
+                .ok_or_else(|| {
+                    self.error(
+                        value.span(),
+                        &field,
+                        format!("{number} is not a number of requests (1 or more)"),
+                    )
+                })
+        };
+        let rate_limit_per_second = positive("rate_limit_per_second")?;
+        let rate_limit_burst = positive("rate_limit_burst")?;
+        if rate_limit_burst.is_some() && rate_limit_per_second.is_none() {
+            return Err(self.error(
+                table["rate_limit_burst"].span(),
+                "settings.rate_limit_burst",
+                "is set without `rate_limit_per_second`, the rate it would be a burst of",
+            ));
+        }
         Ok(Settings {
             ports,
             queue,
@@ -563,6 +595,8 @@ impl Validator<'_> {
             rust_log,
             target_arch,
             vip,
+            rate_limit_per_second,
+            rate_limit_burst,
         })
     }
 

@@ -11,13 +11,15 @@ use toml::Spanned;
 use super::located::{syntax_error, Located};
 
 /// The `[settings]` keys of `inventory.toml` that are not a service's port.
-pub const FIXED_SETTINGS: [&str; 6] = [
+pub const FIXED_SETTINGS: [&str; 8] = [
     "queue",
     "vhost",
     "rust_log",
     "target_arch",
     "vip",
     "vip_interface",
+    "rate_limit_per_second",
+    "rate_limit_burst",
 ];
 
 /// The broker's credentials in `.env`, needed when a service uses the broker.

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -62,6 +63,17 @@ pub struct Config {
     /// How long a billing order may wait for the broker's publisher confirm, in milliseconds.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,
+
+    /// Requests per second each client address may send to the API (movies, billing), on
+    /// average; beyond, 429 with `Retry-After`. Unset: no limit. Health and readiness are never
+    /// limited.
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND")]
+    pub rate_limit_per_second: Option<NonZeroU32>,
+
+    /// Requests a client address may send at once above that rate (the bucket's size); defaults
+    /// to one second's worth. Only with RATE_LIMIT_PER_SECOND.
+    #[arg(long, env = "RATE_LIMIT_BURST", requires = "rate_limit_per_second")]
+    pub rate_limit_burst: Option<NonZeroU32>,
 
     /// How long clients may take, and how many connections may be open.
     #[command(flatten)]

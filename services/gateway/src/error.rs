@@ -49,6 +49,15 @@ pub enum Error {
     #[error("the order could not be confirmed by the message broker: {0}")]
     BrokerUnavailable(#[from] crate::billing::PublishError),
 
+    /// 429: this client address sent more than its rate limit allows.
+    #[error("too many requests from {client}: at most {per_second} per second (bursts of {burst}); retry in {} s", retry_after_seconds(*retry_after))]
+    RateLimited {
+        client: std::net::IpAddr,
+        per_second: std::num::NonZeroU32,
+        burst: std::num::NonZeroU32,
+        retry_after: std::time::Duration,
+    },
+
     /// 503: a dependency `/ready` checks is not there.
     #[error("{0}")]
     NotReady(String),
@@ -69,6 +78,7 @@ impl Error {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::BrokerUnavailable(_) | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -86,6 +96,7 @@ impl Error {
             Self::RequestTimeout => "request_timeout",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::RateLimited { .. } => "rate_limited",
             Self::BadGateway(_) => "bad_gateway",
             Self::GatewayTimeout => "gateway_timeout",
             Self::BrokerUnavailable(_) => "broker_unavailable",
@@ -93,6 +104,12 @@ impl Error {
             Self::Internal(_) => "internal_error",
         }
     }
+}
+
+/// Whole seconds to wait, rounded up, at least 1 (`Retry-After` counts in seconds).
+fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    seconds.max(1)
 }
 
 impl IntoResponse for Error {
@@ -107,6 +124,7 @@ impl IntoResponse for Error {
         }
         let retry_after = match &self {
             Self::BrokerUnavailable(_) | Self::NotReady(_) => Some(1),
+            Self::RateLimited { retry_after, .. } => Some(retry_after_seconds(*retry_after)),
             _ => None,
         };
         let body = ErrorBody::new(self.code(), self.to_string());

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod proxy;
+pub mod rate_limit;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub publisher: Publisher,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// The per-client limit of API requests, when configured.
+    pub rate_limit: Option<rate_limit::RateLimit>,
 }
 
 impl AppState {
@@ -53,6 +56,9 @@ impl AppState {
             proxy: Arc::new(InventoryProxy::new(config)),
             publisher,
             max_body_bytes: config.max_body_bytes,
+            rate_limit: config
+                .rate_limit_per_second
+                .map(|per_second| rate_limit::RateLimit::new(per_second, config.rate_limit_burst)),
         };
         (state, task)
     }
@@ -60,10 +66,17 @@ impl AppState {
 
 /// Every route of the gateway, with request ids, tracing, and JSON 404/405.
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
-        .merge(health::router())
+    // The API, rate-limited per client when configured; health and readiness never are.
+    let mut api = Router::new()
         .merge(proxy::router())
         .merge(billing::router());
+    if let Some(limit) = state.rate_limit.clone() {
+        api = api.route_layer(axum::middleware::from_fn_with_state(
+            limit,
+            rate_limit::enforce,
+        ));
+    }
+    let routes = Router::new().merge(health::router()).merge(api);
     http_serve::with_json_fallbacks(routes)
         // The first layer listed is the outermost: the id is set before the span is made, so
         // every log line of the request carries it, and it is copied onto the response.
@@ -118,11 +131,24 @@ pub async fn run(
         queue = %config.billing_queue,
         "gateway listening"
     );
+    // The rate limiter's table of clients is pruned of those idle long enough to be full again.
+    let pruning = state.rate_limit.clone().map(|limit| {
+        tokio::spawn(async move {
+            let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every_minute.tick().await;
+                limit.forget_idle_clients();
+            }
+        })
+    });
     // Header and body read timeouts, a connection bound, and a trailing slash trimmed before
     // routing (the audit posts to `/api/movies/`), so inventory gets the canonical path too.
     let served = http_serve::serve(listener, router(state), config.server.limits(), shutdown)
         .await
         .context("the HTTP server failed");
+    if let Some(pruning) = pruning {
+        pruning.abort();
+    }
     publisher_task.stop().await;
     served
 }

@@ -42,6 +42,8 @@ pub fn config(inventory: &[String], amqp: &str, queue: &str) -> Config {
         upstream_timeout_ms: 3_000,
         upstream_cooldown_ms: 2_000,
         publish_timeout_ms: 5_000,
+        rate_limit_per_second: None,
+        rate_limit_burst: None,
         server: gateway::ServerArgs::default(),
     }
 }

@@ -9,6 +9,7 @@ mod billing;
 mod helpers;
 mod openapi;
 mod proxy;
+mod rate_limit;
 mod routing;
 mod shutdown;
 mod slow_clients;

@@ -1,0 +1,69 @@
+//! Per-client rate limiting of the API (movies and billing; never health or readiness): each
+//! client address gets `RATE_LIMIT_PER_SECOND` requests per second on average and may send
+//! `RATE_LIMIT_BURST` at once (governor's GCRA, the same as a token bucket of that size). Over the
+//! limit the answer is a JSON 429 with `Retry-After`, and the request goes nowhere.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+use crate::error::Error;
+
+/// The limiter shared by every request; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    per_second: NonZeroU32,
+    burst: NonZeroU32,
+}
+
+impl RateLimit {
+    /// `per_second` on average, `burst` at once (one second's worth when `None`).
+    pub fn new(per_second: NonZeroU32, burst: Option<NonZeroU32>) -> Self {
+        let burst = burst.unwrap_or(per_second);
+        let quota = Quota::per_second(per_second).allow_burst(burst);
+        Self {
+            limiter: Arc::new(DefaultKeyedRateLimiter::keyed(quota)),
+            per_second,
+            burst,
+        }
+    }
+
+    /// Forgets the clients whose bucket is full again, so that the table does not grow with every
+    /// address ever seen; run now and then.
+    pub fn forget_idle_clients(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    /// `Ok` when `client` may send a request now, else how long it must wait.
+    fn check(&self, client: IpAddr) -> Result<(), Duration> {
+        self.limiter
+            .check_key(&client)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+/// The middleware: a request of a client over its limit is answered 429 here.
+pub async fn enforce(State(limit): State<RateLimit>, request: Request, next: Next) -> Response {
+    let Some(client) = http_serve::client_address(&request) else {
+        return next.run(request).await;
+    };
+    match limit.check(client.ip()) {
+        Ok(()) => next.run(request).await,
+        Err(wait) => Error::RateLimited {
+            client: client.ip(),
+            per_second: limit.per_second,
+            burst: limit.burst,
+            retry_after: wait,
+        }
+        .into_response(),
+    }
+}
