@@ -95,6 +95,8 @@ pub struct Settings {
     pub vhost: String,
     /// `RUST_LOG` of every service; `info` unless set.
     pub rust_log: String,
+    /// `LOG_FORMAT` of every service (`text` or `json`); the services' default unless set.
+    pub log_format: Option<String>,
     /// Architecture of every host; `x86_64` unless set.
     pub target_arch: Arch,
     /// The one address of the public services, moved between their hosts by keepalived.
@@ -504,6 +506,16 @@ impl Validator<'_> {
             }
         };
         let rust_log = text("rust_log")?.unwrap_or_else(|| "info".to_owned());
+        let log_format = text("log_format")?;
+        if let Some(format) = &log_format {
+            if !matches!(format.as_str(), "text" | "json") {
+                return Err(self.error(
+                    table["log_format"].span(),
+                    "settings.log_format",
+                    format!("`{format}` is not a log format (`text` or `json`)"),
+                ));
+            }
+        }
         let target_arch = match text("target_arch")? {
             Some(name) => Arch::from_name(&name).ok_or_else(|| {
                 self.error(
@@ -593,6 +605,7 @@ impl Validator<'_> {
             queue,
             vhost,
             rust_log,
+            log_format,
             target_arch,
             vip,
             rate_limit_per_second,

@@ -11,10 +11,11 @@ use toml::Spanned;
 use super::located::{syntax_error, Located};
 
 /// The `[settings]` keys of `inventory.toml` that are not a service's port.
-pub const FIXED_SETTINGS: [&str; 8] = [
+pub const FIXED_SETTINGS: [&str; 9] = [
     "queue",
     "vhost",
     "rust_log",
+    "log_format",
     "target_arch",
     "vip",
     "vip_interface",

@@ -228,6 +228,7 @@ impl Renderer<'_> {
         let mut context = Context::new();
         context.insert("host", &host.name);
         context.insert("rust_log", &settings.rust_log);
+        context.insert("log_format", &settings.log_format);
         context.insert("rate_limit_per_second", &settings.rate_limit_per_second);
         context.insert("rate_limit_burst", &settings.rate_limit_burst);
         context.insert("queue", &settings.queue);

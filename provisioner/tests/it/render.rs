@@ -1237,28 +1237,38 @@ fn a_vip_needs_an_interface_and_holders_with_ipv4_addresses() {
     }
 }
 
-/// `rate_limit_per_second` and `rate_limit_burst` reach the gateway's env file; without them the
-/// file has neither line (the gateway then limits nothing); a bad value names its field.
+/// `rate_limit_per_second` and `rate_limit_burst` reach the gateway's env file, `log_format` every
+/// service's; without them the files have none of these lines (no limit, the services' own log
+/// format); a bad value names its field.
 #[test]
-fn the_gateways_rate_limit_comes_from_the_settings() {
+fn rate_limit_and_log_format_come_from_the_settings() {
     let env = example_env();
     let original = std::fs::read_to_string(workspace().join("inventory.toml")).expect("read");
     let limited = original.replace(
         "[settings]\n",
-        "[settings]\nrate_limit_per_second = 50\nrate_limit_burst = \"100\"\n",
+        "[settings]\nrate_limit_per_second = 50\nrate_limit_burst = \"100\"\nlog_format = \"json\"\n",
     );
     let hosts = render(&inventory_from(&limited, &env), &env);
     let gateway_env = text(file(host(&hosts, "gateway-vm"), "/etc/gateway/gateway.env")).to_owned();
     assert_has_lines(
         &gateway_env,
-        &["RATE_LIMIT_PER_SECOND=50", "RATE_LIMIT_BURST=100"],
+        &[
+            "RATE_LIMIT_PER_SECOND=50",
+            "RATE_LIMIT_BURST=100",
+            "LOG_FORMAT=json",
+        ],
     );
+    for (name, service) in [("inventory-vm", "inventory"), ("billing-vm", "billing")] {
+        let path = format!("/etc/{service}/{service}.env");
+        assert_has_lines(text(file(host(&hosts, name), &path)), &["LOG_FORMAT=json"]);
+    }
     let hosts = default_hosts();
     let gateway_env = text(file(host(&hosts, "gateway-vm"), "/etc/gateway/gateway.env")).to_owned();
     assert!(!gateway_env.contains("RATE_LIMIT"), "{gateway_env}");
     assert!(gateway_env.ends_with("RUST_LOG=info\n"), "{gateway_env}");
 
     for (setting, words) in [
+        ("log_format = \"xml\"", "not a log format"),
         ("rate_limit_per_second = 0", "not a number of requests"),
         ("rate_limit_per_second = \"many\"", "not a number"),
         ("rate_limit_burst = 10", "without `rate_limit_per_second`"),

@@ -28,7 +28,10 @@ where
         }
     }
     let config = C::parse();
-    crate::init_tracing();
+    if let Err(message) = crate::init_tracing() {
+        eprintln!("error: {message}");
+        return ExitCode::FAILURE;
+    }
     let result = tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")
         .and_then(|runtime| runtime.block_on(serve(config)));
