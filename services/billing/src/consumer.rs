@@ -338,14 +338,18 @@ impl Worker {
             }
         }
 
+        metrics::counter!("billing_messages_consumed_total").increment(batch.len() as u64);
+        metrics::histogram!("billing_batch_size").record(batch.len() as f64);
         let orders: Vec<NewOrder> = to_store.iter().map(|(_, o)| o.clone()).collect();
+        let committing = std::time::Instant::now();
         match self.store_with_retry(&orders).await {
             Some(Ok(inserted)) => {
-                info!(
-                    inserted,
-                    skipped = orders.len() as u64 - inserted,
-                    "batch committed"
-                );
+                let skipped = orders.len() as u64 - inserted;
+                metrics::histogram!("billing_commit_duration_seconds")
+                    .record(committing.elapsed().as_secs_f64());
+                metrics::counter!("billing_rows_inserted_total").increment(inserted);
+                metrics::counter!("billing_duplicates_skipped_total").increment(skipped);
+                info!(inserted, skipped, "batch committed");
             }
             Some(Err(err)) => {
                 // PostgreSQL rejects something in this batch; store row by row so one bad row
@@ -364,6 +368,7 @@ impl Worker {
         }
 
         self.dead_letter(channel, &poison).await?;
+        metrics::counter!("billing_dead_letters_total").increment(poison.len() as u64);
         // Every delivery of this channel up to `last_tag` is in this batch (earlier batches were
         // acked in full), so one multiple-ack covers exactly the batch.
         channel

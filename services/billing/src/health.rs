@@ -43,7 +43,10 @@ impl Status {
 pub fn router(state: HealthState) -> Router {
     let routes = Router::new()
         .route("/health", get(health))
-        .route("/ready", get(ready));
+        .route("/ready", get(ready))
+        // The worker's own figures (messages, rows, dead letters) and the build, Prometheus.
+        .route("/metrics", get(http_serve::metrics::render))
+        .route_layer(axum::middleware::from_fn(http_serve::metrics::track));
     http_serve::with_json_fallbacks(routes).with_state(state)
 }
 

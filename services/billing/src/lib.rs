@@ -44,6 +44,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    http_serve::metrics::init("billing", env!("CARGO_PKG_VERSION"));
     let pool = lazy_pool(&config.database_url);
     let readiness = Readiness::default();
     let address = listener

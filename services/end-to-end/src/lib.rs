@@ -312,6 +312,8 @@ pub struct Platform {
     pub gateway_url: String,
     /// Billing's readiness endpoint.
     pub billing_ready_url: String,
+    /// `http://127.0.0.1:<port>/metrics` of the gateway's metrics listener.
+    pub gateway_metrics_url: String,
 }
 
 impl Platform {
@@ -319,8 +321,8 @@ impl Platform {
     /// each is ready.
     pub async fn start(scratch: &Scratch, client: &reqwest::Client) -> Result<Self> {
         let bin_dir = service_binaries()?;
-        let (gateway_port, inventory_port, billing_health_port) =
-            (free_port()?, free_port()?, free_port()?);
+        let (gateway_port, inventory_port, billing_health_port, metrics_port) =
+            (free_port()?, free_port()?, free_port()?, free_port()?);
         let inventory_url = format!("http://127.0.0.1:{inventory_port}");
         let inventory = Service::start(
             &bin_dir,
@@ -345,6 +347,7 @@ impl Platform {
             "gateway",
             &[
                 ("LISTEN_ADDR", format!("127.0.0.1:{gateway_port}")),
+                ("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}")),
                 ("INVENTORY_URL", inventory_url.clone()),
                 ("AMQP_URL", amqp_url()),
                 ("BILLING_QUEUE", scratch.queue()),
@@ -358,6 +361,7 @@ impl Platform {
             gateway,
             gateway_url: format!("http://127.0.0.1:{gateway_port}"),
             billing_ready_url: format!("http://127.0.0.1:{billing_health_port}/ready"),
+            gateway_metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
             inventory_url,
         };
         wait_ready(client, &format!("{}/ready", platform.inventory_url)).await?;

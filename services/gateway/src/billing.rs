@@ -403,7 +403,10 @@ async fn create_order(
     let id = message_id(&headers)?;
     let body = read_limited(&headers, body, state.max_body_bytes).await?;
     let order = BillingOrder::from_json_slice(&body)?;
-    state.publisher.publish(&order, id).await?;
+    let published = state.publisher.publish(&order, id).await;
+    metrics::counter!("gateway_publishes_total", "outcome" => publish_outcome(&published))
+        .increment(1);
+    published?;
     tracing::info!(message_id = %id, "billing order confirmed by the broker");
     Ok((
         StatusCode::ACCEPTED,
@@ -412,6 +415,19 @@ async fn create_order(
             id,
         }),
     ))
+}
+
+/// The `outcome` label of `gateway_publishes_total`: confirmed, or why not.
+fn publish_outcome(published: &Result<(), PublishError>) -> &'static str {
+    match published {
+        Ok(()) => "confirmed",
+        Err(PublishError::Nacked) => "nacked",
+        Err(PublishError::Timeout(_)) => "timed_out",
+        Err(PublishError::Blocked) => "refused_blocked",
+        Err(PublishError::NotConnected) => "not_connected",
+        Err(PublishError::Unroutable { .. }) => "unroutable",
+        Err(PublishError::Amqp(_) | PublishError::ConfirmsNotEnabled) => "failed",
+    }
 }
 
 #[cfg(test)]

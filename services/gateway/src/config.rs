@@ -75,6 +75,11 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_BURST", requires = "rate_limit_per_second")]
     pub rate_limit_burst: Option<NonZeroU32>,
 
+    /// Where `GET /metrics` (Prometheus) is served, apart from the public port, e.g.
+    /// 127.0.0.1:9180. Unset: nowhere.
+    #[arg(long, env = "METRICS_LISTEN_ADDR")]
+    pub metrics_listen_addr: Option<SocketAddr>,
+
     /// How long clients may take, and how many connections may be open.
     #[command(flatten)]
     pub server: http_serve::ServerArgs,

@@ -76,7 +76,11 @@ pub fn router(state: AppState) -> Router {
             rate_limit::enforce,
         ));
     }
-    let routes = Router::new().merge(health::router()).merge(api);
+    // Every routed request is counted by route template, rate-limited ones too.
+    let routes = Router::new()
+        .merge(health::router())
+        .merge(api)
+        .route_layer(axum::middleware::from_fn(http_serve::metrics::track));
     http_serve::with_json_fallbacks(routes)
         // The first layer listed is the outermost: the id is set before the span is made, so
         // every log line of the request carries it, and it is copied onto the response.
@@ -121,6 +125,26 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    http_serve::metrics::init("gateway", env!("CARGO_PKG_VERSION"));
+    // `/metrics` on a listener of its own, never on the public port.
+    let metrics = match config.metrics_listen_addr {
+        Some(address) => {
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (METRICS_LISTEN_ADDR)"))?;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let routes =
+                Router::new().route("/metrics", axum::routing::get(http_serve::metrics::render));
+            let served = http_serve::serve(
+                listener,
+                http_serve::with_json_fallbacks(routes),
+                config.server.limits(),
+                stop.clone().cancelled_owned(),
+            );
+            Some((stop, tokio::spawn(served)))
+        }
+        None => None,
+    };
     let (state, publisher_task) = AppState::build(&config);
     let address = listener
         .local_addr()
@@ -148,6 +172,10 @@ pub async fn run(
         .context("the HTTP server failed");
     if let Some(pruning) = pruning {
         pruning.abort();
+    }
+    if let Some((stop, task)) = metrics {
+        stop.cancel();
+        let _ = task.await;
     }
     publisher_task.stop().await;
     served

@@ -179,7 +179,25 @@ impl InventoryProxy {
             *request.method_mut() = method.clone();
             *request.uri_mut() = uri;
             *request.headers_mut() = headers.clone();
-            match self.client.request(request).await {
+            let started = Instant::now();
+            let sent = self.client.request(request).await;
+            let label = upstream.url.to_string();
+            match &sent {
+                Ok(_) => {
+                    metrics::histogram!("gateway_upstream_duration_seconds", "upstream" => label)
+                        .record(started.elapsed().as_secs_f64())
+                }
+                Err(err) => {
+                    let kind = if err.is_connect() {
+                        "connect"
+                    } else {
+                        "no_answer"
+                    };
+                    metrics::counter!("gateway_upstream_errors_total", "upstream" => label, "kind" => kind)
+                        .increment(1);
+                }
+            }
+            match sent {
                 Ok(response) => {
                     upstream.mark_up();
                     return Ok(response);

@@ -13,6 +13,8 @@
 //! client never has a kept-alive connection closed under a request it is sending. Connections still
 //! idle at the end close, and requests in flight finish.
 
+pub mod metrics;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -60,9 +60,13 @@ pub struct AppState {
 /// The whole HTTP API: movies, health, JSON 404 and 405 answers, tracing, timeout and body limit.
 pub fn router(state: AppState) -> Router {
     // After every route is added: the 405 fallback only applies to routes already registered.
+    // Every routed request is counted by route template (`/metrics`, Prometheus). Inventory's port
+    // is open only to the platform's hosts.
     let routes = Router::new()
         .merge(health::router())
-        .merge(movies::router());
+        .merge(movies::router())
+        .route("/metrics", axum::routing::get(http_serve::metrics::render))
+        .route_layer(axum::middleware::from_fn(http_serve::metrics::track));
     http_serve::with_json_fallbacks(routes)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
@@ -141,6 +145,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    http_serve::metrics::init("inventory", env!("CARGO_PKG_VERSION"));
     let db = connect(&config).await?;
     let address = listener
         .local_addr()

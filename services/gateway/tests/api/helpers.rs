@@ -44,6 +44,7 @@ pub fn config(inventory: &[String], amqp: &str, queue: &str) -> Config {
         publish_timeout_ms: 5_000,
         rate_limit_per_second: None,
         rate_limit_burst: None,
+        metrics_listen_addr: None,
         server: gateway::ServerArgs::default(),
     }
 }
