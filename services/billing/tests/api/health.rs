@@ -40,13 +40,13 @@ async fn unknown_paths_and_methods_get_the_platforms_json_error(pool: PgPool) {
     });
     let response = app
         .clone()
-        .oneshot(http_get("/metrics"))
+        .oneshot(http_get("/stats"))
         .await
         .expect("answer");
     assert_eq!(response.status(), 404);
     let body: ErrorBody = json_body(response).await;
     assert_eq!(body.error, "not_found");
-    assert_eq!(body.message, "no route for /metrics");
+    assert_eq!(body.message, "no route for /stats");
 
     let post = axum::http::Request::post("/health")
         .body(axum::body::Body::empty())
