@@ -613,6 +613,20 @@ fn with_inventory_socket(mut desired: DesiredHost) -> DesiredHost {
     desired
 }
 
+/// Applies `desired` to a host with `facts`, expecting inventory alone to restart, without a
+/// failure; the transcript of what ran.
+fn apply_restarting_inventory(desired: &DesiredHost, facts: &HostFacts) -> String {
+    let fake = host_reporting(desired, facts);
+    let report = apply_one(desired, &fake);
+    assert_eq!(
+        (report.failed, report.restarted.clone()),
+        (0, vec!["inventory".to_owned()]),
+        "{:?}",
+        report.error
+    );
+    fake.transcript()
+}
+
 #[test]
 fn a_socket_activated_service_restarts_with_its_socket_kept_unless_the_socket_changed() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -624,13 +638,7 @@ fn a_socket_activated_service_restarts_with_its_socket_kept_unless_the_socket_ch
     facts
         .binaries
         .insert("/usr/local/bin/inventory".into(), "oldsha".into());
-    let fake = host_reporting(&desired, &facts);
-    let report = apply_one(&desired, &fake);
-    assert_eq!(
-        (report.failed, report.restarted.clone()),
-        (0, vec!["inventory".to_owned()])
-    );
-    let transcript = fake.transcript();
+    let transcript = apply_restarting_inventory(&desired, &facts);
     assert!(
         transcript.contains(
             "systemctl is-active --quiet inventory.socket || systemctl stop inventory.service; systemctl restart inventory.service"
@@ -649,13 +657,7 @@ fn a_socket_activated_service_restarts_with_its_socket_kept_unless_the_socket_ch
         "/etc/systemd/system/inventory.socket",
         "[Socket]\nListenStream=0.0.0.0:9090\n",
     );
-    let fake = host_reporting(&desired, &facts);
-    let report = apply_one(&desired, &fake);
-    assert_eq!(
-        (report.failed, report.restarted.clone()),
-        (0, vec!["inventory".to_owned()])
-    );
-    let transcript = fake.transcript();
+    let transcript = apply_restarting_inventory(&desired, &facts);
     let reload = transcript
         .find("systemctl daemon-reload")
         .expect("daemon-reload");
