@@ -52,9 +52,9 @@ pub struct BrokerCredentials {
     pub password: Secret,
 }
 
-/// Whether `name` holds a password.
+/// Whether `name` holds a password or another secret (`_PASSWORD`, `_SECRET`).
 pub fn is_secret_name(name: &str) -> bool {
-    name.ends_with("_PASSWORD")
+    name.ends_with("_PASSWORD") || name.ends_with("_SECRET")
 }
 
 /// Letters, digits and `_`, not starting with a digit: safe unquoted in SQL, pg_hba.conf and

@@ -66,6 +66,13 @@ pub enum RenderError {
         variable: &'static str,
         problem: &'static str,
     },
+    /// The gateway's token secret is unusable (never echoed).
+    #[error("{path}: {variable} {problem} (the HS256 secret of the gateway's bearer tokens; see .env.example)")]
+    JwtSecret {
+        path: PathBuf,
+        variable: &'static str,
+        problem: &'static str,
+    },
     /// The I/O cause is the source, printed by the command\'s error chain, so not repeated here.
     #[error("cannot write {path}")]
     Write {

@@ -21,6 +21,10 @@ pub const UNIT_TEMPLATE: &str = "systemd/service.service";
 /// The socket unit template of the socket-activated services.
 pub const SOCKET_TEMPLATE: &str = "systemd/service.socket";
 
+/// The `.env` variable of the secret signing the gateway's bearer tokens: when set, the writing
+/// methods need a token (`AUTH_JWT_SECRET` of the gateway).
+pub const JWT_SECRET_VARIABLE: &str = "GATEWAY_JWT_SECRET";
+
 /// `/etc/<svc>/<svc>.env`.
 pub fn env_file_path(service: &str) -> String {
     format!("/etc/{service}/{service}.env")
@@ -229,6 +233,9 @@ impl Renderer<'_> {
         context.insert("host", &host.name);
         context.insert("rust_log", &settings.rust_log);
         context.insert("log_format", &settings.log_format);
+        if let Some(secret) = self.jwt_secret()? {
+            context.insert("auth_jwt_secret", secret.expose());
+        }
         context.insert("rate_limit_per_second", &settings.rate_limit_per_second);
         context.insert("rate_limit_burst", &settings.rate_limit_burst);
         context.insert("queue", &settings.queue);
@@ -262,6 +269,32 @@ impl Renderer<'_> {
             group: "root".to_owned(),
             on_change: vec![Handler::Restart(name.to_owned())],
         })
+    }
+
+    /// `GATEWAY_JWT_SECRET` of `.env`, when set: 32 to 512 printable characters, none that an
+    /// env file would take for quoting or expansion.
+    fn jwt_secret(&self) -> Result<Option<&Secret>, RenderError> {
+        let Some(secret) = self.env.secret(JWT_SECRET_VARIABLE) else {
+            return Ok(None);
+        };
+        let problem = |problem| RenderError::JwtSecret {
+            path: self.env.path().to_owned(),
+            variable: JWT_SECRET_VARIABLE,
+            problem,
+        };
+        let value = secret.expose();
+        if value.len() < 32 || value.len() > 512 {
+            return Err(problem("must be 32 to 512 characters long"));
+        }
+        if !value
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\' | '$' | '`'))
+        {
+            return Err(problem(
+                "may hold only printable ASCII, without quotes, `\\`, `$` or a backtick",
+            ));
+        }
+        Ok(Some(secret))
     }
 
     /// The database `service` owns, with its credentials from `.env`.

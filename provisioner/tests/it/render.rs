@@ -1287,3 +1287,59 @@ fn rate_limit_and_log_format_come_from_the_settings() {
         );
     }
 }
+
+/// `GATEWAY_JWT_SECRET` of `.env` turns the gateway's bearer tokens on: it reaches the gateway's
+/// env file (a secret file), no other; a secret too short or holding quotes is refused, unechoed.
+#[test]
+fn the_gateways_token_secret_comes_from_env_and_is_checked() {
+    let example = std::fs::read_to_string(workspace().join(".env.example")).expect("example");
+    let inventory_text =
+        std::fs::read_to_string(workspace().join("inventory.toml")).expect("inventory");
+    let with = |line: &str| {
+        EnvFile::parse(
+            Path::new(".env"),
+            &format!("{example}\n{line}\n"),
+            &platform().required_variables(),
+        )
+        .expect("parses")
+    };
+    let secret = "0123456789abcdef0123456789abcdef-platform";
+    let env = with(&format!("GATEWAY_JWT_SECRET={secret}"));
+    let hosts = render(&inventory_from(&inventory_text, &env), &env);
+    let gateway = file(host(&hosts, "gateway-vm"), "/etc/gateway/gateway.env");
+    assert!(matches!(gateway.content, FileContent::SecretText(_)));
+    assert_has_lines(text(gateway), &[&format!("AUTH_JWT_SECRET={secret}")]);
+    for (name, path) in [
+        ("inventory-vm", "/etc/inventory/inventory.env"),
+        ("billing-vm", "/etc/billing/billing.env"),
+    ] {
+        assert!(!text(file(host(&hosts, name), path)).contains(secret));
+    }
+    // Without it, no line: the gateway then needs no token.
+    let hosts = default_hosts();
+    let gateway = file(host(&hosts, "gateway-vm"), "/etc/gateway/gateway.env");
+    assert!(!text(gateway).contains("AUTH_JWT_SECRET"));
+
+    for (line, problem) in [
+        ("GATEWAY_JWT_SECRET=too-short-s3cret", "32 to 512"),
+        (
+            "GATEWAY_JWT_SECRET='0123456789abcdef0123456789abcdef\"quoted'",
+            "only printable ASCII",
+        ),
+    ] {
+        let env = with(line);
+        let inventory = inventory_from(&inventory_text, &env);
+        let error = desired_hosts(&inventory, &env, &workspace().join("templates"), None)
+            .expect_err("refused");
+        let message = error.to_string();
+        assert!(matches!(error, RenderError::JwtSecret { .. }), "{message}");
+        assert!(
+            message.contains("GATEWAY_JWT_SECRET") && message.contains(problem),
+            "{message}"
+        );
+        assert!(
+            !message.contains("s3cret") && !message.contains("quoted"),
+            "{message}"
+        );
+    }
+}

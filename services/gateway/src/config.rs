@@ -75,6 +75,13 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_BURST", requires = "rate_limit_per_second")]
     pub rate_limit_burst: Option<NonZeroU32>,
 
+    /// The HS256 secret that signs the bearer tokens (JWT) the writing methods then require: POST,
+    /// PUT and DELETE on movies need the scope `movies:write`, POST /api/billing `orders:write`.
+    /// At least 32 bytes. Give it through the environment (the env file), never on a command
+    /// line. Unset: no authentication, as in the original API.
+    #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true, value_parser = JwtSecretParser)]
+    pub auth_jwt_secret: Option<JwtSecret>,
+
     /// Where `GET /metrics` (Prometheus) is served, apart from the public port, e.g.
     /// 127.0.0.1:9180. Unset: nowhere.
     #[arg(long, env = "METRICS_LISTEN_ADDR")]
@@ -100,6 +107,56 @@ impl Config {
 
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+}
+
+/// The secret of `AUTH_JWT_SECRET`; never printed.
+#[derive(Clone)]
+pub struct JwtSecret(String);
+
+impl JwtSecret {
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JwtSecret(***)")
+    }
+}
+
+/// At least 32 bytes (HS256's key is as strong as its secret). A parser of its own because clap's
+/// message for a refused value quotes the value, and this one is a secret.
+#[derive(Debug, Clone, Copy)]
+pub struct JwtSecretParser;
+
+impl clap::builder::TypedValueParser for JwtSecretParser {
+    type Value = JwtSecret;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<JwtSecret, clap::Error> {
+        let invalid = |reason: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("AUTH_JWT_SECRET {reason}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let secret = value
+            .to_str()
+            .ok_or_else(|| invalid("is not valid UTF-8".to_owned()))?;
+        if secret.len() < 32 {
+            return Err(invalid(format!(
+                "is {} bytes long; HS256 needs at least 32",
+                secret.len()
+            )));
+        }
+        Ok(JwtSecret(secret.to_owned()))
     }
 }
 

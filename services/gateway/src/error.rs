@@ -49,6 +49,18 @@ pub enum Error {
     #[error("the order could not be confirmed by the message broker: {0}")]
     BrokerUnavailable(#[from] crate::billing::PublishError),
 
+    /// 401: a writing request without a valid bearer token (when authentication is on).
+    #[error("{reason}")]
+    Unauthenticated {
+        reason: String,
+        /// Whether a token was presented (then `error="invalid_token"`, RFC 6750).
+        presented: bool,
+    },
+
+    /// 403: a valid token without the scope the request needs.
+    #[error("the token does not grant the scope `{scope}` this request needs")]
+    Forbidden { scope: &'static str },
+
     /// 429: this client address sent more than its rate limit allows.
     #[error("too many requests from {client}: at most {per_second} per second (bursts of {burst}); retry in {} s", retry_after_seconds(*retry_after))]
     RateLimited {
@@ -79,6 +91,8 @@ impl Error {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::BrokerUnavailable(_) | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -97,6 +111,8 @@ impl Error {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RateLimited { .. } => "rate_limited",
+            Self::Unauthenticated { .. } => "unauthorized",
+            Self::Forbidden { .. } => "forbidden",
             Self::BadGateway(_) => "bad_gateway",
             Self::GatewayTimeout => "gateway_timeout",
             Self::BrokerUnavailable(_) => "broker_unavailable",
@@ -127,8 +143,25 @@ impl IntoResponse for Error {
             Self::RateLimited { retry_after, .. } => Some(retry_after_seconds(*retry_after)),
             _ => None,
         };
+        let challenge = match &self {
+            Self::Unauthenticated {
+                presented: false, ..
+            } => Some(r#"Bearer realm="streaming-platform""#.to_owned()),
+            Self::Unauthenticated {
+                presented: true, ..
+            } => Some(r#"Bearer realm="streaming-platform", error="invalid_token""#.to_owned()),
+            Self::Forbidden { scope } => Some(format!(
+                r#"Bearer realm="streaming-platform", error="insufficient_scope", scope="{scope}""#
+            )),
+            _ => None,
+        };
         let body = ErrorBody::new(self.code(), self.to_string());
         let mut response = (status, Json(body)).into_response();
+        if let Some(challenge) = challenge.and_then(|value| HeaderValue::from_str(&value).ok()) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
         if let Some(seconds) = retry_after {
             response
                 .headers_mut()

@@ -4,6 +4,7 @@
 //! Invariant: the gateway never opens a database connection; inventory owns the catalogue and
 //! billing is the only writer of orders.
 
+pub mod auth;
 pub mod billing;
 pub mod body;
 pub mod config;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The per-client limit of API requests, when configured.
     pub rate_limit: Option<rate_limit::RateLimit>,
+    /// The bearer tokens the writing methods need, when configured.
+    pub auth: Option<auth::Auth>,
 }
 
 impl AppState {
@@ -59,6 +62,7 @@ impl AppState {
             rate_limit: config
                 .rate_limit_per_second
                 .map(|per_second| rate_limit::RateLimit::new(per_second, config.rate_limit_burst)),
+            auth: config.auth_jwt_secret.as_ref().map(auth::Auth::new),
         };
         (state, task)
     }
@@ -66,10 +70,15 @@ impl AppState {
 
 /// Every route of the gateway, with request ids, tracing, and JSON 404/405.
 pub fn router(state: AppState) -> Router {
-    // The API, rate-limited per client when configured; health and readiness never are.
+    // The API, its writes authenticated and every request rate-limited per client (the outer
+    // layer, so that a flood of bad tokens is limited too) when configured; health and readiness
+    // never are.
     let mut api = Router::new()
         .merge(proxy::router())
         .merge(billing::router());
+    if let Some(auth) = state.auth.clone() {
+        api = api.route_layer(axum::middleware::from_fn_with_state(auth, auth::enforce));
+    }
     if let Some(limit) = state.rate_limit.clone() {
         api = api.route_layer(axum::middleware::from_fn_with_state(
             limit,

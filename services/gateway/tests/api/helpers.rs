@@ -45,6 +45,7 @@ pub fn config(inventory: &[String], amqp: &str, queue: &str) -> Config {
         rate_limit_per_second: None,
         rate_limit_burst: None,
         metrics_listen_addr: None,
+        auth_jwt_secret: None,
         server: gateway::ServerArgs::default(),
     }
 }

@@ -1,0 +1,173 @@
+//! Optional bearer tokens (HS256 JWT) on the writing methods, against a real gateway: reads stay
+//! open; a write without a valid token is a JSON 401 with `WWW-Authenticate`; a valid token
+//! without the scope is a 403 naming it; the right scope passes.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use jsonwebtoken::{encode, EncodingKey, Header};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{config, echo_app, serve, TestGateway, DEAD_BROKER};
+
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes!";
+
+/// The gateway's configuration with `AUTH_JWT_SECRET` given, as its command line parses it.
+fn parse(secret: &str) -> Result<gateway::Config, clap::Error> {
+    gateway::Config::try_parse_from([
+        "gateway",
+        "--inventory-url",
+        "http://127.0.0.1:9",
+        "--amqp-url",
+        "amqp://127.0.0.1:9/%2f",
+        "--auth-jwt-secret",
+        secret,
+    ])
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(secret: &str, claims: &Value) -> String {
+    encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn send(
+    gateway: &TestGateway,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+) -> reqwest::Response {
+    let mut request = gateway
+        .client
+        .request(method, gateway.url(path))
+        .header("content-type", "application/json")
+        .body(
+            r#"{"user_id": "usr_auth", "number_of_items": 1, "total_amount": 1.5, "title": "t"}"#,
+        );
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+/// The status, the `WWW-Authenticate` header and the JSON error code of an answer.
+async fn refusal(response: reqwest::Response) -> (StatusCode, String, String) {
+    let status = response.status();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|value| value.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body: Value = response.json().await.unwrap();
+    (
+        status,
+        challenge,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn writes_need_a_token_with_their_scope_and_reads_need_none() {
+    let upstream = serve(echo_app("authed")).await;
+    let mut config = config(&[upstream], DEAD_BROKER, "unused");
+    config.auth_jwt_secret = parse(SECRET).map(|config| config.auth_jwt_secret).unwrap();
+    let gateway = TestGateway::spawn(config).await;
+    let movies = token(
+        SECRET,
+        &json!({"scope": "movies:write", "exp": now() + 300}),
+    );
+    let orders = token(
+        SECRET,
+        &json!({"scope": "orders:write", "exp": now() + 300}),
+    );
+
+    // Reads: open.
+    assert_eq!(
+        send(&gateway, Method::GET, "/api/movies", None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    // No token: 401 with a challenge.
+    let (status, challenge, code) =
+        refusal(send(&gateway, Method::POST, "/api/movies", None).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    assert_eq!(challenge, r#"Bearer realm="streaming-platform""#);
+
+    // Tokens that are not valid: 401, invalid_token.
+    for bad in [
+        "not-a-jwt".to_owned(),
+        token(
+            "another-secret-of-at-least-32-bytes!!",
+            &json!({"scope": "movies:write", "exp": now() + 300}),
+        ),
+        token(SECRET, &json!({"scope": "movies:write", "exp": now() - 60})),
+        token(SECRET, &json!({"scope": "movies:write"})),
+    ] {
+        let (status, challenge, code) =
+            refusal(send(&gateway, Method::PUT, "/api/movies/1", Some(&bad)).await).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::UNAUTHORIZED, "unauthorized"),
+            "{bad}"
+        );
+        assert!(
+            challenge.contains(r#"error="invalid_token""#),
+            "{challenge}"
+        );
+    }
+
+    // A valid token without the scope: 403 naming it.
+    let (status, challenge, code) =
+        refusal(send(&gateway, Method::DELETE, "/api/movies/1", Some(&orders)).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    assert!(
+        challenge.contains(r#"error="insufficient_scope", scope="movies:write""#),
+        "{challenge}"
+    );
+    let (status, _, _) =
+        refusal(send(&gateway, Method::POST, "/api/billing", Some(&movies)).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The right scope passes: inventory answers the movie writes; the order reaches the publisher
+    // (here the broker is absent: 503, not 401 or 403).
+    for method in [Method::POST, Method::PUT, Method::DELETE] {
+        let path = if method == Method::POST {
+            "/api/movies"
+        } else {
+            "/api/movies/1"
+        };
+        let response = send(&gateway, method.clone(), path, Some(&movies)).await;
+        assert_eq!(response.status(), StatusCode::OK, "{method}");
+        assert_eq!(response.headers()["x-upstream"], "authed");
+    }
+    let response = send(&gateway, Method::POST, "/api/billing", Some(&orders)).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    gateway.stop().await;
+}
+
+#[test]
+fn a_short_secret_is_refused_without_being_echoed() {
+    let error = parse("short-s3cret").expect_err("too short");
+    let shown = error.to_string();
+    assert!(shown.contains("at least 32"), "{shown}");
+    assert!(!shown.contains("short-s3cret"), "{shown}");
+}
