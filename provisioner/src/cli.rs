@@ -92,6 +92,14 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A planned change of the Patroni cluster's primary, through Patroni (`patronictl
+    /// switchover`), asked of the first member that answers: the primary stops taking writes,
+    /// its replica catches up, and takes over. Exit 0 once Patroni reports it done.
+    Switchover {
+        /// The member to promote; default: the one Patroni chooses (the synchronous standby).
+        #[arg(long, value_name = "HOST")]
+        to: Option<String>,
+    },
     /// `systemctl stop SERVICE` on the hosts running it.
     Stop { service: String },
     /// `systemctl start SERVICE` on the hosts running it.
@@ -204,6 +212,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             },
         ),
         Command::Status => run_status(args),
+        Command::Switchover { to } => run_switchover(args, to.as_deref()),
         Command::Stop { service } => run_systemctl(args, "stop", service),
         Command::Start { service } => run_systemctl(args, "start", service),
         Command::Restart { service } => run_systemctl(args, "restart", service),
@@ -430,6 +439,7 @@ fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
         .collect();
     let all_fine = statuses.iter().all(|status| {
         status.error.is_none()
+            && !matches!(status.cluster, Some(Err(_)))
             && status
                 .services
                 .iter()
@@ -464,6 +474,23 @@ fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
                     queue.name, queue.messages, queue.consumers
                 );
             }
+            match &status.cluster {
+                None => {}
+                Some(Err(error)) => println!("  patroni: {error}"),
+                Some(Ok(members)) => {
+                    println!("  patroni cluster, as this member sees it:");
+                    for member in members {
+                        println!(
+                            "    {:16} {:13} {:10} timeline {:>4} lag {}",
+                            member.name,
+                            member.role,
+                            member.state,
+                            member.timeline.map_or("-".to_owned(), |t| t.to_string()),
+                            member.lag.map_or("-".to_owned(), |lag| format!("{lag} B"))
+                        );
+                    }
+                }
+            }
         }
     }
     Ok(if all_fine {
@@ -471,6 +498,62 @@ fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `patronictl switchover` on the first member of the cluster that can be reached.
+fn run_switchover(args: &Args, to: Option<&str>) -> anyhow::Result<ExitCode> {
+    let members: Vec<DesiredHost> = load(args, false)?
+        .hosts
+        .into_iter()
+        .filter(|host| {
+            host.postgres
+                .as_ref()
+                .is_some_and(|postgres| postgres.cluster.is_some())
+        })
+        .collect();
+    if members.is_empty() {
+        bail!("no host of the inventory has the role `patroni`: there is no cluster to switch over");
+    }
+    if let Some(to) = to {
+        if !members.iter().any(|member| member.name == to) {
+            let names: Vec<&str> = members.iter().map(|member| member.name.as_str()).collect();
+            bail!(
+                "--to {to}: not a member of the Patroni cluster (members: {})",
+                names.join(", ")
+            );
+        }
+    }
+    let command = switchover_command(to);
+    let mut unreachable = Vec::new();
+    for member in &members {
+        let transport = match SshTransport::connect(&member.name, &member.connection) {
+            Ok(transport) => transport,
+            Err(error) => {
+                unreachable.push(format!("{}: {error}", member.name));
+                continue;
+            }
+        };
+        progress(&member.name, "patronictl switchover");
+        let output = transport.exec(&command, None, true)?;
+        print!("{}", output.stdout_text());
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        return Ok(if output.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    bail!("no member of the Patroni cluster could be reached: {}", unreachable.join("; "))
+}
+
+/// The switchover, run as postgres (who alone reads Patroni's configuration and its REST API's
+/// password), without questions.
+pub fn switchover_command(to: Option<&str>) -> String {
+    let candidate = to.map_or(String::new(), |to| format!(" --candidate {}", shell_quote(to)));
+    format!(
+        "cd / && runuser -u postgres -- patronictl -c {} switchover --force{candidate}",
+        crate::render::patroni::PATRONI_CONFIG
+    )
 }
 
 /// The hosts running `service`, or an error naming the services the inventory knows.

@@ -177,6 +177,22 @@ pub fn resolve_pg_version(path: &str, pg_version: &str) -> String {
     path.replace(PG_VERSION_PLACEHOLDER, pg_version)
 }
 
+/// `bytes` with [`PG_VERSION_PLACEHOLDER`] replaced by `pg_version`, when they hold it (Patroni's
+/// configuration names PostgreSQL's binaries and data folder by version).
+pub fn resolve_pg_version_in<'a>(
+    bytes: &'a [u8],
+    pg_version: Option<&str>,
+) -> std::borrow::Cow<'a, [u8]> {
+    let placeholder = PG_VERSION_PLACEHOLDER.as_bytes();
+    match pg_version {
+        Some(version) if bytes.windows(placeholder.len()).any(|w| w == placeholder) => {
+            let text = String::from_utf8_lossy(bytes);
+            std::borrow::Cow::Owned(resolve_pg_version(&text, version).into_bytes())
+        }
+        _ => std::borrow::Cow::Borrowed(bytes),
+    }
+}
+
 /// A file the host must hold, byte for byte.
 #[derive(Debug, Clone)]
 pub struct DesiredFile {
@@ -235,6 +251,9 @@ pub enum Handler {
     Restart(String),
     /// Reload this systemd unit, e.g. `postgresql` after a pg_hba change.
     Reload(String),
+    /// Stop this systemd unit, before any restart: Debian's own PostgreSQL cluster on a Patroni
+    /// member, which would hold Patroni's port.
+    Stop(String),
 }
 
 /// A service binary: pushed when its SHA-256 differs, atomically, the previous one kept beside it.
@@ -271,6 +290,19 @@ pub struct ServiceSpec {
 pub struct PostgresState {
     pub roles: Vec<PostgresRole>,
     pub databases: Vec<PostgresDatabase>,
+    /// When this PostgreSQL is a member of a Patroni cluster: the roles and databases are the
+    /// cluster's, converged on whichever member is the primary.
+    pub cluster: Option<PatroniMember>,
+}
+
+/// A member of the Patroni cluster holding the platform's databases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatroniMember {
+    /// Its name in the cluster (the inventory's host name).
+    pub name: String,
+    /// The first member in the inventory: on a cluster none of whose members answers yet (a
+    /// fresh one), plan shows the roles and databases to create there.
+    pub first: bool,
 }
 
 #[derive(Debug, Clone)]

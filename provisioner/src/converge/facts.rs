@@ -57,6 +57,18 @@ pub struct RabbitMqFacts {
     pub running_nodes: BTreeSet<String>,
 }
 
+/// What a Patroni member's REST API says of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PatroniFact {
+    /// Not a member, or Patroni does not answer (not installed, not started, its host just booted).
+    #[default]
+    Silent,
+    /// It answers, and is the cluster's primary.
+    Primary,
+    /// It answers, and is not the primary (a replica, or a member still starting).
+    Replica,
+}
+
 /// Everything plan compares with a [`DesiredHost`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostFacts {
@@ -74,8 +86,11 @@ pub struct HostFacts {
     pub binaries: BTreeMap<String, String>,
     /// Unit name (without `.service`) → state.
     pub units: BTreeMap<String, UnitFact>,
-    /// `None` when PostgreSQL is not installed or does not answer.
+    /// `None` when PostgreSQL is not installed or does not answer, and on a Patroni member that
+    /// is not the primary (it is not asked).
     pub postgres: Option<PostgresFacts>,
+    /// On a Patroni member: whether it is the primary.
+    pub patroni: PatroniFact,
     /// `None` when RabbitMQ is not installed or does not answer.
     pub rabbitmq: Option<RabbitMqFacts>,
     /// When the main process of each running unit a change may restart started, by unit.
@@ -216,9 +231,51 @@ pub struct Parsing {
 }
 
 /// Every fact, in the script's order.
-pub const FACTS: [Fact; 10] = [
-    ARCH, PG_VERSION, PACKAGES, USERS, FILES, BINARIES, UNITS, STARTED, POSTGRES, RABBITMQ,
+pub const FACTS: [Fact; 11] = [
+    ARCH, PG_VERSION, PACKAGES, USERS, FILES, BINARIES, UNITS, STARTED, PATRONI, POSTGRES, RABBITMQ,
 ];
+
+/// Patroni's REST API on the member itself, where it answers its own questions: `GET /primary`
+/// is 200 on the primary alone. Also sets `$PRIMARY` (`yes` or `no`), which [`POSTGRES`] reads.
+pub const PATRONI_API: &str = "http://127.0.0.1:8008";
+
+const PATRONI: Fact = Fact {
+    sections: &["patroni"],
+    command: |desired| {
+        let member = desired
+            .postgres
+            .as_ref()
+            .is_some_and(|postgres| postgres.cluster.is_some());
+        member.then(|| {
+            format!(
+                "PRIMARY=no\necho @@patroni\nif command -v curl >/dev/null 2>&1; then c=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 {PATRONI_API}/primary); echo \"$c\"; [ \"$c\" = 200 ] && PRIMARY=yes; fi\n"
+            )
+        })
+    },
+    parse: |_, _, line, parsing| {
+        parsing.facts.patroni = match line.trim() {
+            "200" => PatroniFact::Primary,
+            // 000: nothing answered; any other status is Patroni answering "not the primary".
+            "" | "000" => PatroniFact::Silent,
+            _ => PatroniFact::Replica,
+        };
+    },
+    print: |desired, facts| {
+        let member = desired
+            .postgres
+            .as_ref()
+            .is_some_and(|postgres| postgres.cluster.is_some());
+        if !member {
+            return String::new();
+        }
+        let code = match facts.patroni {
+            PatroniFact::Primary => "200",
+            PatroniFact::Replica => "503",
+            PatroniFact::Silent => "000",
+        };
+        format!("@@patroni\n{code}\n")
+    },
+};
 
 const ARCH: Fact = Fact {
     sections: &["arch"],
@@ -568,12 +625,17 @@ const STARTED: Fact = Fact {
 const POSTGRES: Fact = Fact {
     sections: &["pgroles", "pgdatabases"],
     command: |desired| {
-        desired.postgres.as_ref().map(|_| {
-            "if [ -n \"$PGV\" ] && command -v psql >/dev/null 2>&1 && id -u postgres >/dev/null 2>&1; then\n\
+        desired.postgres.as_ref().map(|postgres| {
+            // A member that is not the primary is not asked: the roles are the primary's.
+            let primary = if postgres.cluster.is_some() {
+                "[ \"$PRIMARY\" = yes ] && "
+            } else {
+                ""
+            };
+            format!("if {primary}[ -n \"$PGV\" ] && command -v psql >/dev/null 2>&1 && id -u postgres >/dev/null 2>&1; then\n\
              if out=$(runuser -u postgres -- psql -XAtq -F \"$TAB\" -c \"select rolname, coalesce(rolpassword, '') from pg_authid\" 2>&1); then echo @@pgroles; printf '%s\\n' \"$out\"; else echo \"@@pgerror $(printf '%s' \"$out\" | head -n 1)\"; fi\n\
              if out=$(runuser -u postgres -- psql -XAtq -F \"$TAB\" -c \"select datname, pg_get_userbyid(datdba) from pg_database\" 2>&1); then echo @@pgdatabases; printf '%s\\n' \"$out\"; else echo \"@@pgerror $(printf '%s' \"$out\" | head -n 1)\"; fi\n\
-             fi\n"
-                .to_owned()
+             fi\n")
         })
     },
     parse: |desired, section, line, parsing| match section {

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use similar::TextDiff;
 
-use crate::converge::facts::HostFacts;
+use crate::converge::facts::{HostFacts, PatroniFact};
 use crate::desired::{
-    resolve_pg_version, sha256_hex, DesiredFile, DesiredHost, FileContent, Handler,
+    resolve_pg_version, resolve_pg_version_in, sha256_hex, DesiredFile, DesiredHost, FileContent, Handler,
     PG_VERSION_PLACEHOLDER,
 };
 
@@ -243,6 +243,10 @@ fn handler_steps(desired: &DesiredHost, changes: &[Change]) -> Vec<HandlerStep> 
         let daemon_reload = handlers
             .contains(&Handler::DaemonReload)
             .then_some(Handler::DaemonReload);
+        // Before anything starts: what stops holds what a restart may need (a port).
+        let stops = handlers
+            .iter()
+            .filter(|handler| matches!(handler, Handler::Stop(_)));
         // A restart already reloads the configuration.
         let reloads = handlers
             .iter()
@@ -258,6 +262,7 @@ fn handler_steps(desired: &DesiredHost, changes: &[Change]) -> Vec<HandlerStep> 
         steps.extend(
             daemon_reload
                 .into_iter()
+                .chain(stops.cloned())
                 .chain(reloads.cloned())
                 .chain(services)
                 .chain(others.cloned())
@@ -385,7 +390,7 @@ fn plan_host_units(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan
 /// goes with the unit it restarts: the firewall's own unit is a backing file.
 fn file_phase(file: &DesiredFile, desired: &DesiredHost) -> Phase {
     let touches_service = file.on_change.iter().any(|handler| match handler {
-        Handler::DaemonReload => false,
+        Handler::DaemonReload | Handler::Stop(_) => false,
         Handler::Restart(unit) | Handler::Reload(unit) => desired.runs_service(unit),
     });
     if touches_service {
@@ -412,7 +417,7 @@ fn plan_file(
     } else {
         ChangeKind::File
     };
-    let wanted = file.content.bytes();
+    let wanted = resolve_pg_version_in(file.content.bytes(), facts.pg_version.as_deref());
     let current = facts.files.get(&file.path);
     let mut details = Vec::new();
     match current {
@@ -430,7 +435,7 @@ fn plan_file(
             ),
         }),
         Some(current) => {
-            if current.sha256 != sha256_hex(wanted) {
+            if current.sha256 != sha256_hex(&wanted) {
                 details.push(match (&file.content, &current.content) {
                     (FileContent::Text(text), Some(old)) => {
                         diff(&String::from_utf8_lossy(old), text, &path)
@@ -438,7 +443,7 @@ fn plan_file(
                     (FileContent::Text(_), None) => format!(
                         "content changes (sha256 {} → {})",
                         short(&current.sha256),
-                        short(&sha256_hex(wanted))
+                        short(&sha256_hex(&wanted))
                     ),
                     (FileContent::SecretText(_), _) => {
                         "secret file changed (content not shown)".into()
@@ -485,9 +490,27 @@ fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
+/// Roles and databases. On a Patroni member they are the cluster's: compared on the primary only
+/// (a replica holds the same, read-only), after the backing phase started the cluster (the broker
+/// phase, where apply first waits for a leader and asks again who it is); on a cluster none of whose
+/// members answers yet, shown on the first member as what a fresh cluster gets.
 fn plan_postgres(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) {
     let Some(postgres) = &desired.postgres else {
         return;
+    };
+    let phase = match &postgres.cluster {
+        None => Phase::Backing,
+        Some(member) => {
+            let converges_here = match facts.patroni {
+                PatroniFact::Primary => true,
+                PatroniFact::Replica => false,
+                PatroniFact::Silent => member.first,
+            };
+            if !converges_here {
+                return;
+            }
+            Phase::Broker
+        }
     };
     let current = facts.postgres.clone().unwrap_or_default();
     for (index, role) in postgres.roles.iter().enumerate() {
@@ -498,14 +521,14 @@ fn plan_postgres(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
                 &format!("role {}", role.name),
                 "create login role with its password".into(),
                 Action::CreateRole(index),
-                Phase::Backing,
+                phase,
             ),
             Some(false) => plan.push(
                 ChangeKind::Postgres,
                 &format!("role {}", role.name),
                 "password changes".into(),
                 Action::SetRolePassword(index),
-                Phase::Backing,
+                phase,
             ),
             Some(true) => {}
         }
@@ -519,7 +542,7 @@ fn plan_postgres(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
                 &target,
                 format!("create, owned by {}", database.owner),
                 Action::CreateDatabase(index),
-                Phase::Backing,
+                phase,
             ),
             Some(owner) if *owner != database.owner => {
                 plan.push(
@@ -527,7 +550,7 @@ fn plan_postgres(desired: &DesiredHost, facts: &HostFacts, plan: &mut HostPlan) 
                     &target,
                     format!("owner {owner} → {}", database.owner),
                     Action::SetDatabaseOwner(index),
-                    Phase::Backing,
+                    phase,
                 );
             }
             Some(_) => {}

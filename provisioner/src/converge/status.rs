@@ -26,6 +26,19 @@ pub struct QueueStatus {
     pub consumers: u64,
 }
 
+/// A member of the Patroni cluster as the cluster sees it (`GET /cluster` of its REST API).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberStatus {
+    pub name: String,
+    /// `leader`, `sync_standby`, `replica`.
+    pub role: String,
+    /// `running`, `streaming`, `starting`, `stopped`…
+    pub state: String,
+    pub timeline: Option<u64>,
+    /// Bytes of WAL this replica is behind the primary (`None` on the leader, or unknown).
+    pub lag: Option<u64>,
+}
+
 /// One host's entry in the contract's status document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostStatus {
@@ -34,6 +47,10 @@ pub struct HostStatus {
     /// On the broker's host only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueStatus>,
+    /// On a Patroni member: the cluster as it sees it, or why it could not say (its Patroni
+    /// does not answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Result<Vec<MemberStatus>, String>>,
     pub error: Option<String>,
 }
 
@@ -44,6 +61,7 @@ impl HostStatus {
             host: host.to_string(),
             services: Vec::new(),
             queue: None,
+            cluster: None,
             error: Some(error.to_string()),
         }
     }
@@ -93,6 +111,18 @@ pub fn status_script(desired: &DesiredHost) -> String {
             vhost = shell_quote(&rabbitmq.vhost),
         );
     }
+    if desired
+        .postgres
+        .as_ref()
+        .is_some_and(|postgres| postgres.cluster.is_some())
+    {
+        let _ = writeln!(
+            script,
+            "echo @@cluster\n\
+             curl -sS -m 3 {}/cluster 2>&1 | tr -d '\n'; echo",
+            crate::converge::facts::PATRONI_API
+        );
+    }
     script.push_str("echo @@end\n} </dev/null\n");
     script
 }
@@ -120,6 +150,11 @@ pub fn parse_status(
         messages: 0,
         consumers: 0,
     });
+    let member = desired
+        .postgres
+        .as_ref()
+        .is_some_and(|postgres| postgres.cluster.is_some());
+    let mut cluster = member.then(|| Err("Patroni did not answer".to_owned()));
     let mut section = "";
     let mut current: Option<usize> = None;
     for line in output.lines() {
@@ -149,6 +184,7 @@ pub fn parse_status(
                     service.version = health_version(body);
                 }
             }
+            ("cluster", _) if member => cluster = Some(parse_cluster(line)),
             ("queues", _) => {
                 let fields: Vec<&str> = line.split('\t').collect();
                 if let (Some(status), [name, messages, consumers]) =
@@ -167,8 +203,44 @@ pub fn parse_status(
         host: desired.name.clone(),
         services,
         queue: queue_status,
+        cluster,
         error: None,
     })
+}
+
+/// The members in a `GET /cluster` answer of Patroni's REST API, or what came instead of it.
+pub fn parse_cluster(body: &str) -> Result<Vec<MemberStatus>, String> {
+    let value: serde_json::Value = serde_json::from_str(body.trim()).map_err(|_| {
+        let body = body.trim();
+        if body.is_empty() {
+            "Patroni did not answer".to_owned()
+        } else {
+            format!("Patroni did not answer: {}", body.chars().take(200).collect::<String>())
+        }
+    })?;
+    let members = value
+        .get("members")
+        .and_then(|members| members.as_array())
+        .ok_or("Patroni's answer lists no members")?;
+    Ok(members
+        .iter()
+        .map(|member| {
+            let text = |key: &str| {
+                member
+                    .get(key)
+                    .and_then(|value| value.as_str())
+                    .unwrap_or("-")
+                    .to_owned()
+            };
+            MemberStatus {
+                name: text("name"),
+                role: text("role"),
+                state: text("state"),
+                timeline: member.get("timeline").and_then(|value| value.as_u64()),
+                lag: member.get("lag").and_then(|value| value.as_u64()),
+            }
+        })
+        .collect())
 }
 
 /// The `version` of a `/health` answer, `None` when it is no such JSON.

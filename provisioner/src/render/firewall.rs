@@ -9,6 +9,7 @@ use tera::Context;
 
 use super::inventory::Host;
 use super::platform::Component;
+use super::patroni::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATRONI_REST_PORT};
 use super::rabbitmq::{EPMD_PORT, ERLANG_DISTRIBUTION_PORT};
 use super::services::{AMQP_PORT, POSTGRES_PORT};
 use super::{text_file, RenderError, Renderer};
@@ -140,6 +141,46 @@ impl Renderer<'_> {
                             peers.iter().copied(),
                         ));
                     }
+                }
+                Component::Etcd => {
+                    let peers = inventory.etcd_hosts();
+                    let clients = peers
+                        .iter()
+                        .copied()
+                        .chain(inventory.patroni_hosts());
+                    ports.push(FirewallPort::new(
+                        ETCD_CLIENT_PORT,
+                        "etcd's clients: the Patroni members (and the etcd members)",
+                        host,
+                        clients,
+                    ));
+                    ports.push(FirewallPort::new(
+                        ETCD_PEER_PORT,
+                        "etcd's peers: the other members of the etcd cluster",
+                        host,
+                        peers.iter().copied(),
+                    ));
+                }
+                Component::Patroni => {
+                    // The other members (replication, pg_rewind, Patroni asking each other)
+                    // and HAProxy on the hosts whose services own a database.
+                    let members = inventory.patroni_hosts();
+                    let haproxy: Vec<&Host> = inventory
+                        .hosts_running_any(|service| service.database.is_some())
+                        .collect();
+                    let clients = || members.iter().chain(&haproxy).copied();
+                    ports.push(FirewallPort::new(
+                        POSTGRES_PORT,
+                        "PostgreSQL of the Patroni cluster: its members, and HAProxy on the services' hosts",
+                        host,
+                        clients(),
+                    ));
+                    ports.push(FirewallPort::new(
+                        PATRONI_REST_PORT,
+                        "Patroni's REST API: its members, and HAProxy's health checks",
+                        host,
+                        clients(),
+                    ));
                 }
             }
         }

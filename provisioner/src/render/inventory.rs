@@ -57,7 +57,8 @@ pub struct Host {
     /// The infrastructure components it runs, in the file's order.
     pub components: Vec<Component>,
     /// Name of the host whose PostgreSQL holds the databases of the services running here;
-    /// `Some` exactly when this host runs a service that owns a database.
+    /// `Some` exactly when this host runs a service that owns a database, and the databases do
+    /// not live in a Patroni cluster.
     pub database_host: Option<String>,
 }
 
@@ -201,6 +202,23 @@ impl Inventory {
     /// Whether RabbitMQ runs as a cluster of several nodes.
     pub fn broker_cluster(&self) -> bool {
         self.hosts_with(Component::Rabbitmq).nth(1).is_some()
+    }
+
+    /// The members of the Patroni cluster, in file order: when there are any, every service's
+    /// database lives in it (validation refuses `postgres` hosts beside them).
+    pub fn patroni_hosts(&self) -> Vec<&Host> {
+        self.hosts_with(Component::Patroni).collect()
+    }
+
+    /// The members of the etcd cluster that Patroni keeps its leader lock in, in file order.
+    pub fn etcd_hosts(&self) -> Vec<&Host> {
+        self.hosts_with(Component::Etcd).collect()
+    }
+
+    /// Whether the databases live in a Patroni cluster, reached through HAProxy on each host
+    /// whose services own one.
+    pub fn database_cluster(&self) -> bool {
+        self.hosts_with(Component::Patroni).next().is_some()
     }
 
     /// The host whose PostgreSQL serves the services of `host`.
@@ -716,7 +734,7 @@ impl Validator<'_> {
             .collect();
         match brokers.as_slice() {
             [] if self.platform.uses_broker() => Err(self.error(
-                hosts_span,
+                hosts_span.clone(),
                 "hosts.roles",
                 "no host has the role `rabbitmq` (one host, or a cluster of 3 or more)",
             )),
@@ -729,6 +747,73 @@ impl Validator<'_> {
                     &format!("hosts[{last}].roles"),
                     format!(
                         "`rabbitmq` is on {} hosts; a cluster needs an odd number (1, 3, 5…): its queues stop without a majority of its nodes, so an even number survives no more losses than one node fewer",
+                        several.len()
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }?;
+        self.check_database_cluster(raw_hosts, hosts, hosts_span)
+    }
+
+    /// A Patroni cluster has 2 or more members and an etcd of 3, 5… members; etcd serves only
+    /// Patroni; the databases live either on `postgres` hosts or in the cluster, never both.
+    fn check_database_cluster(
+        &self,
+        raw_hosts: &[Spanned<RawHost>],
+        hosts: &[Host],
+        hosts_span: Range<usize>,
+    ) -> Result<(), InventoryError> {
+        let with = |component| -> Vec<usize> {
+            (0..hosts.len())
+                .filter(|&index| hosts[index].has(component))
+                .collect()
+        };
+        let (patroni, etcd, postgres) = (
+            with(Component::Patroni),
+            with(Component::Etcd),
+            with(Component::Postgres),
+        );
+        let at = |index: usize, message: String| {
+            self.error(
+                raw_hosts[index].get_ref().roles.span(),
+                &format!("hosts[{index}].roles"),
+                message,
+            )
+        };
+        if let (Some(&first), false) = (postgres.first(), patroni.is_empty()) {
+            return Err(at(
+                first,
+                "`postgres` beside `patroni` hosts: the databases live either on `postgres` hosts (one PostgreSQL each) or in the Patroni cluster, not both".to_owned(),
+            ));
+        }
+        if patroni.is_empty() {
+            return match etcd.first() {
+                Some(&first) => Err(at(
+                    first,
+                    "`etcd` holds the leader lock of a Patroni cluster, and no host has the role `patroni`".to_owned(),
+                )),
+                None => Ok(()),
+            };
+        }
+        if patroni.len() < 2 {
+            return Err(at(
+                patroni[0],
+                "`patroni` is on 1 host; a Patroni cluster needs 2 or more members, so that a replica can take over".to_owned(),
+            ));
+        }
+        match etcd.as_slice() {
+            [] => Err(self.error(
+                hosts_span,
+                "hosts.roles",
+                "the Patroni cluster needs an etcd cluster: give 3 hosts (or 5…) the role `etcd`",
+            )),
+            several if several.len() < 3 || several.len() % 2 == 0 => {
+                let last = *several.last().unwrap_or(&0);
+                Err(at(
+                    last,
+                    format!(
+                        "`etcd` is on {} host(s); it needs an odd number, 3 or more: Patroni keeps its leader lock only while a majority of etcd answers, so 1 member is a single point of failure and an even number survives no more losses than one member fewer",
                         several.len()
                     ),
                 ))
@@ -801,6 +886,7 @@ impl Validator<'_> {
             .filter(|host| host.has(Component::Postgres))
             .map(|host| (host.name.clone(), host.services.clone()))
             .collect();
+        let cluster = hosts.iter().any(|host| host.has(Component::Patroni));
         for (index, host) in hosts.iter_mut().enumerate() {
             let with_database: Vec<&String> = host
                 .services
@@ -821,6 +907,10 @@ impl Validator<'_> {
                     message,
                 )
             };
+            // Reached through HAProxy on this host, wherever the primary is.
+            if cluster {
+                continue;
+            }
             if host.has(Component::Postgres) {
                 host.database_host = Some(host.name.clone());
                 continue;

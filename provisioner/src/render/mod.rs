@@ -27,6 +27,7 @@ pub mod firewall;
 pub mod inventory;
 pub mod keepalived;
 pub mod located;
+pub mod patroni;
 pub mod platform;
 pub mod postgresql;
 pub mod rabbitmq;
@@ -62,6 +63,13 @@ pub enum RenderError {
     /// The secret a RabbitMQ cluster's nodes share is missing or unusable.
     #[error("{path}: {variable} {problem} (the Erlang cookie the nodes of a RabbitMQ cluster share; see .env.example)")]
     ClusterCookie {
+        path: PathBuf,
+        variable: &'static str,
+        problem: &'static str,
+    },
+    /// A password of the Patroni cluster is missing or unusable (never echoed).
+    #[error("{path}: {variable} {problem} (a password of the Patroni cluster; see .env.example)")]
+    PatroniSecret {
         path: PathBuf,
         variable: &'static str,
         problem: &'static str,
@@ -255,15 +263,19 @@ impl<'a> Renderer<'a> {
     ) -> Result<DesiredHost, RenderError> {
         let inventory = self.inventory;
         let services: Vec<_> = inventory.services_of(host).collect();
-        let mut packages: Vec<String> = Component::ALL
-            .into_iter()
-            .filter(|component| host.has(*component))
-            .map(|component| component.package().to_owned())
-            .collect();
+        let mut packages: Vec<String> = Vec::new();
+        for component in Component::ALL {
+            if host.has(component) {
+                packages.extend(component.packages().iter().map(|name| (*name).to_owned()));
+            }
+        }
         if !services.is_empty() {
             // Health checks run on the host itself with curl.
             packages.push("curl".to_owned());
         }
+        // postgresql and curl may come from two roles: each once.
+        let mut seen = std::collections::BTreeSet::new();
+        packages.retain(|name| seen.insert(name.clone()));
 
         let mut files = Vec::new();
         let mut desired_binaries = Vec::new();
@@ -280,6 +292,7 @@ impl<'a> Renderer<'a> {
 
         let mut postgres = None;
         let mut rabbitmq = None;
+        let mut host_units = Vec::new();
         for component in Component::ALL {
             if !host.has(component) {
                 continue;
@@ -295,9 +308,23 @@ impl<'a> Renderer<'a> {
                     files.extend(rabbitmq_files);
                     rabbitmq = Some(state);
                 }
+                Component::Etcd => {
+                    files.push(self.etcd(host)?);
+                    host_units.push(component.unit().to_owned());
+                }
+                Component::Patroni => {
+                    let (state, patroni_files) = self.patroni(host)?;
+                    files.extend(patroni_files);
+                    postgres = Some(state);
+                    host_units.push(component.unit().to_owned());
+                }
             }
         }
-        let mut host_units = Vec::new();
+        if let Some(conf) = self.haproxy(host)? {
+            files.push(conf);
+            packages.push("haproxy".to_owned());
+            host_units.push(patroni::HAPROXY_UNIT.to_owned());
+        }
         if let Some(conf) = self.keepalived(host)? {
             files.push(conf);
             packages.push("keepalived".to_owned());

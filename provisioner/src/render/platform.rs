@@ -44,24 +44,34 @@ pub enum PlatformError {
 pub enum Component {
     Postgres,
     Rabbitmq,
+    /// A member of the etcd cluster that the Patroni cluster keeps its leader lock in.
+    Etcd,
+    /// A member of the Patroni cluster: PostgreSQL holding every service's database, replicated
+    /// to the other members, its primary chosen by Patroni.
+    Patroni,
 }
 
 impl Component {
-    pub const ALL: [Self; 2] = [Self::Postgres, Self::Rabbitmq];
+    pub const ALL: [Self; 4] = [Self::Postgres, Self::Rabbitmq, Self::Etcd, Self::Patroni];
 
     /// Its role name in `inventory.toml`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Postgres => "postgres",
             Self::Rabbitmq => "rabbitmq",
+            Self::Etcd => "etcd",
+            Self::Patroni => "patroni",
         }
     }
 
-    /// The Debian package that installs it.
-    pub fn package(self) -> &'static str {
+    /// The Debian packages that install it.
+    pub fn packages(self) -> &'static [&'static str] {
         match self {
-            Self::Postgres => "postgresql",
-            Self::Rabbitmq => "rabbitmq-server",
+            Self::Postgres => &["postgresql"],
+            Self::Rabbitmq => &["rabbitmq-server"],
+            Self::Etcd => &["etcd-server"],
+            // curl asks Patroni's REST API which member is the primary (facts, status).
+            Self::Patroni => &["postgresql", "patroni", "curl"],
         }
     }
 
@@ -70,6 +80,8 @@ impl Component {
         match self {
             Self::Postgres => "postgresql",
             Self::Rabbitmq => "rabbitmq-server",
+            Self::Etcd => "etcd",
+            Self::Patroni => "patroni",
         }
     }
 

@@ -13,18 +13,29 @@ use crate::desired::{
     DesiredFile, Handler, PostgresDatabase, PostgresRole, PostgresState, PG_VERSION_PLACEHOLDER,
 };
 
-#[derive(Serialize)]
-struct HbaRule {
+#[derive(Debug, Serialize)]
+pub struct HbaRule {
     database: String,
     user: String,
     address: String,
 }
 
+/// The databases a PostgreSQL holds and who may reach each.
+#[derive(Debug)]
+pub struct DatabaseObjects {
+    pub state: PostgresState,
+    /// One `host` line per database and client host (loopback for a client on the server).
+    pub rules: Vec<HbaRule>,
+    /// Whether a client runs on another host than the server.
+    pub remote_clients: bool,
+}
+
 impl Renderer<'_> {
-    /// Roles, databases, listen addresses and pg_hba of the PostgreSQL running on `host`: one
-    /// database per service whose database lives here, reachable only from the hosts running
-    /// that service.
-    pub fn postgres(&self, host: &Host) -> Result<(PostgresState, Vec<DesiredFile>), RenderError> {
+    /// The role and database of every service whose hosts `served` holds, on `server`: its
+    /// role with the password from `.env`, its database owned by that role, reachable only from
+    /// those hosts.
+    pub fn database_objects(&self, server: &Host, served: impl Fn(&Host) -> bool) -> DatabaseObjects {
+        let host = server;
         let mut roles: Vec<PostgresRole> = Vec::new();
         let mut databases: Vec<PostgresDatabase> = Vec::new();
         let mut rules = Vec::new();
@@ -36,7 +47,7 @@ impl Renderer<'_> {
             let clients: Vec<&Host> = self
                 .inventory
                 .hosts_running(&service.name)
-                .filter(|client| client.database_host.as_deref() == Some(host.name.as_str()))
+                .filter(|client| served(client))
                 .collect();
             if clients.is_empty() {
                 continue;
@@ -68,6 +79,28 @@ impl Renderer<'_> {
                 address,
             }));
         }
+        DatabaseObjects {
+            state: PostgresState {
+                roles,
+                databases,
+                cluster: None,
+            },
+            rules,
+            remote_clients,
+        }
+    }
+
+    /// Roles, databases, listen addresses and pg_hba of the PostgreSQL running on `host`: one
+    /// database per service whose database lives here, reachable only from the hosts running
+    /// that service.
+    pub fn postgres(&self, host: &Host) -> Result<(PostgresState, Vec<DesiredFile>), RenderError> {
+        let DatabaseObjects {
+            state,
+            rules,
+            remote_clients,
+        } = self.database_objects(host, |client| {
+            client.database_host.as_deref() == Some(host.name.as_str())
+        });
         let mut listen_addresses = vec!["localhost".to_owned()];
         if remote_clients {
             // PostgreSQL can bind a name, but the SSH address may resolve elsewhere: bind all.
@@ -101,6 +134,6 @@ impl Renderer<'_> {
                 vec![Handler::Reload(Component::Postgres.unit().to_owned())],
             ),
         ];
-        Ok((PostgresState { roles, databases }, files))
+        Ok((state, files))
     }
 }

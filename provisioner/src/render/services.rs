@@ -6,6 +6,7 @@ use tera::Context;
 
 use super::binaries::BinarySet;
 use super::inventory::Host;
+use super::patroni::{HAPROXY_PORT, HAPROXY_UNIT};
 use super::platform::{Component, ServiceDescription};
 use super::{percent_encode, reach, text_file, RenderError, Renderer};
 use crate::desired::{DesiredBinary, DesiredFile, FileContent, Handler, Secret, ServiceSpec};
@@ -181,6 +182,9 @@ impl Renderer<'_> {
         if service.database.is_some() && database_local {
             after.push(format!("{}.service", Component::Postgres.unit()));
         }
+        if service.database.is_some() && inventory.database_cluster() {
+            after.push(format!("{HAPROXY_UNIT}.service"));
+        }
         if service.broker && host.has(Component::Rabbitmq) {
             after.push(format!("{}.service", Component::Rabbitmq.unit()));
         }
@@ -308,13 +312,19 @@ impl Renderer<'_> {
             .map(|prefix| self.env.database(prefix))
     }
 
+    /// Its database on the host's PostgreSQL, or, when the databases live in the Patroni
+    /// cluster, through HAProxy on this host, which leads to the primary.
     fn database_url(&self, host: &Host, database: &DatabaseCredentials) -> Secret {
-        let server = self.inventory.database_host_of(host).unwrap_or(host);
+        let server = if self.inventory.database_cluster() {
+            format!("127.0.0.1:{HAPROXY_PORT}")
+        } else {
+            let server = self.inventory.database_host_of(host).unwrap_or(host);
+            format!("{}:{POSTGRES_PORT}", reach(host, server))
+        };
         Secret::new(format!(
-            "postgres://{}:{}@{}:{POSTGRES_PORT}/{}",
+            "postgres://{}:{}@{server}/{}",
             percent_encode(&database.user),
             percent_encode(database.password.expose()),
-            reach(host, server),
             percent_encode(&database.name),
         ))
     }

@@ -16,7 +16,7 @@ use crate::converge::parallel;
 use crate::converge::plan::{self, Action, Change, ChangeKind, HostPlan, Phase};
 use crate::converge::scram;
 use crate::converge::transport::{shell_quote, Transport, TransportError};
-use crate::desired::{DesiredHost, Handler, ServiceSpec};
+use crate::desired::{resolve_pg_version_in, DesiredHost, Handler, ServiceSpec};
 
 /// Why one step of apply failed on a host.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,8 @@ pub struct HostRun<'a> {
     pushed: BTreeSet<String>,
     /// Services whose socket unit was rewritten in this run: their restart rebinds the socket.
     sockets_written: BTreeSet<String>,
+    /// The PostgreSQL version the last facts found, filled into the files that name it.
+    pg_version: Option<String>,
 }
 
 impl std::fmt::Debug for HostRun<'_> {
@@ -63,6 +65,7 @@ impl<'a> HostRun<'a> {
             report: HostReport::new(&desired.name),
             pushed: BTreeSet::new(),
             sockets_written: BTreeSet::new(),
+            pg_version: None,
         }
     }
 
@@ -70,9 +73,10 @@ impl<'a> HostRun<'a> {
         &self.desired.name
     }
 
-    fn gather(&self) -> Result<(HostFacts, HostPlan), ApplyError> {
+    fn gather(&mut self) -> Result<(HostFacts, HostPlan), ApplyError> {
         let facts = facts::gather(self.transport, self.desired)?;
         let plan = plan::plan(self.desired, &facts);
+        self.pg_version = facts.pg_version.clone();
         Ok((facts, plan))
     }
 
@@ -130,8 +134,38 @@ impl<'a> HostRun<'a> {
     }
 
     /// Between the phases, one host at a time: RabbitMQ's objects, or the node joining its
-    /// cluster.
+    /// cluster; on a Patroni member, once the cluster has a running leader and this member runs
+    /// too, the roles and databases if it is the primary (asked again now: the plan was made
+    /// before the backing phase started the cluster).
     pub fn broker_phase(&mut self) -> Result<(), ApplyError> {
+        let member = self
+            .desired
+            .postgres
+            .as_ref()
+            .is_some_and(|postgres| postgres.cluster.is_some());
+        if member {
+            progress(self.host(), "waiting for the Patroni cluster's leader and this member");
+            let waited = self.transport.exec(&patroni_wait_command(), None, true)?;
+            if !waited.success() {
+                return Err(ApplyError::Other {
+                    host: self.host().to_string(),
+                    message: format!(
+                        "the Patroni cluster has no running leader, or this member does not run, after {PATRONI_WAIT_SECS} s{}",
+                        self.last_log_lines("patroni")
+                    ),
+                });
+            }
+            let (_, replanned) = self.gather()?;
+            self.plan
+                .changes
+                .retain(|change| change.kind != ChangeKind::Postgres);
+            self.plan.changes.extend(
+                replanned
+                    .changes
+                    .into_iter()
+                    .filter(|change| change.kind == ChangeKind::Postgres),
+            );
+        }
         self.run_phase(Phase::Broker)
     }
 
@@ -213,6 +247,7 @@ impl<'a> HostRun<'a> {
             Handler::DaemonReload => "systemctl daemon-reload".to_string(),
             Handler::Restart(unit) => format!("systemctl restart {}", shell_quote(unit)),
             Handler::Reload(unit) => format!("systemctl reload-or-restart {}", shell_quote(unit)),
+            Handler::Stop(unit) => format!("systemctl stop {}", shell_quote(unit)),
         };
         progress(self.host(), &command);
         self.transport.run(&command, None, true)?;
@@ -343,9 +378,10 @@ impl<'a> HostRun<'a> {
                         host: self.host().to_string(),
                     });
                 }
+                let bytes = resolve_pg_version_in(file.content.bytes(), self.pg_version.as_deref());
                 transport.write_file_atomic(
                     path,
-                    file.content.bytes(),
+                    &bytes,
                     file.mode,
                     &file.owner,
                     &file.group,
