@@ -478,7 +478,7 @@ broker = false
         assert_eq!(callers, ["gateway"]);
         assert_eq!(
             platform.role_names(),
-            ["inventory", "gateway", "postgres", "rabbitmq"]
+            ["inventory", "gateway", "postgres", "rabbitmq", "etcd", "patroni"]
         );
     }
 

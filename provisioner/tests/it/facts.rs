@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use provisioner::converge::facts;
+use provisioner::converge::facts::{self, PatroniFact};
 use provisioner::converge::plan::{plan, ChangeKind};
 use provisioner::converge::transport::{ExecOutput, Transport, TransportError};
 use provisioner::desired::{
-    Connection, DesiredHost, PostgresDatabase, PostgresRole, PostgresState, RabbitMqCluster,
+    Connection, DesiredHost, PatroniMember, PostgresDatabase, PostgresRole, PostgresState,
+    RabbitMqCluster,
     RabbitMqState, Secret,
 };
 
@@ -111,6 +112,7 @@ pub(crate) fn desired(role: &str, password: &str) -> DesiredHost {
                 name: "postgres".into(),
                 owner: "postgres".into(),
             }],
+            cluster: None,
         }),
         // What the default RabbitMQ of this machine holds (guest/guest, administrator, all on /).
         rabbitmq: Some(RabbitMqState {
@@ -382,6 +384,17 @@ fn each_fact_parses_what_its_printer_prints() {
     let output = facts::script_output(&desired, &facts);
     assert_eq!(facts::parse_facts(&desired, &output), facts);
 
+    // A Patroni member reports whether it is the primary; only the primary reports its roles.
+    desired.postgres.as_mut().expect("postgres").cluster = Some(PatroniMember {
+        name: "app-vm".into(),
+        first: false,
+    });
+    for patroni in [PatroniFact::Primary, PatroniFact::Replica, PatroniFact::Silent] {
+        facts.patroni = patroni;
+        let output = facts::script_output(&desired, &facts);
+        assert_eq!(facts::parse_facts(&desired, &output), facts, "{patroni:?}");
+    }
+
     // Every section the script can print is a fact's, and the script asks each fact in turn.
     let script = facts::facts_script(&desired);
     for fact in &facts::FACTS {
@@ -389,4 +402,28 @@ fn each_fact_parses_what_its_printer_prints() {
             assert!(script.contains(&format!("@@{section}")), "{section}");
         }
     }
+}
+
+/// On a Patroni member whose Patroni does not answer (here: nothing listens on 8008), PostgreSQL
+/// is not asked: its roles are the primary's, and a replica or a member still starting must not
+/// look like a database without them.
+#[test]
+fn a_patroni_member_that_is_not_the_primary_is_not_asked_for_roles() {
+    let mut desired = desired("postgres", "unused-password");
+    desired.postgres.as_mut().expect("postgres").cluster = Some(PatroniMember {
+        name: "localhost".into(),
+        first: false,
+    });
+    let facts = facts::gather(&LocalShell, &desired).expect("facts");
+    assert_eq!(facts.patroni, PatroniFact::Silent);
+    assert_eq!(facts.postgres, None);
+    let planned = plan(&desired, &facts);
+    assert!(
+        planned
+            .changes
+            .iter()
+            .all(|change| change.kind != ChangeKind::Postgres),
+        "{:?}",
+        planned.changes
+    );
 }

@@ -83,6 +83,7 @@ pub(crate) fn desired_host(dir: &Path) -> DesiredHost {
                 PostgresDatabase { name: "inventory_db".into(), owner: "inventory_user".into() },
                 PostgresDatabase { name: "billing_db".into(), owner: "billing_user".into() },
             ],
+            cluster: None,
         }),
         rabbitmq: Some(RabbitMqState {
             vhost: "/platform".into(),
@@ -206,6 +207,7 @@ pub(crate) fn converged(desired: &DesiredHost) -> HostFacts {
             password_matches: true,
             ..RabbitMqFacts::default()
         }),
+        patroni: facts::PatroniFact::Silent,
         // Processes and files as an apply leaves them: nothing written after its restart.
         started: std::collections::BTreeMap::new(),
         modified: std::collections::BTreeMap::new(),

@@ -9,5 +9,6 @@ mod json;
 mod plan;
 mod platform;
 mod render;
+mod patroni;
 mod ssh;
 mod status;

@@ -940,7 +940,7 @@ fn cluster_hosts() -> Vec<DesiredHost> {
 
 /// Each of `lines` is a whole line of `text`.
 #[track_caller]
-fn assert_has_lines(text: &str, lines: &[&str]) {
+pub(crate) fn assert_has_lines(text: &str, lines: &[&str]) {
     for line in lines {
         assert!(text.lines().any(|l| l.trim() == *line), "{line} in {text}");
     }
