@@ -16,7 +16,7 @@ use crate::converge::facts;
 use crate::converge::parallel::{self, DEFAULT_FORKS};
 use crate::converge::plan;
 use crate::converge::ssh::{HostKeyStatus, SshTransport};
-use crate::converge::status::{self, HostStatus};
+use crate::converge::status::{self, ClusterStatus, HostStatus};
 use crate::converge::transport::{shell_quote, Transport};
 use crate::desired::DesiredHost;
 use crate::render;
@@ -439,7 +439,10 @@ fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
         .collect();
     let all_fine = statuses.iter().all(|status| {
         status.error.is_none()
-            && !matches!(status.cluster, Some(Err(_)))
+            && status
+                .cluster
+                .as_ref()
+                .is_none_or(|cluster| cluster.error.is_none())
             && status
                 .services
                 .iter()
@@ -476,8 +479,10 @@ fn run_status(args: &Args) -> anyhow::Result<ExitCode> {
             }
             match &status.cluster {
                 None => {}
-                Some(Err(error)) => println!("  patroni: {error}"),
-                Some(Ok(members)) => {
+                Some(ClusterStatus {
+                    error: Some(error), ..
+                }) => println!("  patroni: {error}"),
+                Some(ClusterStatus { members, .. }) => {
                     println!("  patroni cluster, as this member sees it:");
                     for member in members {
                         println!(

@@ -39,6 +39,29 @@ pub struct MemberStatus {
     pub lag: Option<u64>,
 }
 
+/// The Patroni cluster as one member sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterStatus {
+    pub members: Vec<MemberStatus>,
+    /// Why the member could not say (its Patroni does not answer), else `None`.
+    pub error: Option<String>,
+}
+
+impl From<Result<Vec<MemberStatus>, String>> for ClusterStatus {
+    fn from(result: Result<Vec<MemberStatus>, String>) -> Self {
+        match result {
+            Ok(members) => Self {
+                members,
+                error: None,
+            },
+            Err(error) => Self {
+                members: Vec::new(),
+                error: Some(error),
+            },
+        }
+    }
+}
+
 /// One host's entry in the contract's status document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostStatus {
@@ -47,10 +70,9 @@ pub struct HostStatus {
     /// On the broker's host only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueStatus>,
-    /// On a Patroni member: the cluster as it sees it, or why it could not say (its Patroni
-    /// does not answer).
+    /// On a Patroni member: the cluster as it sees it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<Result<Vec<MemberStatus>, String>>,
+    pub cluster: Option<ClusterStatus>,
     pub error: Option<String>,
 }
 
@@ -154,7 +176,7 @@ pub fn parse_status(
         .postgres
         .as_ref()
         .is_some_and(|postgres| postgres.cluster.is_some());
-    let mut cluster = member.then(|| Err("Patroni did not answer".to_owned()));
+    let mut cluster = member.then(|| ClusterStatus::from(Err("Patroni did not answer".to_owned())));
     let mut section = "";
     let mut current: Option<usize> = None;
     for line in output.lines() {
@@ -184,7 +206,7 @@ pub fn parse_status(
                     service.version = health_version(body);
                 }
             }
-            ("cluster", _) if member => cluster = Some(parse_cluster(line)),
+            ("cluster", _) if member => cluster = Some(parse_cluster(line).into()),
             ("queues", _) => {
                 let fields: Vec<&str> = line.split('\t').collect();
                 if let (Some(status), [name, messages, consumers]) =

@@ -181,3 +181,26 @@ fn apply_reports_fit_the_documented_json() {
     assert_fits("provision-report.schema.json", &document);
     assert_eq!(document["hosts"][1]["failed"], 1);
 }
+
+/// A Patroni member's status carries the cluster as it sees it, or why it could not say.
+#[test]
+fn a_members_status_fits_the_documented_json() {
+    use provisioner::converge::status::parse_status;
+    use provisioner::desired::PatroniMember;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut desired = desired_host(dir.path());
+    desired.postgres.as_mut().expect("postgres").cluster = Some(PatroniMember {
+        name: desired.name.clone(),
+        first: true,
+    });
+    for cluster in [
+        r#"{"members": [{"name": "app-vm", "role": "leader", "state": "running", "timeline": 2}, {"name": "b", "role": "sync_standby", "state": "streaming", "timeline": 2, "lag": 0}]}"#,
+        "curl: (7) Failed to connect to 127.0.0.1 port 8008",
+    ] {
+        let output = format!("@@queues\n@@cluster\n{cluster}\n@@end\n");
+        let status = parse_status(&desired, "billing_queue", &output).expect("parsed");
+        let text = json_document(&[status]).expect("serialises");
+        let document: Value = serde_json::from_str(&text).expect("JSON");
+        assert_fits("provision-status.schema.json", &document);
+    }
+}

@@ -73,7 +73,7 @@ fn the_members_hold_every_database_and_patroni_configures_them() {
             yaml,
             &[
                 &format!("name: {name}"),
-                &format!("listen: {address}:8008"),
+                "listen: 0.0.0.0:8008",
                 &format!("listen: 127.0.0.1,{address}:5432"),
                 &format!("connect_address: {address}:5432"),
                 "- 192.168.56.13:2379",
