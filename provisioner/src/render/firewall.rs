@@ -9,6 +9,10 @@ use tera::Context;
 
 use super::inventory::Host;
 use super::platform::Component;
+use super::monitoring::{
+    holds_postgres, NODE_EXPORTER_PORT, POSTGRES_EXPORTER_PORT, PROMETHEUS_PORT,
+    RABBITMQ_METRICS_PORT,
+};
 use super::patroni::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATRONI_REST_PORT};
 use super::rabbitmq::{EPMD_PORT, ERLANG_DISTRIBUTION_PORT};
 use super::services::{AMQP_PORT, POSTGRES_PORT};
@@ -72,20 +76,59 @@ impl Renderer<'_> {
         let inventory = self.inventory;
         let platform = &inventory.platform;
         let mut ports = Vec::new();
+        let monitoring: Vec<&Host> = inventory.monitoring_host().into_iter().collect();
         for service in inventory.services_of(host) {
-            let callers: Vec<&str> = platform
+            let mut users: Vec<&str> = platform
                 .callers_of(&service.name)
                 .map(|caller| caller.name.as_str())
                 .collect();
-            if service.public || callers.is_empty() {
+            let mut clients: Vec<&Host> = inventory
+                .hosts_running_any(|client| client.calls.contains(&service.name))
+                .collect();
+            if let Some(port) = service.metrics_port.filter(|_| !monitoring.is_empty()) {
+                ports.push(FirewallPort::new(
+                    port,
+                    &format!("{}'s metrics, for Prometheus", service.name),
+                    host,
+                    monitoring.iter().copied(),
+                ));
+            } else if service.metrics.is_some() && !monitoring.is_empty() {
+                users.push("Prometheus (its metrics)");
+                clients.extend(&monitoring);
+            }
+            if service.public || users.is_empty() {
                 continue;
             }
             ports.push(FirewallPort::new(
                 inventory.port_of(service),
-                &format!("{}, called by {}", service.summary, callers.join(" and ")),
+                &format!("{}, called by {}", service.summary, users.join(" and ")),
                 host,
-                inventory.hosts_running_any(|client| client.calls.contains(&service.name)),
+                clients,
             ));
+        }
+        if !monitoring.is_empty() {
+            ports.push(FirewallPort::new(
+                NODE_EXPORTER_PORT,
+                "the host's metrics (node exporter), for Prometheus",
+                host,
+                monitoring.iter().copied(),
+            ));
+            if holds_postgres(host) {
+                ports.push(FirewallPort::new(
+                    POSTGRES_EXPORTER_PORT,
+                    "PostgreSQL's metrics, for Prometheus",
+                    host,
+                    monitoring.iter().copied(),
+                ));
+            }
+            if host.has(Component::Rabbitmq) {
+                ports.push(FirewallPort::new(
+                    RABBITMQ_METRICS_PORT,
+                    "RabbitMQ's metrics (rabbitmq_prometheus), for Prometheus",
+                    host,
+                    monitoring.iter().copied(),
+                ));
+            }
         }
         for component in Component::ALL {
             if !host.has(component) {
@@ -142,6 +185,13 @@ impl Renderer<'_> {
                         ));
                     }
                 }
+                // Prometheus's own port: this host alone (reached through SSH).
+                Component::Monitoring => ports.push(FirewallPort::new(
+                    PROMETHEUS_PORT,
+                    "Prometheus, for this host alone (reach it through SSH)",
+                    host,
+                    std::iter::empty(),
+                )),
                 Component::Etcd => {
                     let peers = inventory.etcd_hosts();
                     let clients = peers
@@ -177,9 +227,9 @@ impl Renderer<'_> {
                     ));
                     ports.push(FirewallPort::new(
                         PATRONI_REST_PORT,
-                        "Patroni's REST API: its members, and HAProxy's health checks",
+                        "Patroni's REST API: its members, HAProxy's health checks (and Prometheus)",
                         host,
-                        clients(),
+                        clients().chain(monitoring.iter().copied()),
                     ));
                 }
             }

@@ -215,6 +215,11 @@ impl Inventory {
         self.hosts_with(Component::Etcd).collect()
     }
 
+    /// The host running Prometheus, when the platform is monitored.
+    pub fn monitoring_host(&self) -> Option<&Host> {
+        self.hosts_with(Component::Monitoring).next()
+    }
+
     /// Whether the databases live in a Patroni cluster, reached through HAProxy on each host
     /// whose services own one.
     pub fn database_cluster(&self) -> bool {
@@ -753,7 +758,18 @@ impl Validator<'_> {
             }
             _ => Ok(()),
         }?;
-        self.check_database_cluster(raw_hosts, hosts, hosts_span)
+        self.check_database_cluster(raw_hosts, hosts, hosts_span)?;
+        let monitoring: Vec<usize> = (0..hosts.len())
+            .filter(|&index| hosts[index].has(Component::Monitoring))
+            .collect();
+        match monitoring.as_slice() {
+            [_, second, ..] => Err(self.error(
+                raw_hosts[*second].get_ref().roles.span(),
+                &format!("hosts[{second}].roles"),
+                "`monitoring` is on more than one host: one Prometheus scrapes the whole platform",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// A Patroni cluster has 2 or more members and an etcd of 3, 5… members; etcd serves only

@@ -27,6 +27,7 @@ pub mod firewall;
 pub mod inventory;
 pub mod keepalived;
 pub mod located;
+pub mod monitoring;
 pub mod patroni;
 pub mod platform;
 pub mod postgresql;
@@ -318,8 +319,16 @@ impl<'a> Renderer<'a> {
                     postgres = Some(state);
                     host_units.push(component.unit().to_owned());
                 }
+                Component::Monitoring => {
+                    files.extend(self.prometheus(host)?);
+                    host_units.push(component.unit().to_owned());
+                }
             }
         }
+        let exporters = self.exporters(host)?;
+        packages.extend(exporters.packages);
+        host_units.extend(exporters.units);
+        files.extend(exporters.files);
         if let Some(conf) = self.haproxy(host)? {
             files.push(conf);
             packages.push("haproxy".to_owned());

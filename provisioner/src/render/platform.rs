@@ -49,10 +49,18 @@ pub enum Component {
     /// A member of the Patroni cluster: PostgreSQL holding every service's database, replicated
     /// to the other members, its primary chosen by Patroni.
     Patroni,
+    /// Prometheus, scraping every service and host of the platform, with its alert rules.
+    Monitoring,
 }
 
 impl Component {
-    pub const ALL: [Self; 4] = [Self::Postgres, Self::Rabbitmq, Self::Etcd, Self::Patroni];
+    pub const ALL: [Self; 5] = [
+        Self::Postgres,
+        Self::Rabbitmq,
+        Self::Etcd,
+        Self::Patroni,
+        Self::Monitoring,
+    ];
 
     /// Its role name in `inventory.toml`.
     pub fn name(self) -> &'static str {
@@ -61,6 +69,7 @@ impl Component {
             Self::Rabbitmq => "rabbitmq",
             Self::Etcd => "etcd",
             Self::Patroni => "patroni",
+            Self::Monitoring => "monitoring",
         }
     }
 
@@ -72,6 +81,7 @@ impl Component {
             Self::Etcd => &["etcd-server"],
             // curl asks Patroni's REST API which member is the primary (facts, status).
             Self::Patroni => &["postgresql", "patroni", "curl"],
+            Self::Monitoring => &["prometheus"],
         }
     }
 
@@ -82,6 +92,7 @@ impl Component {
             Self::Rabbitmq => "rabbitmq-server",
             Self::Etcd => "etcd",
             Self::Patroni => "patroni",
+            Self::Monitoring => "prometheus",
         }
     }
 
@@ -110,6 +121,11 @@ pub struct ServiceDescription {
     pub broker: bool,
     /// Services it calls over HTTP.
     pub calls: Vec<String>,
+    /// The path of its Prometheus metrics, when it serves them.
+    pub metrics: Option<String>,
+    /// The port of a listener of its own for the metrics (`METRICS_LISTEN_ADDR`), when they must
+    /// not be on its main port (a public service's); else they are served there.
+    pub metrics_port: Option<u16>,
 }
 
 impl ServiceDescription {
@@ -341,7 +357,10 @@ fn validate_service(
             format!("`{port_setting}` is already the port of {}", other.name),
         ));
     }
-    for (value, key) in [(&raw.health, "health"), (&raw.ready, "ready")] {
+    for (value, key) in [(&raw.health, "health"), (&raw.ready, "ready")]
+        .into_iter()
+        .chain(raw.metrics.as_ref().map(|metrics| (metrics, "metrics")))
+    {
         if !value.get_ref().starts_with('/') || value.get_ref().contains(char::is_whitespace) {
             return Err(error(
                 value.span(),
@@ -377,6 +396,15 @@ fn validate_service(
         }
         calls.push(callee.get_ref().clone());
     }
+    if let Some(port) = &raw.metrics_port {
+        if raw.metrics.is_none() || *port.get_ref() == 0 {
+            return Err(error(
+                port.span(),
+                &field("metrics_port"),
+                "a port from 1 to 65535, beside `metrics` (the path served there)".into(),
+            ));
+        }
+    }
     Ok(ServiceDescription {
         name,
         summary: summary.clone(),
@@ -387,6 +415,8 @@ fn validate_service(
         database: raw.database.as_ref().map(|prefix| prefix.get_ref().clone()),
         broker: raw.broker,
         calls,
+        metrics: raw.metrics.as_ref().map(|path| path.get_ref().clone()),
+        metrics_port: raw.metrics_port.as_ref().map(|port| *port.get_ref()),
     })
 }
 
@@ -409,6 +439,8 @@ struct RawService {
     broker: bool,
     #[serde(default)]
     calls: Vec<Spanned<String>>,
+    metrics: Option<Spanned<String>>,
+    metrics_port: Option<Spanned<u16>>,
 }
 
 #[cfg(test)]
@@ -478,7 +510,7 @@ broker = false
         assert_eq!(callers, ["gateway"]);
         assert_eq!(
             platform.role_names(),
-            ["inventory", "gateway", "postgres", "rabbitmq", "etcd", "patroni"]
+            ["inventory", "gateway", "postgres", "rabbitmq", "etcd", "patroni", "monitoring"]
         );
     }
 

@@ -82,8 +82,8 @@ struct SocketContext<'a> {
 }
 
 impl Renderer<'_> {
-    /// Where `service` listens: every interface when it is public or called from another host,
-    /// else loopback only.
+    /// Where `service` listens: every interface when it is public, called from another host, or
+    /// scraped there by the monitoring host from another host, else loopback only.
     fn listen_ip(&self, host: &Host, service: &ServiceDescription) -> &'static str {
         let called_from_elsewhere = self
             .inventory
@@ -91,7 +91,10 @@ impl Renderer<'_> {
             .callers_of(&service.name)
             .flat_map(|caller| self.inventory.hosts_running(&caller.name))
             .any(|client| client.name != host.name);
-        if service.public || called_from_elsewhere {
+        let scraped_here = service.metrics.is_some()
+            && service.metrics_port.is_none()
+            && self.scraped_from_elsewhere(host);
+        if service.public || called_from_elsewhere || scraped_here {
             "0.0.0.0"
         } else {
             "127.0.0.1"
@@ -244,6 +247,10 @@ impl Renderer<'_> {
         context.insert("rate_limit_burst", &settings.rate_limit_burst);
         context.insert("queue", &settings.queue);
         context.insert("listen_addr", &self.listen_addr(host, service));
+        context.insert(
+            "metrics_listen_addr",
+            &self.metrics_listen_addr(host, service),
+        );
         if let Some(credentials) = self.database_credentials(service) {
             context.insert(
                 "database_url",

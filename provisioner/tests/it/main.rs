@@ -9,6 +9,7 @@ mod json;
 mod plan;
 mod platform;
 mod render;
+mod monitoring;
 mod patroni;
 mod ssh;
 mod status;
