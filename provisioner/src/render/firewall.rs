@@ -227,9 +227,9 @@ impl Renderer<'_> {
                     ));
                     ports.push(FirewallPort::new(
                         PATRONI_REST_PORT,
-                        "Patroni's REST API: its members, HAProxy's health checks (and Prometheus)",
+                        "Patroni's REST API: its members, and HAProxy's health checks",
                         host,
-                        clients().chain(monitoring.iter().copied()),
+                        clients(),
                     ));
                 }
             }

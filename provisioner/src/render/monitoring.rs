@@ -21,8 +21,6 @@ pub const POSTGRES_EXPORTER: &str = "prometheus-postgres-exporter";
 pub const POSTGRES_EXPORTER_PORT: u16 = 9187;
 /// The `rabbitmq_prometheus` plugin's listener.
 pub const RABBITMQ_METRICS_PORT: u16 = 15692;
-/// Patroni's REST API serves its metrics too.
-pub const PATRONI_METRICS_PORT: u16 = super::patroni::PATRONI_REST_PORT;
 /// How often Prometheus scrapes and evaluates the rules.
 const INTERVAL: &str = "10s";
 
@@ -157,10 +155,8 @@ impl Renderer<'_> {
                 targets(databases, POSTGRES_EXPORTER_PORT),
             ));
         }
-        let members = inventory.patroni_hosts();
-        if !members.is_empty() {
-            jobs.push(job("patroni", "/metrics", targets(members, PATRONI_METRICS_PORT)));
-        }
+        // Not Patroni's own /metrics: Debian 12's Patroni (3.0.2) prints `None` as a replica's
+        // timeline there, which Prometheus refuses whole; PostgreSQL's exporter covers the members.
         let brokers = inventory.broker_hosts();
         if !brokers.is_empty() {
             jobs.push(job(

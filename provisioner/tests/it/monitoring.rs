@@ -63,7 +63,6 @@ fn prometheus_scrapes_every_service_host_and_engine_through_ports_opened_to_it_a
         ("node", "127.0.0.1:9100"),
         ("node", "192.168.56.15:9100"),
         ("postgres", "192.168.56.13:9187"),
-        ("patroni", "192.168.56.14:8008"),
         ("rabbitmq", "192.168.56.12:15692"),
     ] {
         assert!(yaml.contains(&format!("- job_name: {job}\n")), "{job}: {yaml}");

@@ -1,5 +1,7 @@
 //! The platform's speed and memory figures: the three release binaries on loopback ports, loaded
-//! by this process, with a reference measured in the same run for each ratio.
+//! by this process, with a reference measured in the same run for each ratio: nginx proxying to
+//! the same inventory (for the gateway), a raw confirmed publisher (for the gateway's publishes)
+//! and a raw consumer (for billing's drain), both with lapin straight to the broker.
 //!
 //! It prints figures and asserts none of them: a slow or noisy machine changes the numbers, never
 //! the outcome. It fails only on functional errors (a non-2xx answer, an order that never becomes
@@ -15,7 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use end_to_end::{amqp_url, database_url, peak_rss_mib, Platform, Scratch};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeleteOptions,
+};
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -39,6 +45,11 @@ const BACKLOG_ORDERS: usize = 20_000;
 const NAIVE_TIME_LIMIT: Duration = Duration::from_secs(15);
 /// Movies the proxy loads read, in turn.
 const MOVIES: usize = 16;
+/// Unconfirmed messages the raw publisher keeps in flight on its one channel.
+const RAW_IN_FLIGHT: usize = 256;
+/// The raw consumer's prefetch; it acknowledges every `RAW_ACK_EVERY` messages at once.
+const RAW_PREFETCH: u16 = 500;
+const RAW_ACK_EVERY: u64 = 250;
 /// How long accepted orders may take to become rows before the run is declared broken.
 const ROW_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -169,9 +180,10 @@ async fn measured_load(
     ))
 }
 
-/// Publishes `count` orders straight to `queue` as the gateway does (persistent, JSON, a fresh
-/// message id each) and waits for every confirm.
-async fn publish_backlog(queue: &str, count: usize) -> Result<()> {
+/// The raw confirmed publisher: publishes `count` orders straight to `queue` as the gateway does
+/// (persistent, JSON, a fresh message id each) on one channel, `RAW_IN_FLIGHT` unconfirmed at most,
+/// and waits for every confirm. Returns the time from the first publish to the last confirm.
+async fn publish_backlog(queue: &str, count: usize) -> Result<Duration> {
     let connection =
         lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
             .await
@@ -185,33 +197,148 @@ async fn publish_backlog(queue: &str, count: usize) -> Result<()> {
     let body = serde_json::to_vec(
         &json!({"user_id": "bench_backlog", "number_of_items": 2, "total_amount": "19.99"}),
     )?;
-    // Publishes are pipelined a chunk at a time, so the broker is never asked to hold an unbounded
-    // number of unconfirmed messages for us.
-    let mut sent = 0;
-    while sent < count {
-        let chunk = (count - sent).min(1_000);
-        let mut confirms = Vec::with_capacity(chunk);
-        for _ in 0..chunk {
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into())
-                .with_message_id(uuid::Uuid::new_v4().to_string().into());
-            confirms.push(
-                channel
-                    .basic_publish("", queue, BasicPublishOptions::default(), &body, properties)
-                    .await?,
-            );
+    // A window of unconfirmed publishes: the oldest confirm is awaited before the next publish
+    // once the window is full, so the broker never holds an unbounded number for us.
+    let start = Instant::now();
+    let mut in_flight = std::collections::VecDeque::with_capacity(RAW_IN_FLIGHT);
+    for _ in 0..count {
+        if in_flight.len() == RAW_IN_FLIGHT {
+            let confirm: lapin::publisher_confirm::PublisherConfirm =
+                in_flight.pop_front().context("a confirm in flight")?;
+            ensure!(confirm.await?.is_ack(), "the broker refused a backlog message");
         }
-        for confirm in confirms {
-            ensure!(
-                confirm.await?.is_ack(),
-                "the broker refused a backlog message"
-            );
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(uuid::Uuid::new_v4().to_string().into());
+        in_flight.push_back(
+            channel
+                .basic_publish("", queue, BasicPublishOptions::default(), &body, properties)
+                .await?,
+        );
+    }
+    for confirm in in_flight {
+        ensure!(confirm.await?.is_ack(), "the broker refused a backlog message");
+    }
+    let elapsed = start.elapsed();
+    let _ = connection.close(200, "bye").await;
+    Ok(elapsed)
+}
+
+/// The raw consumer: takes `count` messages off `queue` with prefetch `RAW_PREFETCH`,
+/// acknowledging `RAW_ACK_EVERY` at a time, and does nothing else with them; then deletes the
+/// queue. The ceiling of any consumer of this broker. Returns the time it took.
+async fn raw_consume(queue: &str, count: usize) -> Result<Duration> {
+    let connection =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .context("connecting to RabbitMQ with AMQP_URL")?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(RAW_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let start = Instant::now();
+    let mut consumer = channel
+        .basic_consume(
+            queue,
+            "bench-raw-consumer",
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    let mut received = 0;
+    while received < count {
+        let delivery = tokio::time::timeout(ROW_DEADLINE, consumer.next())
+            .await
+            .context("the raw consumer waited too long for a message")?
+            .context("the raw consumer's stream ended")??;
+        received += 1;
+        if delivery.delivery_tag % RAW_ACK_EVERY == 0 || received == count {
+            channel
+                .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
+                .await?;
         }
-        sent += chunk;
+    }
+    let elapsed = start.elapsed();
+    for queue in [queue.to_owned(), service_common::queue::dead_letter_queue_name(queue)] {
+        channel
+            .queue_delete(&queue, QueueDeleteOptions::default())
+            .await?;
     }
     let _ = connection.close(200, "bye").await;
-    Ok(())
+    Ok(elapsed)
+}
+
+/// nginx in front of the same inventory, as an operator would put it: `proxy_pass` to an upstream
+/// with kept-alive connections, a worker per core, no access log. Stopped when dropped.
+struct Nginx {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl Nginx {
+    async fn start(client: &reqwest::Client, upstream: &str) -> Result<Self> {
+        let binary = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())
+            .context("nginx is missing: `scripts/prerequisites bench` installs it (Debian's nginx-light)")?;
+        let port = end_to_end::free_port()?;
+        let dir = std::env::temp_dir().join(format!("bench-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let upstream = upstream.trim_start_matches("http://");
+        let d = dir.display();
+        let config = format!(
+            "worker_processes auto;\n\
+             daemon off;\n\
+             pid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n\
+               access_log off;\n\
+               client_body_temp_path {d}/body;\n\
+               proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n\
+               uwsgi_temp_path {d}/uwsgi;\n\
+               scgi_temp_path {d}/scgi;\n\
+               upstream inventory {{ server {upstream}; keepalive 128; }}\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 location / {{ proxy_pass http://inventory; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
+               }}\n\
+             }}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), config)?;
+        let child = std::process::Command::new(binary)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        let nginx = Self {
+            child,
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        end_to_end::wait_ready(client, &format!("{}/ready", nginx.url)).await?;
+        Ok(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGQUIT: nginx's graceful stop of its master and workers.
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::QUIT,
+        );
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The reference for the drain: the same rows inserted one per transaction, in a loop, which is
@@ -305,46 +432,42 @@ async fn run(scratch: &Scratch) -> Result<()> {
         })
     };
 
-    progress("GET /api/movies/{id}, straight to inventory and through the gateway in turn");
+    progress("starting nginx in front of the same inventory (the gateway's reference)");
+    let nginx = Nginx::start(&client, &direct).await?;
+    let through_nginx = nginx.url.clone();
+
+    progress("GET /api/movies/{id}: straight to inventory, through nginx and through the gateway, in turn");
     let round_requests = PROXY_REQUESTS / PROXY_ROUNDS as usize;
     let round_limit = LOAD_TIME_LIMIT / PROXY_ROUNDS;
-    closed_loop(
-        &client,
-        WARM_UP_REQUESTS,
-        LOAD_TIME_LIMIT,
-        get_movie(direct.clone()),
-    )
-    .await?;
-    closed_loop(
-        &client,
-        WARM_UP_REQUESTS,
-        LOAD_TIME_LIMIT,
-        get_movie(through_gateway.clone()),
-    )
-    .await?;
-    let (mut direct_rounds, mut proxied_rounds) = (Vec::new(), Vec::new());
-    for _ in 0..PROXY_ROUNDS {
-        direct_rounds.push(
-            closed_loop(
-                &client,
-                round_requests,
-                round_limit,
-                get_movie(direct.clone()),
-            )
-            .await?,
-        );
-        proxied_rounds.push(
-            closed_loop(
-                &client,
-                round_requests,
-                round_limit,
-                get_movie(through_gateway.clone()),
-            )
-            .await?,
-        );
+    let targets = [direct.clone(), through_nginx.clone(), through_gateway.clone()];
+    for target in &targets {
+        closed_loop(
+            &client,
+            WARM_UP_REQUESTS,
+            LOAD_TIME_LIMIT,
+            get_movie(target.clone()),
+        )
+        .await?;
     }
+    let mut rounds: [Vec<LoadFigures>; 3] = Default::default();
+    for _ in 0..PROXY_ROUNDS {
+        for (target, figures) in targets.iter().zip(rounds.iter_mut()) {
+            figures.push(
+                closed_loop(
+                    &client,
+                    round_requests,
+                    round_limit,
+                    get_movie(target.clone()),
+                )
+                .await?,
+            );
+        }
+    }
+    let [direct_rounds, nginx_rounds, proxied_rounds] = rounds;
     let direct_load = LoadFigures::merge(direct_rounds);
+    let nginx_load = LoadFigures::merge(nginx_rounds);
     let proxied_load = LoadFigures::merge(proxied_rounds);
+    drop(nginx);
 
     progress("POST /api/billing through the gateway");
     let order =
@@ -358,14 +481,19 @@ async fn run(scratch: &Scratch) -> Result<()> {
     let mut db = PgConnection::connect(&billing_db).await?;
     wait_for_orders(&mut db, accepted).await?;
 
-    progress("billing stopped; queueing the backlog");
+    progress("billing stopped; queueing the backlog with the raw publisher (the publishes' reference)");
     platform.stop_billing()?;
-    publish_backlog(&queue, BACKLOG_ORDERS).await?;
+    let raw_publish = publish_backlog(&queue, BACKLOG_ORDERS).await?;
     progress("billing started; draining the backlog");
     let drain_start = Instant::now();
     platform.start_billing()?;
     wait_for_orders(&mut db, accepted + BACKLOG_ORDERS as i64).await?;
     let drain = drain_start.elapsed();
+
+    progress("reference: the raw consumer draining the same backlog from a queue of its own");
+    let raw_queue = format!("{queue}-raw");
+    publish_backlog(&raw_queue, BACKLOG_ORDERS).await?;
+    let raw_consume = raw_consume(&raw_queue, BACKLOG_ORDERS).await?;
 
     // Read before the naive loop, which loads PostgreSQL, not the services.
     let memory = [
@@ -387,9 +515,12 @@ async fn run(scratch: &Scratch) -> Result<()> {
 
     print_report(&Report {
         direct: &direct_load,
+        nginx: &nginx_load,
         proxied: &proxied_load,
         publish: &publish_load,
+        raw_publish,
         drain,
+        raw_consume,
         naive_rows,
         naive_time,
         memory: &memory,
@@ -402,9 +533,12 @@ async fn run(scratch: &Scratch) -> Result<()> {
 #[derive(Debug)]
 struct Report<'a> {
     direct: &'a LoadFigures,
+    nginx: &'a LoadFigures,
     proxied: &'a LoadFigures,
     publish: &'a LoadFigures,
+    raw_publish: Duration,
     drain: Duration,
+    raw_consume: Duration,
     naive_rows: usize,
     naive_time: Duration,
     memory: &'a [(&'static str, f64)],
@@ -429,16 +563,33 @@ fn print_report(r: &Report<'_>) {
         "load", "requests", "req/s", "p50 ms", "p99 ms"
     );
     load_row("GET /api/movies/{id} direct", r.direct);
+    load_row("GET /api/movies/{id} via nginx", r.nginx);
     load_row("GET /api/movies/{id} via gateway", r.proxied);
-    println!(
-        "{:<36} {:>8} {:>9.2}x {:>8.2}x {:>8.2}x",
-        "  ratio gateway/direct",
-        "",
-        r.proxied.per_second() / r.direct.per_second(),
-        r.proxied.percentile_ms(0.50) / r.direct.percentile_ms(0.50),
-        r.proxied.percentile_ms(0.99) / r.direct.percentile_ms(0.99),
-    );
+    let ratio_row = |name: &str, ours: &LoadFigures, reference: &LoadFigures| {
+        println!(
+            "{name:<36} {:>8} {:>9.2}x {:>8.2}x {:>8.2}x",
+            "",
+            ours.per_second() / reference.per_second(),
+            ours.percentile_ms(0.50) / reference.percentile_ms(0.50),
+            ours.percentile_ms(0.99) / reference.percentile_ms(0.99),
+        );
+    };
+    ratio_row("  ratio gateway/direct", r.proxied, r.direct);
+    ratio_row("  ratio gateway/nginx", r.proxied, r.nginx);
     load_row("POST /api/billing (confirmed)", r.publish);
+    let raw_publish_rate = BACKLOG_ORDERS as f64 / r.raw_publish.as_secs_f64();
+    println!(
+        "{:<36} {:>8} {:>10.0}",
+        format!("raw publisher, 1 channel, {RAW_IN_FLIGHT} in flight"),
+        BACKLOG_ORDERS,
+        raw_publish_rate
+    );
+    println!(
+        "{:<36} {:>8} {:>9.2}x",
+        "  ratio gateway/raw publisher",
+        "",
+        r.publish.per_second() / raw_publish_rate
+    );
     println!();
     let drain_rate = BACKLOG_ORDERS as f64 / r.drain.as_secs_f64();
     let naive_rate = r.naive_rows as f64 / r.naive_time.as_secs_f64();
@@ -465,6 +616,20 @@ fn print_report(r: &Report<'_>) {
         "  ratio billing/naive",
         "",
         drain_rate / naive_rate
+    );
+    let raw_consume_rate = BACKLOG_ORDERS as f64 / r.raw_consume.as_secs_f64();
+    println!(
+        "{:<36} {:>8} {:>10.0} {:>9.2}",
+        format!("raw consumer, prefetch {RAW_PREFETCH}, no database"),
+        BACKLOG_ORDERS,
+        raw_consume_rate,
+        r.raw_consume.as_secs_f64()
+    );
+    println!(
+        "{:<36} {:>8} {:>9.2}x",
+        "  ratio billing/raw consumer",
+        "",
+        drain_rate / raw_consume_rate
     );
     println!();
     println!("{:<36} {:>8}", "peak RSS (VmHWM)", "MiB");
