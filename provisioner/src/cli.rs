@@ -517,7 +517,9 @@ fn run_switchover(args: &Args, to: Option<&str>) -> anyhow::Result<ExitCode> {
         })
         .collect();
     if members.is_empty() {
-        bail!("no host of the inventory has the role `patroni`: there is no cluster to switch over");
+        bail!(
+            "no host of the inventory has the role `patroni`: there is no cluster to switch over"
+        );
     }
     if let Some(to) = to {
         if !members.iter().any(|member| member.name == to) {
@@ -548,13 +550,18 @@ fn run_switchover(args: &Args, to: Option<&str>) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         });
     }
-    bail!("no member of the Patroni cluster could be reached: {}", unreachable.join("; "))
+    bail!(
+        "no member of the Patroni cluster could be reached: {}",
+        unreachable.join("; ")
+    )
 }
 
 /// The switchover, run as postgres (who alone reads Patroni's configuration and its REST API's
 /// password), without questions.
 pub fn switchover_command(to: Option<&str>) -> String {
-    let candidate = to.map_or(String::new(), |to| format!(" --candidate {}", shell_quote(to)));
+    let candidate = to.map_or(String::new(), |to| {
+        format!(" --candidate {}", shell_quote(to))
+    });
     format!(
         "cd / && runuser -u postgres -- patronictl -c {} switchover --force{candidate}",
         crate::render::patroni::PATRONI_CONFIG

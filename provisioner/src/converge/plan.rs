@@ -8,8 +8,8 @@ use similar::TextDiff;
 
 use crate::converge::facts::{HostFacts, PatroniFact};
 use crate::desired::{
-    resolve_pg_version, resolve_pg_version_in, sha256_hex, DesiredFile, DesiredHost, FileContent, Handler,
-    PG_VERSION_PLACEHOLDER,
+    resolve_pg_version, resolve_pg_version_in, sha256_hex, DesiredFile, DesiredHost, FileContent,
+    Handler, PG_VERSION_PLACEHOLDER,
 };
 
 /// The `kind` of a change in the JSON document of the contract.

@@ -237,7 +237,10 @@ pub fn parse_cluster(body: &str) -> Result<Vec<MemberStatus>, String> {
         if body.is_empty() {
             "Patroni did not answer".to_owned()
         } else {
-            format!("Patroni did not answer: {}", body.chars().take(200).collect::<String>())
+            format!(
+                "Patroni did not answer: {}",
+                body.chars().take(200).collect::<String>()
+            )
         }
     })?;
     let members = value

@@ -8,12 +8,12 @@ use serde::Serialize;
 use tera::Context;
 
 use super::inventory::Host;
-use super::platform::Component;
 use super::monitoring::{
     holds_postgres, NODE_EXPORTER_PORT, POSTGRES_EXPORTER_PORT, PROMETHEUS_PORT,
     RABBITMQ_METRICS_PORT,
 };
 use super::patroni::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATRONI_REST_PORT};
+use super::platform::Component;
 use super::rabbitmq::{EPMD_PORT, ERLANG_DISTRIBUTION_PORT};
 use super::services::{AMQP_PORT, POSTGRES_PORT};
 use super::{text_file, RenderError, Renderer};
@@ -194,10 +194,7 @@ impl Renderer<'_> {
                 )),
                 Component::Etcd => {
                     let peers = inventory.etcd_hosts();
-                    let clients = peers
-                        .iter()
-                        .copied()
-                        .chain(inventory.patroni_hosts());
+                    let clients = peers.iter().copied().chain(inventory.patroni_hosts());
                     ports.push(FirewallPort::new(
                         ETCD_CLIENT_PORT,
                         "etcd's clients: the Patroni members (and the etcd members)",

@@ -147,7 +147,11 @@ impl Renderer<'_> {
             "/metrics",
             targets(inventory.hosts.iter().collect(), NODE_EXPORTER_PORT),
         ));
-        let databases: Vec<&Host> = inventory.hosts.iter().filter(|h| holds_postgres(h)).collect();
+        let databases: Vec<&Host> = inventory
+            .hosts
+            .iter()
+            .filter(|h| holds_postgres(h))
+            .collect();
         if !databases.is_empty() {
             jobs.push(job(
                 "postgres",

@@ -510,7 +510,15 @@ broker = false
         assert_eq!(callers, ["gateway"]);
         assert_eq!(
             platform.role_names(),
-            ["inventory", "gateway", "postgres", "rabbitmq", "etcd", "patroni", "monitoring"]
+            [
+                "inventory",
+                "gateway",
+                "postgres",
+                "rabbitmq",
+                "etcd",
+                "patroni",
+                "monitoring"
+            ]
         );
     }
 

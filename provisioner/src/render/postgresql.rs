@@ -34,7 +34,11 @@ impl Renderer<'_> {
     /// The role and database of every service whose hosts `served` holds, on `server`: its
     /// role with the password from `.env`, its database owned by that role, reachable only from
     /// those hosts.
-    pub fn database_objects(&self, server: &Host, served: impl Fn(&Host) -> bool) -> DatabaseObjects {
+    pub fn database_objects(
+        &self,
+        server: &Host,
+        served: impl Fn(&Host) -> bool,
+    ) -> DatabaseObjects {
         let host = server;
         let mut roles: Vec<PostgresRole> = Vec::new();
         let mut databases: Vec<PostgresDatabase> = Vec::new();

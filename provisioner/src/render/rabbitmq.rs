@@ -118,10 +118,7 @@ impl Renderer<'_> {
         context.insert("epmd_port", &EPMD_PORT);
         context.insert("distribution_port", &ERLANG_DISTRIBUTION_PORT);
         // RabbitMQ's own exporter, for the monitoring host.
-        context.insert(
-            "prometheus",
-            &self.inventory.monitoring_host().is_some(),
-        );
+        context.insert("prometheus", &self.inventory.monitoring_host().is_some());
         if let Some(cluster) = cluster {
             context.insert("node", &cluster.node);
             context.insert("nodes", &cluster.nodes);

@@ -11,8 +11,7 @@ use provisioner::converge::plan::{plan, ChangeKind};
 use provisioner::converge::transport::{ExecOutput, Transport, TransportError};
 use provisioner::desired::{
     Connection, DesiredHost, PatroniMember, PostgresDatabase, PostgresRole, PostgresState,
-    RabbitMqCluster,
-    RabbitMqState, Secret,
+    RabbitMqCluster, RabbitMqState, Secret,
 };
 
 /// This machine as a host: commands run through `sh -c` as the test's user (root).
@@ -389,7 +388,11 @@ fn each_fact_parses_what_its_printer_prints() {
         name: "app-vm".into(),
         first: false,
     });
-    for patroni in [PatroniFact::Primary, PatroniFact::Replica, PatroniFact::Silent] {
+    for patroni in [
+        PatroniFact::Primary,
+        PatroniFact::Replica,
+        PatroniFact::Silent,
+    ] {
         facts.patroni = patroni;
         let output = facts::script_output(&desired, &facts);
         assert_eq!(facts::parse_facts(&desired, &output), facts, "{patroni:?}");

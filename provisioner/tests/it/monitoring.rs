@@ -15,8 +15,7 @@ fn hosts_of(inventory_text: &str) -> Result<Vec<DesiredHost>, String> {
     let path = dir.path().join("inventory.toml");
     std::fs::write(&path, inventory_text).expect("write");
     let env = example_env();
-    let inventory =
-        Inventory::load(&path, &env, &platform()).map_err(|error| error.to_string())?;
+    let inventory = Inventory::load(&path, &env, &platform()).map_err(|error| error.to_string())?;
     desired_hosts(&inventory, &env, &workspace().join("templates"), None)
         .map_err(|error| error.to_string())
 }
@@ -42,7 +41,8 @@ fn without_the_role_nothing_is_scraped_and_nothing_opens() {
         text(file(billing, "/etc/rabbitmq/enabled_plugins")).trim(),
         "[rabbitmq_management]."
     );
-    assert!(text(file(billing, "/etc/billing/billing.env")).contains("HEALTH_LISTEN_ADDR=127.0.0.1:8081"));
+    assert!(text(file(billing, "/etc/billing/billing.env"))
+        .contains("HEALTH_LISTEN_ADDR=127.0.0.1:8081"));
     let gateway = host(&hosts, "gateway-vm");
     assert!(!text(file(gateway, "/etc/gateway/gateway.env")).contains("METRICS_LISTEN_ADDR"));
 }
@@ -65,8 +65,14 @@ fn prometheus_scrapes_every_service_host_and_engine_through_ports_opened_to_it_a
         ("postgres", "192.168.56.13:9187"),
         ("rabbitmq", "192.168.56.12:15692"),
     ] {
-        assert!(yaml.contains(&format!("- job_name: {job}\n")), "{job}: {yaml}");
-        assert!(yaml.contains(&format!("- targets: [\"{target}\"]")), "{target}: {yaml}");
+        assert!(
+            yaml.contains(&format!("- job_name: {job}\n")),
+            "{job}: {yaml}"
+        );
+        assert!(
+            yaml.contains(&format!("- targets: [\"{target}\"]")),
+            "{target}: {yaml}"
+        );
     }
     assert_has_lines(
         yaml,
@@ -77,21 +83,35 @@ fn prometheus_scrapes_every_service_host_and_engine_through_ports_opened_to_it_a
         ],
     );
     let rules = text(file(monitoring, "/etc/prometheus/platform-alerts.yml"));
-    for alert in ["ServiceDown", "BillingQueueGrowing", "DeadLetters", "DiskFilling"] {
+    for alert in [
+        "ServiceDown",
+        "BillingQueueGrowing",
+        "DeadLetters",
+        "DiskFilling",
+    ] {
         assert!(rules.contains(&format!("- alert: {alert}\n")), "{alert}");
     }
-    assert!(rules.contains("queue=\"billing_queue\"") && rules.contains("queue=\"billing_queue.dead-letter\""));
+    assert!(
+        rules.contains("queue=\"billing_queue\"")
+            && rules.contains("queue=\"billing_queue.dead-letter\"")
+    );
 
     for member in &hosts {
         assert!(
-            member.packages.contains(&"prometheus-node-exporter".to_owned())
-                && member.host_units.contains(&"prometheus-node-exporter".to_owned()),
+            member
+                .packages
+                .contains(&"prometheus-node-exporter".to_owned())
+                && member
+                    .host_units
+                    .contains(&"prometheus-node-exporter".to_owned()),
             "{}",
             member.name
         );
     }
     let node4 = host(&hosts, "node4-vm");
-    assert!(node4.host_units.contains(&"prometheus-postgres-exporter".to_owned()));
+    assert!(node4
+        .host_units
+        .contains(&"prometheus-postgres-exporter".to_owned()));
     assert_has_lines(
         text(file(node4, "/etc/default/prometheus-postgres-exporter")),
         &["DATA_SOURCE_NAME='user=postgres host=/run/postgresql dbname=postgres'"],
@@ -117,7 +137,9 @@ fn prometheus_scrapes_every_service_host_and_engine_through_ports_opened_to_it_a
 
     // Billing's health and metrics listener leaves loopback, for Prometheus alone.
     let billing = host(&hosts, "billing-vm");
-    assert!(text(file(billing, "/etc/billing/billing.env")).contains("HEALTH_LISTEN_ADDR=0.0.0.0:8081"));
+    assert!(
+        text(file(billing, "/etc/billing/billing.env")).contains("HEALTH_LISTEN_ADDR=0.0.0.0:8081")
+    );
     assert_eq!(
         text(file(billing, "/etc/rabbitmq/enabled_plugins")).trim(),
         "[rabbitmq_management,rabbitmq_prometheus]."
@@ -132,16 +154,25 @@ fn prometheus_scrapes_every_service_host_and_engine_through_ports_opened_to_it_a
     // The gateway's metrics have a listener of their own, never its public port; Prometheus is on
     // the same host here, so loopback; Prometheus's own port answers its host alone.
     let gateway_env = text(file(monitoring, "/etc/gateway/gateway.env"));
-    assert!(gateway_env.contains("METRICS_LISTEN_ADDR=127.0.0.1:9464\n"), "{gateway_env}");
+    assert!(
+        gateway_env.contains("METRICS_LISTEN_ADDR=127.0.0.1:9464\n"),
+        "{gateway_env}"
+    );
     let rules_nft = text(file(monitoring, "/etc/platform-firewall/rules.nft"));
-    assert!(!rules_nft.contains("tcp dport 9090 ip saddr"), "{rules_nft}");
+    assert!(
+        !rules_nft.contains("tcp dport 9090 ip saddr"),
+        "{rules_nft}"
+    );
     assert_has_lines(rules_nft, &["tcp dport 9090 reject with tcp reset"]);
 }
 
 #[test]
 fn a_monitoring_host_elsewhere_gets_the_gateways_metrics_listener_on_every_interface() {
     let text_in = committed("inventory-pg-ha.toml")
-        .replace("roles = [\"gateway\", \"monitoring\"]", "roles = [\"gateway\"]")
+        .replace(
+            "roles = [\"gateway\", \"monitoring\"]",
+            "roles = [\"gateway\"]",
+        )
         .replacen(
             "roles = [\"patroni\", \"etcd\"]",
             "roles = [\"patroni\", \"etcd\", \"monitoring\"]",
@@ -149,13 +180,17 @@ fn a_monitoring_host_elsewhere_gets_the_gateways_metrics_listener_on_every_inter
         );
     let hosts = hosts_of(&text_in).expect("renders");
     let gateway = host(&hosts, "gateway-vm");
-    assert!(text(file(gateway, "/etc/gateway/gateway.env")).contains("METRICS_LISTEN_ADDR=0.0.0.0:9464\n"));
+    assert!(text(file(gateway, "/etc/gateway/gateway.env"))
+        .contains("METRICS_LISTEN_ADDR=0.0.0.0:9464\n"));
     assert_has_lines(
         text(file(gateway, "/etc/platform-firewall/rules.nft")),
         &["tcp dport 9464 ip saddr { 192.168.56.13 } accept"],
     );
     // One Prometheus, not two.
-    let twice = text_in.replace("roles = [\"gateway\"]", "roles = [\"gateway\", \"monitoring\"]");
+    let twice = text_in.replace(
+        "roles = [\"gateway\"]",
+        "roles = [\"gateway\", \"monitoring\"]",
+    );
     let message = hosts_of(&twice).expect_err("refused");
     assert!(message.contains("more than one host"), "{message}");
 }
@@ -175,11 +210,19 @@ fn promtool_accepts_the_configuration_and_the_rules() {
         .arg(&rules)
         .output()
         .expect("promtool runs (scripts/prerequisites installs it)");
-    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     // The configuration names the rules where they go on the host; here, beside it.
     let config = std::fs::read_to_string(etc.join("prometheus.yml"))
         .expect("config")
-        .replace("/etc/prometheus/platform-alerts.yml", &rules.display().to_string());
+        .replace(
+            "/etc/prometheus/platform-alerts.yml",
+            &rules.display().to_string(),
+        );
     let config_path = etc.join("checked.yml");
     std::fs::write(&config_path, config).expect("write");
     let output = Command::new("promtool")
@@ -188,5 +231,10 @@ fn promtool_accepts_the_configuration_and_the_rules() {
         .arg(&config_path)
         .output()
         .expect("promtool runs");
-    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -40,12 +40,21 @@ fn the_members_hold_every_database_and_patroni_configures_them() {
     ] {
         let member = host(&hosts, name);
         for package in ["postgresql", "patroni", "curl", "etcd-server"] {
-            assert!(member.packages.contains(&package.to_owned()), "{name}: {package}");
+            assert!(
+                member.packages.contains(&package.to_owned()),
+                "{name}: {package}"
+            );
         }
         for unit in ["etcd", "patroni", "platform-firewall"] {
-            assert!(member.host_units.contains(&unit.to_owned()), "{name}: {unit}");
+            assert!(
+                member.host_units.contains(&unit.to_owned()),
+                "{name}: {unit}"
+            );
         }
-        let postgres = member.postgres.as_ref().expect("a member holds the databases");
+        let postgres = member
+            .postgres
+            .as_ref()
+            .expect("a member holds the databases");
         assert_eq!(
             postgres.cluster,
             Some(PatroniMember {
@@ -62,7 +71,10 @@ fn the_members_hold_every_database_and_patroni_configures_them() {
             .collect();
         assert_eq!(
             databases,
-            [("movies_db", "inventory_user"), ("billing_db", "billing_user")]
+            [
+                ("movies_db", "inventory_user"),
+                ("billing_db", "billing_user")
+            ]
         );
 
         // Passwords inside: secret, the postgres user's alone, reloaded (never a restart).
@@ -96,7 +108,10 @@ fn the_members_hold_every_database_and_patroni_configures_them() {
         assert!(!yaml.contains("\"billing_db\" \"billing_user\" 192.168.56.11/32"));
 
         // Debian's own cluster keeps off Patroni's port.
-        let start = file(member, &format!("/etc/postgresql/{PG_VERSION_PLACEHOLDER}/main/start.conf"));
+        let start = file(
+            member,
+            &format!("/etc/postgresql/{PG_VERSION_PLACEHOLDER}/main/start.conf"),
+        );
         assert_eq!(start.on_change, [Handler::Stop("postgresql".into())]);
         assert_eq!(text(start).lines().last(), Some("disabled"));
 
@@ -180,7 +195,10 @@ fn the_services_reach_the_primary_through_haproxy_on_their_own_host() {
             env.contains(&format!("@127.0.0.1:5000/{database}\n")),
             "{name}: {env}"
         );
-        let unit = text(file(server, &format!("/etc/systemd/system/{service}.service")));
+        let unit = text(file(
+            server,
+            &format!("/etc/systemd/system/{service}.service"),
+        ));
         assert!(
             unit.lines()
                 .any(|line| line.starts_with("After=") && line.contains("haproxy.service")),
@@ -202,7 +220,11 @@ fn a_cluster_is_refused_where_it_could_not_keep_its_promise_with_the_line_named(
     let text = committed();
     for (variant, field, words) in [
         (
-            text.replacen("roles = [\"inventory\"]", "roles = [\"inventory\", \"postgres\"]", 1),
+            text.replacen(
+                "roles = [\"inventory\"]",
+                "roles = [\"inventory\", \"postgres\"]",
+                1,
+            ),
             "hosts[1].roles",
             "either on `postgres` hosts",
         ),
@@ -213,7 +235,11 @@ fn a_cluster_is_refused_where_it_could_not_keep_its_promise_with_the_line_named(
             "2 or more members",
         ),
         (
-            text.replacen("roles = [\"patroni\", \"etcd\"]", "roles = [\"patroni\"]", 1),
+            text.replacen(
+                "roles = [\"patroni\", \"etcd\"]",
+                "roles = [\"patroni\"]",
+                1,
+            ),
             "hosts[5].roles",
             "odd number, 3 or more",
         ),
@@ -224,8 +250,16 @@ fn a_cluster_is_refused_where_it_could_not_keep_its_promise_with_the_line_named(
         ),
         (
             text.replace("roles = [\"patroni\", \"etcd\"]", "roles = [\"etcd\"]")
-                .replacen("roles = [\"inventory\"]", "roles = [\"inventory\", \"postgres\"]", 1)
-                .replacen("roles = [\"billing\", \"rabbitmq\"]", "roles = [\"billing\", \"rabbitmq\", \"postgres\"]", 1),
+                .replacen(
+                    "roles = [\"inventory\"]",
+                    "roles = [\"inventory\", \"postgres\"]",
+                    1,
+                )
+                .replacen(
+                    "roles = [\"billing\", \"rabbitmq\"]",
+                    "roles = [\"billing\", \"rabbitmq\", \"postgres\"]",
+                    1,
+                ),
             "hosts[3].roles",
             "no host has the role `patroni`",
         ),
@@ -244,7 +278,11 @@ fn a_missing_or_weak_cluster_password_is_named_and_never_echoed() {
     let example = std::fs::read_to_string(workspace().join(".env.example")).expect("read");
     for (variable, value, problem) in [
         ("PATRONI_REPLICATION_PASSWORD", None, "is missing"),
-        ("PATRONI_RESTAPI_PASSWORD", Some("short-secret"), "16 to 512"),
+        (
+            "PATRONI_RESTAPI_PASSWORD",
+            Some("short-secret"),
+            "16 to 512",
+        ),
     ] {
         let line = example
             .lines()
@@ -257,13 +295,17 @@ fn a_missing_or_weak_cluster_password_is_named_and_never_echoed() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join(".env");
         std::fs::write(&path, replaced).expect("write");
-        let env = provisioner::render::env_file::EnvFile::load(&path, &platform().required_variables())
-            .expect("loads");
+        let env =
+            provisioner::render::env_file::EnvFile::load(&path, &platform().required_variables())
+                .expect("loads");
         let error = desired_hosts(&inventory, &env, &workspace().join("templates"), None)
             .expect_err("refused");
         assert!(matches!(error, RenderError::PatroniSecret { .. }));
         let message = error.to_string();
-        assert!(message.contains(variable) && message.contains(problem), "{message}");
+        assert!(
+            message.contains(variable) && message.contains(problem),
+            "{message}"
+        );
         assert!(!message.contains("short-secret"), "{message}");
     }
 }
@@ -286,7 +328,12 @@ fn a_members_roles_and_databases_are_converged_on_the_primary_alone_after_the_ba
         let mut facts = converged(desired);
         facts.patroni = patroni;
         if answers {
-            facts.postgres.as_mut().expect("postgres").roles.remove("billing_user");
+            facts
+                .postgres
+                .as_mut()
+                .expect("postgres")
+                .roles
+                .remove("billing_user");
         } else {
             facts.postgres = None;
         }
@@ -329,10 +376,16 @@ fn a_file_naming_the_postgresql_version_is_compared_with_it_filled_in() {
     ));
     let mut facts = converged(&desired);
     facts.patroni = PatroniFact::Primary;
-    let fact = facts.files.get_mut("/etc/patroni/config.yml").expect("fact");
+    let fact = facts
+        .files
+        .get_mut("/etc/patroni/config.yml")
+        .expect("fact");
     fact.sha256 = provisioner::desired::sha256_hex(b"bin_dir: /usr/lib/postgresql/15/bin\n");
     assert!(plan(&desired, &facts).is_empty());
-    let fact = facts.files.get_mut("/etc/patroni/config.yml").expect("fact");
+    let fact = facts
+        .files
+        .get_mut("/etc/patroni/config.yml")
+        .expect("fact");
     fact.sha256 = provisioner::desired::sha256_hex(b"bin_dir: /usr/lib/postgresql/16/bin\n");
     let planned = plan(&desired, &facts);
     assert_eq!(
@@ -359,7 +412,9 @@ fn debians_cluster_stops_before_patroni_starts() {
     ));
     desired.host_units = vec!["etcd".into(), "patroni".into()];
     let mut facts = converged(&desired);
-    facts.files.remove("/etc/postgresql/{pg_version}/main/start.conf");
+    facts
+        .files
+        .remove("/etc/postgresql/{pg_version}/main/start.conf");
     facts.units.clear();
     let planned = plan(&desired, &facts);
     let backing: Vec<&Handler> = planned.steps_in(Phase::Backing).collect();
@@ -379,7 +434,15 @@ fn the_cluster_as_patroni_reports_it() {
     let members = parse_cluster(body).expect("parsed");
     let shown: Vec<(&str, &str, &str, Option<u64>, Option<u64>)> = members
         .iter()
-        .map(|m| (m.name.as_str(), m.role.as_str(), m.state.as_str(), m.timeline, m.lag))
+        .map(|m| {
+            (
+                m.name.as_str(),
+                m.role.as_str(),
+                m.state.as_str(),
+                m.timeline,
+                m.lag,
+            )
+        })
         .collect();
     assert_eq!(
         shown,

@@ -205,7 +205,10 @@ async fn publish_backlog(queue: &str, count: usize) -> Result<Duration> {
         if in_flight.len() == RAW_IN_FLIGHT {
             let confirm: lapin::publisher_confirm::PublisherConfirm =
                 in_flight.pop_front().context("a confirm in flight")?;
-            ensure!(confirm.await?.is_ack(), "the broker refused a backlog message");
+            ensure!(
+                confirm.await?.is_ack(),
+                "the broker refused a backlog message"
+            );
         }
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
@@ -218,7 +221,10 @@ async fn publish_backlog(queue: &str, count: usize) -> Result<Duration> {
         );
     }
     for confirm in in_flight {
-        ensure!(confirm.await?.is_ack(), "the broker refused a backlog message");
+        ensure!(
+            confirm.await?.is_ack(),
+            "the broker refused a backlog message"
+        );
     }
     let elapsed = start.elapsed();
     let _ = connection.close(200, "bye").await;
@@ -260,7 +266,10 @@ async fn raw_consume(queue: &str, count: usize) -> Result<Duration> {
         }
     }
     let elapsed = start.elapsed();
-    for queue in [queue.to_owned(), service_common::queue::dead_letter_queue_name(queue)] {
+    for queue in [
+        queue.to_owned(),
+        service_common::queue::dead_letter_queue_name(queue),
+    ] {
         channel
             .queue_delete(&queue, QueueDeleteOptions::default())
             .await?;
@@ -439,7 +448,11 @@ async fn run(scratch: &Scratch) -> Result<()> {
     progress("GET /api/movies/{id}: straight to inventory, through nginx and through the gateway, in turn");
     let round_requests = PROXY_REQUESTS / PROXY_ROUNDS as usize;
     let round_limit = LOAD_TIME_LIMIT / PROXY_ROUNDS;
-    let targets = [direct.clone(), through_nginx.clone(), through_gateway.clone()];
+    let targets = [
+        direct.clone(),
+        through_nginx.clone(),
+        through_gateway.clone(),
+    ];
     for target in &targets {
         closed_loop(
             &client,
@@ -481,7 +494,9 @@ async fn run(scratch: &Scratch) -> Result<()> {
     let mut db = PgConnection::connect(&billing_db).await?;
     wait_for_orders(&mut db, accepted).await?;
 
-    progress("billing stopped; queueing the backlog with the raw publisher (the publishes' reference)");
+    progress(
+        "billing stopped; queueing the backlog with the raw publisher (the publishes' reference)",
+    );
     platform.stop_billing()?;
     let raw_publish = publish_backlog(&queue, BACKLOG_ORDERS).await?;
     progress("billing started; draining the backlog");

@@ -144,7 +144,10 @@ impl<'a> HostRun<'a> {
             .as_ref()
             .is_some_and(|postgres| postgres.cluster.is_some());
         if member {
-            progress(self.host(), "waiting for the Patroni cluster's leader and this member");
+            progress(
+                self.host(),
+                "waiting for the Patroni cluster's leader and this member",
+            );
             let waited = self.transport.exec(&patroni_wait_command(), None, true)?;
             if !waited.success() {
                 return Err(ApplyError::Other {
@@ -379,13 +382,7 @@ impl<'a> HostRun<'a> {
                     });
                 }
                 let bytes = resolve_pg_version_in(file.content.bytes(), self.pg_version.as_deref());
-                transport.write_file_atomic(
-                    path,
-                    &bytes,
-                    file.mode,
-                    &file.owner,
-                    &file.group,
-                )?;
+                transport.write_file_atomic(path, &bytes, file.mode, &file.owner, &file.group)?;
                 Ok(())
             }
             Action::CreateRole(_)

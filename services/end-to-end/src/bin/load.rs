@@ -125,7 +125,9 @@ async fn main() -> anyhow::Result<()> {
                 Kind::Order => client
                     .post(format!("{gateway}/api/billing"))
                     .header("Idempotency-Key", &marker)
-                    .json(&json!({"user_id": marker, "number_of_items": 1, "total_amount": "1.00"})),
+                    .json(
+                        &json!({"user_id": marker, "number_of_items": 1, "total_amount": "1.00"}),
+                    ),
                 Kind::Read => client.get(format!("{gateway}/api/movies?limit=20")),
                 Kind::MovieWrite => client
                     .post(format!("{gateway}/api/movies"))
@@ -189,8 +191,8 @@ async fn main() -> anyhow::Result<()> {
         writeln!(file, "{marker}")?;
     }
     if let Some(path) = &args.created {
-        let mut file = std::fs::File::create(path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let mut file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         for marker in &counts.created {
             writeln!(file, "{marker}")?;
         }
