@@ -432,24 +432,21 @@ fn debians_cluster_stops_before_patroni_starts() {
 fn the_cluster_as_patroni_reports_it() {
     let body = r#"{"members": [{"name": "node4-vm", "role": "leader", "state": "running", "api_url": "http://10.0.0.4:8008/patroni", "host": "10.0.0.4", "port": 5432, "timeline": 3}, {"name": "node5-vm", "role": "sync_standby", "state": "streaming", "host": "10.0.0.5", "port": 5432, "timeline": 3, "lag": 0}, {"name": "node6-vm", "role": "replica", "state": "stopped", "host": "10.0.0.6", "port": 5432, "lag": "unknown"}]}"#;
     let members = parse_cluster(body).expect("parsed");
-    let shown: Vec<(&str, &str, &str, Option<u64>, Option<u64>)> = members
+    let shown: Vec<String> = members
         .iter()
         .map(|m| {
-            (
-                m.name.as_str(),
-                m.role.as_str(),
-                m.state.as_str(),
-                m.timeline,
-                m.lag,
+            format!(
+                "{} {} {} {:?} {:?}",
+                m.name, m.role, m.state, m.timeline, m.lag
             )
         })
         .collect();
     assert_eq!(
         shown,
         [
-            ("node4-vm", "leader", "running", Some(3), None),
-            ("node5-vm", "sync_standby", "streaming", Some(3), Some(0)),
-            ("node6-vm", "replica", "stopped", None, None),
+            "node4-vm leader running Some(3) None",
+            "node5-vm sync_standby streaming Some(3) Some(0)",
+            "node6-vm replica stopped None None",
         ]
     );
     assert_eq!(parse_cluster(""), Err("Patroni did not answer".to_owned()));
