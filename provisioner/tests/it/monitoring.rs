@@ -204,18 +204,7 @@ fn promtool_accepts_the_configuration_and_the_rules() {
     render_to_dir(&hosts, dir.path()).expect("rendered");
     let etc = dir.path().join("gateway-vm/etc/prometheus");
     let rules = etc.join("platform-alerts.yml");
-    let output = Command::new("promtool")
-        .arg("check")
-        .arg("rules")
-        .arg(&rules)
-        .output()
-        .expect("promtool runs (scripts/prerequisites installs it)");
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    promtool("rules", &rules);
     // The configuration names the rules where they go on the host; here, beside it.
     let config = std::fs::read_to_string(etc.join("prometheus.yml"))
         .expect("config")
@@ -225,12 +214,17 @@ fn promtool_accepts_the_configuration_and_the_rules() {
         );
     let config_path = etc.join("checked.yml");
     std::fs::write(&config_path, config).expect("write");
+    promtool("config", &config_path);
+}
+
+/// `promtool check WHAT FILE` must succeed.
+fn promtool(what: &str, file: &std::path::Path) {
     let output = Command::new("promtool")
         .arg("check")
-        .arg("config")
-        .arg(&config_path)
+        .arg(what)
+        .arg(file)
         .output()
-        .expect("promtool runs");
+        .expect("promtool runs (scripts/prerequisites installs it)");
     assert!(
         output.status.success(),
         "{}{}",

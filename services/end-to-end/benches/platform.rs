@@ -180,14 +180,18 @@ async fn measured_load(
     ))
 }
 
+/// A connection of the bench's own to the broker of `AMQP_URL`.
+async fn connect_broker() -> Result<lapin::Connection> {
+    lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .context("connecting to RabbitMQ with AMQP_URL")
+}
+
 /// The raw confirmed publisher: publishes `count` orders straight to `queue` as the gateway does
 /// (persistent, JSON, a fresh message id each) on one channel, `RAW_IN_FLIGHT` unconfirmed at most,
 /// and waits for every confirm. Returns the time from the first publish to the last confirm.
 async fn publish_backlog(queue: &str, count: usize) -> Result<Duration> {
-    let connection =
-        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
-            .await
-            .context("connecting to RabbitMQ with AMQP_URL")?;
+    let connection = connect_broker().await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -235,10 +239,7 @@ async fn publish_backlog(queue: &str, count: usize) -> Result<Duration> {
 /// acknowledging `RAW_ACK_EVERY` at a time, and does nothing else with them; then deletes the
 /// queue. The ceiling of any consumer of this broker. Returns the time it took.
 async fn raw_consume(queue: &str, count: usize) -> Result<Duration> {
-    let connection =
-        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
-            .await
-            .context("connecting to RabbitMQ with AMQP_URL")?;
+    let connection = connect_broker().await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(RAW_PREFETCH, BasicQosOptions::default())
