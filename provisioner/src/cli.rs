@@ -510,11 +510,7 @@ fn run_switchover(args: &Args, to: Option<&str>) -> anyhow::Result<ExitCode> {
     let members: Vec<DesiredHost> = load(args, false)?
         .hosts
         .into_iter()
-        .filter(|host| {
-            host.postgres
-                .as_ref()
-                .is_some_and(|postgres| postgres.cluster.is_some())
-        })
+        .filter(|host| host.patroni_member())
         .collect();
     if members.is_empty() {
         bail!(

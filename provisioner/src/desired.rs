@@ -120,6 +120,13 @@ impl DesiredHost {
         self.services.iter().any(|service| service.unit == unit)
     }
 
+    /// Whether its PostgreSQL is a member of a Patroni cluster.
+    pub fn patroni_member(&self) -> bool {
+        self.postgres
+            .as_ref()
+            .is_some_and(|postgres| postgres.cluster.is_some())
+    }
+
     /// Every unit a change may restart: the platform services, then the units the files' handlers
     /// restart (RabbitMQ, PostgreSQL, keepalived, the firewall), each once.
     pub fn restarted_units(&self) -> Vec<&str> {

@@ -235,17 +235,15 @@ pub const FACTS: [Fact; 11] = [
     ARCH, PG_VERSION, PACKAGES, USERS, FILES, BINARIES, UNITS, STARTED, PATRONI, POSTGRES, RABBITMQ,
 ];
 
-/// Patroni's REST API on the member itself, where it answers its own questions: `GET /primary`
-/// is 200 on the primary alone. Also sets `$PRIMARY` (`yes` or `no`), which [`POSTGRES`] reads.
+/// Patroni's REST API on the member itself, where it answers its own questions.
 pub const PATRONI_API: &str = "http://127.0.0.1:8008";
 
+/// Whether a Patroni member is the primary: `GET /primary` is 200 there alone. Also sets
+/// `$PRIMARY` (`yes` or `no`), which [`POSTGRES`] reads.
 const PATRONI: Fact = Fact {
     sections: &["patroni"],
     command: |desired| {
-        let member = desired
-            .postgres
-            .as_ref()
-            .is_some_and(|postgres| postgres.cluster.is_some());
+        let member = desired.patroni_member();
         member.then(|| {
             format!(
                 "PRIMARY=no\necho @@patroni\nif command -v curl >/dev/null 2>&1; then c=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 {PATRONI_API}/primary); echo \"$c\"; [ \"$c\" = 200 ] && PRIMARY=yes; fi\n"
@@ -261,10 +259,7 @@ const PATRONI: Fact = Fact {
         };
     },
     print: |desired, facts| {
-        let member = desired
-            .postgres
-            .as_ref()
-            .is_some_and(|postgres| postgres.cluster.is_some());
+        let member = desired.patroni_member();
         if !member {
             return String::new();
         }

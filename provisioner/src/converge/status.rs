@@ -133,11 +133,7 @@ pub fn status_script(desired: &DesiredHost) -> String {
             vhost = shell_quote(&rabbitmq.vhost),
         );
     }
-    if desired
-        .postgres
-        .as_ref()
-        .is_some_and(|postgres| postgres.cluster.is_some())
-    {
+    if desired.patroni_member() {
         let _ = writeln!(
             script,
             "echo @@cluster\n\
@@ -172,10 +168,7 @@ pub fn parse_status(
         messages: 0,
         consumers: 0,
     });
-    let member = desired
-        .postgres
-        .as_ref()
-        .is_some_and(|postgres| postgres.cluster.is_some());
+    let member = desired.patroni_member();
     let mut cluster = member.then(|| ClusterStatus::from(Err("Patroni did not answer".to_owned())));
     let mut section = "";
     let mut current: Option<usize> = None;

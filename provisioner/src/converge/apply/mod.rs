@@ -138,11 +138,7 @@ impl<'a> HostRun<'a> {
     /// too, the roles and databases if it is the primary (asked again now: the plan was made
     /// before the backing phase started the cluster).
     pub fn broker_phase(&mut self) -> Result<(), ApplyError> {
-        let member = self
-            .desired
-            .postgres
-            .as_ref()
-            .is_some_and(|postgres| postgres.cluster.is_some());
+        let member = self.desired.patroni_member();
         if member {
             progress(
                 self.host(),
