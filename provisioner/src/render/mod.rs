@@ -24,6 +24,7 @@
 pub mod binaries;
 pub mod env_file;
 pub mod firewall;
+pub mod hardening;
 pub mod inventory;
 pub mod keepalived;
 pub mod located;
@@ -339,6 +340,7 @@ impl<'a> Renderer<'a> {
             packages.push("keepalived".to_owned());
             host_units.push(keepalived::KEEPALIVED_UNIT.to_owned());
         }
+        files.extend(self.hardening(host, &host_units)?);
         let firewall_ports = self.firewall_ports(host);
         if !firewall_ports.is_empty() {
             files.extend(self.firewall_files(host, &firewall_ports)?);

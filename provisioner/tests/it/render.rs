@@ -123,6 +123,7 @@ fn each_host_gets_the_files_of_its_roles() {
             "/etc/systemd/system/inventory.service",
             "/etc/systemd/system/inventory.socket",
             "/etc/systemd/system/platform-firewall.service",
+            "/etc/systemd/system/postgresql@.service.d/provision-hardening.conf",
         ]
     );
     assert_eq!(inventory.packages, ["postgresql", "curl", "nftables"]);
@@ -142,6 +143,8 @@ fn each_host_gets_the_files_of_its_roles() {
             "/etc/systemd/system/billing.service",
             "/etc/systemd/system/epmd.socket.d/provision-loopback.conf",
             "/etc/systemd/system/platform-firewall.service",
+            "/etc/systemd/system/postgresql@.service.d/provision-hardening.conf",
+            "/etc/systemd/system/rabbitmq-server.service.d/provision-hardening.conf",
         ]
     );
     assert_eq!(
@@ -1342,4 +1345,74 @@ fn the_gateways_token_secret_comes_from_env_and_is_checked() {
             "{message}"
         );
     }
+}
+
+/// The daemons installed from Debian's packages get systemd's sandbox as a drop-in: restarted for
+/// it, except Patroni, whose restart would stop the primary (it takes it at its next start).
+#[test]
+fn packaged_daemons_get_a_sandbox_drop_in() {
+    let hosts = default_hosts();
+    let billing = host(&hosts, "billing-vm");
+    for (unit, restart) in [
+        ("postgresql@", "postgresql"),
+        ("rabbitmq-server", "rabbitmq-server"),
+    ] {
+        let dropin = file(
+            billing,
+            &format!("/etc/systemd/system/{unit}.service.d/provision-hardening.conf"),
+        );
+        assert_eq!(
+            dropin.on_change,
+            [Handler::DaemonReload, Handler::Restart(restart.into())]
+        );
+        assert_has_lines(
+            text(dropin),
+            &[
+                "[Service]",
+                "NoNewPrivileges=yes",
+                "ProtectSystem=strict",
+                "CapabilityBoundingSet=",
+                "SystemCallFilter=@system-service",
+            ],
+        );
+    }
+    assert!(
+        !text(file(
+            billing,
+            "/etc/systemd/system/rabbitmq-server.service.d/provision-hardening.conf"
+        ))
+        .lines()
+        .any(|line| line.starts_with("MemoryDenyWriteExecute=")),
+        "Erlang's JIT needs writable code"
+    );
+    let env = example_env();
+    let inventory = Inventory::load(&workspace().join("inventory-pg-ha.toml"), &env, &platform())
+        .expect("valid");
+    let hosts = render(&inventory, &env);
+    let member = host(&hosts, "node4-vm");
+    for unit in [
+        "etcd",
+        "patroni",
+        "prometheus-node-exporter",
+        "prometheus-postgres-exporter",
+    ] {
+        let dropin = file(
+            member,
+            &format!("/etc/systemd/system/{unit}.service.d/provision-hardening.conf"),
+        );
+        let restarts = dropin
+            .on_change
+            .contains(&Handler::Restart(unit.to_owned()));
+        assert_eq!(restarts, unit != "patroni", "{unit}");
+    }
+    let haproxy = file(
+        host(&hosts, "billing-vm"),
+        "/etc/systemd/system/haproxy.service.d/provision-hardening.conf",
+    );
+    assert_has_lines(text(haproxy), &["SystemCallFilter=chroot"]);
+    // Neither Prometheus (Debian hardens it) nor keepalived get one.
+    assert!(host(&hosts, "gateway-vm")
+        .files
+        .iter()
+        .all(|file| !file.path.contains("prometheus.service.d")));
 }
