@@ -108,3 +108,15 @@ provision_json() {
     set -e
 }
 
+
+# exposure_of MACHINE UNIT LIMIT: systemd-analyze's exposure score of UNIT on the lab machine, which
+# must be at most LIMIT; appends "UNIT@MACHINE SCORE" to EXPOSURES.
+EXPOSURES=()
+exposure_of() {
+    local machine=$1 unit=$2 limit=$3 score
+    score=$("$LAB" ssh "$machine" "systemd-analyze security --no-pager $(printf %q "$unit") | tail -n 1" |
+        grep -oE '[0-9]+\.[0-9]+' | head -n 1) || fail "systemd-analyze security $unit on $machine failed"
+    python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) <= float(sys.argv[2]) else 1)' "$score" "$limit" ||
+        fail "$unit on $machine has an exposure of $score, more than $limit"
+    EXPOSURES+=("${unit%.service}@$machine $score")
+}
