@@ -1,7 +1,8 @@
 //! systemd's sandbox for the daemons installed from Debian's packages (`templates/hardening/`):
 //! a drop-in per unit with the options each was seen to tolerate, as the platform's own units
-//! have in `systemd/hardening.inc`. Keepalived (it changes the network) and Prometheus (Debian's
-//! unit is hardened already) get none.
+//! have in `systemd/hardening.inc`. Keepalived (it changes the network), Prometheus (Debian's
+//! unit is hardened already) and Debian's own PostgreSQL clusters (`pg_ctlcluster` fails to
+//! change its groups in the sandbox: "Could not change user id") get none.
 
 use tera::Context;
 
@@ -42,9 +43,6 @@ impl Renderer<'_> {
         let mut daemons = Vec::new();
         for component in Component::ALL.into_iter().filter(|c| host.has(*c)) {
             daemons.push(match component {
-                // Every cluster of Debian's (postgresql@15-main, …); restarting postgresql.service
-                // restarts them (PartOf).
-                Component::Postgres => hardened("postgresql", "postgresql@", Some("postgresql")),
                 Component::Rabbitmq => hardened(
                     "rabbitmq-server",
                     "rabbitmq-server",
@@ -54,7 +52,7 @@ impl Renderer<'_> {
                 // Not restarted for it: that would stop the primary. A new member starts with it;
                 // a running one takes it at its next restart.
                 Component::Patroni => hardened("patroni", "patroni", None),
-                Component::Monitoring => continue,
+                Component::Postgres | Component::Monitoring => continue,
             });
         }
         for (unit, daemon) in [
@@ -84,7 +82,7 @@ impl Renderer<'_> {
             .map(|daemon| {
                 let mut context = Context::new();
                 context.insert("host", &host.name);
-                context.insert("unit", daemon.unit_file.trim_end_matches('@'));
+                context.insert("unit", daemon.unit_file);
                 let mut handlers = vec![Handler::DaemonReload];
                 handlers.extend(daemon.restart.map(|unit| Handler::Restart(unit.to_owned())));
                 Ok(text_file(

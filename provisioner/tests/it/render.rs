@@ -123,7 +123,6 @@ fn each_host_gets_the_files_of_its_roles() {
             "/etc/systemd/system/inventory.service",
             "/etc/systemd/system/inventory.socket",
             "/etc/systemd/system/platform-firewall.service",
-            "/etc/systemd/system/postgresql@.service.d/provision-hardening.conf",
         ]
     );
     assert_eq!(inventory.packages, ["postgresql", "curl", "nftables"]);
@@ -143,7 +142,6 @@ fn each_host_gets_the_files_of_its_roles() {
             "/etc/systemd/system/billing.service",
             "/etc/systemd/system/epmd.socket.d/provision-loopback.conf",
             "/etc/systemd/system/platform-firewall.service",
-            "/etc/systemd/system/postgresql@.service.d/provision-hardening.conf",
             "/etc/systemd/system/rabbitmq-server.service.d/provision-hardening.conf",
         ]
     );
@@ -1353,10 +1351,7 @@ fn the_gateways_token_secret_comes_from_env_and_is_checked() {
 fn packaged_daemons_get_a_sandbox_drop_in() {
     let hosts = default_hosts();
     let billing = host(&hosts, "billing-vm");
-    for (unit, restart) in [
-        ("postgresql@", "postgresql"),
-        ("rabbitmq-server", "rabbitmq-server"),
-    ] {
+    for (unit, restart) in [("rabbitmq-server", "rabbitmq-server")] {
         let dropin = file(
             billing,
             &format!("/etc/systemd/system/{unit}.service.d/provision-hardening.conf"),
@@ -1410,7 +1405,11 @@ fn packaged_daemons_get_a_sandbox_drop_in() {
         "/etc/systemd/system/haproxy.service.d/provision-hardening.conf",
     );
     assert_has_lines(text(haproxy), &["SystemCallFilter=chroot"]);
-    // Neither Prometheus (Debian hardens it) nor keepalived get one.
+    // Neither Prometheus (Debian hardens it), keepalived nor Debian's own clusters get one.
+    assert!(default_hosts()
+        .iter()
+        .flat_map(|host| &host.files)
+        .all(|file| !file.path.contains("postgresql@")));
     assert!(host(&hosts, "gateway-vm")
         .files
         .iter()
