@@ -1,8 +1,7 @@
 //! systemd's sandbox for the daemons installed from Debian's packages (`templates/hardening/`):
 //! a drop-in per unit with the options each was seen to tolerate, as the platform's own units
-//! have in `systemd/hardening.inc`. Keepalived (it changes the network), Prometheus (Debian's
-//! unit is hardened already) and Debian's own PostgreSQL clusters (`pg_ctlcluster` fails to
-//! change its groups in the sandbox: "Could not change user id") get none.
+//! have in `systemd/hardening.inc`. Keepalived (it changes the network) and Prometheus (Debian's
+//! unit is hardened already) get none.
 
 use tera::Context;
 
@@ -43,6 +42,9 @@ impl Renderer<'_> {
         let mut daemons = Vec::new();
         for component in Component::ALL.into_iter().filter(|c| host.has(*c)) {
             daemons.push(match component {
+                // Every cluster of Debian's (postgresql@15-main, …); restarting postgresql.service
+                // restarts them (PartOf).
+                Component::Postgres => hardened("postgresql", "postgresql@", Some("postgresql")),
                 Component::Rabbitmq => hardened(
                     "rabbitmq-server",
                     "rabbitmq-server",
@@ -52,7 +54,7 @@ impl Renderer<'_> {
                 // Not restarted for it: that would stop the primary. A new member starts with it;
                 // a running one takes it at its next restart.
                 Component::Patroni => hardened("patroni", "patroni", None),
-                Component::Postgres | Component::Monitoring => continue,
+                Component::Monitoring => continue,
             });
         }
         for (unit, daemon) in [

@@ -123,6 +123,7 @@ fn each_host_gets_the_files_of_its_roles() {
             "/etc/systemd/system/inventory.service",
             "/etc/systemd/system/inventory.socket",
             "/etc/systemd/system/platform-firewall.service",
+            "/etc/systemd/system/postgresql@.service.d/provision-hardening.conf",
         ]
     );
     assert_eq!(inventory.packages, ["postgresql", "curl", "nftables"]);
@@ -142,6 +143,7 @@ fn each_host_gets_the_files_of_its_roles() {
             "/etc/systemd/system/billing.service",
             "/etc/systemd/system/epmd.socket.d/provision-loopback.conf",
             "/etc/systemd/system/platform-firewall.service",
+            "/etc/systemd/system/postgresql@.service.d/provision-hardening.conf",
             "/etc/systemd/system/rabbitmq-server.service.d/provision-hardening.conf",
         ]
     );
@@ -1403,11 +1405,20 @@ fn packaged_daemons_get_a_sandbox_drop_in() {
         "/etc/systemd/system/haproxy.service.d/provision-hardening.conf",
     );
     assert_has_lines(text(haproxy), &["SystemCallFilter=chroot"]);
-    // Neither Prometheus (Debian hardens it), keepalived nor Debian's own clusters get one.
-    assert!(default_hosts()
-        .iter()
-        .flat_map(|host| &host.files)
-        .all(|file| !file.path.contains("postgresql@")));
+    // Debian's own clusters: pg_ctlcluster changes user itself, so those two capabilities stay.
+    let postgres = file(
+        billing,
+        "/etc/systemd/system/postgresql@.service.d/provision-hardening.conf",
+    );
+    assert_eq!(
+        postgres.on_change,
+        [Handler::DaemonReload, Handler::Restart("postgresql".into())]
+    );
+    assert_has_lines(
+        text(postgres),
+        &["CapabilityBoundingSet=CAP_SETUID CAP_SETGID"],
+    );
+    // Neither Prometheus (Debian hardens it) nor keepalived get one.
     assert!(host(&hosts, "gateway-vm")
         .files
         .iter()
