@@ -305,8 +305,6 @@ pub struct PostgresState {
 /// A member of the Patroni cluster holding the platform's databases.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatroniMember {
-    /// Its name in the cluster (the inventory's host name).
-    pub name: String,
     /// The first member in the inventory: on a cluster none of whose members answers yet (a
     /// fresh one), plan shows the roles and databases to create there.
     pub first: bool,

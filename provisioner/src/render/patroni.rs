@@ -102,7 +102,6 @@ impl Renderer<'_> {
             mut state, rules, ..
         } = self.database_objects(host, |_| true);
         state.cluster = Some(PatroniMember {
-            name: host.name.clone(),
             first: members.first().is_some_and(|first| first.name == host.name),
         });
         let [superuser, replication, restapi] = self.patroni_secrets()?;

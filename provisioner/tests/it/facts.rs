@@ -384,10 +384,7 @@ fn each_fact_parses_what_its_printer_prints() {
     assert_eq!(facts::parse_facts(&desired, &output), facts);
 
     // A Patroni member reports whether it is the primary; only the primary reports its roles.
-    desired.postgres.as_mut().expect("postgres").cluster = Some(PatroniMember {
-        name: "app-vm".into(),
-        first: false,
-    });
+    desired.postgres.as_mut().expect("postgres").cluster = Some(PatroniMember { first: false });
     for patroni in [
         PatroniFact::Primary,
         PatroniFact::Replica,
@@ -413,10 +410,7 @@ fn each_fact_parses_what_its_printer_prints() {
 #[test]
 fn a_patroni_member_that_is_not_the_primary_is_not_asked_for_roles() {
     let mut desired = desired("postgres", "unused-password");
-    desired.postgres.as_mut().expect("postgres").cluster = Some(PatroniMember {
-        name: "localhost".into(),
-        first: false,
-    });
+    desired.postgres.as_mut().expect("postgres").cluster = Some(PatroniMember { first: false });
     let facts = facts::gather(&LocalShell, &desired).expect("facts");
     assert_eq!(facts.patroni, PatroniFact::Silent);
     assert_eq!(facts.postgres, None);

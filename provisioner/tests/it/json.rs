@@ -189,10 +189,7 @@ fn a_members_status_fits_the_documented_json() {
     use provisioner::desired::PatroniMember;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut desired = desired_host(dir.path());
-    desired.postgres.as_mut().expect("postgres").cluster = Some(PatroniMember {
-        name: desired.name.clone(),
-        first: true,
-    });
+    desired.postgres.as_mut().expect("postgres").cluster = Some(PatroniMember { first: true });
     for cluster in [
         r#"{"members": [{"name": "app-vm", "role": "leader", "state": "running", "timeline": 2}, {"name": "b", "role": "sync_standby", "state": "streaming", "timeline": 2, "lag": 0}]}"#,
         "curl: (7) Failed to connect to 127.0.0.1 port 8008",

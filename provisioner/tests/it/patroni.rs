@@ -55,13 +55,7 @@ fn the_members_hold_every_database_and_patroni_configures_them() {
             .postgres
             .as_ref()
             .expect("a member holds the databases");
-        assert_eq!(
-            postgres.cluster,
-            Some(PatroniMember {
-                name: name.to_owned(),
-                first
-            })
-        );
+        assert_eq!(postgres.cluster, Some(PatroniMember { first }));
         let roles: Vec<&str> = postgres.roles.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(roles, ["inventory_user", "billing_user"]);
         let databases: Vec<(&str, &str)> = postgres
@@ -314,10 +308,7 @@ fn a_missing_or_weak_cluster_password_is_named_and_never_echoed() {
 fn member(dir: &std::path::Path, first: bool) -> DesiredHost {
     let mut desired = desired_host(dir);
     let postgres: &mut PostgresState = desired.postgres.as_mut().expect("postgres");
-    postgres.cluster = Some(PatroniMember {
-        name: desired.name.clone(),
-        first,
-    });
+    postgres.cluster = Some(PatroniMember { first });
     desired
 }
 
