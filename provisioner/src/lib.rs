@@ -9,4 +9,5 @@
 pub mod cli;
 pub mod converge;
 pub mod desired;
+pub mod pki;
 pub mod render;

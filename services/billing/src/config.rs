@@ -27,6 +27,12 @@ pub struct Config {
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp_url: AmqpUrls,
 
+    /// The CA certificate(s) (PEM) the broker's certificate must be signed by, for `amqps://`
+    /// URLs: this file alone is trusted, and the certificate must name the URL's host. The
+    /// provisioner writes the platform CA at /etc/platform-tls/ca.crt.
+    #[arg(long, env = "AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<std::path::PathBuf>,
+
     /// Durable queue consumed; poison messages go to `<queue>.dead-letter`.
     #[arg(long, env = "BILLING_QUEUE", default_value = DEFAULT_BILLING_QUEUE,
           value_parser = service_common::queue_name)]
@@ -62,6 +68,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// The broker's nodes, with the CA their `amqps://` URLs are verified against.
+    pub fn broker(&self) -> Result<AmqpUrls, service_common::AmqpUrlError> {
+        self.amqp_url
+            .clone()
+            .with_ca_file(self.amqp_ca_file.as_deref())
+    }
     /// The consumer's tuning, derived from the raw values above.
     pub fn consumer_settings(&self) -> ConsumerSettings {
         ConsumerSettings {

@@ -244,8 +244,7 @@ impl Worker {
 
     async fn connect(&self, broker: &AmqpUrl) -> Result<Session, Error> {
         // The parsed URL, not its text: lapin's own parser would lose an IPv6 host.
-        let connection =
-            Connection::connect_uri(broker.to_amqp_uri(), ConnectionProperties::default()).await?;
+        let connection = broker.connect(ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         // Confirms on the one channel we publish dead letters on: the original is acked only
         // once the broker has taken responsibility for its dead letter.

@@ -45,6 +45,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     http_serve::metrics::init("billing", env!("CARGO_PKG_VERSION"));
+    let broker = config.broker()?;
     let pool = lazy_pool(&config.database_url);
     let readiness = Readiness::default();
     let address = listener
@@ -80,7 +81,7 @@ pub async fn run(
             }
             consumer::run(
                 pool.clone(),
-                config.amqp_url.clone(),
+                broker,
                 settings,
                 readiness,
                 stop.clone().cancelled_owned(),

@@ -1,9 +1,14 @@
 //! The RabbitMQ URL of the gateway and billing: parsed once with the AMQP client's own parser,
 //! with the host that parser loses put back, and never shown with its password.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::{fmt, str::FromStr};
 
-use lapin::uri::AMQPUri;
+use amq_protocol_tcp::{RustlsConnector, TcpStream};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{Connection, ConnectionProperties};
+use rustls::ClientConfig;
 
 use crate::redact::redact_url_password;
 
@@ -13,6 +18,9 @@ pub enum AmqpUrlError {
     /// The text is not an AMQP URL lapin can connect with. The message never quotes the URL.
     #[error("not an AMQP URL: {0}")]
     Invalid(String),
+    /// An `amqps://` URL without the CA to verify the broker with, or a CA file unusable.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A broker URL such as `amqp://user:password@10.0.0.13:5672/billing_vhost`.
@@ -27,12 +35,54 @@ pub struct AmqpUrl {
     raw: String,
     /// What the client connects with, host fixed.
     uri: AMQPUri,
+    /// For an `amqps://` URL, the TLS client trusting the platform CA alone
+    /// ([`AmqpUrls::with_ca_file`]).
+    tls: Option<Arc<ClientConfig>>,
 }
 
 impl AmqpUrl {
     /// The parsed URL, password included: only for handing to the AMQP client.
     pub fn to_amqp_uri(&self) -> AMQPUri {
         self.uri.clone()
+    }
+
+    /// Whether the URL asks for TLS (`amqps://`).
+    pub fn is_tls(&self) -> bool {
+        self.uri.scheme == AMQPScheme::AMQPS
+    }
+
+    /// Opens a connection to this node: in clear for `amqp://`, over TLS for `amqps://`, the
+    /// broker's certificate verified against the CA given to [`AmqpUrls::with_ca_file`] alone and
+    /// for the URL's host (a name or an IP address).
+    pub async fn connect(&self, properties: ConnectionProperties) -> lapin::Result<Connection> {
+        if !self.is_tls() {
+            return Connection::connect_uri(self.to_amqp_uri(), properties).await;
+        }
+        let Some(tls) = self.tls.clone() else {
+            return Err(std::io::Error::other(
+                "amqps:// without a CA to verify the broker with (AMQP_CA_FILE)",
+            )
+            .into());
+        };
+        let connect = move |uri: &AMQPUri| {
+            let address = format!("{}:{}", uri.authority.host, uri.authority.port);
+            let stream = match uri.query.connection_timeout {
+                Some(timeout) => {
+                    TcpStream::connect_timeout(address, std::time::Duration::from_millis(timeout))
+                }
+                None => TcpStream::connect(address),
+            }?;
+            // The certificate names an IPv6 address without the URL's brackets.
+            let server_name = uri
+                .authority
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let stream = stream.into_rustls(&RustlsConnector::from(tls), server_name)?;
+            stream.set_nonblocking(true)?;
+            Ok(stream)
+        };
+        Connection::connector(self.to_amqp_uri(), Box::new(connect), properties).await
     }
 
     /// The URL with its password replaced by `***`, safe for logs.
@@ -86,6 +136,7 @@ impl FromStr for AmqpUrl {
         Ok(Self {
             raw: s.to_owned(),
             uri,
+            tls: None,
         })
     }
 }
@@ -116,6 +167,26 @@ impl AmqpUrls {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The nodes with the CA their `amqps://` URLs verify the broker against (`AMQP_CA_FILE`):
+    /// that file alone, never the system's roots. An `amqps://` URL without one is refused here,
+    /// at start-up, and so is a file that holds no certificate.
+    pub fn with_ca_file(mut self, ca_file: Option<&Path>) -> Result<Self, AmqpUrlError> {
+        if !self.0.iter().any(AmqpUrl::is_tls) {
+            return Ok(self);
+        }
+        let Some(ca_file) = ca_file else {
+            return Err(AmqpUrlError::Tls(
+                "AMQP_URL is amqps:// but AMQP_CA_FILE is not set: the CA that signed the broker's certificate is needed to verify it".into(),
+            ));
+        };
+        let tls = crate::tls::client_config(ca_file)
+            .map_err(|err| AmqpUrlError::Tls(format!("AMQP_CA_FILE: {err}")))?;
+        for url in &mut self.0 {
+            url.tls = Some(tls.clone());
+        }
+        Ok(self)
+    }
 }
 
 impl From<AmqpUrl> for AmqpUrls {
@@ -134,14 +205,12 @@ impl FromStr for AmqpUrls {
             .into_iter()
             .enumerate()
             .map(|(index, part)| {
-                part.parse::<AmqpUrl>()
-                    .map_err(|AmqpUrlError::Invalid(err)| {
-                        AmqpUrlError::Invalid(if several {
-                            format!("URL {} of the list: {err}", index + 1)
-                        } else {
-                            err
-                        })
-                    })
+                part.parse::<AmqpUrl>().map_err(|err| match err {
+                    AmqpUrlError::Invalid(err) if several => {
+                        AmqpUrlError::Invalid(format!("URL {} of the list: {err}", index + 1))
+                    }
+                    other => other,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self(urls))

@@ -1,8 +1,9 @@
 //! What the three services truly share, and nothing more: their `main` (`service_main`), the
 //! billing order message and its validation, the billing queue (name rules, dead-letter queue,
 //! and with the `amqp` feature its one declaration), the JSON error body, error chains for logs,
-//! tracing set-up, the shutdown signal, the delays between reconnection attempts, and connection
-//! URLs that never show their password (with the `amqp` feature, the broker's URL).
+//! tracing set-up, the shutdown signal, the delays between reconnection attempts, connection
+//! URLs that never show their password (with the `amqp` feature, the broker's URL, in clear or
+//! over TLS), and with the `tls` feature the rustls configurations that trust the platform CA.
 //!
 //! No business logic lives here, and neither axum nor sqlx queries: each service owns its own HTTP
 //! and database code (the `postgres` feature only parses `DATABASE_URL`).
@@ -20,6 +21,8 @@ pub mod retry;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 #[cfg(feature = "amqp")]
 pub use amqp_url::{AmqpUrl, AmqpUrlError, AmqpUrls};

@@ -257,7 +257,7 @@ impl Publisher {
 /// Opens a connection and a confirm-mode channel, and declares the queue as billing does.
 async fn connect(amqp_url: &AmqpUrl, queue: &str) -> Result<(Connection, Channel), QueueError> {
     let properties = ConnectionProperties::default().with_connection_name("gateway".into());
-    let connection = Connection::connect_uri(amqp_url.to_amqp_uri(), properties).await?;
+    let connection = amqp_url.connect(properties).await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())

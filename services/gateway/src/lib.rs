@@ -48,10 +48,10 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state and starts the broker connection in the background; the returned task
-    /// must be stopped once the server is done.
-    pub fn build(config: &Config) -> (Self, PublisherTask) {
+    /// must be stopped once the server is done. Fails on a broker TLS setting it cannot use.
+    pub fn build(config: &Config) -> anyhow::Result<(Self, PublisherTask)> {
         let (publisher, task) = Publisher::start(
-            config.amqp_url.clone(),
+            config.broker()?,
             config.billing_queue.clone(),
             config.publish_timeout(),
         );
@@ -64,7 +64,7 @@ impl AppState {
                 .map(|per_second| rate_limit::RateLimit::new(per_second, config.rate_limit_burst)),
             auth: config.auth_jwt_secret.as_ref().map(auth::Auth::new),
         };
-        (state, task)
+        Ok((state, task))
     }
 }
 
@@ -154,7 +154,7 @@ pub async fn run(
         }
         None => None,
     };
-    let (state, publisher_task) = AppState::build(&config);
+    let (state, publisher_task) = AppState::build(&config)?;
     let address = listener
         .local_addr()
         .context("cannot read the listening address")?;
