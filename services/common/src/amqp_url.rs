@@ -249,6 +249,28 @@ mod tests {
     }
 
     #[test]
+    fn amqps_needs_a_ca_file_and_amqp_does_not() {
+        let plain: AmqpUrls = "amqp://u:p@127.0.0.1/vh".parse().expect("valid");
+        assert!(plain.with_ca_file(None).is_ok());
+        let tls: AmqpUrls = "amqp://u:p@127.0.0.1/vh,amqps://u:p@10.0.0.2/vh"
+            .parse()
+            .expect("valid");
+        assert!(tls.node(1).is_tls() && !tls.node(0).is_tls());
+        assert_eq!(tls.node(1).to_amqp_uri().authority.port, 5671);
+        let error = tls
+            .clone()
+            .with_ca_file(None)
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("AMQP_CA_FILE is not set"), "{error}");
+        let error = tls
+            .with_ca_file(Some(Path::new("/nonexistent/ca.crt")))
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("/nonexistent/ca.crt"), "{error}");
+    }
+
+    #[test]
     fn an_ip_address_host_is_the_host_connected_to() {
         let uri = "amqp://billing:pw@10.1.2.3:5673/billing_vhost"
             .parse::<AmqpUrl>()

@@ -30,6 +30,25 @@ pub struct Config {
     )]
     pub inventory_url: Vec<InventoryUrl>,
 
+    /// The CA (PEM) an `https://` inventory's certificate must be signed by: this file alone is
+    /// trusted, and the certificate must name the URL's host. The provisioner writes the
+    /// platform CA at /etc/platform-tls/ca.crt.
+    #[arg(long, env = "INVENTORY_CA_FILE")]
+    pub inventory_ca_file: Option<std::path::PathBuf>,
+
+    /// The certificate (PEM) the gateway presents to an `https://` inventory that asks for one,
+    /// with INVENTORY_CLIENT_KEY_FILE.
+    #[arg(long, env = "INVENTORY_CLIENT_CERT_FILE", requires_all = ["inventory_client_key_file", "inventory_ca_file"])]
+    pub inventory_client_cert_file: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of INVENTORY_CLIENT_CERT_FILE.
+    #[arg(
+        long,
+        env = "INVENTORY_CLIENT_KEY_FILE",
+        requires = "inventory_client_cert_file"
+    )]
+    pub inventory_client_key_file: Option<std::path::PathBuf>,
+
     /// RabbitMQ URL, e.g. `amqp://user:password@127.0.0.1:5672/%2f`, or the URLs of a cluster's
     /// nodes, comma-separated: the gateway publishes through one and moves to the next when it
     /// goes away. Set it in the environment, not on the command line: it carries a password. Its
@@ -177,7 +196,7 @@ impl clap::builder::TypedValueParser for JwtSecretParser {
 pub enum ConfigError {
     #[error("not a URL: {0}")]
     NotAUrl(String),
-    #[error("only http:// URLs are supported (the gateway speaks plain HTTP to inventory)")]
+    #[error("only http:// and https:// URLs are supported")]
     NotHttp,
     #[error("the URL has no host")]
     NoHost,
@@ -189,6 +208,8 @@ pub enum ConfigError {
 /// without its trailing slash) that is put in front of every proxied path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InventoryUrl {
+    /// `https://`: the instance's certificate is verified against INVENTORY_CA_FILE.
+    pub https: bool,
     /// `host:port` (or `host`), as given.
     pub authority: String,
     /// Path prefix without a trailing slash; empty when the URL has none.
@@ -196,10 +217,18 @@ pub struct InventoryUrl {
 }
 
 impl InventoryUrl {
+    fn scheme(&self) -> &'static str {
+        if self.https {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The URL of `path_and_query` (e.g. `/api/movies?title=x`) on this instance.
     pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         Uri::builder()
-            .scheme("http")
+            .scheme(self.scheme())
             .authority(self.authority.as_str())
             .path_and_query(format!("{}{}", self.path_prefix, path_and_query))
             .build()
@@ -208,7 +237,13 @@ impl InventoryUrl {
 
 impl fmt::Display for InventoryUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.path_prefix)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme(),
+            self.authority,
+            self.path_prefix
+        )
     }
 }
 
@@ -220,9 +255,11 @@ impl FromStr for InventoryUrl {
             .trim()
             .parse()
             .map_err(|err: http::uri::InvalidUri| ConfigError::NotAUrl(err.to_string()))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(ConfigError::NotHttp);
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(ConfigError::NotHttp),
+        };
         let authority = uri.authority().ok_or(ConfigError::NoHost)?;
         if authority.host().is_empty() {
             return Err(ConfigError::NoHost);
@@ -231,6 +268,7 @@ impl FromStr for InventoryUrl {
             return Err(ConfigError::HasQuery);
         }
         Ok(Self {
+            https,
             authority: authority.as_str().to_owned(),
             path_prefix: uri.path().trim_end_matches('/').to_owned(),
         })

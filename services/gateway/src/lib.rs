@@ -56,7 +56,7 @@ impl AppState {
             config.publish_timeout(),
         );
         let state = Self {
-            proxy: Arc::new(InventoryProxy::new(config)),
+            proxy: Arc::new(InventoryProxy::new(config)?),
             publisher,
             max_body_bytes: config.max_body_bytes,
             rate_limit: config

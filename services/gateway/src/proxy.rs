@@ -20,6 +20,7 @@ use axum::routing::any;
 use axum::Router;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -61,7 +62,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 #[derive(Debug)]
 pub struct InventoryProxy {
     /// One pool of keep-alive connections shared by every request.
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     upstreams: Vec<Upstream>,
     /// Round-robin cursor; wraps around harmlessly.
     next: AtomicUsize,
@@ -106,15 +107,46 @@ impl Upstream {
     }
 }
 
+/// The TLS client of the inventory connections: the CA file alone, and the gateway's own
+/// certificate when one is given. Without any `https://` URL it is never used.
+fn inventory_tls(config: &Config) -> anyhow::Result<rustls::ClientConfig> {
+    use anyhow::Context as _;
+    let https = config.inventory_url.iter().any(|url| url.https);
+    let tls = match (&config.inventory_ca_file, &config.inventory_client_cert_file, &config.inventory_client_key_file) {
+        (Some(ca), Some(cert), Some(key)) => {
+            service_common::tls::client_config_with_identity(ca, cert, key)
+        }
+        (Some(ca), _, _) => service_common::tls::client_config(ca),
+        (None, _, _) if https => anyhow::bail!(
+            "INVENTORY_URL is https:// but INVENTORY_CA_FILE is not set: the CA that signed inventory's certificate is needed to verify it"
+        ),
+        (None, _, _) => return Ok(rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("TLS configuration")?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()),
+    }
+    .context("the inventory's TLS")?;
+    Ok((*tls).clone())
+}
+
 impl InventoryProxy {
-    pub fn new(config: &Config) -> Self {
+    /// The pooled client of `config`'s inventory URLs; `https://` ones are verified against
+    /// INVENTORY_CA_FILE alone (refused at start-up without it).
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.upstream_connect_timeout()));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(inventory_tls(config)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Self {
+        Ok(Self {
             client,
             upstreams: config
                 .inventory_url
@@ -128,7 +160,7 @@ impl InventoryProxy {
             timeout: config.upstream_timeout(),
             cooldown: config.upstream_cooldown(),
             max_body_bytes: config.max_body_bytes,
-        }
+        })
     }
 
     /// The instances and whether each is currently in the rotation.

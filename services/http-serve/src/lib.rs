@@ -148,6 +148,39 @@ impl ServerArgs {
     }
 }
 
+/// HTTPS for a service's port (`#[command(flatten)]`): with a certificate and its key the port
+/// speaks TLS only; with a client CA too, a client must present a certificate signed by it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct TlsArgs {
+    /// Certificate (PEM) the port serves over TLS; unset, it speaks plain HTTP.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of TLS_CERT_FILE.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+
+    /// CA (PEM) a client's certificate must be signed by: a client without one is refused during
+    /// the handshake. Only with TLS_CERT_FILE.
+    #[arg(long, env = "TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The server configuration these settings give, `None` for plain HTTP.
+    pub fn server_config(
+        &self,
+    ) -> Result<Option<Arc<rustls::ServerConfig>>, service_common::tls::TlsError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                service_common::tls::server_config(cert, key, self.tls_client_ca_file.as_deref())
+                    .map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then waits for the requests in
 /// flight. Each request carries `ConnectInfo<SocketAddr>` of its client, as with
 /// `into_make_service_with_connect_info`. A trailing slash means the same as none: it is trimmed

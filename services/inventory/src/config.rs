@@ -26,6 +26,10 @@ pub struct Config {
     /// How long clients may take, and how many connections may be open.
     #[command(flatten)]
     pub server: http_serve::ServerArgs,
+
+    /// HTTPS for the API, when it is called from other machines.
+    #[command(flatten)]
+    pub tls: http_serve::TlsArgs,
 }
 
 #[cfg(test)]

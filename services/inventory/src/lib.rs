@@ -146,18 +146,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     http_serve::metrics::init("inventory", env!("CARGO_PKG_VERSION"));
+    let tls = config.tls.server_config()?;
     let db = connect(&config).await?;
     let address = listener
         .local_addr()
         .context("cannot read the listener's address")?;
-    tracing::info!(%address, "inventory listening");
+    tracing::info!(%address, tls = tls.is_some(), "inventory listening");
     // Header and body read timeouts, a connection bound, and a trailing slash that means the
     // same as none.
     let limits = config.server.limits();
-    http_serve::serve(
+    http_serve::serve_tls(
         listener,
         router(AppState { db: db.clone() }),
         limits,
+        tls,
         shutdown,
     )
     .await

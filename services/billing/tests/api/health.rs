@@ -80,6 +80,7 @@ async fn run_serves_ready_stores_orders_and_exits_ok_on_shutdown(pool: PgPool) {
     let config = Config {
         database_url: database_url.parse().expect("a PostgreSQL URL"),
         amqp_url: amqp_url().parse().expect("AMQP_URL"),
+        amqp_ca_file: None,
         billing_queue: broker.queue.clone(),
         health_listen_addr: health_addr,
         prefetch: 100,

@@ -35,7 +35,11 @@ pub fn config(inventory: &[String], amqp: &str, queue: &str) -> Config {
     Config {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         inventory_url: inventory.iter().map(|url| url.parse().unwrap()).collect(),
+        inventory_ca_file: None,
+        inventory_client_cert_file: None,
+        inventory_client_key_file: None,
         amqp_url: amqp.parse().unwrap(),
+        amqp_ca_file: None,
         billing_queue: queue.to_owned(),
         max_body_bytes: 1024 * 1024,
         upstream_connect_timeout_ms: 1_000,

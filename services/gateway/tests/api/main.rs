@@ -14,3 +14,4 @@ mod rate_limit;
 mod routing;
 mod shutdown;
 mod slow_clients;
+mod tls;

@@ -28,6 +28,7 @@ async fn spawn_server_with(db: &PgPool, server: inventory::ServerArgs) -> Server
         database_url: DatabaseUrl::from((*db.connect_options()).clone()),
         listen_addr: "127.0.0.1:0".parse().expect("valid address"),
         server,
+        tls: Default::default(),
     };
     let listener = TcpListener::bind(config.listen_addr)
         .await
