@@ -19,6 +19,7 @@ use crate::converge::ssh::{HostKeyStatus, SshTransport};
 use crate::converge::status::{self, ClusterStatus, HostStatus};
 use crate::converge::transport::{shell_quote, Transport};
 use crate::desired::DesiredHost;
+use crate::pki::{self, Pki};
 use crate::render;
 use crate::render::binaries::{self, BinarySet, Profile};
 use crate::render::env_file::EnvFile;
@@ -146,11 +147,31 @@ fn load(args: &Args, with_binaries: bool) -> anyhow::Result<Loaded> {
     } else {
         None
     };
-    let hosts = render::desired_hosts(&inventory, &env, &args.templates, binaries.as_ref())?;
+    let pki = open_pki(&args.env_file, &inventory)?;
+    let hosts = render::desired_hosts(&inventory, &env, &args.templates, binaries.as_ref(), &pki)?;
     Ok(Loaded {
         hosts,
         queue: inventory.settings.queue.clone(),
     })
+}
+
+/// The platform CA and every host's certificate, in `pki/` beside the env file: made, or
+/// issued again, where needed (each said on stderr; plan then shows the files that change).
+fn open_pki(env_file: &Path, inventory: &Inventory) -> anyhow::Result<Pki> {
+    let dir = env_file
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        .join(pki::DIR_NAME);
+    let hosts: Vec<(String, String)> = inventory
+        .hosts
+        .iter()
+        .map(|host| (host.name.clone(), host.address().to_owned()))
+        .collect();
+    let (pki, issued) = Pki::open(&dir, &hosts, time::OffsetDateTime::now_utc())?;
+    for issued in issued {
+        eprintln!("certificate of {}: issued ({})", issued.host, issued.reason);
+    }
+    Ok(pki)
 }
 
 /// The platform's services, which are also their cargo packages and binaries.

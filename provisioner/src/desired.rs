@@ -284,13 +284,42 @@ pub struct DesiredBinary {
 pub struct ServiceSpec {
     /// Unit name without `.service`.
     pub unit: String,
-    /// Asked on the host itself (e.g. `http://127.0.0.1:8080/health`) after a restart.
+    /// Asked on the host itself (e.g. `http://127.0.0.1:8080/health`, or
+    /// `https://<its address>:8080/health` when it serves HTTPS) after a restart.
     pub health_url: String,
     /// Asked on the host itself by `status` (e.g. `http://127.0.0.1:8080/ready`).
     pub ready_url: String,
     /// The path of its socket unit when systemd holds its listening socket (a service others
     /// call): a restart then keeps the socket, and rebinds it only when this file was rewritten.
     pub socket: Option<String>,
+    /// When it serves HTTPS: the files curl checks it with, and proves itself with (the
+    /// service asks for a client certificate).
+    pub tls: Option<ClientTls>,
+}
+
+impl ServiceSpec {
+    /// curl's arguments to ask `url` of this service, shell-quoted: the URL, after the TLS
+    /// files when it serves HTTPS.
+    pub fn curl_args(&self, url: &str) -> String {
+        let url = crate::converge::transport::shell_quote(url);
+        match &self.tls {
+            Some(tls) => format!(
+                "--cacert {} --cert {} --key {} {url}",
+                crate::converge::transport::shell_quote(&tls.ca_file),
+                crate::converge::transport::shell_quote(&tls.cert_file),
+                crate::converge::transport::shell_quote(&tls.key_file),
+            ),
+            None => url,
+        }
+    }
+}
+
+/// The CA a client verifies a server with, and the certificate and key it presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 #[derive(Debug, Clone)]

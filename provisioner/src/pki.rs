@@ -410,6 +410,11 @@ pub fn day(time: OffsetDateTime) -> String {
     )
 }
 
+/// Whether a file's text is a certificate: plan describes it instead of showing its PEM.
+pub fn is_certificate(text: &[u8]) -> bool {
+    text.starts_with(b"-----BEGIN CERTIFICATE-----")
+}
+
 /// What plan says of a certificate file changing from `old` (absent: `None`) to `new`: for
 /// whom and until when, and why it changes, never the PEM text.
 pub fn describe_change(old: Option<&str>, new: &str) -> String {

@@ -11,6 +11,7 @@ use crate::desired::{
     resolve_pg_version, resolve_pg_version_in, sha256_hex, DesiredFile, DesiredHost, FileContent,
     Handler, PG_VERSION_PLACEHOLDER,
 };
+use crate::pki;
 
 /// The `kind` of a change in the JSON document of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -422,6 +423,14 @@ fn plan_file(
     let mut details = Vec::new();
     match current {
         None => details.push(match &file.content {
+            // A certificate is described (for whom, until when), never shown as PEM.
+            FileContent::Text(text) if pki::is_certificate(text.as_bytes()) => format!(
+                "create (mode {:o} {}:{}): {}",
+                file.mode,
+                file.owner,
+                file.group,
+                pki::describe_change(None, text)
+            ),
             FileContent::Text(text) => format!(
                 "create (mode {:o} {}:{})\n{}",
                 file.mode,
@@ -437,6 +446,11 @@ fn plan_file(
         Some(current) => {
             if current.sha256 != sha256_hex(&wanted) {
                 details.push(match (&file.content, &current.content) {
+                    (FileContent::Text(text), Some(old))
+                        if pki::is_certificate(text.as_bytes()) =>
+                    {
+                        pki::describe_change(Some(&String::from_utf8_lossy(old)), text)
+                    }
                     (FileContent::Text(text), Some(old)) => {
                         diff(&String::from_utf8_lossy(old), text, &path)
                     }

@@ -121,8 +121,8 @@ pub fn status_script(desired: &DesiredHost) -> String {
              if body=$(curl -fsS -m 3 {url} 2>/dev/null); then echo \"healthy $(printf '%s' \"$body\" | tr -d '\\n')\"; else echo unhealthy; fi\n\
              if curl -fsS -m 3 -o /dev/null {ready_url} 2>/dev/null; then echo ready; else echo unready; fi",
             unit = shell_quote(&service.unit),
-            url = shell_quote(&service.health_url),
-            ready_url = shell_quote(&service.ready_url),
+            url = service.curl_args(&service.health_url),
+            ready_url = service.curl_args(&service.ready_url),
         );
     }
     if let Some(rabbitmq) = &desired.rabbitmq {

@@ -15,7 +15,8 @@ use super::monitoring::{
 use super::patroni::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATRONI_REST_PORT};
 use super::platform::Component;
 use super::rabbitmq::{EPMD_PORT, ERLANG_DISTRIBUTION_PORT};
-use super::services::{AMQP_PORT, POSTGRES_PORT};
+use super::services::POSTGRES_PORT;
+use super::tls::AMQPS_PORT;
 use super::{text_file, RenderError, Renderer};
 use crate::desired::{DesiredFile, Handler};
 
@@ -156,8 +157,8 @@ impl Renderer<'_> {
                         .map(|service| service.name.as_str())
                         .collect();
                     ports.push(FirewallPort::new(
-                        AMQP_PORT,
-                        &format!("AMQP, for {}", users.join(" and ")),
+                        AMQPS_PORT,
+                        &format!("AMQPS (AMQP over TLS), for {}", users.join(" and ")),
                         host,
                         inventory.hosts_running_any(|service| service.broker),
                     ));

@@ -46,9 +46,10 @@ impl Renderer<'_> {
         let check = public
             .iter()
             .map(|service| {
+                let spec = self.spec(host, service);
                 format!(
                     "/usr/bin/curl -fsS -o /dev/null --max-time 1 {}",
-                    self.spec(service).ready_url
+                    spec.curl_args(&spec.ready_url)
                 )
             })
             .collect::<Vec<_>>()

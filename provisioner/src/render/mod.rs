@@ -34,6 +34,7 @@ pub mod platform;
 pub mod postgresql;
 pub mod rabbitmq;
 pub mod services;
+pub mod tls;
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -45,6 +46,7 @@ use service_common::error_chain;
 use tera::{Context, Tera};
 
 use crate::desired::{DesiredFile, DesiredHost, FileContent, Handler};
+use crate::pki::Pki;
 use binaries::BinarySet;
 use env_file::EnvFile;
 use inventory::{Host, Inventory};
@@ -62,6 +64,8 @@ pub enum RenderError {
     },
     #[error("no binary for {service}")]
     MissingBinary { service: String },
+    #[error("no certificate was issued for {host}")]
+    MissingCertificate { host: String },
     /// The secret a RabbitMQ cluster's nodes share is missing or unusable.
     #[error("{path}: {variable} {problem} (the Erlang cookie the nodes of a RabbitMQ cluster share; see .env.example)")]
     ClusterCookie {
@@ -136,14 +140,16 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RenderError> {
 /// The desired state of every host of `inventory`, in the inventory's order.
 ///
 /// `binaries` is `None` for `provision render`, which only writes files: the hosts then list no
-/// binary to push. `templates` is the `templates/` folder.
+/// binary to push. `templates` is the `templates/` folder; `pki` holds the CA and every host's
+/// certificate ([`Pki::open`]).
 pub fn desired_hosts(
     inventory: &Inventory,
     env: &EnvFile,
     templates: &Path,
     binaries: Option<&BinarySet>,
+    pki: &Pki,
 ) -> Result<Vec<DesiredHost>, RenderError> {
-    let renderer = Renderer::new(inventory, env, templates)?;
+    let renderer = Renderer::new(inventory, env, templates, pki)?;
     inventory
         .hosts
         .iter()
@@ -196,6 +202,8 @@ pub(crate) struct Renderer<'a> {
     tera: Tera,
     inventory: &'a Inventory,
     env: &'a EnvFile,
+    /// The platform CA and the hosts' certificates.
+    pki: &'a Pki,
 }
 
 impl<'a> Renderer<'a> {
@@ -203,6 +211,7 @@ impl<'a> Renderer<'a> {
         inventory: &'a Inventory,
         env: &'a EnvFile,
         templates: &Path,
+        pki: &'a Pki,
     ) -> Result<Self, RenderError> {
         let load_error = |message: String| RenderError::Templates {
             dir: templates.to_owned(),
@@ -219,6 +228,7 @@ impl<'a> Renderer<'a> {
             tera,
             inventory,
             env,
+            pki,
         })
     }
 
@@ -286,10 +296,11 @@ impl<'a> Renderer<'a> {
             files.push(self.unit(host, service)?);
             files.extend(self.socket(host, service)?);
             files.push(self.env_file(host, service)?);
+            files.extend(self.service_tls_files(host, service)?);
             if let Some(binaries) = binaries {
                 desired_binaries.push(services::binary(binaries, service)?);
             }
-            specs.push(self.spec(service));
+            specs.push(self.spec(host, service));
         }
 
         let mut postgres = None;

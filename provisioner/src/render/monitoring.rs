@@ -9,7 +9,8 @@ use tera::Context;
 
 use super::inventory::Host;
 use super::platform::{Component, ServiceDescription};
-use super::{reach, text_file, RenderError, Renderer};
+use super::tls::TlsPaths;
+use super::{reach, text_file, url_host, RenderError, Renderer};
 use crate::desired::{DesiredFile, Handler};
 
 pub const PROMETHEUS_CONFIG: &str = "/etc/prometheus/prometheus.yml";
@@ -36,6 +37,8 @@ struct Job {
     path: String,
     params: Vec<(String, String)>,
     targets: Vec<Target>,
+    /// Scraped over HTTPS with these files (a service that serves HTTPS on its one port).
+    tls: Option<TlsPaths>,
 }
 
 /// The exporters, files and units a monitored host gets.
@@ -133,14 +136,32 @@ impl Renderer<'_> {
             path: path.to_owned(),
             params: Vec::new(),
             targets,
+            tls: None,
         };
+        let tls_paths = TlsPaths::of("prometheus");
+        let mut tls_scrapes = false;
         let mut jobs = Vec::new();
         for service in inventory.platform.services() {
             let (Some(path), Some(port)) = (&service.metrics, self.metrics_port(service)) else {
                 continue;
             };
-            let hosts = inventory.hosts_running(&service.name).collect();
-            jobs.push(job(&service.name, path, targets(hosts, port)));
+            let hosts: Vec<&Host> = inventory.hosts_running(&service.name).collect();
+            if service.metrics_port.is_none() && self.serves_tls(service) {
+                // Its one port speaks HTTPS and asks for a certificate of the platform CA.
+                let mut scraped = job(&service.name, path, Vec::new());
+                scraped.targets = hosts
+                    .iter()
+                    .map(|target| Target {
+                        address: format!("{}:{port}", url_host(target.address())),
+                        host: target.name.clone(),
+                    })
+                    .collect();
+                scraped.tls = Some(tls_paths.clone());
+                tls_scrapes = true;
+                jobs.push(scraped);
+            } else {
+                jobs.push(job(&service.name, path, targets(hosts, port)));
+            }
         }
         jobs.push(job(
             "node",
@@ -191,7 +212,12 @@ impl Renderer<'_> {
             &dead_letter_queue_name(&inventory.settings.queue),
         );
         let reload = vec![Handler::Reload(Component::Monitoring.unit().to_owned())];
-        Ok(vec![
+        let mut files = if tls_scrapes {
+            self.tls_files(host, &tls_paths, "prometheus", true, &reload)?
+        } else {
+            Vec::new()
+        };
+        files.extend([
             text_file(
                 PROMETHEUS_CONFIG,
                 self.render("prometheus/prometheus.yml", host, &context)?,
@@ -206,6 +232,7 @@ impl Renderer<'_> {
                 "root",
                 reload,
             ),
-        ])
+        ]);
+        Ok(files)
     }
 }

@@ -8,6 +8,7 @@ use tera::Context;
 
 use super::inventory::{is_ip_address, Host};
 use super::platform::Component;
+use super::tls::TlsPaths;
 use super::{hba_address, text_file, RenderError, Renderer};
 use crate::desired::{
     DesiredFile, Handler, PostgresDatabase, PostgresRole, PostgresState, PG_VERSION_PLACEHOLDER,
@@ -15,6 +16,8 @@ use crate::desired::{
 
 #[derive(Debug, Serialize)]
 pub struct HbaRule {
+    /// `host`, or `hostssl` for a client on another host (TLS only).
+    kind: &'static str,
     database: String,
     user: String,
     address: String,
@@ -68,16 +71,23 @@ impl Renderer<'_> {
                     owner: credentials.user.clone(),
                 });
             }
+            // A remote client over TLS alone, except through HAProxy to a Patroni cluster.
+            let remote_kind = if self.inventory.database_cluster() {
+                "host"
+            } else {
+                "hostssl"
+            };
             let mut addresses = BTreeSet::new();
             for client in clients {
                 if client.name == host.name {
-                    addresses.insert("127.0.0.1/32".to_owned());
+                    addresses.insert(("host", "127.0.0.1/32".to_owned()));
                 } else {
                     remote_clients = true;
-                    addresses.insert(hba_address(client.address()));
+                    addresses.insert((remote_kind, hba_address(client.address())));
                 }
             }
-            rules.extend(addresses.into_iter().map(|address| HbaRule {
+            rules.extend(addresses.into_iter().map(|(kind, address)| HbaRule {
+                kind,
                 database: credentials.name.clone(),
                 user: credentials.user.clone(),
                 address,
@@ -117,11 +127,28 @@ impl Renderer<'_> {
         let mut conf = Context::new();
         conf.insert("host", &host.name);
         conf.insert("listen_addresses", &listen_addresses);
+        // Its remote clients connect over TLS, with this host's certificate.
+        let tls_paths = TlsPaths::of("postgres");
+        if remote_clients {
+            conf.insert("tls", &tls_paths);
+        }
         let mut hba = Context::new();
         hba.insert("host", &host.name);
         hba.insert("rules", &rules);
         let folder = format!("/etc/postgresql/{PG_VERSION_PLACEHOLDER}/main");
-        let files = vec![
+        let mut files = if remote_clients {
+            // PostgreSQL reads its certificate again on a reload.
+            self.tls_files(
+                host,
+                &tls_paths,
+                "postgres",
+                true,
+                &[Handler::Reload(Component::Postgres.unit().to_owned())],
+            )?
+        } else {
+            Vec::new()
+        };
+        files.extend([
             // listen_addresses takes effect only at start.
             text_file(
                 format!("{folder}/conf.d/60-provision.conf"),
@@ -137,7 +164,7 @@ impl Renderer<'_> {
                 "postgres",
                 vec![Handler::Reload(Component::Postgres.unit().to_owned())],
             ),
-        ];
+        ]);
         Ok((state, files))
     }
 }

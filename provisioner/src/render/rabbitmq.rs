@@ -6,6 +6,7 @@ use tera::Context;
 use super::inventory::{is_ip_address, Host};
 use super::platform::Component;
 use super::services::AMQP_PORT;
+use super::tls::{TlsPaths, AMQPS_PORT};
 use super::{text_file, RenderError, Renderer};
 use crate::desired::{DesiredFile, FileContent, Handler, RabbitMqCluster, RabbitMqState};
 
@@ -95,24 +96,22 @@ impl Renderer<'_> {
         host: &Host,
         cluster: Option<&RabbitMqCluster>,
     ) -> Result<Vec<DesiredFile>, RenderError> {
-        let remote_clients = self
-            .inventory
-            .hosts_running_any(|service| service.broker)
-            .any(|client| client.name != host.name);
-        let mut listeners = vec![format!("127.0.0.1:{AMQP_PORT}")];
-        if remote_clients {
-            listeners = if is_ip_address(host.address()) {
-                vec![
-                    listeners.remove(0),
-                    format!("{}:{AMQP_PORT}", host.address()),
-                ]
-            } else {
-                vec![format!("0.0.0.0:{AMQP_PORT}")]
-            };
-        }
+        // Plain AMQP on loopback alone; AMQPS on the host's address when a client is elsewhere.
+        let listeners = vec![format!("127.0.0.1:{AMQP_PORT}")];
+        let tls = self.rabbitmq_tls(host);
+        let tls_paths = TlsPaths::of("rabbitmq");
         let mut context = Context::new();
         context.insert("host", &host.name);
         context.insert("listeners", &listeners);
+        if tls {
+            let listener = if is_ip_address(host.address()) {
+                format!("{}:{AMQPS_PORT}", host.address())
+            } else {
+                format!("0.0.0.0:{AMQPS_PORT}")
+            };
+            context.insert("tls_listener", &listener);
+            context.insert("tls", &tls_paths);
+        }
         // All interfaces: Vagrant forwards the host's port to the VM's NAT interface.
         context.insert("management_ip", "0.0.0.0");
         context.insert("epmd_port", &EPMD_PORT);
@@ -125,7 +124,12 @@ impl Renderer<'_> {
             context.insert("inetrc", INETRC_PATH);
         }
         let restart = vec![Handler::Restart(Component::Rabbitmq.unit().to_owned())];
-        let mut files = vec![
+        let mut files = if tls {
+            self.tls_files(host, &tls_paths, "rabbitmq", true, &restart)?
+        } else {
+            Vec::new()
+        };
+        files.extend([
             text_file(
                 "/etc/rabbitmq/rabbitmq-env.conf",
                 self.render("rabbitmq/rabbitmq-env.conf", host, &context)?,
@@ -160,7 +164,7 @@ impl Renderer<'_> {
                 "root",
                 restart.clone(),
             ),
-        ];
+        ]);
         if cluster.is_some() {
             let nodes: Vec<(String, String)> = self
                 .inventory

@@ -8,8 +8,11 @@ use super::binaries::BinarySet;
 use super::inventory::Host;
 use super::patroni::{HAPROXY_PORT, HAPROXY_UNIT};
 use super::platform::{Component, ServiceDescription};
+use super::tls::{TlsPaths, AMQPS_PORT};
 use super::{percent_encode, reach, text_file, RenderError, Renderer};
-use crate::desired::{DesiredBinary, DesiredFile, FileContent, Handler, Secret, ServiceSpec};
+use crate::desired::{
+    ClientTls, DesiredBinary, DesiredFile, FileContent, Handler, Secret, ServiceSpec,
+};
 use crate::render::env_file::DatabaseCredentials;
 
 /// PostgreSQL's and RabbitMQ's ports on the hosts (the packages' defaults).
@@ -123,17 +126,79 @@ impl Renderer<'_> {
                 .any(|caller| self.inventory.hosts_running(&caller.name).next().is_some())
     }
 
-    /// What plan/apply and status need to know of `service` on a host.
-    pub fn spec(&self, service: &ServiceDescription) -> ServiceSpec {
-        let port = self.inventory.port_of(service);
+    /// What plan/apply and status need to know of `service` on `host`. A service that serves
+    /// HTTPS is asked at its own address (which its certificate names), with its own
+    /// certificate as the client's.
+    pub fn spec(&self, host: &Host, service: &ServiceDescription) -> ServiceSpec {
+        let base = self.service_base_url(host, host, service);
+        let tls = self.serves_tls(service).then(|| {
+            let paths = TlsPaths::of(&service.name);
+            ClientTls {
+                ca_file: paths.ca_file,
+                cert_file: paths.cert_file,
+                key_file: paths.key_file,
+            }
+        });
         ServiceSpec {
             unit: service.name.clone(),
-            health_url: format!("http://127.0.0.1:{port}{}", service.health),
-            ready_url: format!("http://127.0.0.1:{port}{}", service.ready),
+            health_url: format!("{base}{}", service.health),
+            ready_url: format!("{base}{}", service.ready),
             socket: self
                 .socket_activated(service)
                 .then(|| socket_path(&service.name)),
+            tls,
         }
+    }
+
+    /// The TLS files `service` needs on `host`: the CA when it reaches anything over TLS, and
+    /// the host's certificate and key when it serves HTTPS or calls a service that does (which
+    /// asks for its certificate). A change restarts it.
+    pub fn service_tls_files(
+        &self,
+        host: &Host,
+        service: &ServiceDescription,
+    ) -> Result<Vec<DesiredFile>, RenderError> {
+        let identity = self.serves_tls(service) || self.calls_tls(service);
+        let ca = identity
+            || (service.broker && self.amqp_tls(host))
+            || (service.database.is_some() && self.database_tls(host));
+        if !ca {
+            return Ok(Vec::new());
+        }
+        self.tls_files(
+            host,
+            &TlsPaths::of(&service.name),
+            &service.name,
+            identity,
+            &[Handler::Restart(service.name.clone())],
+        )
+    }
+
+    /// Whether `service` calls a service that serves HTTPS.
+    fn calls_tls(&self, service: &ServiceDescription) -> bool {
+        service
+            .calls
+            .iter()
+            .filter_map(|callee| self.inventory.platform.service(callee))
+            .any(|callee| self.serves_tls(callee))
+    }
+
+    /// Whether a broker client on `host` reaches a node on another host (over AMQPS, then).
+    fn amqp_tls(&self, host: &Host) -> bool {
+        self.inventory
+            .broker_hosts()
+            .iter()
+            .any(|node| node.name != host.name)
+    }
+
+    /// Whether a database client on `host` reaches its PostgreSQL on another host (over TLS,
+    /// then). Not through HAProxy to a Patroni cluster: that path is not encrypted yet.
+    fn database_tls(&self, host: &Host) -> bool {
+        !self.inventory.database_cluster()
+            && self
+                .inventory
+                .database_host_of(host)
+                .is_some_and(|server| server.name != host.name)
     }
 
     /// `templates/systemd/service.socket` for a socket-activated service; `None` for the others.
@@ -226,8 +291,9 @@ impl Renderer<'_> {
         ))
     }
 
-    /// `templates/env/<name>.env`, given: `host`, `rust_log`, `queue`, `listen_addr`, and, as the
-    /// description says, `database_url`, `amqp_url` and `<callee>_urls`.
+    /// `templates/env/<name>.env`, given: `host`, `rust_log`, `queue`, `listen_addr`, `tls` (its
+    /// TLS files: `ca_file`, `cert_file`, `key_file`), `serves_tls`, and, as the description
+    /// says, `database_url`, `amqp_url` and `amqp_tls`, `<callee>_urls` and `<callee>_tls`.
     pub fn env_file(
         &self,
         host: &Host,
@@ -254,22 +320,25 @@ impl Renderer<'_> {
         if let Some(credentials) = self.database_credentials(service) {
             context.insert(
                 "database_url",
-                self.database_url(host, &credentials).expose(),
+                self.database_url(host, name, &credentials).expose(),
             );
         }
         if service.broker {
             context.insert("amqp_url", self.amqp_url(host).expose());
+            context.insert("amqp_tls", &self.amqp_tls(host));
         }
+        context.insert("tls", &TlsPaths::of(name));
+        context.insert("serves_tls", &self.serves_tls(service));
         for callee in &service.calls {
             let Some(callee) = inventory.platform.service(callee) else {
                 continue;
             };
-            let port = inventory.port_of(callee);
             let urls: Vec<String> = inventory
                 .hosts_running(&callee.name)
-                .map(|server| format!("http://{}:{port}", reach(host, server)))
+                .map(|server| self.service_base_url(host, server, callee))
                 .collect();
             context.insert(format!("{}_urls", callee.name), &urls);
+            context.insert(format!("{}_tls", callee.name), &self.serves_tls(callee));
         }
         let text = self.render(&format!("env/{name}.env"), host, &context)?;
         Ok(DesiredFile {
@@ -321,15 +390,26 @@ impl Renderer<'_> {
 
     /// Its database on the host's PostgreSQL, or, when the databases live in the Patroni
     /// cluster, through HAProxy on this host, which leads to the primary.
-    fn database_url(&self, host: &Host, database: &DatabaseCredentials) -> Secret {
+    fn database_url(&self, host: &Host, service: &str, database: &DatabaseCredentials) -> Secret {
         let server = if self.inventory.database_cluster() {
             format!("127.0.0.1:{HAPROXY_PORT}")
         } else {
             let server = self.inventory.database_host_of(host).unwrap_or(host);
             format!("{}:{POSTGRES_PORT}", reach(host, server))
         };
+        // From another host, over TLS: the server's certificate must be the platform CA's and
+        // name the address connected to.
+        let tls = if self.database_tls(host) {
+            let ca_file = TlsPaths::of(service).ca_file;
+            format!(
+                "?sslmode=verify-full&sslrootcert={}",
+                percent_encode(&ca_file)
+            )
+        } else {
+            String::new()
+        };
         Secret::new(format!(
-            "postgres://{}:{}@{server}/{}",
+            "postgres://{}:{}@{server}/{}{tls}",
             percent_encode(&database.user),
             percent_encode(database.password.expose()),
             percent_encode(&database.name),
@@ -359,8 +439,14 @@ impl Renderer<'_> {
         let urls: Vec<String> = nodes
             .into_iter()
             .map(|node| {
+                // A node on another host over AMQPS, at the address its certificate names.
+                let (scheme, port) = if node.name == host.name {
+                    ("amqp", AMQP_PORT)
+                } else {
+                    ("amqps", AMQPS_PORT)
+                };
                 format!(
-                    "amqp://{}:{}@{}:{AMQP_PORT}/{}",
+                    "{scheme}://{}:{}@{}:{port}/{}",
                     percent_encode(&broker.user),
                     percent_encode(broker.password.expose()),
                     reach(host, node),

@@ -131,8 +131,8 @@ pub(crate) fn desired_host(dir: &Path) -> DesiredHost {
         ],
         binaries: vec![binary("inventory", b"inventory v1"), binary("billing", b"billing v1")],
         services: vec![
-            ServiceSpec { unit: "inventory".into(), health_url: "http://127.0.0.1:8080/health".into(), ready_url: "http://127.0.0.1:8080/ready".into(), socket: None },
-            ServiceSpec { unit: "billing".into(), health_url: "http://127.0.0.1:8081/health".into(), ready_url: "http://127.0.0.1:8081/ready".into(), socket: None },
+            ServiceSpec { unit: "inventory".into(), health_url: "http://127.0.0.1:8080/health".into(), ready_url: "http://127.0.0.1:8080/ready".into(), socket: None, tls: None },
+            ServiceSpec { unit: "billing".into(), health_url: "http://127.0.0.1:8081/health".into(), ready_url: "http://127.0.0.1:8081/ready".into(), socket: None, tls: None },
         ],
         host_units: Vec::new(),
     }

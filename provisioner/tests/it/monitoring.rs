@@ -8,7 +8,9 @@ use provisioner::desired::{DesiredHost, Handler};
 use provisioner::render::inventory::Inventory;
 use provisioner::render::{desired_hosts, render_to_dir};
 
-use crate::render::{assert_has_lines, example_env, file, host, platform, text, workspace};
+use crate::render::{
+    assert_has_lines, example_env, file, host, platform, test_pki, text, workspace,
+};
 
 fn hosts_of(inventory_text: &str) -> Result<Vec<DesiredHost>, String> {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -16,8 +18,14 @@ fn hosts_of(inventory_text: &str) -> Result<Vec<DesiredHost>, String> {
     std::fs::write(&path, inventory_text).expect("write");
     let env = example_env();
     let inventory = Inventory::load(&path, &env, &platform()).map_err(|error| error.to_string())?;
-    desired_hosts(&inventory, &env, &workspace().join("templates"), None)
-        .map_err(|error| error.to_string())
+    desired_hosts(
+        &inventory,
+        &env,
+        &workspace().join("templates"),
+        None,
+        &test_pki(&inventory),
+    )
+    .map_err(|error| error.to_string())
 }
 
 fn committed(name: &str) -> String {
@@ -205,13 +213,22 @@ fn promtool_accepts_the_configuration_and_the_rules() {
     let etc = dir.path().join("gateway-vm/etc/prometheus");
     let rules = etc.join("platform-alerts.yml");
     promtool("rules", &rules);
-    // The configuration names the rules where they go on the host; here, beside it.
+    // The configuration names the rules and the TLS files (inventory is scraped over HTTPS)
+    // where they go on the host; here, as rendered.
     let config = std::fs::read_to_string(etc.join("prometheus.yml"))
         .expect("config")
         .replace(
             "/etc/prometheus/platform-alerts.yml",
             &rules.display().to_string(),
+        )
+        .replace(
+            "/etc/platform-tls/",
+            &format!(
+                "{}/",
+                dir.path().join("gateway-vm/etc/platform-tls").display()
+            ),
         );
+    assert!(config.contains("scheme: https"), "{config}");
     let config_path = etc.join("checked.yml");
     std::fs::write(&config_path, config).expect("write");
     promtool("config", &config_path);

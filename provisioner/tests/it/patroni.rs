@@ -11,7 +11,9 @@ use provisioner::render::inventory::Inventory;
 use provisioner::render::{desired_hosts, RenderError};
 
 use crate::fixtures::*;
-use crate::render::{assert_has_lines, example_env, file, host, platform, text, workspace};
+use crate::render::{
+    assert_has_lines, example_env, file, host, platform, test_pki, text, workspace,
+};
 
 fn committed() -> String {
     std::fs::read_to_string(workspace().join("inventory-pg-ha.toml")).expect("read")
@@ -27,7 +29,14 @@ fn load(text: &str) -> Result<Inventory, String> {
 fn cluster_hosts() -> Vec<DesiredHost> {
     let env = example_env();
     let inventory = load(&committed()).expect("inventory-pg-ha.toml is valid");
-    desired_hosts(&inventory, &env, &workspace().join("templates"), None).expect("renders")
+    desired_hosts(
+        &inventory,
+        &env,
+        &workspace().join("templates"),
+        None,
+        &test_pki(&inventory),
+    )
+    .expect("renders")
 }
 
 #[test]
@@ -292,8 +301,14 @@ fn a_missing_or_weak_cluster_password_is_named_and_never_echoed() {
         let env =
             provisioner::render::env_file::EnvFile::load(&path, &platform().required_variables())
                 .expect("loads");
-        let error = desired_hosts(&inventory, &env, &workspace().join("templates"), None)
-            .expect_err("refused");
+        let error = desired_hosts(
+            &inventory,
+            &env,
+            &workspace().join("templates"),
+            None,
+            &test_pki(&inventory),
+        )
+        .expect_err("refused");
         assert!(matches!(error, RenderError::PatroniSecret { .. }));
         let message = error.to_string();
         assert!(

@@ -511,3 +511,51 @@ fn timestamps_read_what_date_and_stat_print() {
     assert_eq!(time.to_string(), "1796204508.000000042");
     assert_eq!(Timestamp::parse(&time.to_string()), Some(time));
 }
+
+/// A certificate on a host is described, not shown as PEM: why it changes (other names, about
+/// to expire, another one), for whom and until when.
+#[test]
+fn a_certificate_change_says_why_and_never_shows_pem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut desired = desired_host(dir.path());
+    let hosts = [("billing-vm".to_owned(), "10.0.0.13".to_owned())];
+    let ours = provisioner::pki::Pki::ephemeral(&hosts);
+    let path = "/etc/platform-tls/rabbitmq/host.crt";
+    let cert = ours.host("billing-vm").expect("issued").cert_pem.clone();
+    desired.files.push(text(
+        path,
+        &cert,
+        0o644,
+        "root",
+        vec![restart("rabbitmq-server")],
+    ));
+    let mut facts = converged(&desired);
+    assert!(plan(&desired, &facts).changes.is_empty());
+
+    // Issued for another address.
+    let moved = provisioner::pki::Pki::ephemeral(&[("billing-vm".into(), "10.0.0.99".into())]);
+    changed_file(
+        &mut facts,
+        path,
+        &moved.host("billing-vm").expect("issued").cert_pem,
+    );
+    let planned = plan(&desired, &facts);
+    assert_eq!(targets(&planned), [(ChangeKind::File, path.to_owned())]);
+    let detail = &planned.changes[0].detail;
+    assert!(
+        detail.starts_with("certificate renewed: it was issued for 10.0.0.99, billing-vm; now billing-vm (10.0.0.13, billing-vm), valid until "),
+        "{detail}"
+    );
+    assert!(!detail.contains("BEGIN"), "{detail}");
+    assert!(planned.handlers.contains(&restart("rabbitmq-server")));
+
+    // Missing.
+    facts.files.remove(path);
+    let detail = plan(&desired, &facts).changes[0].detail.clone();
+    assert!(
+        detail.starts_with(
+            "create (mode 644 root:root): certificate for billing-vm (10.0.0.13, billing-vm)"
+        ),
+        "{detail}"
+    );
+}

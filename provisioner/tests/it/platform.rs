@@ -13,7 +13,7 @@ use provisioner::render::env_file::EnvFile;
 use provisioner::render::inventory::Inventory;
 use provisioner::render::platform::Platform;
 
-use crate::render::{copy_dir, file, host, text, workspace};
+use crate::render::{copy_dir, file, host, test_pki, text, workspace};
 
 const NOTIFICATION: &str = r#"
 [[services]]
@@ -30,7 +30,15 @@ calls = ["inventory"]
 const NOTIFICATION_ENV: &str = "\
 # Managed by provision ({{ host }}): environment of notification.service.
 AMQP_URL={{ amqp_url }}
+{%- if amqp_tls %}
+AMQP_CA_FILE={{ tls.ca_file }}
+{%- endif %}
 INVENTORY_URL={{ inventory_urls | join(sep=\",\") }}
+{%- if inventory_tls %}
+INVENTORY_CA_FILE={{ tls.ca_file }}
+INVENTORY_CLIENT_CERT_FILE={{ tls.cert_file }}
+INVENTORY_CLIENT_KEY_FILE={{ tls.key_file }}
+{%- endif %}
 HEALTH_LISTEN_ADDR={{ listen_addr }}
 RUST_LOG={{ rust_log }}
 ";
@@ -119,7 +127,14 @@ fn a_fourth_service_is_rendered_from_its_description_and_one_template() {
         "no database, no new variable"
     );
 
-    let hosts = desired_hosts(&four.inventory, &four.env, &four.templates, None).expect("renders");
+    let hosts = desired_hosts(
+        &four.inventory,
+        &four.env,
+        &four.templates,
+        None,
+        &test_pki(&four.inventory),
+    )
+    .expect("renders");
     let notify = host(&hosts, "notify-vm");
     let unit = text(file(notify, "/etc/systemd/system/notification.service"));
     assert!(
@@ -142,14 +157,25 @@ fn a_fourth_service_is_rendered_from_its_description_and_one_template() {
     let env = text(file(notify, "/etc/notification/notification.env"));
     assert!(
         env.contains(
-            "AMQP_URL=amqp://rabbitmq_user:rabbitmq_password@192.168.56.12:5672/billing_vhost\n"
+            "AMQP_URL=amqps://rabbitmq_user:rabbitmq_password@192.168.56.12:5671/billing_vhost\n"
         ),
         "{env}"
     );
     assert!(
-        env.contains("INVENTORY_URL=http://192.168.56.11:8080\n"),
+        env.contains("INVENTORY_URL=https://192.168.56.11:8080\n"),
         "{env}"
     );
+    // Over TLS to both: the platform CA, and its host's certificate for inventory.
+    assert!(
+        env.contains("AMQP_CA_FILE=/etc/platform-tls/notification/ca.crt\n"),
+        "{env}"
+    );
+    assert!(
+        env.contains("INVENTORY_CLIENT_KEY_FILE=/etc/platform-tls/notification/host.key\n"),
+        "{env}"
+    );
+    let key = file(notify, "/etc/platform-tls/notification/host.key");
+    assert_eq!((key.owner.as_str(), key.mode), ("notification", 0o600));
     assert!(
         env.contains("HEALTH_LISTEN_ADDR=127.0.0.1:8082\n"),
         "nobody calls it: {env}"
@@ -187,7 +213,7 @@ fn a_fourth_service_is_rendered_from_its_description_and_one_template() {
         "/etc/platform-firewall/rules.nft",
     ));
     assert!(
-        broker_rules.contains("tcp dport 5672 ip saddr { 192.168.56.10, 192.168.56.13 } accept"),
+        broker_rules.contains("tcp dport 5671 ip saddr { 192.168.56.10, 192.168.56.13 } accept"),
         "{broker_rules}"
     );
 }
@@ -207,8 +233,14 @@ fn a_fourth_service_is_planned_and_ordered_after_what_it_calls() {
     std::fs::write(&four.inventory.path, moved).expect("write");
     let inventory =
         Inventory::load(&four.inventory.path, &four.env, &four.platform).expect("valid");
-    let hosts =
-        desired_hosts(&inventory, &four.env, &four.templates, Some(&binaries)).expect("renders");
+    let hosts = desired_hosts(
+        &inventory,
+        &four.env,
+        &four.templates,
+        Some(&binaries),
+        &test_pki(&inventory),
+    )
+    .expect("renders");
     let desired = host(&hosts, "inventory-vm");
 
     let units: Vec<&str> = desired.services.iter().map(|s| s.unit.as_str()).collect();

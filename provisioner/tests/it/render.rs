@@ -51,8 +51,36 @@ pub(crate) fn services() -> Vec<String> {
         .collect()
 }
 
+/// A platform CA and certificates for `inventory`'s hosts, made once per set of hosts in this
+/// test binary, so that two renders of one inventory are alike.
+pub(crate) fn test_pki(inventory: &Inventory) -> provisioner::pki::Pki {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static MADE: OnceLock<Mutex<HashMap<Vec<(String, String)>, provisioner::pki::Pki>>> =
+        OnceLock::new();
+    let hosts: Vec<(String, String)> = inventory
+        .hosts
+        .iter()
+        .map(|host| (host.name.clone(), host.address().to_owned()))
+        .collect();
+    let mut made = MADE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    made.entry(hosts.clone())
+        .or_insert_with(|| provisioner::pki::Pki::ephemeral(&hosts))
+        .clone()
+}
+
 fn render(inventory: &Inventory, env: &EnvFile) -> Vec<DesiredHost> {
-    desired_hosts(inventory, env, &workspace().join("templates"), None).expect("renders")
+    desired_hosts(
+        inventory,
+        env,
+        &workspace().join("templates"),
+        None,
+        &test_pki(inventory),
+    )
+    .expect("renders")
 }
 
 fn default_hosts() -> Vec<DesiredHost> {
@@ -103,6 +131,10 @@ fn each_host_gets_the_files_of_its_roles() {
         paths(gateway),
         [
             "/etc/gateway/gateway.env",
+            // The CA it checks inventory and the broker with; its certificate for inventory.
+            "/etc/platform-tls/gateway/ca.crt",
+            "/etc/platform-tls/gateway/host.crt",
+            "/etc/platform-tls/gateway/host.key",
             "/etc/systemd/system/gateway.service",
             "/etc/systemd/system/gateway.socket"
         ]
@@ -118,6 +150,10 @@ fn each_host_gets_the_files_of_its_roles() {
         [
             "/etc/inventory/inventory.env",
             "/etc/platform-firewall/rules.nft",
+            // Inventory serves HTTPS to the gateway; its database has no remote client.
+            "/etc/platform-tls/inventory/ca.crt",
+            "/etc/platform-tls/inventory/host.crt",
+            "/etc/platform-tls/inventory/host.key",
             "/etc/postgresql/{pg_version}/main/conf.d/60-provision.conf",
             "/etc/postgresql/{pg_version}/main/pg_hba.conf",
             "/etc/systemd/system/inventory.service",
@@ -135,6 +171,10 @@ fn each_host_gets_the_files_of_its_roles() {
         [
             "/etc/billing/billing.env",
             "/etc/platform-firewall/rules.nft",
+            // AMQPS for the gateway; billing reaches its broker and database on loopback.
+            "/etc/platform-tls/rabbitmq/ca.crt",
+            "/etc/platform-tls/rabbitmq/host.crt",
+            "/etc/platform-tls/rabbitmq/host.key",
             "/etc/postgresql/{pg_version}/main/conf.d/60-provision.conf",
             "/etc/postgresql/{pg_version}/main/pg_hba.conf",
             "/etc/rabbitmq/enabled_plugins",
@@ -167,7 +207,24 @@ fn env_files_are_secret_and_units_hold_no_secret() {
     for host in default_hosts() {
         for file in &host.files {
             let is_env = file.path.ends_with(".env");
-            if is_env {
+            if file.path.ends_with(".key") {
+                // The host's key, readable by its one user alone.
+                assert!(matches!(file.content, FileContent::SecretText(_)));
+                assert_eq!(file.mode, 0o600, "{}", file.path);
+                let user = file
+                    .path
+                    .split('/')
+                    .nth(3)
+                    .expect("/etc/platform-tls/USER/");
+                assert_eq!((file.owner.as_str(), file.group.as_str()), (user, user));
+                assert!(
+                    file.content
+                        .bytes()
+                        .starts_with(b"-----BEGIN PRIVATE KEY-----"),
+                    "{}",
+                    file.path
+                );
+            } else if is_env {
                 assert!(
                     matches!(file.content, FileContent::SecretText(_)),
                     "{}",
@@ -203,15 +260,18 @@ fn env_files_point_each_service_at_its_database_and_broker() {
     let hosts = default_hosts();
     let gateway = text(file(host(&hosts, "gateway-vm"), "/etc/gateway/gateway.env")).to_owned();
     assert!(gateway.contains("LISTEN_ADDR=0.0.0.0:8080\n"), "{gateway}");
-    assert!(
-        gateway.contains("INVENTORY_URL=http://192.168.56.11:8080\n"),
-        "{gateway}"
-    );
-    assert!(
-        gateway.contains(
-            "AMQP_URL=amqp://rabbitmq_user:rabbitmq_password@192.168.56.12:5672/billing_vhost\n"
-        ),
-        "{gateway}"
+    // Both on other hosts: over TLS, checked against the platform CA, with its own
+    // certificate for inventory.
+    assert_has_lines(
+        &gateway,
+        &[
+            "INVENTORY_URL=https://192.168.56.11:8080",
+            "INVENTORY_CA_FILE=/etc/platform-tls/gateway/ca.crt",
+            "INVENTORY_CLIENT_CERT_FILE=/etc/platform-tls/gateway/host.crt",
+            "INVENTORY_CLIENT_KEY_FILE=/etc/platform-tls/gateway/host.key",
+            "AMQP_URL=amqps://rabbitmq_user:rabbitmq_password@192.168.56.12:5671/billing_vhost",
+            "AMQP_CA_FILE=/etc/platform-tls/gateway/ca.crt",
+        ],
     );
     assert!(
         gateway.contains("BILLING_QUEUE=billing_queue\n"),
@@ -229,10 +289,16 @@ fn env_files_point_each_service_at_its_database_and_broker() {
         ),
         "{inventory}"
     );
-    // The gateway is on another host: the API must listen beyond loopback.
-    assert!(
-        inventory.contains("LISTEN_ADDR=0.0.0.0:8080\n"),
-        "{inventory}"
+    // The gateway is on another host: the API must listen beyond loopback, over TLS, and
+    // ask its callers for a certificate of the platform CA.
+    assert_has_lines(
+        inventory,
+        &[
+            "LISTEN_ADDR=0.0.0.0:8080",
+            "TLS_CERT_FILE=/etc/platform-tls/inventory/host.crt",
+            "TLS_KEY_FILE=/etc/platform-tls/inventory/host.key",
+            "TLS_CLIENT_CA_FILE=/etc/platform-tls/inventory/ca.crt",
+        ],
     );
 
     let billing = text(file(host(&hosts, "billing-vm"), "/etc/billing/billing.env"));
@@ -252,6 +318,7 @@ fn env_files_point_each_service_at_its_database_and_broker() {
         billing.contains("HEALTH_LISTEN_ADDR=127.0.0.1:8081\n"),
         "{billing}"
     );
+    assert!(!billing.contains("CA_FILE"), "all on loopback: {billing}");
 }
 
 #[test]
@@ -374,12 +441,20 @@ fn called_and_public_services_listen_through_a_socket_unit() {
 }
 
 #[test]
-fn health_urls_use_the_configured_ports_on_loopback() {
+fn health_urls_use_the_configured_ports_on_loopback_or_the_address_a_certificate_names() {
     let hosts = default_hosts();
     let url = |name: &str| host(&hosts, name).services[0].health_url.clone();
     assert_eq!(url("gateway-vm"), "http://127.0.0.1:8080/health");
-    assert_eq!(url("inventory-vm"), "http://127.0.0.1:8080/health");
+    // Inventory serves HTTPS: asked at the address its certificate names, with its files.
+    assert_eq!(url("inventory-vm"), "https://192.168.56.11:8080/health");
+    let inventory = &host(&hosts, "inventory-vm").services[0];
+    assert_eq!(
+        inventory.curl_args(&inventory.ready_url),
+        "--cacert /etc/platform-tls/inventory/ca.crt --cert /etc/platform-tls/inventory/host.crt \
+         --key /etc/platform-tls/inventory/host.key https://192.168.56.11:8080/ready"
+    );
     assert_eq!(url("billing-vm"), "http://127.0.0.1:8081/health");
+    assert!(host(&hosts, "billing-vm").services[0].tls.is_none());
 }
 
 #[test]
@@ -451,10 +526,26 @@ fn a_remote_database_is_reachable_only_from_the_host_that_needs_it() {
         ))),
         [
             "local all postgres peer",
-            "host \"movies_db\" \"inventory_user\" 192.168.56.11/32 scram-sha-256",
+            // From another host over TLS alone.
+            "hostssl \"movies_db\" \"inventory_user\" 192.168.56.11/32 scram-sha-256",
             "host \"billing_db\" \"billing_user\" 127.0.0.1/32 scram-sha-256",
         ]
     );
+    let conf = text(file(
+        billing,
+        "/etc/postgresql/{pg_version}/main/conf.d/60-provision.conf",
+    ));
+    assert_has_lines(
+        conf,
+        &[
+            "ssl = on",
+            "ssl_cert_file = '/etc/platform-tls/postgres/host.crt'",
+            "ssl_key_file = '/etc/platform-tls/postgres/host.key'",
+        ],
+    );
+    let key = file(billing, "/etc/platform-tls/postgres/host.key");
+    assert_eq!((key.owner.as_str(), key.mode), ("postgres", 0o600));
+    assert_eq!(key.on_change, [Handler::Reload("postgresql".to_owned())]);
     let postgres = billing.postgres.as_ref().expect("postgres state");
     let databases: Vec<&str> = postgres.databases.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(databases, ["movies_db", "billing_db"]);
@@ -462,8 +553,11 @@ fn a_remote_database_is_reachable_only_from_the_host_that_needs_it() {
     assert!(inventory.postgres.is_none());
     assert_eq!(inventory.packages, ["curl", "nftables"]);
     let env_text = text(file(inventory, "/etc/inventory/inventory.env"));
+    // Verified against the platform CA, for the address it connects to.
     assert!(
-        env_text.contains("@192.168.56.12:5432/movies_db\n"),
+        env_text.contains(
+            "@192.168.56.12:5432/movies_db?sslmode=verify-full&sslrootcert=%2Fetc%2Fplatform-tls%2Finventory%2Fca.crt\n"
+        ),
         "{env_text}"
     );
     let unit = text(file(inventory, "/etc/systemd/system/inventory.service"));
@@ -471,18 +565,33 @@ fn a_remote_database_is_reachable_only_from_the_host_that_needs_it() {
 }
 
 #[test]
-fn the_broker_listens_beyond_loopback_for_the_remote_gateway() {
+fn the_broker_listens_beyond_loopback_for_the_remote_gateway_over_tls_alone() {
     let hosts = default_hosts();
     let billing = host(&hosts, "billing-vm");
     let conf = text(file(billing, "/etc/rabbitmq/rabbitmq.conf"));
-    assert!(
-        conf.contains("listeners.tcp.1 = 127.0.0.1:5672\n"),
-        "{conf}"
+    assert_has_lines(
+        conf,
+        &[
+            "listeners.tcp.1 = 127.0.0.1:5672",
+            "listeners.ssl.1 = 192.168.56.12:5671",
+            "ssl_options.cacertfile = /etc/platform-tls/rabbitmq/ca.crt",
+            "ssl_options.certfile = /etc/platform-tls/rabbitmq/host.crt",
+            "ssl_options.keyfile = /etc/platform-tls/rabbitmq/host.key",
+        ],
     );
-    assert!(
-        conf.contains("listeners.tcp.2 = 192.168.56.12:5672\n"),
-        "{conf}"
+    assert!(!conf.contains("listeners.tcp.2"), "{conf}");
+    let key = file(billing, "/etc/platform-tls/rabbitmq/host.key");
+    assert_eq!((key.owner.as_str(), key.mode), ("rabbitmq", 0o600));
+    assert_eq!(
+        key.on_change,
+        [Handler::Restart("rabbitmq-server".to_owned())]
     );
+    // The certificate names the address the gateway connects to, and the host.
+    let cert = text(file(billing, "/etc/platform-tls/rabbitmq/host.crt"));
+    let facts = provisioner::pki::parse(cert).expect("a certificate");
+    assert_eq!(facts.names, ["192.168.56.12", "billing-vm"]);
+    let ca = text(file(billing, "/etc/platform-tls/rabbitmq/ca.crt"));
+    assert!(facts.signed_by(ca));
     let plugins = file(billing, "/etc/rabbitmq/enabled_plugins");
     assert_eq!(text(plugins), "[rabbitmq_management].\n");
     assert_eq!(
@@ -528,8 +637,8 @@ fn the_firewall_opens_each_platform_port_only_to_the_hosts_using_it() {
         [
             "iif \"lo\" accept",
             "tcp dport 5432 reject with tcp reset",
-            "tcp dport 5672 ip saddr { 192.168.56.10 } accept",
-            "tcp dport 5672 reject with tcp reset",
+            "tcp dport 5671 ip saddr { 192.168.56.10 } accept",
+            "tcp dport 5671 reject with tcp reset",
             "tcp dport 4369 reject with tcp reset",
             "tcp dport 25672 reject with tcp reset",
         ]
@@ -617,10 +726,10 @@ roles = ["gateway"]
         [
             "tcp dport 5432 ip saddr { 192.168.56.11 } accept",
             "tcp dport 5432 reject with tcp reset",
-            "tcp dport 5672 ip saddr { 192.168.56.10 } accept",
+            "tcp dport 5671 ip saddr { 192.168.56.10 } accept",
         ]
     );
-    assert_eq!(billing[4], "tcp dport 5672 ip6 saddr { fd00::20 } accept");
+    assert_eq!(billing[4], "tcp dport 5671 ip6 saddr { fd00::20 } accept");
     assert!(host(&hosts, "gateway-2").host_units.is_empty());
 }
 
@@ -708,6 +817,7 @@ fn binaries_go_to_usr_local_bin_of_the_hosts_running_them() {
         &env,
         &workspace().join("templates"),
         Some(&set),
+        &test_pki(&default_inventory(&env)),
     )
     .expect("renders");
     let billing = host(&hosts, "billing-vm");
@@ -762,6 +872,7 @@ fn a_missing_template_folder_is_named() {
         &env,
         Path::new("/nonexistent/templates"),
         None,
+        &test_pki(&default_inventory(&env)),
     )
     .expect_err("no templates");
     assert!(matches!(error, RenderError::Templates { .. }));
@@ -779,9 +890,15 @@ fn a_template_using_an_unknown_variable_is_an_error_naming_it() {
     let body = std::fs::read_to_string(&unit).expect("read");
     std::fs::write(&unit, body.replace("{{ user }}", "{{ usr }}")).expect("write");
     let env = example_env();
-    let message = desired_hosts(&default_inventory(&env), &env, dir.path(), None)
-        .expect_err("unknown variable")
-        .to_string();
+    let message = desired_hosts(
+        &default_inventory(&env),
+        &env,
+        dir.path(),
+        None,
+        &test_pki(&default_inventory(&env)),
+    )
+    .expect_err("unknown variable")
+    .to_string();
     assert!(message.contains("systemd/service.service"), "{message}");
     assert!(message.contains("usr"), "{message}");
     assert!(message.contains("(for gateway-vm)"), "{message}");
@@ -1040,8 +1157,8 @@ fn a_rabbitmq_cluster_shares_a_cookie_names_its_nodes_and_opens_erlang_ports_to_
         nodes,
         [
             "127.0.0.1:5672/billing_vhost",
-            "192.168.56.11:5672/billing_vhost",
-            "192.168.56.12:5672/billing_vhost"
+            "192.168.56.11:5671/billing_vhost",
+            "192.168.56.12:5671/billing_vhost"
         ]
     );
     let unit = text(file(gateway, "/etc/systemd/system/gateway.service"));
@@ -1073,8 +1190,14 @@ fn a_cluster_needs_its_cookie_in_the_env_file() {
         )
         .expect("parses");
         let inventory = inventory_from(&text, &env);
-        let error = desired_hosts(&inventory, &env, &workspace().join("templates"), None)
-            .expect_err("refused");
+        let error = desired_hosts(
+            &inventory,
+            &env,
+            &workspace().join("templates"),
+            None,
+            &test_pki(&inventory),
+        )
+        .expect_err("refused");
         let message = error.to_string();
         assert!(
             matches!(error, RenderError::ClusterCookie { .. }),
@@ -1148,7 +1271,11 @@ fn the_high_availability_inventory_renders() {
             amqp.split(',')
                 .next()
                 .expect("a node")
-                .contains(&format!("@{first}:5672/")),
+                .contains(&if first == "127.0.0.1" {
+                    format!("@{first}:5672/")
+                } else {
+                    format!("@{first}:5671/")
+                }),
             "{name} starts at {first}"
         );
     }
@@ -1332,8 +1459,14 @@ fn the_gateways_token_secret_comes_from_env_and_is_checked() {
     ] {
         let env = with(line);
         let inventory = inventory_from(&inventory_text, &env);
-        let error = desired_hosts(&inventory, &env, &workspace().join("templates"), None)
-            .expect_err("refused");
+        let error = desired_hosts(
+            &inventory,
+            &env,
+            &workspace().join("templates"),
+            None,
+            &test_pki(&inventory),
+        )
+        .expect_err("refused");
         let message = error.to_string();
         assert!(matches!(error, RenderError::JwtSecret { .. }), "{message}");
         assert!(

@@ -20,6 +20,7 @@ fn host_with_services(health_port: u16) -> provisioner::desired::DesiredHost {
             health_url: format!("http://127.0.0.1:{health_port}/health"),
             ready_url: format!("http://127.0.0.1:{health_port}/ready"),
             socket: None,
+            tls: None,
         },
         ServiceSpec {
             unit: "billing".into(),
@@ -27,6 +28,7 @@ fn host_with_services(health_port: u16) -> provisioner::desired::DesiredHost {
             health_url: "http://127.0.0.1:1/health".into(),
             ready_url: "http://127.0.0.1:1/ready".into(),
             socket: None,
+            tls: None,
         },
     ];
     host

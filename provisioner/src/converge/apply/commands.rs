@@ -101,10 +101,9 @@ pub fn restart_command(unit: &str, socket: Socket) -> String {
 }
 
 /// Polls the health URL on the host itself, once a second, printing the body when it answers.
-pub fn health_command(url: &str) -> String {
+pub fn health_command(curl_args: &str) -> String {
     format!(
-        "i=0; while [ $i -lt {HEALTH_WAIT_SECS} ]; do curl -fsS -m 2 {url} && exit 0; i=$((i+1)); sleep 1; done; exit 1",
-        url = shell_quote(url)
+        "i=0; while [ $i -lt {HEALTH_WAIT_SECS} ]; do curl -fsS -m 2 {curl_args} && exit 0; i=$((i+1)); sleep 1; done; exit 1",
     )
 }
 

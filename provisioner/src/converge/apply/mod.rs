@@ -259,7 +259,7 @@ impl<'a> HostRun<'a> {
     /// back) must also be ready, i.e. reach what it depends on. One that is not counts as this
     /// host's failure; nothing is rolled back for it (its dependency may be what is down).
     pub fn wait_ready_after_restarts(&mut self) {
-        let restarted: Vec<(String, String)> = self
+        let restarted: Vec<(String, String, String)> = self
             .report
             .restarted
             .iter()
@@ -269,11 +269,17 @@ impl<'a> HostRun<'a> {
                     .services
                     .iter()
                     .find(|service| &service.unit == unit)
-                    .map(|service| (service.unit.clone(), service.ready_url.clone()))
+                    .map(|service| {
+                        (
+                            service.unit.clone(),
+                            service.ready_url.clone(),
+                            service.curl_args(&service.ready_url),
+                        )
+                    })
             })
             .collect();
-        for (unit, ready_url) in restarted {
-            if self.wait_healthy(&ready_url) {
+        for (unit, ready_url, curl_args) in restarted {
+            if self.wait_healthy(&curl_args) {
                 progress(self.host(), &format!("{unit} ready"));
             } else {
                 let message = format!(
@@ -288,6 +294,7 @@ impl<'a> HostRun<'a> {
 
     fn restart_and_check(&mut self, service: &ServiceSpec) {
         let (unit, health_url) = (service.unit.as_str(), service.health_url.as_str());
+        let health_args = service.curl_args(health_url);
         let socket = match &service.socket {
             None => Socket::None,
             Some(_) if self.sockets_written.contains(unit) => Socket::Rebound,
@@ -299,7 +306,7 @@ impl<'a> HostRun<'a> {
             .transport
             .run(&restart_command(unit, socket), None, true);
         self.report.restarted.push(unit.to_string());
-        let healthy = restarted.is_ok() && self.wait_healthy(health_url);
+        let healthy = restarted.is_ok() && self.wait_healthy(&health_args);
         if healthy {
             progress(&host, &format!("{unit} healthy"));
             return;
@@ -322,7 +329,7 @@ impl<'a> HostRun<'a> {
                     .transport
                     .run(&rollback_command(&path, unit, socket), None, true)
                     .is_ok()
-                    && self.wait_healthy(health_url);
+                    && self.wait_healthy(&health_args);
                 if rolled {
                     self.report.rolled_back.push(unit.to_string());
                     format!("{why}: rolled back to the previous binary, which is healthy again")
@@ -336,9 +343,10 @@ impl<'a> HostRun<'a> {
         self.report.append_error(message);
     }
 
-    fn wait_healthy(&self, health_url: &str) -> bool {
+    /// `curl_args`: [`ServiceSpec::curl_args`].
+    fn wait_healthy(&self, curl_args: &str) -> bool {
         self.transport
-            .exec(&health_command(health_url), None, false)
+            .exec(&health_command(curl_args), None, false)
             .is_ok_and(|output| output.success())
     }
 
