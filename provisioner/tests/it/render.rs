@@ -56,8 +56,8 @@ pub(crate) fn services() -> Vec<String> {
 pub(crate) fn test_pki(inventory: &Inventory) -> provisioner::pki::Pki {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    static MADE: OnceLock<Mutex<HashMap<Vec<(String, String)>, provisioner::pki::Pki>>> =
-        OnceLock::new();
+    type Made = HashMap<Vec<(String, String)>, provisioner::pki::Pki>;
+    static MADE: OnceLock<Mutex<Made>> = OnceLock::new();
     let hosts: Vec<(String, String)> = inventory
         .hosts
         .iter()

@@ -54,6 +54,8 @@ impl AmqpUrl {
     /// Opens a connection to this node: in clear for `amqp://`, over TLS for `amqps://`, the
     /// broker's certificate verified against the CA given to [`AmqpUrls::with_ca_file`] alone and
     /// for the URL's host (a name or an IP address).
+    // lapin's connector returns its handshake error by value, however large.
+    #[allow(clippy::result_large_err)]
     pub async fn connect(&self, properties: ConnectionProperties) -> lapin::Result<Connection> {
         if !self.is_tls() {
             return Connection::connect_uri(self.to_amqp_uri(), properties).await;
