@@ -327,6 +327,8 @@ pub struct CertificateFacts {
     pub not_after: OffsetDateTime,
     /// Its subject's common name.
     pub common_name: String,
+    /// Its issuer's common name.
+    pub issuer: String,
     /// SubjectPublicKeyInfo, DER.
     public_key: Vec<u8>,
     /// The whole certificate, DER.
@@ -371,17 +373,18 @@ pub fn parse(pem: &str) -> Option<CertificateFacts> {
         .unwrap_or_default();
     names.sort();
     names.dedup();
-    let common_name = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let common_name = |name: &x509_parser::x509::X509Name| {
+        name.iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
     Some(CertificateFacts {
         names,
         not_after: cert.validity().not_after.to_datetime(),
-        common_name,
+        common_name: common_name(cert.subject()),
+        issuer: common_name(cert.issuer()),
         public_key: cert.public_key().raw.to_vec(),
         der: pem.contents.clone(),
     })
@@ -422,17 +425,33 @@ pub fn describe_change(old: Option<&str>, new: &str) -> String {
         return "certificate changes".into();
     };
     let now = OffsetDateTime::now_utc();
-    let wanted = format!(
-        "{} ({}), valid until {}",
-        new.common_name,
-        new.names.join(", "),
-        day(new.not_after)
-    );
+    let names = |names: &[String]| {
+        if names.is_empty() {
+            "no name".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    let wanted = if new.names.is_empty() {
+        format!("{}, valid until {}", new.common_name, day(new.not_after))
+    } else {
+        format!(
+            "{} ({}), valid until {}",
+            new.common_name,
+            names(&new.names),
+            day(new.not_after)
+        )
+    };
     let Some(old) = old.and_then(parse) else {
         return format!("certificate for {wanted}");
     };
     let why = if old.names != new.names {
-        format!("it was issued for {}", old.names.join(", "))
+        format!("it was issued for {}", names(&old.names))
+    } else if old.issuer != new.issuer {
+        format!("it was issued by {}", old.issuer)
+    } else if new.issuer == new.common_name && old.public_key != new.public_key {
+        // The CA's own certificate: another key is another CA, whatever its name.
+        "another CA of the same name".to_owned()
     } else if old.not_after - now < Duration::days(RENEW_BEFORE_DAYS) {
         format!("it expires {}", day(old.not_after))
     } else if old.public_key == new.public_key && old.der != new.der {
@@ -597,5 +616,13 @@ mod tests {
             "{renewed}"
         );
         assert!(!renewed.contains("BEGIN"), "{renewed}");
+        // Another CA in place of the platform's.
+        let ca = describe_change(Some(other.ca_pem()), pki.ca_pem());
+        assert!(
+            ca.starts_with(
+                "certificate renewed: another CA of the same name; now movie platform CA, valid until "
+            ),
+            "{ca}"
+        );
     }
 }

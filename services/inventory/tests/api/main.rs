@@ -3,6 +3,7 @@
 //! server over TCP.
 
 mod client_errors;
+mod database_tls;
 mod health;
 mod helpers;
 mod movies;
