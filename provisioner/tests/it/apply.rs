@@ -683,3 +683,47 @@ fn provision_stop_also_stops_a_services_socket_which_would_start_it_again() {
         "systemctl restart gateway"
     );
 }
+
+/// A service that serves HTTPS is asked for its health with its own key, which only it and root
+/// may read: that curl runs with sudo; a plain one's runs as the SSH user.
+#[test]
+fn the_health_of_a_service_serving_https_is_asked_as_root_with_its_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut desired = desired_host(dir.path());
+    desired.services[0].health_url = "https://10.0.0.11:8080/health".into();
+    desired.services[0].tls = Some(provisioner::desired::ClientTls {
+        ca_file: "/etc/platform-tls/inventory/ca.crt".into(),
+        cert_file: "/etc/platform-tls/inventory/host.crt".into(),
+        key_file: "/etc/platform-tls/inventory/host.key".into(),
+    });
+    let mut facts = converged(&desired);
+    changed_file(&mut facts, "/etc/inventory/inventory.env", "OLD=1\n");
+    changed_file(&mut facts, "/etc/billing/billing.env", "OLD=1\n");
+    let fake = host_reporting(&desired, &facts);
+    fake.answer("while [ $i -lt", 0, "ok");
+    let report = apply_one(&desired, &fake);
+    assert_eq!((report.failed, report.error.as_deref()), (0, None));
+    let health: Vec<(bool, String)> = fake
+        .calls()
+        .into_iter()
+        .filter(|call| call.command.contains("curl -fsS -m 2"))
+        .map(|call| (call.sudo, call.command))
+        .collect();
+    assert_eq!(health.len(), 2, "{}", fake.transcript());
+    assert!(
+        health[0].0
+            && health[0].1.contains(
+                "curl -fsS -m 2 --cacert /etc/platform-tls/inventory/ca.crt --cert \
+                 /etc/platform-tls/inventory/host.crt --key /etc/platform-tls/inventory/host.key \
+                 https://10.0.0.11:8080/health"
+            ),
+        "{health:?}"
+    );
+    assert!(
+        !health[1].0
+            && health[1]
+                .1
+                .contains("curl -fsS -m 2 http://127.0.0.1:8081/health"),
+        "{health:?}"
+    );
+}

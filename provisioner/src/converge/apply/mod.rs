@@ -259,7 +259,7 @@ impl<'a> HostRun<'a> {
     /// back) must also be ready, i.e. reach what it depends on. One that is not counts as this
     /// host's failure; nothing is rolled back for it (its dependency may be what is down).
     pub fn wait_ready_after_restarts(&mut self) {
-        let restarted: Vec<(String, String, String)> = self
+        let restarted: Vec<(String, String, String, bool)> = self
             .report
             .restarted
             .iter()
@@ -274,12 +274,13 @@ impl<'a> HostRun<'a> {
                             service.unit.clone(),
                             service.ready_url.clone(),
                             service.curl_args(&service.ready_url),
+                            service.tls.is_some(),
                         )
                     })
             })
             .collect();
-        for (unit, ready_url, curl_args) in restarted {
-            if self.wait_healthy(&curl_args) {
+        for (unit, ready_url, curl_args, as_root) in restarted {
+            if self.wait_healthy(&curl_args, as_root) {
                 progress(self.host(), &format!("{unit} ready"));
             } else {
                 let message = format!(
@@ -306,7 +307,8 @@ impl<'a> HostRun<'a> {
             .transport
             .run(&restart_command(unit, socket), None, true);
         self.report.restarted.push(unit.to_string());
-        let healthy = restarted.is_ok() && self.wait_healthy(&health_args);
+        let as_root = service.tls.is_some();
+        let healthy = restarted.is_ok() && self.wait_healthy(&health_args, as_root);
         if healthy {
             progress(&host, &format!("{unit} healthy"));
             return;
@@ -329,7 +331,7 @@ impl<'a> HostRun<'a> {
                     .transport
                     .run(&rollback_command(&path, unit, socket), None, true)
                     .is_ok()
-                    && self.wait_healthy(&health_args);
+                    && self.wait_healthy(&health_args, as_root);
                 if rolled {
                     self.report.rolled_back.push(unit.to_string());
                     format!("{why}: rolled back to the previous binary, which is healthy again")
@@ -343,10 +345,11 @@ impl<'a> HostRun<'a> {
         self.report.append_error(message);
     }
 
-    /// `curl_args`: [`ServiceSpec::curl_args`].
-    fn wait_healthy(&self, curl_args: &str) -> bool {
+    /// `curl_args`: [`ServiceSpec::curl_args`]. `as_root` when they name a key only the service
+    /// and root may read (a service that serves HTTPS); else as the SSH user.
+    fn wait_healthy(&self, curl_args: &str, as_root: bool) -> bool {
         self.transport
-            .exec(&health_command(curl_args), None, false)
+            .exec(&health_command(curl_args), None, as_root)
             .is_ok_and(|output| output.success())
     }
 
