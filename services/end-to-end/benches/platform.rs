@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use end_to_end::{amqp_url, database_url, peak_rss_mib, Platform, Scratch};
+use end_to_end::{
+    amqp_url, database_url, free_port, peak_rss_mib, service_binaries, Platform, Scratch, Service,
+};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -52,6 +54,150 @@ const RAW_PREFETCH: u16 = 500;
 const RAW_ACK_EVERY: u64 = 250;
 /// How long accepted orders may take to become rows before the run is declared broken.
 const ROW_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The files of the bench's TLS pair: a CA, inventory's certificate for 127.0.0.1 and the
+/// gateway's client certificate, as `provision` gives the hosts (ECDSA P-256, rcgen).
+struct TlsFiles {
+    _dir: tempfile::TempDir,
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+impl TlsFiles {
+    fn make() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&ca_key)?;
+        std::fs::write(path("ca.crt"), ca.pem())?;
+        for (name, names) in [("server", "127.0.0.1"), ("client", "gateway")] {
+            let key = rcgen::KeyPair::generate()?;
+            let cert = rcgen::CertificateParams::new(vec![names.to_owned()])?
+                .signed_by(&key, &ca, &ca_key)?;
+            std::fs::write(path(&format!("{name}.crt")), cert.pem())?;
+            std::fs::write(path(&format!("{name}.key")), key.serialize_pem())?;
+        }
+        Ok(Self {
+            ca: path("ca.crt"),
+            server_cert: path("server.crt"),
+            server_key: path("server.key"),
+            client_cert: path("client.crt"),
+            client_key: path("client.key"),
+            _dir: dir,
+        })
+    }
+}
+
+/// AMQPS in front of the bench's broker, whose own TLS listener is not configured here: TLS
+/// (rustls, the server certificate) on a loopback port, relayed in clear to the broker's port.
+/// What publishing over AMQPS costs the gateway, plus the relay's work on the same cores.
+async fn amqps_relay(files: &TlsFiles) -> Result<(u16, tokio::task::JoinHandle<()>)> {
+    let config = service_common::tls::server_config(
+        std::path::Path::new(&files.server_cert),
+        std::path::Path::new(&files.server_key),
+        None,
+    )?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let broker = url::Url::parse(&amqp_url())?;
+    let upstream = format!(
+        "{}:{}",
+        broker.host_str().context("AMQP_URL has a host")?,
+        broker.port().unwrap_or(5672)
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let relay = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let Ok(mut client) = acceptor.accept(client).await else {
+                    return;
+                };
+                let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = broker.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+            });
+        }
+    });
+    Ok((port, relay))
+}
+
+/// A second inventory and gateway as `provision` sets them up between machines: inventory over
+/// HTTPS asking for the gateway's certificate, the gateway publishing over AMQPS (the relay).
+struct TlsPair {
+    _inventory: Service,
+    gateway: Service,
+    gateway_url: String,
+    relay: tokio::task::JoinHandle<()>,
+    _files: TlsFiles,
+}
+
+impl TlsPair {
+    async fn start(scratch: &Scratch, client: &reqwest::Client) -> Result<Self> {
+        let files = TlsFiles::make()?;
+        let (relay_port, relay) = amqps_relay(&files).await?;
+        let mut amqps = url::Url::parse(&amqp_url())?;
+        amqps
+            .set_scheme("amqps")
+            .map_err(|()| anyhow::anyhow!("AMQP_URL cannot become amqps://"))?;
+        amqps
+            .set_port(Some(relay_port))
+            .map_err(|()| anyhow::anyhow!("AMQP_URL takes no port"))?;
+        let bin_dir = service_binaries()?;
+        let (inventory_port, gateway_port) = (free_port()?, free_port()?);
+        let inventory = Service::start(
+            &bin_dir,
+            "inventory",
+            &[
+                ("DATABASE_URL", database_url(&scratch.movies_db())),
+                ("LISTEN_ADDR", format!("127.0.0.1:{inventory_port}")),
+                ("TLS_CERT_FILE", files.server_cert.clone()),
+                ("TLS_KEY_FILE", files.server_key.clone()),
+                ("TLS_CLIENT_CA_FILE", files.ca.clone()),
+            ],
+        )?;
+        let gateway = Service::start(
+            &bin_dir,
+            "gateway",
+            &[
+                ("LISTEN_ADDR", format!("127.0.0.1:{gateway_port}")),
+                (
+                    "INVENTORY_URL",
+                    format!("https://127.0.0.1:{inventory_port}"),
+                ),
+                ("INVENTORY_CA_FILE", files.ca.clone()),
+                ("INVENTORY_CLIENT_CERT_FILE", files.client_cert.clone()),
+                ("INVENTORY_CLIENT_KEY_FILE", files.client_key.clone()),
+                ("AMQP_URL", amqps.to_string()),
+                ("AMQP_CA_FILE", files.ca.clone()),
+                ("BILLING_QUEUE", scratch.queue()),
+            ],
+        )?;
+        let gateway_url = format!("http://127.0.0.1:{gateway_port}");
+        // Ready means inventory answered over mutual TLS and the broker over AMQPS.
+        end_to_end::wait_ready(client, &format!("{gateway_url}/ready")).await?;
+        Ok(Self {
+            _inventory: inventory,
+            gateway,
+            gateway_url,
+            relay,
+            _files: files,
+        })
+    }
+}
+
+impl Drop for TlsPair {
+    fn drop(&mut self) {
+        self.relay.abort();
+    }
+}
 
 /// Progress goes to stderr so that stdout holds only the table.
 fn progress(what: &str) {
@@ -454,14 +600,18 @@ async fn run(scratch: &Scratch) -> Result<()> {
     progress("starting nginx in front of the same inventory (the gateway's reference)");
     let nginx = Nginx::start(&client, &direct).await?;
     let through_nginx = nginx.url.clone();
+    progress("starting a second inventory and gateway with TLS between them, and AMQPS");
+    let tls_pair = TlsPair::start(scratch, &client).await?;
+    let through_tls_gateway = tls_pair.gateway_url.clone();
 
-    progress("GET /api/movies/{id}: straight to inventory, through nginx and through the gateway, in turn");
+    progress("GET /api/movies/{id}: straight to inventory, through nginx, through the gateway and through the TLS gateway, in turn");
     let round_requests = PROXY_REQUESTS / PROXY_ROUNDS as usize;
     let round_limit = LOAD_TIME_LIMIT / PROXY_ROUNDS;
     let targets = [
         direct.clone(),
         through_nginx.clone(),
         through_gateway.clone(),
+        through_tls_gateway.clone(),
     ];
     for target in &targets {
         closed_loop(
@@ -473,7 +623,7 @@ async fn run(scratch: &Scratch) -> Result<()> {
         )
         .await?;
     }
-    let mut rounds: [Vec<LoadFigures>; 3] = Default::default();
+    let mut rounds: [Vec<LoadFigures>; 4] = Default::default();
     for _ in 0..PROXY_ROUNDS {
         for (target, figures) in targets.iter().zip(rounds.iter_mut()) {
             figures.push(
@@ -488,10 +638,11 @@ async fn run(scratch: &Scratch) -> Result<()> {
             );
         }
     }
-    let [direct_rounds, nginx_rounds, proxied_rounds] = rounds;
+    let [direct_rounds, nginx_rounds, proxied_rounds, tls_rounds] = rounds;
     let direct_load = LoadFigures::merge(direct_rounds);
     let nginx_load = LoadFigures::merge(nginx_rounds);
     let proxied_load = LoadFigures::merge(proxied_rounds);
+    let tls_load = LoadFigures::merge(tls_rounds);
     drop(nginx);
 
     progress("POST /api/billing through the gateway");
@@ -503,8 +654,21 @@ async fn run(scratch: &Scratch) -> Result<()> {
     // As many orders in flight as the raw publisher keeps unconfirmed: each waits for its confirm.
     let (warm_up, publish_load) =
         measured_load(&client, RAW_IN_FLIGHT, PUBLISH_REQUESTS, post_order).await?;
+    progress("POST /api/billing through the TLS gateway (AMQPS)");
+    let order = Arc::new(
+        json!({"user_id": "bench_publish_tls", "number_of_items": 1, "total_amount": 9.99}),
+    );
+    let tls_billing_url = format!("{through_tls_gateway}/api/billing");
+    let post_order: MakeRequest = Arc::new(move |client: &reqwest::Client, _| {
+        client.post(&tls_billing_url).json(order.as_ref())
+    });
+    let (tls_warm_up, tls_publish_load) =
+        measured_load(&client, RAW_IN_FLIGHT, PUBLISH_REQUESTS, post_order).await?;
+    let tls_gateway_rss = tls_pair.gateway.peak_rss_mib()?;
+    drop(tls_pair);
     // Every accepted order must become a row, warm-up included.
-    let accepted = (warm_up + publish_load.requests) as i64;
+    let accepted =
+        (warm_up + publish_load.requests + tls_warm_up + tls_publish_load.requests) as i64;
     let mut db = PgConnection::connect(&billing_db).await?;
     wait_for_orders(&mut db, accepted).await?;
 
@@ -537,6 +701,7 @@ async fn run(scratch: &Scratch) -> Result<()> {
     // Read before the naive loop, which loads PostgreSQL, not the services.
     let memory = [
         ("gateway", platform.gateway.peak_rss_mib()?),
+        ("gateway with TLS", tls_gateway_rss),
         ("inventory", platform.inventory.peak_rss_mib()?),
         (
             "billing (drain)",
@@ -556,7 +721,9 @@ async fn run(scratch: &Scratch) -> Result<()> {
         direct: &direct_load,
         nginx: &nginx_load,
         proxied: &proxied_load,
+        tls: &tls_load,
         publish: &publish_load,
+        tls_publish: &tls_publish_load,
         raw_publish,
         drain,
         drain_from_first_row,
@@ -575,7 +742,11 @@ struct Report<'a> {
     direct: &'a LoadFigures,
     nginx: &'a LoadFigures,
     proxied: &'a LoadFigures,
+    /// Through the gateway whose inventory is over mutual TLS.
+    tls: &'a LoadFigures,
     publish: &'a LoadFigures,
+    /// Through the gateway publishing over AMQPS (the relay).
+    tls_publish: &'a LoadFigures,
     raw_publish: Duration,
     drain: Duration,
     drain_from_first_row: Duration,
@@ -617,6 +788,8 @@ fn print_report(r: &Report<'_>) {
     };
     ratio_row("  ratio gateway/direct", r.proxied, r.direct);
     ratio_row("  ratio gateway/nginx", r.proxied, r.nginx);
+    load_row("GET via gateway, inventory over TLS", r.tls);
+    ratio_row("  ratio TLS/plain gateway", r.tls, r.proxied);
     load_row(
         &format!("POST /api/billing, {RAW_IN_FLIGHT} clients"),
         r.publish,
@@ -634,6 +807,8 @@ fn print_report(r: &Report<'_>) {
         "",
         r.publish.per_second() / raw_publish_rate
     );
+    load_row("POST /api/billing over AMQPS (relay)", r.tls_publish);
+    ratio_row("  ratio AMQPS/AMQP gateway", r.tls_publish, r.publish);
     println!();
     let drain_rate = BACKLOG_ORDERS as f64 / r.drain.as_secs_f64();
     let naive_rate = r.naive_rows as f64 / r.naive_time.as_secs_f64();
