@@ -6,10 +6,10 @@ use std::process::Command;
 
 use provisioner::desired::{DesiredHost, Handler};
 use provisioner::render::inventory::Inventory;
-use provisioner::render::{desired_hosts, render_to_dir};
+use provisioner::render::render_to_dir;
 
 use crate::render::{
-    assert_has_lines, example_env, file, host, platform, test_pki, text, workspace,
+    assert_has_lines, example_env, file, host, platform, text, try_render, workspace,
 };
 
 fn hosts_of(inventory_text: &str) -> Result<Vec<DesiredHost>, String> {
@@ -18,14 +18,7 @@ fn hosts_of(inventory_text: &str) -> Result<Vec<DesiredHost>, String> {
     std::fs::write(&path, inventory_text).expect("write");
     let env = example_env();
     let inventory = Inventory::load(&path, &env, &platform()).map_err(|error| error.to_string())?;
-    desired_hosts(
-        &inventory,
-        &env,
-        &workspace().join("templates"),
-        None,
-        &test_pki(&inventory),
-    )
-    .map_err(|error| error.to_string())
+    try_render(&inventory, &env).map_err(|error| error.to_string())
 }
 
 fn committed(name: &str) -> String {

@@ -8,11 +8,11 @@ use provisioner::desired::{
     DesiredHost, FileContent, Handler, PatroniMember, PostgresState, PG_VERSION_PLACEHOLDER,
 };
 use provisioner::render::inventory::Inventory;
-use provisioner::render::{desired_hosts, RenderError};
+use provisioner::render::RenderError;
 
 use crate::fixtures::*;
 use crate::render::{
-    assert_has_lines, example_env, file, host, platform, test_pki, text, workspace,
+    assert_has_lines, example_env, file, host, platform, text, try_render, workspace,
 };
 
 fn committed() -> String {
@@ -29,14 +29,7 @@ fn load(text: &str) -> Result<Inventory, String> {
 fn cluster_hosts() -> Vec<DesiredHost> {
     let env = example_env();
     let inventory = load(&committed()).expect("inventory-pg-ha.toml is valid");
-    desired_hosts(
-        &inventory,
-        &env,
-        &workspace().join("templates"),
-        None,
-        &test_pki(&inventory),
-    )
-    .expect("renders")
+    try_render(&inventory, &env).expect("renders")
 }
 
 #[test]
@@ -301,14 +294,7 @@ fn a_missing_or_weak_cluster_password_is_named_and_never_echoed() {
         let env =
             provisioner::render::env_file::EnvFile::load(&path, &platform().required_variables())
                 .expect("loads");
-        let error = desired_hosts(
-            &inventory,
-            &env,
-            &workspace().join("templates"),
-            None,
-            &test_pki(&inventory),
-        )
-        .expect_err("refused");
+        let error = try_render(&inventory, &env).expect_err("refused");
         assert!(matches!(error, RenderError::PatroniSecret { .. }));
         let message = error.to_string();
         assert!(

@@ -72,7 +72,11 @@ pub(crate) fn test_pki(inventory: &Inventory) -> provisioner::pki::Pki {
         .clone()
 }
 
-fn render(inventory: &Inventory, env: &EnvFile) -> Vec<DesiredHost> {
+/// The desired state of every host: the committed templates, no binaries, [`test_pki`].
+pub(crate) fn try_render(
+    inventory: &Inventory,
+    env: &EnvFile,
+) -> Result<Vec<DesiredHost>, RenderError> {
     desired_hosts(
         inventory,
         env,
@@ -80,7 +84,10 @@ fn render(inventory: &Inventory, env: &EnvFile) -> Vec<DesiredHost> {
         None,
         &test_pki(inventory),
     )
-    .expect("renders")
+}
+
+fn render(inventory: &Inventory, env: &EnvFile) -> Vec<DesiredHost> {
+    try_render(inventory, env).expect("renders")
 }
 
 fn default_hosts() -> Vec<DesiredHost> {
@@ -1190,14 +1197,7 @@ fn a_cluster_needs_its_cookie_in_the_env_file() {
         )
         .expect("parses");
         let inventory = inventory_from(&text, &env);
-        let error = desired_hosts(
-            &inventory,
-            &env,
-            &workspace().join("templates"),
-            None,
-            &test_pki(&inventory),
-        )
-        .expect_err("refused");
+        let error = try_render(&inventory, &env).expect_err("refused");
         let message = error.to_string();
         assert!(
             matches!(error, RenderError::ClusterCookie { .. }),
@@ -1459,14 +1459,7 @@ fn the_gateways_token_secret_comes_from_env_and_is_checked() {
     ] {
         let env = with(line);
         let inventory = inventory_from(&inventory_text, &env);
-        let error = desired_hosts(
-            &inventory,
-            &env,
-            &workspace().join("templates"),
-            None,
-            &test_pki(&inventory),
-        )
-        .expect_err("refused");
+        let error = try_render(&inventory, &env).expect_err("refused");
         let message = error.to_string();
         assert!(matches!(error, RenderError::JwtSecret { .. }), "{message}");
         assert!(

@@ -82,7 +82,7 @@ pub fn client_config_with_identity(
         .map_err(|err| {
             file_error(
                 key_file,
-                format!("does not go with {}: {err}", cert_file.display()),
+                format!("cannot be used with {}: {err}", cert_file.display()),
             )
         })?;
     Ok(Arc::new(config))
@@ -120,7 +120,7 @@ pub fn server_config(
         .map_err(|err| {
             file_error(
                 key_file,
-                format!("does not go with {}: {err}", cert_file.display()),
+                format!("cannot be used with {}: {err}", cert_file.display()),
             )
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -295,17 +295,19 @@ mod tests {
             url.join("/api/movies").expect("joins").to_string(),
             "http://inv.local/v1/api/movies"
         );
+
+        let url: InventoryUrl = "https://10.0.0.11:8080".parse().expect("valid");
+        assert!(url.https);
+        assert_eq!(url.to_string(), "https://10.0.0.11:8080");
+        assert_eq!(
+            url.join("/api/movies").expect("joins").to_string(),
+            "https://10.0.0.11:8080/api/movies"
+        );
     }
 
     #[test]
     fn inventory_url_refuses_what_cannot_work() {
-        for bad in [
-            "https://x:1",
-            "127.0.0.1:8080",
-            "",
-            "http://x/?a=1",
-            "ftp://x",
-        ] {
+        for bad in ["127.0.0.1:8080", "", "http://x/?a=1", "ftp://x"] {
             assert!(bad.parse::<InventoryUrl>().is_err(), "{bad} was accepted");
         }
     }

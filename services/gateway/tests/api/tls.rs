@@ -50,10 +50,16 @@ impl Ca {
     }
 }
 
-/// The echo upstream over TLS with `tls`; returns its `https://` base URL.
-async fn serve_tls(tls: http_serve::TlsArgs) -> String {
+/// The echo upstream over TLS with `cert` and, when given, asking for a client certificate
+/// signed by `client_ca`; returns its `https://` base URL.
+async fn serve_tls(cert: (PathBuf, PathBuf), client_ca: Option<PathBuf>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let tls = http_serve::TlsArgs {
+        tls_cert_file: Some(cert.0),
+        tls_key_file: Some(cert.1),
+        tls_client_ca_file: client_ca,
+    };
     let config = tls.server_config().unwrap();
     assert!(config.is_some());
     tokio::spawn(http_serve::serve_tls(
@@ -88,13 +94,7 @@ async fn inventory_over_tls_is_verified_against_the_ca_file_alone() {
     let dir = tempfile::tempdir().unwrap();
     let platform = Ca::new(dir.path(), "platform");
     let other = Ca::new(dir.path(), "other");
-    let (cert, key) = platform.issue("inventory", &["127.0.0.1"]);
-    let upstream = serve_tls(http_serve::TlsArgs {
-        tls_cert_file: Some(cert),
-        tls_key_file: Some(key),
-        tls_client_ca_file: None,
-    })
-    .await;
+    let upstream = serve_tls(platform.issue("inventory", &["127.0.0.1"]), None).await;
 
     assert_eq!(
         status_through(&upstream, &platform.ca_file(), None).await,
@@ -107,13 +107,7 @@ async fn inventory_over_tls_is_verified_against_the_ca_file_alone() {
     );
 
     // A certificate of the right CA for another address is refused too.
-    let (cert, key) = platform.issue("elsewhere", &["10.9.9.9"]);
-    let upstream = serve_tls(http_serve::TlsArgs {
-        tls_cert_file: Some(cert),
-        tls_key_file: Some(key),
-        tls_client_ca_file: None,
-    })
-    .await;
+    let upstream = serve_tls(platform.issue("elsewhere", &["10.9.9.9"]), None).await;
     assert_eq!(
         status_through(&upstream, &platform.ca_file(), None).await,
         StatusCode::BAD_GATEWAY
@@ -125,12 +119,10 @@ async fn an_inventory_that_asks_for_a_client_certificate_takes_only_the_platform
     let dir = tempfile::tempdir().unwrap();
     let platform = Ca::new(dir.path(), "platform");
     let other = Ca::new(dir.path(), "other");
-    let (cert, key) = platform.issue("inventory", &["127.0.0.1"]);
-    let upstream = serve_tls(http_serve::TlsArgs {
-        tls_cert_file: Some(cert),
-        tls_key_file: Some(key),
-        tls_client_ca_file: Some(platform.ca_file()),
-    })
+    let upstream = serve_tls(
+        platform.issue("inventory", &["127.0.0.1"]),
+        Some(platform.ca_file()),
+    )
     .await;
 
     let ours = platform.issue("gateway", &["gateway-vm"]);
