@@ -80,6 +80,13 @@ pub enum RenderError {
         variable: &'static str,
         problem: &'static str,
     },
+    /// The gateway's token public key is unusable.
+    #[error("{path}: {variable} {problem}")]
+    JwtPublicKey {
+        path: PathBuf,
+        variable: &'static str,
+        problem: String,
+    },
     /// The gateway's token secret is unusable (never echoed).
     #[error("{path}: {variable} {problem} (the HS256 secret of the gateway's bearer tokens; see .env.example)")]
     JwtSecret {
@@ -297,6 +304,7 @@ impl<'a> Renderer<'a> {
             files.extend(self.socket(host, service)?);
             files.push(self.env_file(host, service)?);
             files.extend(self.service_tls_files(host, service)?);
+            files.extend(self.jwt_public_key_file(service)?);
             if let Some(binaries) = binaries {
                 desired_binaries.push(services::binary(binaries, service)?);
             }

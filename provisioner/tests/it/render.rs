@@ -1550,3 +1550,73 @@ fn packaged_daemons_get_a_sandbox_drop_in() {
         .iter()
         .all(|file| !file.path.contains("prometheus.service.d")));
 }
+
+/// `GATEWAY_JWT_PUBLIC_KEY_FILE`: the gateway checks RS256 tokens with that public key, which
+/// goes to its host beside its env file; a private key, or the secret beside it, is refused.
+#[test]
+fn the_gateways_token_public_key_goes_to_its_host_and_is_checked() {
+    let example = std::fs::read_to_string(workspace().join(".env.example")).expect("example");
+    let inventory_text =
+        std::fs::read_to_string(workspace().join("inventory.toml")).expect("inventory");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let public = dir.path().join("issuer.pub");
+    let pem = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----\n";
+    std::fs::write(&public, pem).expect("write");
+    let private = dir.path().join("issuer.key");
+    std::fs::write(
+        &private,
+        "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    let with = |lines: &str| {
+        EnvFile::parse(
+            Path::new(".env"),
+            &format!("{example}\n{lines}\n"),
+            &platform().required_variables(),
+        )
+        .expect("parses")
+    };
+    let env = with(&format!("GATEWAY_JWT_PUBLIC_KEY_FILE={}", public.display()));
+    let hosts = render(&inventory_from(&inventory_text, &env), &env);
+    let gateway = host(&hosts, "gateway-vm");
+    let key = file(gateway, "/etc/gateway/jwt-public.pem");
+    assert_eq!(text(key), pem);
+    assert_eq!((key.mode, key.owner.as_str()), (0o644, "root"));
+    assert_eq!(key.on_change, [Handler::Restart("gateway".to_owned())]);
+    assert_has_lines(
+        text(file(gateway, "/etc/gateway/gateway.env")),
+        &["AUTH_JWT_PUBLIC_KEY_FILE=/etc/gateway/jwt-public.pem"],
+    );
+    assert!(host(&hosts, "inventory-vm")
+        .files
+        .iter()
+        .all(|file| !file.path.ends_with("jwt-public.pem")));
+
+    for (lines, problem) in [
+        (
+            format!("GATEWAY_JWT_PUBLIC_KEY_FILE={}", private.display()),
+            "is not a PEM public key".to_owned(),
+        ),
+        (
+            format!("GATEWAY_JWT_PUBLIC_KEY_FILE={}/absent.pub", dir.path().display()),
+            "absent.pub".to_owned(),
+        ),
+        (
+            format!(
+                "GATEWAY_JWT_PUBLIC_KEY_FILE={}\nGATEWAY_JWT_SECRET=0123456789abcdef0123456789abcdef-x",
+                public.display()
+            ),
+            "are both set".to_owned(),
+        ),
+    ] {
+        let env = with(&lines);
+        let error = try_render(&inventory_from(&inventory_text, &env), &env)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains("GATEWAY_JWT_PUBLIC_KEY_FILE") && error.contains(&problem),
+            "{error}"
+        );
+        assert!(!error.contains("0123456789abcdef"), "{error}");
+    }
+}

@@ -1,7 +1,9 @@
-//! Optional bearer tokens on the writing methods (off unless `AUTH_JWT_SECRET` is set, so the
-//! original API and its audit work unchanged): POST, PUT and DELETE on `/api/movies…` need a JWT
-//! signed with the secret (HS256, `exp` required) whose `scope` holds `movies:write`; POST
-//! `/api/billing` needs `orders:write`. Reads never need one.
+//! Optional bearer tokens on the writing methods (off unless `AUTH_JWT_SECRET` or
+//! `AUTH_JWT_PUBLIC_KEY_FILE` is set, so the original API and its audit work unchanged): POST, PUT
+//! and DELETE on `/api/movies…` need a JWT (`exp` required), signed with the shared secret
+//! (HS256) or by the holder of the RSA private key (RS256, checked with its public key), whose
+//! `scope` holds `movies:write`; POST `/api/billing` needs `orders:write`. Reads never need one.
+//! Only the configured algorithm is accepted: an HS256 token never passes an RS256 gateway.
 //! - no token, or a token that is malformed, expired or badly signed: 401 with
 //!   `WWW-Authenticate: Bearer …` (RFC 6750);
 //! - a valid token without the scope: 403, the header naming the scope.
@@ -30,11 +32,12 @@ pub const ORDERS_WRITE: &str = "orders:write";
 pub struct Auth {
     key: Arc<DecodingKey>,
     validation: Arc<Validation>,
+    algorithm: Algorithm,
 }
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Auth(HS256)")
+        write!(f, "Auth({:?})", self.algorithm)
     }
 }
 
@@ -46,13 +49,42 @@ struct Claims {
 }
 
 impl Auth {
+    /// Tokens signed HS256 with `secret`.
     pub fn new(secret: &JwtSecret) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
+        Self::with_key(DecodingKey::from_secret(secret.expose()), Algorithm::HS256)
+    }
+
+    /// Tokens signed RS256, checked with the RSA public key in `pem`.
+    pub fn rs256(pem: &[u8]) -> Result<Self, String> {
+        let key = DecodingKey::from_rsa_pem(pem)
+            .map_err(|error| format!("not an RSA public key in PEM: {error}"))?;
+        Ok(Self::with_key(key, Algorithm::RS256))
+    }
+
+    /// What the configuration asks for: the secret, else the public key file, else nothing.
+    pub fn from_config(config: &crate::Config) -> anyhow::Result<Option<Self>> {
+        use anyhow::Context as _;
+        if let Some(secret) = &config.auth_jwt_secret {
+            return Ok(Some(Self::new(secret)));
+        }
+        let Some(path) = &config.auth_jwt_public_key_file else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path)
+            .with_context(|| format!("AUTH_JWT_PUBLIC_KEY_FILE {}", path.display()))?;
+        Self::rs256(&pem).map(Some).map_err(|problem| {
+            anyhow::anyhow!("AUTH_JWT_PUBLIC_KEY_FILE {}: {problem}", path.display())
+        })
+    }
+
+    fn with_key(key: DecodingKey, algorithm: Algorithm) -> Self {
+        let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp"]);
         validation.leeway = 5;
         Self {
-            key: Arc::new(DecodingKey::from_secret(secret.expose())),
+            key: Arc::new(key),
             validation: Arc::new(validation),
+            algorithm,
         }
     }
 
@@ -69,7 +101,10 @@ impl Auth {
                 jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(claim) => {
                     format!("the token has no `{claim}` claim")
                 }
-                _ => "the token is not a valid HS256 JWT".to_owned(),
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                    format!("the token is not signed {:?}", self.algorithm)
+                }
+                _ => format!("the token is not a valid {:?} JWT", self.algorithm),
             })?
             .claims;
         Ok(claims.scope.split_whitespace().map(str::to_owned).collect())

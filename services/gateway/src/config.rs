@@ -104,8 +104,15 @@ pub struct Config {
     /// PUT and DELETE on movies need the scope `movies:write`, POST /api/billing `orders:write`.
     /// At least 32 bytes. Give it through the environment (the env file), never on a command
     /// line. Unset: no authentication, as in the original API.
-    #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true, value_parser = JwtSecretParser)]
+    #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true, value_parser = JwtSecretParser,
+          conflicts_with = "auth_jwt_public_key_file")]
     pub auth_jwt_secret: Option<JwtSecret>,
+
+    /// The RSA public key (PEM) that verifies the bearer tokens, signed RS256 by whoever holds
+    /// the private key (an identity provider), instead of a shared secret: the same scopes are
+    /// required. Unset, with AUTH_JWT_SECRET unset too: no authentication.
+    #[arg(long, env = "AUTH_JWT_PUBLIC_KEY_FILE")]
+    pub auth_jwt_public_key_file: Option<std::path::PathBuf>,
 
     /// Where `GET /metrics` (Prometheus) is served, apart from the public port, e.g.
     /// 127.0.0.1:9180. Unset: nowhere.

@@ -62,7 +62,7 @@ impl AppState {
             rate_limit: config
                 .rate_limit_per_second
                 .map(|per_second| rate_limit::RateLimit::new(per_second, config.rate_limit_burst)),
-            auth: config.auth_jwt_secret.as_ref().map(auth::Auth::new),
+            auth: auth::Auth::from_config(config)?,
         };
         Ok((state, task))
     }

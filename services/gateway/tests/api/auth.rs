@@ -1,4 +1,4 @@
-//! Optional bearer tokens (HS256 JWT) on the writing methods, against a real gateway: reads stay
+//! Optional bearer tokens (HS256 or RS256 JWT) on the writing methods, against a real gateway: reads stay
 //! open; a write without a valid token is a JSON 401 with `WWW-Authenticate`; a valid token
 //! without the scope is a 403 naming it; the right scope passes.
 
@@ -170,4 +170,128 @@ fn a_short_secret_is_refused_without_being_echoed() {
     let shown = error.to_string();
     assert!(shown.contains("at least 32"), "{shown}");
     assert!(!shown.contains("short-s3cret"), "{shown}");
+}
+
+/// An RSA key pair made by openssl (ring cannot make RSA keys): (private PEM, public key file).
+fn rsa_key_pair(dir: &std::path::Path, name: &str) -> (Vec<u8>, std::path::PathBuf) {
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&private)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let made = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    (std::fs::read(private).unwrap(), public)
+}
+
+fn rs256_token(private_pem: &[u8], claims: &Value) -> String {
+    encode(
+        &Header::new(jsonwebtoken::Algorithm::RS256),
+        claims,
+        &EncodingKey::from_rsa_pem(private_pem).unwrap(),
+    )
+    .unwrap()
+}
+
+/// RS256: tokens from the holder of the private key pass, with the same scopes; another key's,
+/// and an HS256 token made with the public key as its secret (the algorithm confusion), do not.
+#[tokio::test]
+async fn rs256_tokens_are_checked_with_the_public_key_and_that_algorithm_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public_file) = rsa_key_pair(dir.path(), "issuer");
+    let (other_private, _) = rsa_key_pair(dir.path(), "other");
+    let upstream = serve(echo_app("authed")).await;
+    let mut config = config(&[upstream], DEAD_BROKER, "unused");
+    config.auth_jwt_public_key_file = Some(public_file.clone());
+    let gateway = TestGateway::spawn(config).await;
+    let claims = json!({"scope": "movies:write", "exp": now() + 300});
+
+    let good = rs256_token(&private, &claims);
+    let response = send(&gateway, Method::POST, "/api/movies", Some(&good)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let public_pem = std::fs::read_to_string(&public_file).unwrap();
+    for bad in [
+        rs256_token(&other_private, &claims),
+        token(&public_pem, &claims),
+        rs256_token(
+            &private,
+            &json!({"scope": "orders:write", "exp": now() + 300}),
+        ),
+    ] {
+        let status = send(&gateway, Method::POST, "/api/movies", Some(&bad))
+            .await
+            .status();
+        assert!(
+            status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN,
+            "{status}"
+        );
+    }
+    let (status, _, _) = refusal(
+        send(
+            &gateway,
+            Method::POST,
+            "/api/movies",
+            Some(&token(&public_pem, &claims)),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "HS256 is not RS256");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_public_key_file_that_is_no_rsa_key_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-key.pem");
+    std::fs::write(
+        &file,
+        "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let mut config = config(&["http://127.0.0.1:9".to_owned()], DEAD_BROKER, "unused");
+    config.auth_jwt_public_key_file = Some(file);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = gateway::run(config, listener, std::future::pending())
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains("AUTH_JWT_PUBLIC_KEY_FILE") && error.contains("not-a-key.pem"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_secret_and_a_public_key_together_are_refused() {
+    let error = gateway::Config::try_parse_from([
+        "gateway",
+        "--inventory-url",
+        "http://127.0.0.1:9",
+        "--amqp-url",
+        "amqp://127.0.0.1:9/%2f",
+        "--auth-jwt-secret",
+        SECRET,
+        "--auth-jwt-public-key-file",
+        "/etc/gateway/jwt.pub",
+    ])
+    .expect_err("one or the other");
+    assert!(!error.to_string().contains(SECRET), "{error}");
 }

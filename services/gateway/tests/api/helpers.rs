@@ -50,6 +50,7 @@ pub fn config(inventory: &[String], amqp: &str, queue: &str) -> Config {
         rate_limit_burst: None,
         metrics_listen_addr: None,
         auth_jwt_secret: None,
+        auth_jwt_public_key_file: None,
         server: gateway::ServerArgs::default(),
     }
 }
