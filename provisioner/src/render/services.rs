@@ -479,7 +479,11 @@ impl Renderer<'_> {
                 percent_encode(&ca_file)
             )
         } else {
-            String::new()
+            // On loopback (its own PostgreSQL, or HAProxy): plain, said outright. sqlx's default
+            // (`prefer`) would ask for TLS first, and HAProxy closing a connection while no
+            // member is primary would then read as a protocol error (a 500), not as the
+            // database being unreachable (a 503).
+            "?sslmode=disable".to_owned()
         };
         Secret::new(format!(
             "postgres://{}:{}@{server}/{}{tls}",

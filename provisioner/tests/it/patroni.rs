@@ -188,7 +188,7 @@ fn the_services_reach_the_primary_through_haproxy_on_their_own_host() {
         );
         let env = text(file(server, &format!("/etc/{service}/{service}.env")));
         assert!(
-            env.contains(&format!("@127.0.0.1:5000/{database}\n")),
+            env.contains(&format!("@127.0.0.1:5000/{database}?sslmode=disable\n")),
             "{name}: {env}"
         );
         let unit = text(file(

@@ -292,7 +292,7 @@ fn env_files_point_each_service_at_its_database_and_broker() {
     ));
     assert!(
         inventory.contains(
-            "DATABASE_URL=postgres://inventory_user:inventory_password@127.0.0.1:5432/movies_db\n"
+            "DATABASE_URL=postgres://inventory_user:inventory_password@127.0.0.1:5432/movies_db?sslmode=disable\n"
         ),
         "{inventory}"
     );
@@ -311,7 +311,7 @@ fn env_files_point_each_service_at_its_database_and_broker() {
     let billing = text(file(host(&hosts, "billing-vm"), "/etc/billing/billing.env"));
     assert!(
         billing.contains(
-            "DATABASE_URL=postgres://billing_user:billing_password@127.0.0.1:5432/billing_db\n"
+            "DATABASE_URL=postgres://billing_user:billing_password@127.0.0.1:5432/billing_db?sslmode=disable\n"
         ),
         "{billing}"
     );
@@ -346,7 +346,7 @@ fn passwords_and_vhosts_are_percent_encoded_in_urls() {
     let hosts = render(&default_inventory(&env), &env);
     let billing = text(file(host(&hosts, "billing-vm"), "/etc/billing/billing.env"));
     assert!(
-        billing.contains("postgres://billing_user:p%40ss%3Aw%2Frd%231@127.0.0.1:5432/billing_db\n"),
+        billing.contains("postgres://billing_user:p%40ss%3Aw%2Frd%231@127.0.0.1:5432/billing_db?sslmode=disable\n"),
         "{billing}"
     );
     assert!(billing.contains("@127.0.0.1:5672/%2F\n"), "{billing}");
