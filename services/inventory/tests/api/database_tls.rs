@@ -85,3 +85,41 @@ async fn the_database_is_reached_over_tls_only_with_a_certificate_the_ca_file_vo
         "{error}"
     );
 }
+
+/// What HAProxy does while no Patroni member is primary: it takes the connection, reads what
+/// comes, and closes it.
+/// With `sslmode=disable`, as the provisioner writes for loopback and HAProxy, that is the
+/// database being unreachable (503); sqlx's default (`prefer`) would first ask for TLS and read
+/// the close as a protocol error.
+#[tokio::test]
+async fn a_proxy_that_closes_every_connection_is_an_unreachable_database() {
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = proxy.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((mut connection, _)) = proxy.accept().await {
+            // HAProxy reads what the client sends first, then closes (FIN) when no server takes it.
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut first = [0u8; 64];
+                let _ = connection.read(&mut first).await;
+                drop(connection);
+            });
+        }
+    });
+    let url = DatabaseUrl::from_str(&format!(
+        "postgres://user:pw@127.0.0.1:{port}/db?sslmode=disable"
+    ))
+    .expect("a PostgreSQL URL");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_secs(2))
+        .connect_lazy_with(url.connect_options().clone());
+    let app = crate::helpers::app(pool);
+    crate::helpers::get(&app, "/api/movies/1")
+        .await
+        .assert_error(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+        );
+}
