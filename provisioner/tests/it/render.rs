@@ -1425,14 +1425,7 @@ fn the_gateways_token_secret_comes_from_env_and_is_checked() {
     let example = std::fs::read_to_string(workspace().join(".env.example")).expect("example");
     let inventory_text =
         std::fs::read_to_string(workspace().join("inventory.toml")).expect("inventory");
-    let with = |line: &str| {
-        EnvFile::parse(
-            Path::new(".env"),
-            &format!("{example}\n{line}\n"),
-            &platform().required_variables(),
-        )
-        .expect("parses")
-    };
+    let with = |line: &str| example_env_with(&example, line);
     let secret = "0123456789abcdef0123456789abcdef-platform";
     let env = with(&format!("GATEWAY_JWT_SECRET={secret}"));
     let hosts = render(&inventory_from(&inventory_text, &env), &env);
@@ -1551,6 +1544,16 @@ fn packaged_daemons_get_a_sandbox_drop_in() {
         .all(|file| !file.path.contains("prometheus.service.d")));
 }
 
+/// `.env.example`'s text with `lines` added, parsed.
+fn example_env_with(example: &str, lines: &str) -> EnvFile {
+    EnvFile::parse(
+        Path::new(".env"),
+        &format!("{example}\n{lines}\n"),
+        &platform().required_variables(),
+    )
+    .expect("parses")
+}
+
 /// `GATEWAY_JWT_PUBLIC_KEY_FILE`: the gateway checks RS256 tokens with that public key, which
 /// goes to its host beside its env file; a private key, or the secret beside it, is refused.
 #[test]
@@ -1568,14 +1571,7 @@ fn the_gateways_token_public_key_goes_to_its_host_and_is_checked() {
         "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
     )
     .expect("write");
-    let with = |lines: &str| {
-        EnvFile::parse(
-            Path::new(".env"),
-            &format!("{example}\n{lines}\n"),
-            &platform().required_variables(),
-        )
-        .expect("parses")
-    };
+    let with = |lines: &str| example_env_with(&example, lines);
     let env = with(&format!("GATEWAY_JWT_PUBLIC_KEY_FILE={}", public.display()));
     let hosts = render(&inventory_from(&inventory_text, &env), &env);
     let gateway = host(&hosts, "gateway-vm");

@@ -15,15 +15,19 @@ const SECRET: &str = "a-test-secret-of-at-least-32-bytes!";
 
 /// The gateway's configuration with `AUTH_JWT_SECRET` given, as its command line parses it.
 fn parse(secret: &str) -> Result<gateway::Config, clap::Error> {
-    gateway::Config::try_parse_from([
+    parse_with(&["--auth-jwt-secret", secret])
+}
+
+/// The gateway's configuration from its command line, with these arguments after the URLs.
+fn parse_with(arguments: &[&str]) -> Result<gateway::Config, clap::Error> {
+    let urls = [
         "gateway",
         "--inventory-url",
         "http://127.0.0.1:9",
         "--amqp-url",
         "amqp://127.0.0.1:9/%2f",
-        "--auth-jwt-secret",
-        secret,
-    ])
+    ];
+    gateway::Config::try_parse_from(urls.iter().chain(arguments))
 }
 
 fn now() -> u64 {
@@ -281,12 +285,7 @@ async fn a_public_key_file_that_is_no_rsa_key_stops_the_start_naming_it() {
 
 #[test]
 fn a_secret_and_a_public_key_together_are_refused() {
-    let error = gateway::Config::try_parse_from([
-        "gateway",
-        "--inventory-url",
-        "http://127.0.0.1:9",
-        "--amqp-url",
-        "amqp://127.0.0.1:9/%2f",
+    let error = parse_with(&[
         "--auth-jwt-secret",
         SECRET,
         "--auth-jwt-public-key-file",
