@@ -211,6 +211,8 @@ pub(crate) struct Renderer<'a> {
     env: &'a EnvFile,
     /// The platform CA and the hosts' certificates.
     pki: &'a Pki,
+    /// The RSA public key of the gateway's tokens, when `.env` names one.
+    jwt_public_key: Option<String>,
 }
 
 impl<'a> Renderer<'a> {
@@ -234,6 +236,7 @@ impl<'a> Renderer<'a> {
         Ok(Self {
             tera,
             inventory,
+            jwt_public_key: services::read_jwt_public_key(env)?,
             env,
             pki,
         })

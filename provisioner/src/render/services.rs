@@ -13,7 +13,7 @@ use super::{percent_encode, reach, text_file, RenderError, Renderer};
 use crate::desired::{
     ClientTls, DesiredBinary, DesiredFile, FileContent, Handler, Secret, ServiceSpec,
 };
-use crate::render::env_file::DatabaseCredentials;
+use crate::render::env_file::{DatabaseCredentials, EnvFile};
 
 /// PostgreSQL's and RabbitMQ's ports on the hosts (the packages' defaults).
 pub const POSTGRES_PORT: u16 = 5432;
@@ -37,6 +37,41 @@ pub const JWT_PUBLIC_KEY_VARIABLE: &str = "GATEWAY_JWT_PUBLIC_KEY_FILE";
 /// Where a public service's copy of that key goes: `/etc/<svc>/jwt-public.pem`.
 pub fn jwt_public_key_path(service: &str) -> String {
     format!("/etc/{service}/jwt-public.pem")
+}
+
+/// The RSA public key `GATEWAY_JWT_PUBLIC_KEY_FILE` names, when set: read from its file (a
+/// path relative to the env file's folder) and checked to be a PEM public key; never beside
+/// `GATEWAY_JWT_SECRET`. Read once, when the renderer is made.
+pub fn read_jwt_public_key(env: &EnvFile) -> Result<Option<String>, RenderError> {
+    let Some(file) = env.get(JWT_PUBLIC_KEY_VARIABLE) else {
+        return Ok(None);
+    };
+    let problem = |problem: String| RenderError::JwtPublicKey {
+        path: env.path().to_owned(),
+        variable: JWT_PUBLIC_KEY_VARIABLE,
+        problem,
+    };
+    if env.secret(JWT_SECRET_VARIABLE).is_some() {
+        return Err(problem(format!(
+            "and {JWT_SECRET_VARIABLE} are both set: tokens are checked with one or the other"
+        )));
+    }
+    let folder = env.path().parent().unwrap_or(std::path::Path::new("."));
+    let path = folder.join(file);
+    let pem = std::fs::read_to_string(&path)
+        .map_err(|error| problem(format!("{}: {error}", path.display())))?;
+    let body = pem.trim();
+    let is_public_key = ["PUBLIC KEY", "RSA PUBLIC KEY"].iter().any(|label| {
+        body.starts_with(&format!("-----BEGIN {label}-----"))
+            && body.ends_with(&format!("-----END {label}-----"))
+    });
+    if !is_public_key {
+        return Err(problem(format!(
+            "{} is not a PEM public key (BEGIN PUBLIC KEY); the private key stays with whoever signs the tokens",
+            path.display()
+        )));
+    }
+    Ok(Some(pem))
 }
 
 /// `/etc/<svc>/<svc>.env`.
@@ -319,7 +354,7 @@ impl Renderer<'_> {
         if let Some(secret) = self.jwt_secret()? {
             context.insert("auth_jwt_secret", secret.expose());
         }
-        let public_key = service.public && self.jwt_public_key()?.is_some();
+        let public_key = service.public && self.jwt_public_key.is_some();
         context.insert(
             "auth_jwt_public_key_file",
             &public_key.then(|| jwt_public_key_path(name)),
@@ -392,45 +427,6 @@ impl Renderer<'_> {
         Ok(Some(secret))
     }
 
-    /// The RSA public key `GATEWAY_JWT_PUBLIC_KEY_FILE` names, when set: read from its file (a
-    /// path relative to the env file's folder) and checked to be a PEM public key; never beside
-    /// `GATEWAY_JWT_SECRET`.
-    pub fn jwt_public_key(&self) -> Result<Option<String>, RenderError> {
-        let Some(file) = self.env.get(JWT_PUBLIC_KEY_VARIABLE) else {
-            return Ok(None);
-        };
-        let problem = |problem: String| RenderError::JwtPublicKey {
-            path: self.env.path().to_owned(),
-            variable: JWT_PUBLIC_KEY_VARIABLE,
-            problem,
-        };
-        if self.env.secret(JWT_SECRET_VARIABLE).is_some() {
-            return Err(problem(format!(
-                "and {JWT_SECRET_VARIABLE} are both set: tokens are checked with one or the other"
-            )));
-        }
-        let folder = self
-            .env
-            .path()
-            .parent()
-            .unwrap_or(std::path::Path::new("."));
-        let path = folder.join(file);
-        let pem = std::fs::read_to_string(&path)
-            .map_err(|error| problem(format!("{}: {error}", path.display())))?;
-        let body = pem.trim();
-        let is_public_key = ["PUBLIC KEY", "RSA PUBLIC KEY"].iter().any(|label| {
-            body.starts_with(&format!("-----BEGIN {label}-----"))
-                && body.ends_with(&format!("-----END {label}-----"))
-        });
-        if !is_public_key {
-            return Err(problem(format!(
-                "{} is not a PEM public key (BEGIN PUBLIC KEY); the private key stays with whoever signs the tokens",
-                path.display()
-            )));
-        }
-        Ok(Some(pem))
-    }
-
     /// The public key's copy on the host of a public service, when `.env` names one.
     pub fn jwt_public_key_file(
         &self,
@@ -439,10 +435,10 @@ impl Renderer<'_> {
         if !service.public {
             return Ok(None);
         }
-        Ok(self.jwt_public_key()?.map(|pem| {
+        Ok(self.jwt_public_key.as_ref().map(|pem| {
             text_file(
                 jwt_public_key_path(&service.name),
-                pem,
+                pem.clone(),
                 0o644,
                 "root",
                 vec![Handler::Restart(service.name.clone())],

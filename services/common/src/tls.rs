@@ -62,11 +62,26 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// A client configuration that trusts `ca_file` alone and checks the server's name (or IP
 /// address) against its certificate.
 pub fn client_config(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
-    let config = ClientConfig::builder_with_provider(provider())
+    Ok(Arc::new(
+        client_builder(root_store(ca_file)?)?.with_no_client_auth(),
+    ))
+}
+
+/// A client configuration that trusts no server at all: for a client whose URLs are all plain,
+/// which never makes a TLS connection with it.
+pub fn client_config_trusting_none() -> Result<Arc<ClientConfig>, TlsError> {
+    Ok(Arc::new(
+        client_builder(RootCertStore::empty())?.with_no_client_auth(),
+    ))
+}
+
+/// ring, TLS 1.2 and 1.3, and these roots alone.
+fn client_builder(
+    roots: RootCertStore,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(root_store(ca_file)?)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+        .with_root_certificates(roots))
 }
 
 /// A client configuration like [`client_config`] that also presents a certificate and its key.
@@ -75,9 +90,7 @@ pub fn client_config_with_identity(
     cert_file: &Path,
     key_file: &Path,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(root_store(ca_file)?)
+    let config = client_builder(root_store(ca_file)?)?
         .with_client_auth_cert(read_certificates(cert_file)?, read_key(key_file)?)
         .map_err(|err| {
             file_error(

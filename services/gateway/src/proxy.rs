@@ -120,11 +120,7 @@ fn inventory_tls(config: &Config) -> anyhow::Result<rustls::ClientConfig> {
         (None, _, _) if https => anyhow::bail!(
             "INVENTORY_URL is https:// but INVENTORY_CA_FILE is not set: the CA that signed inventory's certificate is needed to verify it"
         ),
-        (None, _, _) => return Ok(rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .context("TLS configuration")?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth()),
+        (None, _, _) => service_common::tls::client_config_trusting_none(),
     }
     .context("the inventory's TLS")?;
     Ok((*tls).clone())
