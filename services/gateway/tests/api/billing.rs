@@ -388,7 +388,7 @@ async fn orders_sent_as_the_gateway_starts_wait_for_the_broker_instead_of_503() 
 }
 
 #[tokio::test]
-async fn after_a_long_broker_outage_orders_are_accepted_within_about_a_second() {
+async fn after_a_long_broker_outage_the_publisher_keeps_retrying_about_every_second() {
     let queue = unique_queue();
     let broker = Broker::connect().await;
     let relay = CuttableRelay::start().await;
@@ -396,9 +396,11 @@ async fn after_a_long_broker_outage_orders_are_accepted_within_about_a_second() 
         TestGateway::spawn(config(&[dead_upstream().await], &relay.amqp_url, &queue)).await;
     gateway.wait_ready().await;
 
+    let accepted_before = relay.accepted();
     relay.set_down(true);
     tokio::time::sleep(Duration::from_secs(9)).await;
-    let attempts_while_down = relay.accepted();
+    let relayed_while_down = relay.accepted() - accepted_before;
+    let attempts_while_down = relay.refused();
     relay.set_down(false);
     let back = Instant::now();
     let order = json!({"user_id": "u", "number_of_items": 1, "total_amount": 1});
@@ -415,13 +417,21 @@ async fn after_a_long_broker_outage_orders_are_accepted_within_about_a_second() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let recovered = back.elapsed();
-    println!("accepted again {recovered:?} after the broker came back");
-    assert!(recovered < Duration::from_millis(1500), "{recovered:?}");
+    println!(
+        "{attempts_while_down} attempts in the 9 s down; accepted again {recovered:?} after the \
+         broker came back"
+    );
     assert_eq!(broker.message_count(&queue).await, 1);
-    // Capped backoff, not a busy loop: at most ~2 attempts a second while it was down (the
-    // relay counts only connections it relays; refused ones are not counted, so check the cap
-    // through the accepted count staying at the first connection).
-    assert_eq!(attempts_while_down, 1);
+    assert_eq!(relayed_while_down, 0);
+    // The backoff is capped, neither growing to minutes nor a busy loop: the delays are 100 ms
+    // doubling to 500 ms, plus up to as much jitter (service_common::retry), so 9 s down hold
+    // between 9 (every delay 1 s) and about 20 attempts. Counted, not timed, so that a loaded
+    // machine does not decide; the time to recover is bounded only loosely.
+    assert!(
+        (8..=24).contains(&attempts_while_down),
+        "{attempts_while_down} attempts while down"
+    );
+    assert!(recovered < Duration::from_secs(4), "{recovered:?}");
     broker.delete_queue(&queue).await;
     broker.close().await;
     gateway.stop().await;

@@ -244,6 +244,7 @@ pub struct CuttableRelay {
     pub amqp_url: String,
     connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -261,11 +262,14 @@ impl CuttableRelay {
         let registry = connections.clone();
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = accepted.clone();
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let refusals = refused.clone();
         let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let is_down = down.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if is_down.load(std::sync::atomic::Ordering::SeqCst) {
+                    refusals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     drop(inbound);
                     continue;
                 }
@@ -286,6 +290,7 @@ impl CuttableRelay {
             amqp_url: format!("amqp://guest:guest@{address}/{vhost}"),
             connections,
             accepted,
+            refused,
             down,
         }
     }
@@ -293,6 +298,12 @@ impl CuttableRelay {
     /// How many connections the relay has accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many connections the relay has dropped unrelayed while it was down: the attempts of
+    /// a client that retries.
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// While down, the relay drops every connection it accepts (a broker that is away), and
