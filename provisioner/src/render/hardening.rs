@@ -1,11 +1,11 @@
 //! systemd's sandbox for the daemons installed from Debian's packages (`templates/hardening/`):
 //! a drop-in per unit with the options each was seen to tolerate, as the platform's own units
-//! have in `systemd/hardening.inc`. Keepalived (it changes the network) and Prometheus (Debian's
-//! unit is hardened already) get none.
+//! have in `systemd/hardening.inc`. Prometheus gets none: Debian's unit is hardened already.
 
 use tera::Context;
 
 use super::inventory::Host;
+use super::keepalived::KEEPALIVED_UNIT;
 use super::monitoring::{NODE_EXPORTER, POSTGRES_EXPORTER};
 use super::patroni::HAPROXY_UNIT;
 use super::platform::Component;
@@ -61,6 +61,10 @@ impl Renderer<'_> {
             (
                 HAPROXY_UNIT,
                 hardened("haproxy", "haproxy", Some("haproxy")),
+            ),
+            (
+                KEEPALIVED_UNIT,
+                hardened(KEEPALIVED_UNIT, KEEPALIVED_UNIT, Some(KEEPALIVED_UNIT)),
             ),
             (
                 NODE_EXPORTER,

@@ -1537,11 +1537,31 @@ fn packaged_daemons_get_a_sandbox_drop_in() {
         text(postgres),
         &["CapabilityBoundingSet=CAP_SETUID CAP_SETGID"],
     );
-    // Neither Prometheus (Debian hardens it) nor keepalived get one.
+    // Prometheus gets none: Debian hardens it.
     assert!(host(&hosts, "gateway-vm")
         .files
         .iter()
         .all(|file| !file.path.contains("prometheus.service.d")));
+    // keepalived, where the inventory has a VIP: the network capabilities it needs and no more.
+    let inventory = Inventory::load(&workspace().join("inventory-ha.toml"), &env, &platform())
+        .expect("valid");
+    let hosts = render(&inventory, &env);
+    let keepalived = file(
+        host(&hosts, "gateway-vm"),
+        "/etc/systemd/system/keepalived.service.d/provision-hardening.conf",
+    );
+    assert_eq!(
+        keepalived.on_change,
+        [Handler::DaemonReload, Handler::Restart("keepalived".into())]
+    );
+    assert_has_lines(
+        text(keepalived),
+        &[
+            "NoNewPrivileges=yes",
+            "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BROADCAST CAP_SETUID CAP_SETGID CAP_KILL",
+            "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK AF_PACKET",
+        ],
+    );
 }
 
 /// `.env.example`'s text with `lines` added, parsed.
