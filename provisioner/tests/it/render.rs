@@ -1543,8 +1543,8 @@ fn packaged_daemons_get_a_sandbox_drop_in() {
         .iter()
         .all(|file| !file.path.contains("prometheus.service.d")));
     // keepalived, where the inventory has a VIP: the network capabilities it needs and no more.
-    let inventory = Inventory::load(&workspace().join("inventory-ha.toml"), &env, &platform())
-        .expect("valid");
+    let inventory =
+        Inventory::load(&workspace().join("inventory-ha.toml"), &env, &platform()).expect("valid");
     let hosts = render(&inventory, &env);
     let keepalived = file(
         host(&hosts, "gateway-vm"),

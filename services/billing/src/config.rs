@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Parser;
 use service_common::{AmqpUrls, DatabaseUrl, DatabaseUrlParser, DEFAULT_BILLING_QUEUE};
 
-use crate::consumer::ConsumerSettings;
+use crate::consumer::{ConsumerSettings, DEFAULT_BATCH_SIZE, DEFAULT_PREFETCH};
 
 /// Everything the billing worker needs to run. Every field has an environment variable.
 #[derive(Debug, Clone, Parser)]
@@ -42,13 +42,14 @@ pub struct Config {
     #[arg(long, env = "HEALTH_LISTEN_ADDR", default_value = "127.0.0.1:8081")]
     pub health_listen_addr: SocketAddr,
 
-    /// How many unacknowledged deliveries the broker may push ahead of the worker.
-    #[arg(long, env = "BILLING_PREFETCH", default_value_t = 100,
+    /// How many unacknowledged deliveries the broker may push ahead of the worker. Twice the
+    /// batch size lets the next batch fill while one is committed.
+    #[arg(long, env = "BILLING_PREFETCH", default_value_t = DEFAULT_PREFETCH,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
 
     /// Most messages committed in one database transaction (capped at the prefetch).
-    #[arg(long, env = "BILLING_BATCH_SIZE", default_value_t = 100,
+    #[arg(long, env = "BILLING_BATCH_SIZE", default_value_t = DEFAULT_BATCH_SIZE,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_size: u16,
 

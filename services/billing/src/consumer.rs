@@ -1,8 +1,11 @@
 //! The consumer: a pure [`handle`] step deciding what one message becomes, and the loop that takes
-//! deliveries in batches, commits them in one transaction, and only then acks them.
+//! deliveries in batches, commits them in one transaction, and only then acks them. While one batch
+//! is being committed, the next one is collected: the database and the broker work at the same
+//! time, instead of each waiting for the other.
 //!
 //! Invariants: a delivery is acked only after its row is committed or its dead letter is confirmed
-//! by the broker; a poison message is never requeued; a database outage never acks anything.
+//! by the broker; a poison message is never requeued; a database outage never acks anything;
+//! batches are committed and acked one at a time, in delivery order.
 
 use std::{
     future::Future,
@@ -48,12 +51,18 @@ pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
 /// Header of a dead letter: the `expiration` the original message had (the dead letter has none).
 pub const ORIGINAL_EXPIRATION_HEADER: &str = "x-original-expiration";
 
+/// The default prefetch: room for the batch being committed and the next one filling meanwhile.
+pub const DEFAULT_PREFETCH: u16 = 1000;
+/// The default most deliveries per transaction.
+pub const DEFAULT_BATCH_SIZE: u16 = 500;
+
 /// How the consumer is tuned; [`crate::Config::consumer_settings`] builds it from the environment.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
     /// Durable queue consumed; its dead-letter queue is derived from it.
     pub queue: String,
-    /// Unacknowledged deliveries the broker may push ahead; above 1 so batches can fill.
+    /// Unacknowledged deliveries the broker may push ahead; twice the batch size lets the next
+    /// batch fill while one is committed.
     pub prefetch: u16,
     /// Most deliveries per database transaction; at least 1.
     pub batch_size: usize,
@@ -68,8 +77,8 @@ impl ConsumerSettings {
     pub fn new(queue: impl Into<String>) -> Self {
         Self {
             queue: queue.into(),
-            prefetch: 100,
-            batch_size: 100,
+            prefetch: DEFAULT_PREFETCH,
+            batch_size: usize::from(DEFAULT_BATCH_SIZE),
             batch_timeout: Duration::from_millis(50),
             max_backoff: RETRY_MAX,
         }
@@ -196,6 +205,23 @@ enum SessionEnd {
     Shutdown,
 }
 
+/// One batch taken off the subscription, and why collecting stopped early, if it did.
+#[derive(Default)]
+struct Collected {
+    batch: Vec<Delivery>,
+    /// Shutdown was requested: no more deliveries are taken.
+    shutdown: bool,
+    /// The stream broke (a dead channel or connection, or the broker cancelled us).
+    broken: Option<Error>,
+}
+
+impl Collected {
+    /// Nothing more will come from this subscription.
+    fn ended(&self) -> bool {
+        self.shutdown || self.broken.is_some()
+    }
+}
+
 impl Worker {
     /// The outer loop: lapin does not reconnect by itself, so each failure rebuilds the session.
     async fn run(self) -> Result<(), Error> {
@@ -274,47 +300,108 @@ impl Worker {
         })
     }
 
-    /// The inner loop: collect a batch, store it, ack it; until shutdown or a broker failure.
+    /// The inner loop: collect a batch while the previous one is stored and acked, then hand it
+    /// over; until shutdown or a broker failure.
     async fn consume(&self, session: &mut Session) -> Result<SessionEnd, Error> {
+        let Session {
+            consumer, channel, ..
+        } = session;
+        let mut collected = Collected::default();
         loop {
-            let first = tokio::select! {
-                // Shutdown wins over a ready delivery: stop taking new work.
-                biased;
-                () = self.stop.wait() => return Ok(SessionEnd::Shutdown),
-                next = session.consumer.next() => next,
+            let batch = std::mem::take(&mut collected.batch);
+            let carried = std::mem::take(&mut collected);
+            let storing = async {
+                if batch.is_empty() {
+                    Ok(true)
+                } else {
+                    self.process_batch(channel, batch).await
+                }
             };
-            let mut batch = vec![delivery(first)?];
-            let deadline = Instant::now() + self.settings.batch_timeout;
-            let mut broken = None;
-            while batch.len() < self.settings.batch_size && !self.stop.requested() {
-                let next = tokio::select! {
-                    biased;
-                    () = self.stop.wait() => break,
-                    next = tokio::time::timeout_at(deadline, session.consumer.next()) => next,
-                };
-                match next {
-                    Err(_elapsed) => break,
-                    Ok(next) => match delivery(next) {
-                        Ok(d) => batch.push(d),
-                        Err(err) => {
-                            // Still store what we hold: acks fail on a dead channel, but the
-                            // commit is idempotent and the redelivery will be skipped.
-                            broken = Some(err);
-                            break;
-                        }
-                    },
+            // The next batch fills while this one commits; it is stored only after this one is
+            // acked, so acks stay in delivery order. Collecting stops on shutdown or a broken
+            // stream, and the batch in hand is still stored on the next turn.
+            let subscription = &mut *consumer;
+            let collecting = async move {
+                if carried.ended() {
+                    carried
+                } else {
+                    self.collect(subscription).await
+                }
+            };
+            tokio::pin!(storing, collecting);
+            // Storing that fails, or stops for shutdown while the database is down, ends the
+            // session at once: what was being collected is unacked and goes back to the queue
+            // with the channel.
+            let next = tokio::select! {
+                stored = &mut storing => {
+                    if !stored? {
+                        return Ok(SessionEnd::Shutdown);
+                    }
+                    collecting.await
+                }
+                next = &mut collecting => {
+                    if !storing.await? {
+                        return Ok(SessionEnd::Shutdown);
+                    }
+                    next
+                }
+            };
+            collected = next;
+            if collected.batch.is_empty() {
+                if let Some(err) = collected.broken {
+                    return Err(err);
+                }
+                if collected.shutdown {
+                    return Ok(SessionEnd::Shutdown);
                 }
             }
-            let stored = self.process_batch(&session.channel, batch).await?;
-            if !stored {
-                // Shutdown arrived while the database was down: nothing was acked, and closing
-                // the channel hands the deliveries back to the queue.
-                return Ok(SessionEnd::Shutdown);
+        }
+    }
+
+    /// Takes one batch off the subscription: waits for a first delivery, then up to the batch
+    /// size or the batch timeout. Returns early, with what it holds, on shutdown or when the
+    /// stream breaks (acks then fail on the dead channel, but the commit is idempotent and the
+    /// redelivery will be skipped).
+    async fn collect(&self, consumer: &mut Consumer) -> Collected {
+        let mut collected = Collected::default();
+        let first = tokio::select! {
+            // Shutdown wins over a ready delivery: stop taking new work.
+            biased;
+            () = self.stop.wait() => {
+                collected.shutdown = true;
+                return collected;
             }
-            if let Some(err) = broken {
-                return Err(err);
+            next = consumer.next() => next,
+        };
+        match delivery(first) {
+            Ok(d) => collected.batch.push(d),
+            Err(err) => {
+                collected.broken = Some(err);
+                return collected;
             }
         }
+        let deadline = Instant::now() + self.settings.batch_timeout;
+        while collected.batch.len() < self.settings.batch_size {
+            let next = tokio::select! {
+                biased;
+                () = self.stop.wait() => {
+                    collected.shutdown = true;
+                    break;
+                }
+                next = tokio::time::timeout_at(deadline, consumer.next()) => next,
+            };
+            match next {
+                Err(_elapsed) => break,
+                Ok(next) => match delivery(next) {
+                    Ok(d) => collected.batch.push(d),
+                    Err(err) => {
+                        collected.broken = Some(err);
+                        break;
+                    }
+                },
+            }
+        }
+        collected
     }
 
     /// Dead-letters the poison messages, commits the valid ones, then acks the whole batch.
@@ -369,7 +456,8 @@ impl Worker {
         self.dead_letter(channel, &poison).await?;
         metrics::counter!("billing_dead_letters_total").increment(poison.len() as u64);
         // Every delivery of this channel up to `last_tag` is in this batch (earlier batches were
-        // acked in full), so one multiple-ack covers exactly the batch.
+        // acked in full, and later deliveries belong to the next batch), so one multiple-ack
+        // covers exactly the batch.
         channel
             .basic_ack(last_tag, BasicAckOptions { multiple: true })
             .await?;

@@ -1,12 +1,15 @@
 //! `POST /api/billing`: validates an order exactly as billing will, publishes it to the durable
 //! queue with publisher confirms, and answers 202 only once the broker has confirmed it.
 //!
-//! One long-lived connection and channel serve every request. A supervisor task owns them:
-//! it connects (the gateway starts even when the broker is down), declares the queue, enables
-//! confirms, and reconnects with backoff when the connection dies. Requests clone the channel out
-//! of a lock and release the lock at once, so many confirms are awaited concurrently.
+//! One long-lived connection and a few confirm-mode channels on it serve every request: the broker
+//! runs each channel in a process of its own, so several spread the publishes over its cores. A
+//! supervisor task owns them: it connects (the gateway starts even when the broker is down),
+//! declares the queue, enables confirms, and reconnects with backoff when the connection or a
+//! channel dies. Requests take the channels in turn, cloning one out of a lock they release at
+//! once, so many confirms are awaited concurrently.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -86,9 +89,13 @@ pub struct Publisher {
 
 #[derive(Debug)]
 struct Inner {
-    /// The confirm-mode channel and its connection's status when connected. Cloned out by each
-    /// publish; never held across an await.
+    /// The confirm-mode channels and their connection's status when connected. Cloned out by
+    /// each publish; never held across an await.
     channel: RwLock<Option<Live>>,
+    /// How many channels each connection opens.
+    channels: NonZeroUsize,
+    /// Which channel the next publish takes.
+    next_channel: AtomicUsize,
     /// Raised (notify_waiters) each time a channel is installed, and when the first connection
     /// attempt fails.
     connected: Notify,
@@ -106,11 +113,18 @@ struct Inner {
     confirms_late: AtomicBool,
 }
 
-/// An open channel, with the status of its connection (which says whether the broker blocks it).
+/// The open channels, with the status of their connection (which says whether the broker blocks
+/// it).
 #[derive(Debug, Clone)]
 struct Live {
-    channel: Channel,
+    channels: Arc<[Channel]>,
     connection: ConnectionStatus,
+}
+
+impl Live {
+    fn connected(&self) -> bool {
+        self.connection.connected() && self.channels.iter().all(|c| c.status().connected())
+    }
 }
 
 /// The supervisor task of a [`Publisher`]; stopping it closes the connection.
@@ -137,9 +151,12 @@ impl Publisher {
         amqp_url: AmqpUrls,
         queue: String,
         confirm_timeout: Duration,
+        channels: NonZeroUsize,
     ) -> (Self, PublisherTask) {
         let inner = Arc::new(Inner {
             channel: RwLock::new(None),
+            channels,
+            next_channel: AtomicUsize::new(0),
             connected: Notify::new(),
             starting: AtomicBool::new(true),
             queue,
@@ -152,10 +169,9 @@ impl Publisher {
         (Self { inner }, PublisherTask { stop, handle })
     }
 
-    /// Whether a confirm-mode channel is open right now.
+    /// Whether the confirm-mode channels are open right now.
     pub fn is_connected(&self) -> bool {
-        self.current()
-            .is_some_and(|live| live.channel.status().connected())
+        self.current().is_some_and(|live| live.connected())
     }
 
     /// Whether the broker blocks our connection (`connection.blocked`: a memory or disk alarm);
@@ -177,7 +193,7 @@ impl Publisher {
             .clone()
     }
 
-    /// The open channel; right after start, waits (at most the connect timeout) for the first
+    /// The open channels; right after start, waits (at most the connect timeout) for the first
     /// connection attempt instead of failing at once.
     async fn live(&self) -> Option<Live> {
         let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
@@ -201,12 +217,14 @@ impl Publisher {
     /// when the broker has taken responsibility for the message.
     pub async fn publish(&self, order: &BillingOrder, id: Uuid) -> Result<(), PublishError> {
         let Live {
-            channel,
+            channels,
             connection,
         } = self.live().await.ok_or(PublishError::NotConnected)?;
         if connection.blocked() {
             return Err(PublishError::Blocked);
         }
+        let turn = self.inner.next_channel.fetch_add(1, Ordering::Relaxed);
+        let channel = &channels[turn % channels.len()];
         let properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type("application/json".into())
@@ -254,18 +272,26 @@ impl Publisher {
     }
 }
 
-/// Opens a connection and a confirm-mode channel, and declares the queue as billing does.
-async fn connect(amqp_url: &AmqpUrl, queue: &str) -> Result<(Connection, Channel), QueueError> {
+/// Opens a connection and `count` confirm-mode channels, and declares the queue as billing does.
+async fn connect(
+    amqp_url: &AmqpUrl,
+    queue: &str,
+    count: NonZeroUsize,
+) -> Result<(Connection, Arc<[Channel]>), QueueError> {
     let properties = ConnectionProperties::default().with_connection_name("gateway".into());
     let connection = amqp_url.connect(properties).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let mut channels = Vec::with_capacity(count.get());
+    for _ in 0..count.get() {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channels.push(channel);
+    }
     // Through the one declaration billing makes too: any difference would make the second
     // declaration fail with PRECONDITION_FAILED.
     declare_billing_queue(&connection, queue).await?;
-    Ok((connection, channel))
+    Ok((connection, channels.into()))
 }
 
 /// Keeps one connection open for as long as the gateway runs.
@@ -280,13 +306,17 @@ async fn supervise(inner: Arc<Inner>, nodes: AmqpUrls, stop: CancellationToken) 
         }
         let amqp_url = nodes.node(node);
         node += 1;
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(amqp_url, &inner.queue)).await;
+        let attempt = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            connect(amqp_url, &inner.queue, inner.channels),
+        )
+        .await;
         if inner.starting.swap(false, Ordering::AcqRel) && !matches!(attempt, Ok(Ok(_))) {
             // The first attempt failed: orders waiting for it get their 503 now.
             inner.connected.notify_waiters();
         }
         match attempt {
-            Ok(Ok((connection, channel))) => {
+            Ok(Ok((connection, channels))) => {
                 tracing::info!(broker = %amqp_url, queue = %inner.queue, "connected to the message broker");
                 delays = retry_delays(RETRY_MAX);
                 let woken = Arc::new(Notify::new());
@@ -295,10 +325,11 @@ async fn supervise(inner: Arc<Inner>, nodes: AmqpUrls, stop: CancellationToken) 
                     tracing::warn!(error = %ErrorChain(&err), "message broker connection lost");
                     on_error.notify_one();
                 });
-                *inner.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(Live {
-                    channel: channel.clone(),
+                let live = Live {
+                    channels,
                     connection: connection.status().clone(),
-                });
+                };
+                *inner.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(live.clone());
                 inner.connected.notify_waiters();
 
                 let stopping = loop {
@@ -308,7 +339,7 @@ async fn supervise(inner: Arc<Inner>, nodes: AmqpUrls, stop: CancellationToken) 
                         () = inner.check_connection.notified() => {}
                         () = tokio::time::sleep(HEALTH_POLL) => {}
                     }
-                    if !(connection.status().connected() && channel.status().connected()) {
+                    if !live.connected() {
                         break false;
                     }
                     // A broker that blocks publishers (a memory or disk alarm) said why its

@@ -89,6 +89,12 @@ pub struct Config {
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,
 
+    /// How many confirm-mode channels orders are published on, in turn, over the one broker
+    /// connection: RabbitMQ runs each channel in a process of its own, so several use more of
+    /// its cores.
+    #[arg(long, env = "PUBLISH_CHANNELS", default_value = "4")]
+    pub publish_channels: std::num::NonZeroUsize,
+
     /// Requests per second each client address may send to the API (movies, billing), on
     /// average; beyond, 429 with `Retry-After`. Unset: no limit. Health and readiness are never
     /// limited.

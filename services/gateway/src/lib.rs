@@ -54,6 +54,7 @@ impl AppState {
             config.broker()?,
             config.billing_queue.clone(),
             config.publish_timeout(),
+            config.publish_channels,
         );
         let state = Self {
             proxy: Arc::new(InventoryProxy::new(config)?),
