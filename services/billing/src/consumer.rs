@@ -52,9 +52,11 @@ pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
 pub const ORIGINAL_EXPIRATION_HEADER: &str = "x-original-expiration";
 
 /// The default prefetch: room for the batch being committed and the next one filling meanwhile.
-pub const DEFAULT_PREFETCH: u16 = 1000;
+/// Measured by scripts/bench on two cores: 100/100 drained 35k rows/s, 1000/500 51k, 2000/1000
+/// 75k, 4000/2000 no more.
+pub const DEFAULT_PREFETCH: u16 = 2000;
 /// The default most deliveries per transaction.
-pub const DEFAULT_BATCH_SIZE: u16 = 500;
+pub const DEFAULT_BATCH_SIZE: u16 = 1000;
 
 /// How the consumer is tuned; [`crate::Config::consumer_settings`] builds it from the environment.
 #[derive(Debug, Clone)]

@@ -97,6 +97,15 @@ pub fn service_binaries() -> Result<PathBuf> {
 }
 
 /// A service process, killed when dropped so a failing run leaves nothing behind.
+/// The services' speed settings a caller's environment passes on to them (`BILLING_PREFETCH=2000
+/// scripts/bench`); every other variable is the caller's to give.
+pub const TUNING_VARIABLES: [&str; 4] = [
+    "BILLING_PREFETCH",
+    "BILLING_BATCH_SIZE",
+    "BILLING_BATCH_TIMEOUT_MS",
+    "PUBLISH_CHANNELS",
+];
+
 #[derive(Debug)]
 pub struct Service {
     name: &'static str,
@@ -104,7 +113,8 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `bin_dir/name` with only `env` (and `PATH`) in its environment.
+    /// Starts `bin_dir/name` with only `env` (and `PATH`) in its environment, plus the tuning
+    /// variables of [`TUNING_VARIABLES`] this process has, so that a bench can try other values.
     pub fn start(bin_dir: &Path, name: &'static str, env: &[(&str, String)]) -> Result<Self> {
         let mut command = Command::new(bin_dir.join(name));
         command
@@ -112,6 +122,11 @@ impl Service {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null());
+        for variable in TUNING_VARIABLES {
+            if let Some(value) = std::env::var_os(variable) {
+                command.env(variable, value);
+            }
+        }
         for (key, value) in env {
             command.env(key, value);
         }

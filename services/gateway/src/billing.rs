@@ -1,8 +1,9 @@
 //! `POST /api/billing`: validates an order exactly as billing will, publishes it to the durable
 //! queue with publisher confirms, and answers 202 only once the broker has confirmed it.
 //!
-//! One long-lived connection and a few confirm-mode channels on it serve every request: the broker
-//! runs each channel in a process of its own, so several spread the publishes over its cores. A
+//! One long-lived connection and its confirm-mode channels (`PUBLISH_CHANNELS`, one by default)
+//! serve every request: the broker runs each channel in a process of its own, so several can
+//! spread the publishes over its cores. A
 //! supervisor task owns them: it connects (the gateway starts even when the broker is down),
 //! declares the queue, enables confirms, and reconnects with backoff when the connection or a
 //! channel dies. Requests take the channels in turn, cloning one out of a lock they release at

@@ -90,9 +90,10 @@ pub struct Config {
     pub publish_timeout_ms: u64,
 
     /// How many confirm-mode channels orders are published on, in turn, over the one broker
-    /// connection: RabbitMQ runs each channel in a process of its own, so several use more of
-    /// its cores.
-    #[arg(long, env = "PUBLISH_CHANNELS", default_value = "4")]
+    /// connection. RabbitMQ runs each channel in a process of its own, so several can use more of
+    /// its cores when it is the bottleneck; on two cores shared with the gateway (scripts/bench)
+    /// 2 and 4 were no faster than 1.
+    #[arg(long, env = "PUBLISH_CHANNELS", default_value = "1")]
     pub publish_channels: std::num::NonZeroUsize,
 
     /// Requests per second each client address may send to the API (movies, billing), on

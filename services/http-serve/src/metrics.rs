@@ -7,7 +7,7 @@
 //! number of series stays bounded whatever clients send.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderValue};
@@ -20,10 +20,17 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// How often the recorded histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process's recorder, installed on first use. Where another recorder is installed already,
 /// this one records nothing and renders only what the process recorded before that.
+///
+/// The exporter keeps every histogram sample until something folds them into the buckets: a
+/// scrape does, and so does a thread of its own here every few seconds, or a service nobody
+/// scrapes would keep every request's latency in memory for ever.
 fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
@@ -33,6 +40,16 @@ fn handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was installed already; /metrics stays empty");
+        }
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            });
+        if let Err(err) = spawned {
+            tracing::warn!(%err, "cannot start the metrics upkeep thread; histograms are folded only when scraped");
         }
         handle
     })
