@@ -9,6 +9,7 @@ use super::inventory::{is_ip_address, Host};
 use super::platform::Component;
 use super::postgresql::DatabaseObjects;
 use super::services::POSTGRES_PORT;
+use super::tls::TlsPaths;
 use super::{hba_address, text_file, url_host, RenderError, Renderer};
 use crate::desired::{
     sha256_hex, DesiredFile, FileContent, Handler, PatroniMember, PostgresState, Secret,
@@ -132,9 +133,19 @@ impl Renderer<'_> {
         context.insert("superuser_password", superuser.expose());
         context.insert("replication_password", replication.expose());
         context.insert("restapi_password", restapi.expose());
+        // The members replicate over TLS, with the host's certificate, as the postgres user.
+        let tls_paths = TlsPaths::of("postgres");
+        context.insert("tls", &tls_paths);
         let config = self.render("patroni/config.yml", host, &context)?;
         let folder = format!("/etc/postgresql/{PG_VERSION_PLACEHOLDER}/main");
-        let files = vec![
+        let mut files = self.tls_files(
+            host,
+            &tls_paths,
+            "postgres",
+            true,
+            &[Handler::Reload(Component::Patroni.unit().to_owned())],
+        )?;
+        files.extend([
             // Before Patroni's first start: its PostgreSQL takes the same port.
             text_file(
                 format!("{folder}/start.conf"),
@@ -152,7 +163,7 @@ impl Renderer<'_> {
                 // SIGHUP: Patroni applies what it can, and never restarts PostgreSQL for it.
                 on_change: vec![Handler::Reload(Component::Patroni.unit().to_owned())],
             },
-        ];
+        ]);
         Ok((state, files))
     }
 

@@ -95,13 +95,23 @@ fn the_members_hold_every_database_and_patroni_configures_them() {
                 "bin_dir: /usr/lib/postgresql/{pg_version}/bin",
                 "password: \"change_me_superuser_password\"",
                 "- local all postgres peer",
-                "- host replication replicator 192.168.56.14/32 scram-sha-256",
-                "- host all postgres 192.168.56.15/32 scram-sha-256",
+                "- hostssl replication replicator 192.168.56.14/32 scram-sha-256",
+                "- hostssl all postgres 192.168.56.15/32 scram-sha-256",
+                // Replication over TLS, the primary verified by the platform CA and its name.
+                "ssl: \"on\"",
+                "ssl_cert_file: /etc/platform-tls/postgres/host.crt",
+                "ssl_key_file: /etc/platform-tls/postgres/host.key",
+                "sslmode: verify-full",
+                "sslrootcert: /etc/platform-tls/postgres/ca.crt",
                 "- host \"movies_db\" \"inventory_user\" 192.168.56.11/32 scram-sha-256",
                 "- host \"billing_db\" \"billing_user\" 192.168.56.12/32 scram-sha-256",
             ],
         );
         assert!(!yaml.contains("\"billing_db\" \"billing_user\" 192.168.56.11/32"));
+        // The postgres user's key, its alone; a renewed certificate reloads Patroni.
+        let key = file(member, "/etc/platform-tls/postgres/host.key");
+        assert_eq!((key.mode, key.owner.as_str()), (0o600, "postgres"));
+        assert_eq!(key.on_change, [Handler::Reload("patroni".into())]);
 
         // Debian's own cluster keeps off Patroni's port.
         let start = file(
