@@ -54,6 +54,12 @@ async fn run(scratch: Scratch, platform: Platform, client: reqwest::Client) -> R
             response.status()
         );
     }
+    // A method of the client's own invention is forwarded like any other, and counted as other.
+    let invented = reqwest::Method::from_bytes(b"PURGE999002")?;
+    client
+        .request(invented, format!("{gateway}/api/movies/999004"))
+        .send()
+        .await?;
     let user = format!("usr_{}", scratch.suffix());
     let response = client
         .post(format!("{gateway}/api/billing"))
@@ -89,6 +95,18 @@ async fn run(scratch: Scratch, platform: Platform, client: reqwest::Client) -> R
         "gateway movie requests: {proxied:?}\n{text}"
     );
     ensure!(!text.contains("999001"), "a raw path is a label:\n{text}");
+    ensure!(
+        !text.contains("PURGE999002"),
+        "an invented method is a label:\n{text}"
+    );
+    ensure!(
+        sample(
+            &text,
+            "http_requests_total",
+            &["route=\"/api/movies/{*rest}\"", "method=\"other\""]
+        ) == Some(1.0),
+        "the invented method is counted as other:\n{text}"
+    );
     let confirmed = sample(&text, "gateway_publishes_total", &["outcome=\"confirmed\""]);
     ensure!(
         confirmed == Some(1.0),
@@ -100,7 +118,7 @@ async fn run(scratch: Scratch, platform: Platform, client: reqwest::Client) -> R
         &[&platform.inventory_url],
     );
     ensure!(
-        upstream == Some(3.0),
+        upstream == Some(4.0),
         "upstream answers: {upstream:?}\n{text}"
     );
     ensure!(

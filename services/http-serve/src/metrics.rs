@@ -3,14 +3,14 @@
 //! build (`build_info`), and whatever else the service records through the `metrics` macros, all
 //! rendered in the Prometheus text format by [`render`] (`GET /metrics`).
 //!
-//! Routes are labelled by their template (`/api/movies/{id}`), never by the raw path, so the
-//! number of series stays bounded whatever clients send.
+//! Routes are labelled by their template (`/api/movies/{id}`), never by the raw path, and methods
+//! outside HTTP's own as `other`, so the number of series stays bounded whatever clients send.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -69,7 +69,7 @@ pub async fn track(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!(
@@ -86,6 +86,23 @@ pub async fn track(request: Request, next: Next) -> Response {
     )
     .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The method as a label: one of HTTP's own, or `other`, so that a client inventing methods
+/// cannot add series without end.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// `GET /metrics`: everything recorded so far, in the Prometheus text format.
