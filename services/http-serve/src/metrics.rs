@@ -75,7 +75,7 @@ pub async fn track(request: Request, next: Next) -> Response {
     metrics::counter!(
         "http_requests_total",
         "route" => route.clone(),
-        "method" => method.clone(),
+        "method" => method,
         "status" => status
     )
     .increment(1);
