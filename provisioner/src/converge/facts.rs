@@ -235,8 +235,20 @@ pub const FACTS: [Fact; 11] = [
     ARCH, PG_VERSION, PACKAGES, USERS, FILES, BINARIES, UNITS, STARTED, PATRONI, POSTGRES, RABBITMQ,
 ];
 
-/// Patroni's REST API on the member itself, where it answers its own questions.
-pub const PATRONI_API: &str = "http://127.0.0.1:8008";
+/// curl's arguments to ask Patroni's REST API on the member `host` itself for `path`: HTTPS on
+/// loopback, the certificate verified against the platform CA for the host's name (which it
+/// names, where it does not name 127.0.0.1).
+pub fn patroni_api(host: &str, path: &str) -> String {
+    use crate::converge::transport::shell_quote;
+    use crate::render::patroni::PATRONI_REST_PORT;
+    let ca = crate::render::tls::TlsPaths::of("postgres").ca_file;
+    format!(
+        "--cacert {} --resolve {} {}",
+        shell_quote(&ca),
+        shell_quote(&format!("{host}:{PATRONI_REST_PORT}:127.0.0.1")),
+        shell_quote(&format!("https://{host}:{PATRONI_REST_PORT}{path}")),
+    )
+}
 
 /// Whether a Patroni member is the primary: `GET /primary` is 200 there alone. Also sets
 /// `$PRIMARY` (`yes` or `no`), which [`POSTGRES`] reads.
@@ -246,7 +258,8 @@ const PATRONI: Fact = Fact {
         let member = desired.patroni_member();
         member.then(|| {
             format!(
-                "PRIMARY=no\necho @@patroni\nif command -v curl >/dev/null 2>&1; then c=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 {PATRONI_API}/primary); echo \"$c\"; [ \"$c\" = 200 ] && PRIMARY=yes; fi\n"
+                "PRIMARY=no\necho @@patroni\nif command -v curl >/dev/null 2>&1; then c=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 {}); echo \"$c\"; [ \"$c\" = 200 ] && PRIMARY=yes; fi\n",
+                patroni_api(&desired.name, "/primary")
             )
         })
     },

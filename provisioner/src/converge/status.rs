@@ -137,8 +137,8 @@ pub fn status_script(desired: &DesiredHost) -> String {
         let _ = writeln!(
             script,
             "echo @@cluster\n\
-             curl -sS -m 3 {}/cluster 2>&1 | tr -d '\n'; echo",
-            crate::converge::facts::PATRONI_API
+             curl -sS -m 3 {} 2>&1 | tr -d '\n'; echo",
+            crate::converge::facts::patroni_api(&desired.name, "/cluster")
         );
     }
     script.push_str("echo @@end\n} </dev/null\n");

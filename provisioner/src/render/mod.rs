@@ -352,8 +352,8 @@ impl<'a> Renderer<'a> {
         packages.extend(exporters.packages);
         host_units.extend(exporters.units);
         files.extend(exporters.files);
-        if let Some(conf) = self.haproxy(host)? {
-            files.push(conf);
+        if let Some(haproxy_files) = self.haproxy(host)? {
+            files.extend(haproxy_files);
             packages.push("haproxy".to_owned());
             host_units.push(patroni::HAPROXY_UNIT.to_owned());
         }

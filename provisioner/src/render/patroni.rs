@@ -133,7 +133,8 @@ impl Renderer<'_> {
         context.insert("superuser_password", superuser.expose());
         context.insert("replication_password", replication.expose());
         context.insert("restapi_password", restapi.expose());
-        // The members replicate over TLS, with the host's certificate, as the postgres user.
+        // The members replicate and serve their REST API over TLS, with the host's certificate,
+        // as the postgres user.
         let tls_paths = TlsPaths::of("postgres");
         context.insert("tls", &tls_paths);
         let config = self.render("patroni/config.yml", host, &context)?;
@@ -168,8 +169,8 @@ impl Renderer<'_> {
     }
 
     /// HAProxy's configuration on a host whose services own a database, when the databases live
-    /// in the Patroni cluster.
-    pub fn haproxy(&self, host: &Host) -> Result<Option<DesiredFile>, RenderError> {
+    /// in the Patroni cluster, and the CA its checks of the members' REST API verify them with.
+    pub fn haproxy(&self, host: &Host) -> Result<Option<Vec<DesiredFile>>, RenderError> {
         let inventory = self.inventory;
         let owns_database = inventory
             .services_of(host)
@@ -191,13 +192,18 @@ impl Renderer<'_> {
         context.insert("postgres_port", &POSTGRES_PORT);
         context.insert("rest_port", &PATRONI_REST_PORT);
         context.insert("members", &members);
-        Ok(Some(text_file(
+        let tls_paths = TlsPaths::of("haproxy");
+        context.insert("ca_file", &tls_paths.ca_file);
+        let reload = [Handler::Reload(HAPROXY_UNIT.to_owned())];
+        let mut files = self.tls_files(host, &tls_paths, "haproxy", false, &reload)?;
+        files.push(text_file(
             HAPROXY_CONFIG,
             self.render("haproxy/haproxy.cfg", host, &context)?,
             0o644,
             "root",
-            vec![Handler::Reload(HAPROXY_UNIT.to_owned())],
-        )))
+            reload.to_vec(),
+        ));
+        Ok(Some(files))
     }
 
     /// The cluster's three passwords from `.env`: 16 to 512 characters, no control character.

@@ -397,6 +397,14 @@ fn each_fact_parses_what_its_printer_prints() {
 
     // Every section the script can print is a fact's, and the script asks each fact in turn.
     let script = facts::facts_script(&desired);
+    // Patroni is asked over HTTPS on loopback, for the name its certificate holds.
+    let name = &desired.name;
+    assert!(
+        script.contains(&format!(
+            "--cacert /etc/platform-tls/postgres/ca.crt --resolve {name}:8008:127.0.0.1 https://{name}:8008/primary"
+        )),
+        "{script}"
+    );
     for fact in &facts::FACTS {
         for section in fact.sections {
             assert!(script.contains(&format!("@@{section}")), "{section}");

@@ -103,6 +103,10 @@ fn the_members_hold_every_database_and_patroni_configures_them() {
                 "ssl_key_file: /etc/platform-tls/postgres/host.key",
                 "sslmode: verify-full",
                 "sslrootcert: /etc/platform-tls/postgres/ca.crt",
+                // The REST API over HTTPS; patronictl and Patroni verify the other members'.
+                "certfile: /etc/platform-tls/postgres/host.crt",
+                "keyfile: /etc/platform-tls/postgres/host.key",
+                "cacert: /etc/platform-tls/postgres/ca.crt",
                 "- host \"movies_db\" \"inventory_user\" 192.168.56.11/32 scram-sha-256",
                 "- host \"billing_db\" \"billing_user\" 192.168.56.12/32 scram-sha-256",
             ],
@@ -190,12 +194,15 @@ fn the_services_reach_the_primary_through_haproxy_on_their_own_host() {
                 "bind 127.0.0.1:5000",
                 "option httpchk GET /primary",
                 "http-check expect status 200",
-                "default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions",
+                // Patroni's REST API over HTTPS, verified against the platform CA.
+                "default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions check-ssl verify required ca-file /etc/platform-tls/haproxy/ca.crt",
                 "server node4-vm 192.168.56.13:5432 check port 8008",
                 "server node5-vm 192.168.56.14:5432 check port 8008",
                 "server node6-vm 192.168.56.15:5432 check port 8008",
             ],
         );
+        let ca = file(server, "/etc/platform-tls/haproxy/ca.crt");
+        assert_eq!(ca.on_change, [Handler::Reload("haproxy".into())]);
         let env = text(file(server, &format!("/etc/{service}/{service}.env")));
         assert!(
             env.contains(&format!("@127.0.0.1:5000/{database}?sslmode=disable\n")),

@@ -15,15 +15,17 @@ pub const PSQL: &str = "cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_ST
 /// member clones the primary first (`pg_basebackup`).
 pub const PATRONI_WAIT_SECS: u32 = 180;
 
-/// Succeeds once this member's PostgreSQL runs (`GET /health`) and the cluster it sees has a
-/// running leader (`GET /cluster`, read by Patroni's own Python).
-pub fn patroni_wait_command() -> String {
-    let api = crate::converge::facts::PATRONI_API;
+/// Succeeds once the member `host`'s PostgreSQL runs (`GET /health`) and the cluster it sees has
+/// a running leader (`GET /cluster`, read by Patroni's own Python).
+pub fn patroni_wait_command(host: &str) -> String {
+    let api = crate::converge::facts::patroni_api;
     format!(
         "for i in $(seq 1 {PATRONI_WAIT_SECS}); do \
-         if curl -fsS -o /dev/null --max-time 2 {api}/health && \
-         curl -fsS --max-time 2 {api}/cluster | python3 -c 'import json, sys; members = json.load(sys.stdin).get(\"members\", []); sys.exit(0 if any(m.get(\"role\") in (\"leader\", \"master\", \"primary\") and m.get(\"state\") == \"running\" for m in members) else 1)'; \
-         then exit 0; fi; sleep 1; done; exit 1"
+         if curl -fsS -o /dev/null --max-time 2 {} && \
+         curl -fsS --max-time 2 {} | python3 -c 'import json, sys; members = json.load(sys.stdin).get(\"members\", []); sys.exit(0 if any(m.get(\"role\") in (\"leader\", \"master\", \"primary\") and m.get(\"state\") == \"running\" for m in members) else 1)'; \
+         then exit 0; fi; sleep 1; done; exit 1",
+        api(host, "/health"),
+        api(host, "/cluster"),
     )
 }
 

@@ -144,7 +144,9 @@ impl<'a> HostRun<'a> {
                 self.host(),
                 "waiting for the Patroni cluster's leader and this member",
             );
-            let waited = self.transport.exec(&patroni_wait_command(), None, true)?;
+            let waited = self
+                .transport
+                .exec(&patroni_wait_command(self.host()), None, true)?;
             if !waited.success() {
                 return Err(ApplyError::Other {
                     host: self.host().to_string(),
