@@ -96,7 +96,6 @@ pub fn service_binaries() -> Result<PathBuf> {
     Ok(PathBuf::from(folder.trim()))
 }
 
-/// A service process, killed when dropped so a failing run leaves nothing behind.
 /// The services' speed settings a caller's environment passes on to them (`BILLING_PREFETCH=2000
 /// scripts/bench`); every other variable is the caller's to give.
 pub const TUNING_VARIABLES: [&str; 4] = [
@@ -106,6 +105,7 @@ pub const TUNING_VARIABLES: [&str; 4] = [
     "PUBLISH_CHANNELS",
 ];
 
+/// A service process, killed when dropped so a failing run leaves nothing behind.
 #[derive(Debug)]
 pub struct Service {
     name: &'static str,

@@ -3,11 +3,10 @@
 //!
 //! One long-lived connection and its confirm-mode channels (`PUBLISH_CHANNELS`, one by default)
 //! serve every request: the broker runs each channel in a process of its own, so several can
-//! spread the publishes over its cores. A
-//! supervisor task owns them: it connects (the gateway starts even when the broker is down),
-//! declares the queue, enables confirms, and reconnects with backoff when the connection or a
-//! channel dies. Requests take the channels in turn, cloning one out of a lock they release at
-//! once, so many confirms are awaited concurrently.
+//! spread the publishes over its cores. A supervisor task owns them: it connects (the gateway
+//! starts even when the broker is down), declares the queue, enables confirms, and reconnects with
+//! backoff when the connection or a channel dies. Requests take the channels in turn, cloning one
+//! out of a lock they release at once, so many confirms are awaited concurrently.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

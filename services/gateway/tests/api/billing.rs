@@ -425,8 +425,9 @@ async fn after_a_long_broker_outage_the_publisher_keeps_retrying_about_every_sec
     assert_eq!(relayed_while_down, 0);
     // The backoff is capped, neither growing to minutes nor a busy loop: the delays are 100 ms
     // doubling to 500 ms, plus up to as much jitter (service_common::retry), so 9 s down hold
-    // between 9 (every delay 1 s) and about 20 attempts. Counted, not timed, so that a loaded
-    // machine does not decide; the time to recover is bounded only loosely.
+    // about 10 (every delay at its longest) to 20 attempts; the bounds leave a margin. An
+    // uncapped backoff would make about 6. Counted, not timed, so that a loaded machine does not
+    // decide; the time to recover is bounded only loosely.
     assert!(
         (8..=24).contains(&attempts_while_down),
         "{attempts_while_down} attempts while down"

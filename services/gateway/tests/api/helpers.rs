@@ -46,7 +46,7 @@ pub fn config(inventory: &[String], amqp: &str, queue: &str) -> Config {
         upstream_timeout_ms: 3_000,
         upstream_cooldown_ms: 2_000,
         publish_timeout_ms: 5_000,
-        // Several, as by default: a test's orders go over each in turn.
+        // Several, where the default is one, so that the tests' orders take the channels in turn.
         publish_channels: std::num::NonZeroUsize::new(4).unwrap(),
         rate_limit_per_second: None,
         rate_limit_burst: None,
