@@ -162,11 +162,7 @@ fn open_pki(env_file: &Path, inventory: &Inventory) -> anyhow::Result<Pki> {
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
         .join(pki::DIR_NAME);
-    let hosts: Vec<(String, String)> = inventory
-        .hosts
-        .iter()
-        .map(|host| (host.name.clone(), host.address().to_owned()))
-        .collect();
+    let hosts = render::tls::certificate_subjects(inventory);
     let (pki, issued) = Pki::open(&dir, &hosts, time::OffsetDateTime::now_utc())?;
     for issued in issued {
         eprintln!("certificate of {}: issued ({})", issued.host, issued.reason);

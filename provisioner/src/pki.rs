@@ -72,16 +72,40 @@ pub struct Pki {
     hosts: BTreeMap<String, HostCertificate>,
 }
 
-/// What a host's certificate must name: its inventory name (when it is a DNS name) and its
-/// address, sorted, without duplicates.
-pub fn names_of(name: &str, address: &str) -> Vec<String> {
-    let mut names = vec![address.to_owned()];
-    if is_dns_name(name) {
-        names.push(name.to_owned());
+/// A host whose certificate is to be issued, and every name that certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Subject {
+    /// Its inventory name: the certificate's file name and common name.
+    pub host: String,
+    /// Sorted, without duplicates.
+    pub names: Vec<String>,
+}
+
+impl Subject {
+    /// A host's certificate names its inventory name (when it is a DNS name) and its address.
+    pub fn of(name: &str, address: &str) -> Self {
+        let mut names = vec![address.to_owned()];
+        if is_dns_name(name) {
+            names.push(name.to_owned());
+        }
+        Self {
+            host: name.to_owned(),
+            names,
+        }
+        .sorted()
     }
-    names.sort();
-    names.dedup();
-    names
+
+    /// With one more name (an address the host is also reached at).
+    pub fn also(mut self, name: &str) -> Self {
+        self.names.push(name.to_owned());
+        self.sorted()
+    }
+
+    fn sorted(mut self) -> Self {
+        self.names.sort();
+        self.names.dedup();
+        self
+    }
 }
 
 fn is_dns_name(name: &str) -> bool {
@@ -97,11 +121,11 @@ fn is_dns_name(name: &str) -> bool {
 }
 
 impl Pki {
-    /// The CA and host certificates in `dir`, made or renewed as needed for `hosts` (name,
-    /// address), at time `now`. Returns what was issued, to be told to the operator.
+    /// The CA and host certificates in `dir`, made or renewed as needed for `hosts`, at time
+    /// `now`. Returns what was issued, to be told to the operator.
     pub fn open(
         dir: &Path,
-        hosts: &[(String, String)],
+        hosts: &[Subject],
         now: OffsetDateTime,
     ) -> Result<(Self, Vec<Issued>), PkiError> {
         make_private_dir(dir)?;
@@ -124,8 +148,7 @@ impl Pki {
             ca
         };
         let mut certificates = BTreeMap::new();
-        for (name, address) in hosts {
-            let names = names_of(name, address);
+        for Subject { host: name, names } in hosts {
             let key_path = dir.join("hosts").join(format!("{name}.key"));
             let cert_path = dir.join("hosts").join(format!("{name}.crt"));
             let existing = match (key_path.exists(), cert_path.exists()) {
@@ -134,7 +157,7 @@ impl Pki {
             };
             let reason = match &existing {
                 None => Some("missing".to_owned()),
-                Some((key, cert)) => ca.reissue_reason(key, cert, &names, now),
+                Some((key, cert)) => ca.reissue_reason(key, cert, names, now),
             };
             let certificate = match (reason, existing) {
                 (None, Some((key, cert))) => HostCertificate {
@@ -143,7 +166,7 @@ impl Pki {
                 },
                 (reason, _) => {
                     let certificate =
-                        ca.issue(name, &names, now)
+                        ca.issue(name, names, now)
                             .map_err(|source| PkiError::Issue {
                                 host: name.clone(),
                                 source,
@@ -169,16 +192,16 @@ impl Pki {
     }
 
     /// A CA and certificates made in memory, written nowhere: for rendering in tests.
-    pub fn ephemeral(hosts: &[(String, String)]) -> Self {
+    pub fn ephemeral(hosts: &[Subject]) -> Self {
         let now = OffsetDateTime::now_utc();
         let ca = Ca::create(now).expect("rcgen makes a CA");
         let hosts = hosts
             .iter()
-            .map(|(name, address)| {
-                let names = names_of(name, address);
+            .map(|subject| {
                 (
-                    name.clone(),
-                    ca.issue(name, &names, now).expect("rcgen issues"),
+                    subject.host.clone(),
+                    ca.issue(&subject.host, &subject.names, now)
+                        .expect("rcgen issues"),
                 )
             })
             .collect();
@@ -511,10 +534,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
 mod tests {
     use super::*;
 
-    fn hosts() -> Vec<(String, String)> {
+    fn hosts() -> Vec<Subject> {
         vec![
-            ("gateway-vm".into(), "192.168.56.10".into()),
-            ("inventory-vm".into(), "192.168.56.11".into()),
+            Subject::of("gateway-vm", "192.168.56.10"),
+            Subject::of("inventory-vm", "192.168.56.11"),
         ]
     }
 
@@ -561,7 +584,7 @@ mod tests {
         assert!(issued[0].reason.starts_with("expires "), "{issued:?}");
 
         // A new address.
-        let moved = vec![("gateway-vm".to_owned(), "10.0.0.10".to_owned())];
+        let moved = vec![Subject::of("gateway-vm", "10.0.0.10")];
         let (_, issued) = Pki::open(&pki, &moved, later).expect("opens");
         assert_eq!(
             issued,
@@ -582,6 +605,30 @@ mod tests {
         let cert = &reopened.host("gateway-vm").expect("issued").cert_pem;
         assert!(parse(cert).expect("parses").signed_by(reopened.ca_pem()));
         assert!(!parse(cert).expect("parses").signed_by(other.ca_pem()));
+    }
+
+    /// A host that becomes a Patroni member: its certificate must also name 127.0.0.1, so it is
+    /// issued again, with the three names, and kept from then on.
+    #[test]
+    fn a_certificate_is_reissued_when_it_must_carry_one_more_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = dir.path().join(DIR_NAME);
+        let now = OffsetDateTime::now_utc();
+        Pki::open(&pki, &hosts(), now).expect("opens");
+        let member = vec![Subject::of("inventory-vm", "192.168.56.11").also("127.0.0.1")];
+        let (reopened, issued) = Pki::open(&pki, &member, now).expect("opens");
+        assert_eq!(
+            issued,
+            [Issued {
+                host: "inventory-vm".into(),
+                reason: "issued for 192.168.56.11, inventory-vm instead of 127.0.0.1, 192.168.56.11, inventory-vm".into()
+            }]
+        );
+        let cert = &reopened.host("inventory-vm").expect("issued").cert_pem;
+        let names = parse(cert).expect("parses").names;
+        assert_eq!(names, ["127.0.0.1", "192.168.56.11", "inventory-vm"]);
+        let (_, issued) = Pki::open(&pki, &member, now).expect("opens again");
+        assert!(issued.is_empty(), "{issued:?}");
     }
 
     #[test]
@@ -608,7 +655,7 @@ mod tests {
             ),
             "{created}"
         );
-        let other = Pki::ephemeral(&[("gateway-vm".into(), "10.1.1.1".into())]);
+        let other = Pki::ephemeral(&[Subject::of("gateway-vm", "10.1.1.1")]);
         let old = &other.host("gateway-vm").expect("issued").cert_pem;
         let renewed = describe_change(Some(old), cert);
         assert!(

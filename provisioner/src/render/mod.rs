@@ -333,7 +333,7 @@ impl<'a> Renderer<'a> {
                     rabbitmq = Some(state);
                 }
                 Component::Etcd => {
-                    files.push(self.etcd(host)?);
+                    files.extend(self.etcd(host)?);
                     host_units.push(component.unit().to_owned());
                 }
                 Component::Patroni => {

@@ -24,6 +24,9 @@ pub const ETCD_CLIENT_PORT: u16 = 2379;
 pub const ETCD_PEER_PORT: u16 = 2380;
 /// Where Debian's etcd.service reads its settings.
 pub const ETCD_SETTINGS: &str = "/etc/default/etcd";
+/// Where Debian's patroni.service reads its environment: the settings Patroni reads at its start
+/// alone.
+pub const PATRONI_ENVIRONMENT: &str = "/etc/patroni_env.conf";
 pub const HAPROXY_UNIT: &str = "haproxy";
 pub const HAPROXY_CONFIG: &str = "/etc/haproxy/haproxy.cfg";
 /// The services' local door to the primary, on each host whose services own a database.
@@ -53,14 +56,15 @@ impl Renderer<'_> {
         }
     }
 
-    /// etcd's settings on a member of the etcd cluster.
-    pub fn etcd(&self, host: &Host) -> Result<DesiredFile, RenderError> {
+    /// etcd's settings on a member of the etcd cluster, and the TLS files it speaks to its peers
+    /// and its clients with (the etcd user's).
+    pub fn etcd(&self, host: &Host) -> Result<Vec<DesiredFile>, RenderError> {
         let members = self.inventory.etcd_hosts();
         let initial_cluster = members
             .iter()
             .map(|member| {
                 format!(
-                    "{}=http://{}:{ETCD_PEER_PORT}",
+                    "{}=https://{}:{ETCD_PEER_PORT}",
                     member.name,
                     url_host(member.address())
                 )
@@ -85,13 +89,18 @@ impl Renderer<'_> {
         context.insert("client_port", &ETCD_CLIENT_PORT);
         context.insert("initial_cluster", &initial_cluster);
         context.insert("token", &token);
-        Ok(text_file(
+        let tls_paths = TlsPaths::of("etcd");
+        context.insert("tls", &tls_paths);
+        let restart = [Handler::Restart(Component::Etcd.unit().to_owned())];
+        let mut files = self.tls_files(host, &tls_paths, "etcd", true, &restart)?;
+        files.push(text_file(
             ETCD_SETTINGS,
             self.render("etcd/etcd.env", host, &context)?,
             0o644,
             "root",
-            vec![Handler::Restart(Component::Etcd.unit().to_owned())],
-        ))
+            restart.to_vec(),
+        ));
+        Ok(files)
     }
 
     /// A Patroni member: the cluster's roles and databases (converged on the primary), Patroni's
@@ -137,7 +146,9 @@ impl Renderer<'_> {
         // as the postgres user.
         let tls_paths = TlsPaths::of("postgres");
         context.insert("tls", &tls_paths);
+        context.insert("environment_file", PATRONI_ENVIRONMENT);
         let config = self.render("patroni/config.yml", host, &context)?;
+        let environment = self.render("patroni/environment.conf", host, &context)?;
         let folder = format!("/etc/postgresql/{PG_VERSION_PLACEHOLDER}/main");
         let mut files = self.tls_files(
             host,
@@ -147,6 +158,14 @@ impl Renderer<'_> {
             &[Handler::Reload(Component::Patroni.unit().to_owned())],
         )?;
         files.extend([
+            // Read at Patroni's start alone: a change restarts it.
+            text_file(
+                PATRONI_ENVIRONMENT,
+                environment,
+                0o644,
+                "root",
+                vec![Handler::Restart(Component::Patroni.unit().to_owned())],
+            ),
             // Before Patroni's first start: its PostgreSQL takes the same port.
             text_file(
                 format!("{folder}/start.conf"),

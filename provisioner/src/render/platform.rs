@@ -78,7 +78,8 @@ impl Component {
         match self {
             Self::Postgres => &["postgresql"],
             Self::Rabbitmq => &["rabbitmq-server"],
-            Self::Etcd => &["etcd-server"],
+            // etcdctl: provision's restart of a member, and the operator's (README).
+            Self::Etcd => &["etcd-server", "etcd-client"],
             // curl asks Patroni's REST API which member is the primary (facts, status).
             Self::Patroni => &["postgresql", "patroni", "curl"],
             Self::Monitoring => &["prometheus"],

@@ -71,19 +71,17 @@ impl Renderer<'_> {
                     owner: credentials.user.clone(),
                 });
             }
-            // A remote client over TLS alone, except through HAProxy to a Patroni cluster.
-            let remote_kind = if self.inventory.database_cluster() {
-                "host"
-            } else {
-                "hostssl"
-            };
+            // A client on another host over TLS alone, and one on this host on loopback; in a
+            // Patroni cluster, every client over TLS from its host's address, where its HAProxy
+            // connects from.
+            let cluster = self.inventory.database_cluster();
             let mut addresses = BTreeSet::new();
             for client in clients {
-                if client.name == host.name {
+                if client.name == host.name && !cluster {
                     addresses.insert(("host", "127.0.0.1/32".to_owned()));
                 } else {
                     remote_clients = true;
-                    addresses.insert((remote_kind, hba_address(client.address())));
+                    addresses.insert(("hostssl", hba_address(client.address())));
                 }
             }
             rules.extend(addresses.into_iter().map(|(kind, address)| HbaRule {

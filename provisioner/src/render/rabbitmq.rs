@@ -28,6 +28,9 @@ pub const COOKIE_PATH: &str = "/var/lib/rabbitmq/.erlang.cookie";
 /// Erlang's own host table, so that the nodes' names resolve without touching `/etc/hosts`.
 pub const INETRC_PATH: &str = "/etc/rabbitmq/erl_inetrc";
 
+/// The TLS options of Erlang's distribution between a cluster's nodes (`-ssl_dist_optfile`).
+pub const DIST_TLS_PATH: &str = "/etc/rabbitmq/inter_node_tls.config";
+
 /// The name of the RabbitMQ node on `host`: what Debian's package names it by default when the
 /// machine's host name is its inventory name, as on the Vagrant VMs and the lab's machines.
 pub fn node_name(host: &Host) -> String {
@@ -97,12 +100,15 @@ impl Renderer<'_> {
         cluster: Option<&RabbitMqCluster>,
     ) -> Result<Vec<DesiredFile>, RenderError> {
         // Plain AMQP on loopback alone; AMQPS on the host's address when a client is elsewhere.
+        // A cluster's nodes speak TLS to each other too, with the same certificate.
         let listeners = vec![format!("127.0.0.1:{AMQP_PORT}")];
         let tls = self.rabbitmq_tls(host);
+        let identity = tls || cluster.is_some();
         let tls_paths = TlsPaths::of("rabbitmq");
         let mut context = Context::new();
         context.insert("host", &host.name);
         context.insert("listeners", &listeners);
+        context.insert("tls", &tls_paths);
         if tls {
             let listener = if is_ip_address(host.address()) {
                 format!("{}:{AMQPS_PORT}", host.address())
@@ -110,7 +116,6 @@ impl Renderer<'_> {
                 format!("0.0.0.0:{AMQPS_PORT}")
             };
             context.insert("tls_listener", &listener);
-            context.insert("tls", &tls_paths);
         }
         // All interfaces: Vagrant forwards the host's port to the VM's NAT interface.
         context.insert("management_ip", "0.0.0.0");
@@ -122,9 +127,10 @@ impl Renderer<'_> {
             context.insert("node", &cluster.node);
             context.insert("nodes", &cluster.nodes);
             context.insert("inetrc", INETRC_PATH);
+            context.insert("dist_tls", DIST_TLS_PATH);
         }
         let restart = vec![Handler::Restart(Component::Rabbitmq.unit().to_owned())];
-        let mut files = if tls {
+        let mut files = if identity {
             self.tls_files(host, &tls_paths, "rabbitmq", true, &restart)?
         } else {
             Vec::new()
@@ -176,6 +182,13 @@ impl Renderer<'_> {
             files.push(text_file(
                 INETRC_PATH,
                 self.render("rabbitmq/erl_inetrc", host, &context)?,
+                0o644,
+                "root",
+                restart.clone(),
+            ));
+            files.push(text_file(
+                DIST_TLS_PATH,
+                self.render("rabbitmq/inter_node_tls.config", host, &context)?,
                 0o644,
                 "root",
                 restart,

@@ -236,11 +236,11 @@ impl Renderer<'_> {
             .any(|node| node.name != host.name)
     }
 
-    /// Whether a database client on `host` reaches its PostgreSQL on another host (over TLS,
-    /// then). Not through HAProxy to a Patroni cluster: that path is not encrypted yet.
+    /// Whether a database client on `host` speaks TLS to its PostgreSQL: on another host, or
+    /// in the Patroni cluster (HAProxy on loopback passes the bytes on to a member).
     fn database_tls(&self, host: &Host) -> bool {
-        !self.inventory.database_cluster()
-            && self
+        self.inventory.database_cluster()
+            || self
                 .inventory
                 .database_host_of(host)
                 .is_some_and(|server| server.name != host.name)
@@ -466,8 +466,8 @@ impl Renderer<'_> {
             let server = self.inventory.database_host_of(host).unwrap_or(host);
             format!("{}:{POSTGRES_PORT}", reach(host, server))
         };
-        // From another host, over TLS: the server's certificate must be the platform CA's and
-        // name the address connected to.
+        // Over TLS, the server's certificate must be the platform CA's and name the address
+        // connected to: a member's names 127.0.0.1, where HAProxy listens (`pki`).
         let tls = if self.database_tls(host) {
             let ca_file = TlsPaths::of(service).ca_file;
             format!(
@@ -475,10 +475,8 @@ impl Renderer<'_> {
                 percent_encode(&ca_file)
             )
         } else {
-            // On loopback (its own PostgreSQL, or HAProxy): plain, said outright. sqlx's default
-            // (`prefer`) would ask for TLS first, and HAProxy closing a connection while no
-            // member is primary would then read as a protocol error (a 500), not as the
-            // database being unreachable (a 503).
+            // Its own PostgreSQL, on loopback: plain, said outright (sqlx's default, `prefer`,
+            // would ask for TLS first).
             "?sslmode=disable".to_owned()
         };
         Secret::new(format!(

@@ -5,19 +5,25 @@
 //!   plain AMQP on loopback alone; remote clients connect with `amqps://`;
 //! - PostgreSQL with a client on another host turns `ssl` on, and its remote `pg_hba` lines
 //!   become `hostssl`; remote clients connect with `sslmode=verify-full`;
+//! - a Patroni cluster's clients reach the primary through HAProxy on their own host's loopback,
+//!   which passes the bytes on to a member: they speak TLS through it, with `sslmode=verify-full`
+//!   for 127.0.0.1, which every member's certificate names (and no other host's);
 //! - a service another host calls (inventory) serves HTTPS on every host, asking its callers for
 //!   a certificate of the platform CA; its callers connect with `https://` to its address, even
 //!   on the same host, so the certificate's names always match;
-//! - Prometheus scrapes such a service over HTTPS with its own host's certificate.
+//! - Prometheus scrapes such a service over HTTPS with its own host's certificate;
+//! - the members of a cluster speak TLS to each other: RabbitMQ's nodes (Erlang's distribution),
+//!   etcd's, Patroni's (replication, `pg_rewind`, the REST API, and Patroni to etcd).
 //!
 //! Each user of TLS gets a folder of its own, `/etc/platform-tls/<user>/`, with the CA (`ca.crt`, 0644) and,
 //! when it proves who it is, the host's certificate (`host.crt`, 0644) and key (`host.key`,
 //! 0600, owned by that user alone); a change restarts or reloads that user alone.
 
-use super::inventory::Host;
+use super::inventory::{Host, Inventory};
 use super::platform::ServiceDescription;
 use super::{text_file, url_host, RenderError, Renderer};
 use crate::desired::{DesiredFile, FileContent, Handler};
+use crate::pki::Subject;
 
 /// RabbitMQ's AMQPS port (the IANA one).
 pub const AMQPS_PORT: u16 = 5671;
@@ -28,6 +34,28 @@ pub struct TlsPaths {
     pub ca_file: String,
     pub cert_file: String,
     pub key_file: String,
+}
+
+/// The name a Patroni member's certificate carries beside its own: its clients connect to
+/// HAProxy on their loopback, and HAProxy leads them to whichever member is the primary.
+pub const CLUSTER_MEMBER_NAME: &str = "127.0.0.1";
+
+/// Every host's certificate to be: its inventory name and address, and for a Patroni member
+/// [`CLUSTER_MEMBER_NAME`] too.
+pub fn certificate_subjects(inventory: &Inventory) -> Vec<Subject> {
+    let members = inventory.patroni_hosts();
+    inventory
+        .hosts
+        .iter()
+        .map(|host| {
+            let subject = Subject::of(&host.name, host.address());
+            if members.iter().any(|member| member.name == host.name) {
+                subject.also(CLUSTER_MEMBER_NAME)
+            } else {
+                subject
+            }
+        })
+        .collect()
 }
 
 /// The folder of every user's TLS files, one sub-folder per user.

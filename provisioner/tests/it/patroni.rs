@@ -41,7 +41,13 @@ fn the_members_hold_every_database_and_patroni_configures_them() {
         ("node6-vm", false, "192.168.56.15"),
     ] {
         let member = host(&hosts, name);
-        for package in ["postgresql", "patroni", "curl", "etcd-server"] {
+        for package in [
+            "postgresql",
+            "patroni",
+            "curl",
+            "etcd-server",
+            "etcd-client",
+        ] {
             assert!(
                 member.packages.contains(&package.to_owned()),
                 "{name}: {package}"
@@ -95,6 +101,8 @@ fn the_members_hold_every_database_and_patroni_configures_them() {
                 "bin_dir: /usr/lib/postgresql/{pg_version}/bin",
                 "password: \"change_me_superuser_password\"",
                 "- local all postgres peer",
+                "- local replication replicator scram-sha-256",
+                "use_unix_socket_repl: true",
                 "- hostssl replication replicator 192.168.56.14/32 scram-sha-256",
                 "- hostssl all postgres 192.168.56.15/32 scram-sha-256",
                 // Replication over TLS, the primary verified by the platform CA and its name.
@@ -107,15 +115,40 @@ fn the_members_hold_every_database_and_patroni_configures_them() {
                 "certfile: /etc/platform-tls/postgres/host.crt",
                 "keyfile: /etc/platform-tls/postgres/host.key",
                 "cacert: /etc/platform-tls/postgres/ca.crt",
-                "- host \"movies_db\" \"inventory_user\" 192.168.56.11/32 scram-sha-256",
-                "- host \"billing_db\" \"billing_user\" 192.168.56.12/32 scram-sha-256",
+                // etcd over TLS, Patroni presenting the host's certificate.
+                "protocol: https",
+                "cert: /etc/platform-tls/postgres/host.crt",
+                "key: /etc/platform-tls/postgres/host.key",
+                // The services through HAProxy, over TLS alone.
+                "- hostssl \"movies_db\" \"inventory_user\" 192.168.56.11/32 scram-sha-256",
+                "- hostssl \"billing_db\" \"billing_user\" 192.168.56.12/32 scram-sha-256",
             ],
         );
         assert!(!yaml.contains("\"billing_db\" \"billing_user\" 192.168.56.11/32"));
+        // The member's certificate names 127.0.0.1 too, where the services' HAProxy listens.
+        let certificate = text(file(member, "/etc/platform-tls/postgres/host.crt"));
+        let names = provisioner::pki::parse(certificate)
+            .expect("a certificate")
+            .names;
+        assert_eq!(names, ["127.0.0.1", address, name], "{name}");
         // The postgres user's key, its alone; a renewed certificate reloads Patroni.
         let key = file(member, "/etc/platform-tls/postgres/host.key");
         assert_eq!((key.mode, key.owner.as_str()), (0o600, "postgres"));
         assert_eq!(key.on_change, [Handler::Reload("patroni".into())]);
+
+        // The same etcd client settings, read at Patroni's start alone: their change restarts it.
+        let environment = file(member, "/etc/patroni_env.conf");
+        assert_eq!(environment.on_change, [Handler::Restart("patroni".into())]);
+        assert_has_lines(
+            text(environment),
+            &[
+                "PATRONI_ETCD3_PROTOCOL=https",
+                "PATRONI_ETCD3_HOSTS=192.168.56.13:2379,192.168.56.14:2379,192.168.56.15:2379",
+                "PATRONI_ETCD3_CACERT=/etc/platform-tls/postgres/ca.crt",
+                "PATRONI_ETCD3_CERT=/etc/platform-tls/postgres/host.crt",
+                "PATRONI_ETCD3_KEY=/etc/platform-tls/postgres/host.key",
+            ],
+        );
 
         // Debian's own cluster keeps off Patroni's port.
         let start = file(
@@ -131,11 +164,27 @@ fn the_members_hold_every_database_and_patroni_configures_them() {
             &[
                 &format!("ETCD_NAME=\"{name}\""),
                 "ETCD_DATA_DIR=\"/var/lib/etcd/platform\"",
-                &format!("ETCD_LISTEN_PEER_URLS=\"http://{address}:2380\""),
-                "ETCD_INITIAL_CLUSTER=\"node4-vm=http://192.168.56.13:2380,node5-vm=http://192.168.56.14:2380,node6-vm=http://192.168.56.15:2380\"",
+                // TLS between machines, both ways verified; plain HTTP on loopback alone.
+                &format!("ETCD_LISTEN_PEER_URLS=\"https://{address}:2380\""),
+                &format!("ETCD_LISTEN_CLIENT_URLS=\"http://127.0.0.1:2379,https://{address}:2379\""),
+                &format!("ETCD_INITIAL_ADVERTISE_PEER_URLS=\"https://{address}:2380\""),
+                &format!("ETCD_ADVERTISE_CLIENT_URLS=\"https://{address}:2379\""),
+                "ETCD_INITIAL_CLUSTER=\"node4-vm=https://192.168.56.13:2380,node5-vm=https://192.168.56.14:2380,node6-vm=https://192.168.56.15:2380\"",
                 "ETCD_INITIAL_CLUSTER_STATE=\"new\"",
+                "ETCD_CERT_FILE=\"/etc/platform-tls/etcd/host.crt\"",
+                "ETCD_KEY_FILE=\"/etc/platform-tls/etcd/host.key\"",
+                "ETCD_TRUSTED_CA_FILE=\"/etc/platform-tls/etcd/ca.crt\"",
+                "ETCD_CLIENT_CERT_AUTH=\"true\"",
+                "ETCD_PEER_CERT_FILE=\"/etc/platform-tls/etcd/host.crt\"",
+                "ETCD_PEER_KEY_FILE=\"/etc/platform-tls/etcd/host.key\"",
+                "ETCD_PEER_TRUSTED_CA_FILE=\"/etc/platform-tls/etcd/ca.crt\"",
+                "ETCD_PEER_CLIENT_CERT_AUTH=\"true\"",
             ],
         );
+        // The etcd user's key, its alone; a renewed certificate restarts etcd.
+        let key = file(member, "/etc/platform-tls/etcd/host.key");
+        assert_eq!((key.mode, key.owner.as_str()), (0o600, "etcd"));
+        assert_eq!(key.on_change, [Handler::Restart("etcd".into())]);
         assert_eq!(
             file(member, "/etc/default/etcd").on_change,
             [Handler::Restart("etcd".into())]
@@ -203,11 +252,15 @@ fn the_services_reach_the_primary_through_haproxy_on_their_own_host() {
         );
         let ca = file(server, "/etc/platform-tls/haproxy/ca.crt");
         assert_eq!(ca.on_change, [Handler::Reload("haproxy".into())]);
+        // TLS through HAProxy, the member verified for 127.0.0.1 against the platform CA.
         let env = text(file(server, &format!("/etc/{service}/{service}.env")));
         assert!(
-            env.contains(&format!("@127.0.0.1:5000/{database}?sslmode=disable\n")),
+            env.contains(&format!(
+                "@127.0.0.1:5000/{database}?sslmode=verify-full&sslrootcert=%2Fetc%2Fplatform-tls%2F{service}%2Fca.crt\n"
+            )),
             "{name}: {env}"
         );
+        file(server, &format!("/etc/platform-tls/{service}/ca.crt"));
         let unit = text(file(
             server,
             &format!("/etc/systemd/system/{service}.service"),
@@ -219,6 +272,12 @@ fn the_services_reach_the_primary_through_haproxy_on_their_own_host() {
         );
     }
     let gateway = host(&hosts, "gateway-vm");
+    // No other host's certificate names 127.0.0.1.
+    let certificate = text(file(gateway, "/etc/platform-tls/gateway/host.crt"));
+    let names = provisioner::pki::parse(certificate)
+        .expect("a certificate")
+        .names;
+    assert_eq!(names, ["192.168.56.10", "gateway-vm"]);
     assert!(!gateway.packages.contains(&"haproxy".to_owned()));
     assert!(gateway.postgres.is_none());
     // No PostgreSQL of Debian's own configured anywhere: the databases are the cluster's.
@@ -474,4 +533,100 @@ fn a_switchover_runs_patronictl_as_postgres_without_questions() {
         provisioner::cli::switchover_command(Some("node5-vm")),
         "cd / && runuser -u postgres -- patronictl -c /etc/patroni/config.yml switchover --force --candidate node5-vm"
     );
+}
+
+/// Runs etcd's restart script with `systemctl` and `etcdctl` stood in for by scripts that log
+/// their arguments (`etcdctl member update` failing `update_failures` times first), for a member
+/// whose membership holds `held`. Returns the script's exit status and the log.
+fn restart_etcd(active: bool, held: &str, update_failures: u32) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name);
+    let log = path("log");
+    let write_script = |name: &str, body: String| {
+        std::fs::write(path(name), format!("#!/bin/sh\n{body}")).expect("write");
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(path(name))
+            .status()
+            .expect("chmod");
+    };
+    let log_line = format!("echo \"$(basename \"$0\") $*\" >> {}", log.display());
+    write_script(
+        "systemctl",
+        format!(
+            "{log_line}\ncase \"$1\" in is-active) exit {} ;; esac\nexit 0\n",
+            if active { 0 } else { 3 }
+        ),
+    );
+    let failures = path("failures");
+    std::fs::write(&failures, update_failures.to_string()).expect("write");
+    write_script(
+        "etcdctl",
+        format!(
+            "{log_line}\n\
+             case \"$*\" in\n\
+             *'member list'*) echo '8e9e05c52164694d, started, node4-vm, {held}, https://10.0.0.4:2379, false'\n\
+             echo '91bc3c398fb3c146, started, node5-vm, http://10.0.0.5:2380, https://10.0.0.5:2379, false' ;;\n\
+             *'member update'*) left=$(cat {f}); if [ \"$left\" -gt 0 ]; then echo $((left - 1)) > {f}; exit 1; fi ;;\n\
+             esac\n",
+            f = failures.display()
+        ),
+    );
+    let settings = path("etcd");
+    std::fs::write(
+        &settings,
+        "ETCD_NAME=\"node4-vm\"\nETCD_INITIAL_ADVERTISE_PEER_URLS=\"https://10.0.0.4:2380\"\n",
+    )
+    .expect("write");
+    let script =
+        provisioner::converge::apply::etcd_restart_command(&settings.display().to_string())
+            // The stand-ins' waits between tries need not last.
+            .replace("sleep 2", "true");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                dir.path().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .status()
+        .expect("sh");
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    (status.success(), logged)
+}
+
+#[test]
+fn etcd_restarts_after_its_peer_url_is_updated_in_the_membership() {
+    // A cluster made before TLS: the member's http:// URL becomes its https:// one, then it
+    // restarts; after two refusals (no quorum for a moment), the third try does it.
+    let (ok, log) = restart_etcd(true, "http://10.0.0.4:2380", 2);
+    assert!(ok, "{log}");
+    let updates = log
+        .matches("member update 8e9e05c52164694d --peer-urls=https://10.0.0.4:2380")
+        .count();
+    assert_eq!(updates, 3, "{log}");
+    assert!(log.ends_with("systemctl restart etcd.service\n"), "{log}");
+
+    // The membership already holds what the settings advertise: a plain restart.
+    let (ok, log) = restart_etcd(true, "https://10.0.0.4:2380", 0);
+    assert!(ok, "{log}");
+    assert!(!log.contains("member update"), "{log}");
+    assert!(log.ends_with("systemctl restart etcd.service\n"), "{log}");
+
+    // Not running (a first start): nothing to ask, a restart.
+    let (ok, log) = restart_etcd(false, "http://10.0.0.4:2380", 0);
+    assert!(ok, "{log}");
+    assert!(!log.contains("etcdctl"), "{log}");
+    assert!(log.ends_with("systemctl restart etcd.service\n"), "{log}");
+
+    // The membership cannot be changed (no quorum): etcd is left running as it was, and the
+    // apply fails on this host rather than restart it where its peers would not find it.
+    let (ok, log) = restart_etcd(true, "http://10.0.0.4:2380", 10);
+    assert!(!ok, "{log}");
+    assert_eq!(log.matches("member update").count(), 5, "{log}");
+    assert!(!log.contains("restart"), "{log}");
 }

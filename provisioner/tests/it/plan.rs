@@ -5,6 +5,7 @@ use provisioner::converge::facts::{self, HostFacts, Timestamp, UnitFact};
 use provisioner::converge::plan::{plan, Action, Change, ChangeKind, Phase};
 use provisioner::converge::scram;
 use provisioner::desired::{DesiredHost, Handler, RabbitMqCluster};
+use provisioner::pki::Subject;
 
 use crate::fixtures::*;
 
@@ -518,7 +519,7 @@ fn timestamps_read_what_date_and_stat_print() {
 fn a_certificate_change_says_why_and_never_shows_pem() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut desired = desired_host(dir.path());
-    let hosts = [("billing-vm".to_owned(), "10.0.0.13".to_owned())];
+    let hosts = [Subject::of("billing-vm", "10.0.0.13")];
     let ours = provisioner::pki::Pki::ephemeral(&hosts);
     let path = "/etc/platform-tls/rabbitmq/host.crt";
     let cert = ours.host("billing-vm").expect("issued").cert_pem.clone();
@@ -533,7 +534,7 @@ fn a_certificate_change_says_why_and_never_shows_pem() {
     assert!(plan(&desired, &facts).changes.is_empty());
 
     // Issued for another address.
-    let moved = provisioner::pki::Pki::ephemeral(&[("billing-vm".into(), "10.0.0.99".into())]);
+    let moved = provisioner::pki::Pki::ephemeral(&[Subject::of("billing-vm", "10.0.0.99")]);
     changed_file(
         &mut facts,
         path,

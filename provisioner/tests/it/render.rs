@@ -56,13 +56,9 @@ pub(crate) fn services() -> Vec<String> {
 pub(crate) fn test_pki(inventory: &Inventory) -> provisioner::pki::Pki {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    type Made = HashMap<Vec<(String, String)>, provisioner::pki::Pki>;
+    type Made = HashMap<Vec<provisioner::pki::Subject>, provisioner::pki::Pki>;
     static MADE: OnceLock<Mutex<Made>> = OnceLock::new();
-    let hosts: Vec<(String, String)> = inventory
-        .hosts
-        .iter()
-        .map(|host| (host.name.clone(), host.address().to_owned()))
-        .collect();
+    let hosts = provisioner::render::tls::certificate_subjects(inventory);
     let mut made = MADE
         .get_or_init(Default::default)
         .lock()
@@ -1104,13 +1100,34 @@ fn a_rabbitmq_cluster_shares_a_cookie_names_its_nodes_and_opens_erlang_ports_to_
 
     let env = text(file(billing, "/etc/rabbitmq/rabbitmq-env.conf"));
     assert!(env.contains("NODENAME=rabbit@billing-vm\n"), "{env}");
-    assert!(
-        env.contains(
-            "SERVER_ADDITIONAL_ERL_ARGS=\"-kernel inetrc \\\"/etc/rabbitmq/erl_inetrc\\\"\"\n"
-        ),
-        "{env}"
-    );
+    // The nodes and rabbitmqctl speak Erlang's distribution over TLS, with the host's
+    // certificate, verifying the peer's against the platform CA.
+    for variable in ["SERVER_ADDITIONAL_ERL_ARGS", "CTL_ERL_ARGS"] {
+        assert!(
+            env.contains(&format!(
+                "{variable}=\"-kernel inetrc \\\"/etc/rabbitmq/erl_inetrc\\\" -proto_dist inet_tls -ssl_dist_optfile /etc/rabbitmq/inter_node_tls.config\"\n"
+            )),
+            "{env}"
+        );
+    }
     assert!(!env.contains("bind_to_device"), "{env}");
+    let dist_tls = file(billing, "/etc/rabbitmq/inter_node_tls.config");
+    assert_eq!(
+        dist_tls.on_change,
+        [Handler::Restart("rabbitmq-server".to_owned())]
+    );
+    assert_has_lines(
+        text(dist_tls),
+        &[
+            "{cacertfile, \"/etc/platform-tls/rabbitmq/ca.crt\"},",
+            "{certfile, \"/etc/platform-tls/rabbitmq/host.crt\"},",
+            "{keyfile, \"/etc/platform-tls/rabbitmq/host.key\"},",
+            "{verify, verify_peer},",
+            "{fail_if_no_peer_cert, true}",
+        ],
+    );
+    let key = file(billing, "/etc/platform-tls/rabbitmq/host.key");
+    assert_eq!((key.mode, key.owner.as_str()), (0o600, "rabbitmq"));
     assert_has_lines(
         text(file(billing, "/etc/rabbitmq/erl_inetrc")),
         &[

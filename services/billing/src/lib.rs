@@ -13,7 +13,7 @@ pub mod orders;
 use std::{future::Future, time::Duration};
 
 use anyhow::Context as _;
-use service_common::ErrorChain;
+use service_common::{is_unreachable, ErrorChain};
 use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -123,11 +123,4 @@ async fn migrate_with_retry(pool: &PgPool, max_backoff: Duration) -> Result<(), 
         }
         tokio::time::sleep(delays.next_delay()).await;
     }
-}
-
-fn is_unreachable(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-    )
 }

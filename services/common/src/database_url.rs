@@ -1,5 +1,6 @@
 //! `DATABASE_URL`, parsed once and never shown with its password: the one type inventory and
-//! billing read it into (with the `postgres` feature).
+//! billing read it into (with the `postgres` feature); and which errors of that database mean it
+//! cannot be reached for now.
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -101,9 +102,104 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
+/// Whether a database error means "cannot reach the database for now" (try again later: a 503,
+/// a retry) rather than a fault in a query:
+/// - the network, TLS, the pool;
+/// - a connection closed before it answered the request for TLS: what HAProxy does while no
+///   Patroni member is the primary (it accepts, then closes), which sqlx reads as the byte 0x00
+///   instead of `S`;
+/// - the server's own word that it cannot serve now: a connection exception (class 08), a
+///   shutdown or a start under way (class 57P), or a write sent to a server that is no longer, or
+///   not yet, the primary (25006, while a Patroni cluster changes its primary).
+pub fn is_unreachable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Protocol(message) => {
+            message.starts_with("unexpected response from SSLRequest: 0x00")
+        }
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P") || code == "25006"
+        }),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::postgres::PgSslMode;
+    use sqlx::Connection;
+
+    /// HAProxy with no primary to send a connection to: it accepts, then closes. Asking for TLS
+    /// there is "unreachable", as a refused connection is; a server that answers is not.
+    #[tokio::test]
+    async fn a_connection_closed_before_tls_or_refused_is_unreachable() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let closing = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            drop(socket);
+            listener
+        });
+        let options = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .username("u")
+            .ssl_mode(PgSslMode::Require);
+        let closed = sqlx::PgConnection::connect_with(&options)
+            .await
+            .expect_err("closed before answering");
+        assert!(is_unreachable(&closed), "{closed:?}");
+        drop(closing.await.expect("accepted"));
+        let refused = sqlx::PgConnection::connect_with(&options)
+            .await
+            .expect_err("nothing listens");
+        assert!(is_unreachable(&refused), "{refused:?}");
+        assert!(!is_unreachable(&sqlx::Error::Protocol(
+            "unexpected response from SSLRequest: 0x45".into()
+        )));
+        assert!(!is_unreachable(&sqlx::Error::RowNotFound));
+    }
+
+    /// A real server's answers: a write where writing is not allowed now (what a replica says,
+    /// 25006) and its connection ended by the server (57P01) are "unreachable"; a query's own
+    /// fault is not.
+    #[tokio::test]
+    async fn the_servers_cannot_serve_now_is_unreachable_and_a_bad_query_is_not() {
+        let url: DatabaseUrl = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL (a PostgreSQL the tests may use)")
+            .parse()
+            .expect("valid DATABASE_URL");
+        let mut connection = sqlx::PgConnection::connect_with(url.connect_options())
+            .await
+            .expect("connects");
+        let mut transaction = connection.begin().await.expect("begins");
+        sqlx::query("SET TRANSACTION READ ONLY")
+            .execute(&mut *transaction)
+            .await
+            .expect("read only");
+        let read_only = sqlx::query("CREATE TEMPORARY TABLE unreachable_probe (id int)")
+            .execute(&mut *transaction)
+            .await
+            .expect_err("read-only transaction");
+        assert!(is_unreachable(&read_only), "{read_only:?}");
+        drop(transaction);
+        let bad_query = sqlx::query("SELECT no_such_column FROM pg_class")
+            .execute(&mut connection)
+            .await
+            .expect_err("no such column");
+        assert!(!is_unreachable(&bad_query), "{bad_query:?}");
+        let terminated = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+            .execute(&mut connection)
+            .await
+            .expect_err("terminated");
+        assert!(is_unreachable(&terminated), "{terminated:?}");
+    }
 
     #[test]
     fn debug_output_hides_the_password() {

@@ -6,7 +6,8 @@
 //! over TLS), and with the `tls` feature the rustls configurations that trust the platform CA.
 //!
 //! No business logic lives here, and neither axum nor sqlx queries: each service owns its own HTTP
-//! and database code (the `postgres` feature only parses `DATABASE_URL`).
+//! and database code (the `postgres` feature only parses `DATABASE_URL` and tells which of its
+//! errors mean the database is unreachable).
 
 #[cfg(feature = "amqp")]
 pub mod amqp_url;
@@ -27,7 +28,7 @@ pub mod tls;
 #[cfg(feature = "amqp")]
 pub use amqp_url::{AmqpUrl, AmqpUrlError, AmqpUrls};
 #[cfg(feature = "postgres")]
-pub use database_url::{DatabaseUrl, DatabaseUrlParser, InvalidDatabaseUrl};
+pub use database_url::{is_unreachable, DatabaseUrl, DatabaseUrlParser, InvalidDatabaseUrl};
 pub use error_body::ErrorBody;
 pub use error_chain::{error_chain, ErrorChain};
 pub use order::{BillingOrder, OrderError};

@@ -5,7 +5,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use service_common::ErrorBody;
+use service_common::{is_unreachable, ErrorBody};
 
 /// Everything that can go wrong while answering a request. Client mistakes are 4xx with a message
 /// that says what to fix; server-side faults are opaque 5xx whose detail only goes to the log.
@@ -111,17 +111,6 @@ impl Error {
             other => other.to_string(),
         }
     }
-}
-
-/// Whether a database error means "cannot reach the database" rather than a fault in a query.
-fn is_unreachable(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-    )
 }
 
 impl IntoResponse for Error {

@@ -102,6 +102,41 @@ pub fn restart_command(unit: &str, socket: Socket) -> String {
     }
 }
 
+/// Restarts etcd with the settings provision just wrote to `settings` (`/etc/default/etcd`).
+/// The other members reach this one at the peer URL the cluster's membership holds for it, not at
+/// the one its settings advertise, which counts only when the cluster is made: when the two differ
+/// (a cluster made before its peers spoke TLS holds `http://`), the membership is first updated,
+/// through the running member on loopback, and then the member restarts listening there; until
+/// it does, the others fail to reach it, but it still reaches them. `scripts/pg-ha-e2e` with
+/// `PG_HA_E2E_UPGRADE_FROM` upgrades the three members of its cluster this way, all at once.
+/// Should the membership refuse the update (no quorum), etcd is not restarted and the apply fails
+/// on this host.
+pub fn etcd_restart_command(settings: &str) -> String {
+    const ETCDCTL: &str =
+        "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 --command-timeout=5s";
+    format!(
+        r#". {settings} || exit 1
+if systemctl is-active --quiet etcd.service; then
+  held=$({ETCDCTL} member list | awk -F', ' -v name="$ETCD_NAME" '$3 == name {{ print $1, $4 }}')
+  set -- $held
+  if [ $# -eq 2 ] && [ "$2" != "$ETCD_INITIAL_ADVERTISE_PEER_URLS" ]; then
+    tries=1
+    until {ETCDCTL} member update "$1" --peer-urls="$ETCD_INITIAL_ADVERTISE_PEER_URLS" >/dev/null; do
+      if [ $tries -ge 5 ]; then
+        echo "etcd: the membership still holds $2 for $ETCD_NAME, not $ETCD_INITIAL_ADVERTISE_PEER_URLS; etcd was not restarted: once the cluster has its quorum, run the same member update (etcdctl) and restart etcd" >&2
+        exit 1
+      fi
+      tries=$((tries + 1))
+      sleep 2
+    done
+    echo "etcd: $ETCD_NAME's peer URL in the membership: $2 -> $ETCD_INITIAL_ADVERTISE_PEER_URLS"
+  fi
+fi
+systemctl reset-failed etcd.service 2>/dev/null
+systemctl restart etcd.service"#
+    )
+}
+
 /// Polls the health URL on the host itself, once a second, printing the body when it answers.
 pub fn health_command(curl_args: &str) -> String {
     format!(

@@ -17,6 +17,8 @@ use crate::converge::plan::{self, Action, Change, ChangeKind, HostPlan, Phase};
 use crate::converge::scram;
 use crate::converge::transport::{shell_quote, Transport, TransportError};
 use crate::desired::{resolve_pg_version_in, DesiredHost, Handler, ServiceSpec};
+use crate::render::patroni::ETCD_SETTINGS;
+use crate::render::platform::Component;
 
 /// Why one step of apply failed on a host.
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +248,9 @@ impl<'a> HostRun<'a> {
     fn run_handler(&self, handler: &Handler) -> Result<(), ApplyError> {
         let command = match handler {
             Handler::DaemonReload => "systemctl daemon-reload".to_string(),
+            Handler::Restart(unit) if unit == Component::Etcd.unit() => {
+                etcd_restart_command(ETCD_SETTINGS)
+            }
             Handler::Restart(unit) => format!("systemctl restart {}", shell_quote(unit)),
             Handler::Reload(unit) => format!("systemctl reload-or-restart {}", shell_quote(unit)),
             Handler::Stop(unit) => format!("systemctl stop {}", shell_quote(unit)),
