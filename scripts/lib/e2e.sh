@@ -120,3 +120,46 @@ exposure_of() {
         fail "$unit on $machine has an exposure of $score, more than $limit"
     EXPOSURES+=("${unit%.service}@$machine $score")
 }
+
+# capture_start PCAP IP...: tcpdump on the lab's bridge keeps in PCAP every TCP packet from one of
+# the machines IP... to another (not SSH, not a client's plain HTTP from the bridge's own address),
+# to be searched afterwards (capture_stop, capture_in_clear). Sets CAPTURE_PID.
+capture_start() {
+    local pcap=$1 ip sources="" destinations=""
+    shift
+    for ip in "$@"; do
+        sources+="${sources:+ or }src host $ip"
+        destinations+="${destinations:+ or }dst host $ip"
+    done
+    # --immediate-mode: each packet reaches the file as it comes, not in blocks, so the last ones
+    # are there when the capture stops.
+    "$LAB" exec tcpdump -i br0 --immediate-mode -U -s 0 -w "$pcap" \
+        "tcp and not port 22 and ($sources) and ($destinations)" 2>"$pcap.log" &
+    CAPTURE_PID=$!
+    capturing() { grep -q "listening on br0" "$pcap.log"; }
+    wait_for 10 capturing || fail "tcpdump did not start on the lab's bridge" "$pcap.log"
+}
+
+# capture_stop PCAP: ends the capture (a second later, for the last packets) and writes its packets
+# as text to PCAP.txt.
+capture_stop() {
+    sleep 1
+    kill -INT "$CAPTURE_PID"
+    wait "$CAPTURE_PID" || true
+    CAPTURE_PID=
+    "$LAB" exec tcpdump -nn -r "$1" >"$1.txt" 2>/dev/null || fail "tcpdump cannot read its capture" "$1.log"
+}
+
+# capture_packets PCAP PATTERN: how many of the capture's packets (PCAP.txt) match PATTERN.
+capture_packets() {
+    grep -c "$2" "$1.txt" || true
+}
+
+# capture_in_clear PCAP WORD...: the words found in clear anywhere in PCAP, space-separated.
+capture_in_clear() {
+    python3 -c '
+import sys
+data = open(sys.argv[1], "rb").read()
+print(" ".join(word for word in sys.argv[2:] if word and word.encode() in data))
+' "$@"
+}
