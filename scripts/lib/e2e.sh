@@ -163,3 +163,36 @@ data = open(sys.argv[1], "rb").read()
 print(" ".join(word for word in sys.argv[2:] if word and word.encode() in data))
 ' "$@"
 }
+
+# other_ca_files MACHINE DIR NAME OWNER: a CA of its own and a certificate from it for NAME (and the
+# machine's first address), made on MACHINE in DIR (openssl: the test's tool, not the platform's):
+# ca.crt, host.crt, and host.key, 0600, owned by OWNER, as is DIR.
+other_ca_files() {
+    "$LAB" ssh "$1" "bash -s -- $(printf '%q ' "$2" "$3" "$4")" <<'MAKE' || fail "cannot make another CA's certificate on $1"
+{
+set -e
+dir=$1 name=$2 owner=$3
+rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=other-ca \
+    -keyout ca.key -out ca.crt 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$name" \
+    -keyout host.key -out host.csr 2>/dev/null
+printf 'subjectAltName = DNS:%s, IP:%s\nbasicConstraints = CA:FALSE\n' "$name" "$(hostname -I | awk '{ print $1 }')" >v3.cnf
+openssl x509 -req -in host.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile v3.cnf \
+    -out host.crt 2>/dev/null
+chmod 0600 host.key
+chown "$owner" "$dir" host.key
+}
+MAKE
+}
+
+# provision_with DIR ARGS...: the provision in DIR, with the templates in DIR/templates (the working
+# tree's when DIR has none), on the script's lab inventory (INVENTORY_FILE, ENV_FILE), deploying
+# the services of BINARIES_DIR (RELEASE_DIR unless set). DIR may be an earlier release's.
+provision_with() {
+    local dir=$1 templates=templates
+    shift
+    [[ -d $dir/templates ]] && templates=$dir/templates
+    "$LAB" exec "$dir/provision" -i "$INVENTORY_FILE" --env-file "$ENV_FILE" \
+        --binaries "${BINARIES_DIR:-$RELEASE_DIR}" --templates "$templates" "$@"
+}
