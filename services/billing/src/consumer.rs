@@ -1,11 +1,12 @@
 //! The consumer: a pure [`handle`] step deciding what one message becomes, and the loop that takes
-//! deliveries in batches, commits them in one transaction, and only then acks them. While one batch
-//! is being committed, the next one is collected: the database and the broker work at the same
-//! time, instead of each waiting for the other.
+//! deliveries in batches, commits each in one transaction, and only then acks it. Several batches
+//! are committed at once, each on its own database connection, while the next one is collected:
+//! the database uses more than one core, and the database and the broker work at the same time,
+//! instead of each waiting for the other.
 //!
 //! Invariants: a delivery is acked only after its row is committed or its dead letter is confirmed
 //! by the broker; a poison message is never requeued; a database outage never acks anything;
-//! batches are committed and acked one at a time, in delivery order.
+//! batches are acked in delivery order, each only once it and every earlier batch are stored.
 
 use std::{
     future::Future,
@@ -16,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
+use futures_util::{stream::FuturesOrdered, StreamExt};
 use lapin::{
     message::Delivery,
     options::{
@@ -51,12 +52,12 @@ pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
 /// Header of a dead letter: the `expiration` the original message had (the dead letter has none).
 pub const ORIGINAL_EXPIRATION_HEADER: &str = "x-original-expiration";
 
-/// The default prefetch: room for the batch being committed and the next one filling meanwhile.
-/// Measured by scripts/bench on two cores: 100/100 drained 35k rows/s, 1000/500 51k, 2000/1000
-/// 75k, 4000/2000 no more.
-pub const DEFAULT_PREFETCH: u16 = 2000;
+/// The default prefetch: room for the batches being committed and the next one filling meanwhile.
+pub const DEFAULT_PREFETCH: u16 = 3000;
 /// The default most deliveries per transaction.
 pub const DEFAULT_BATCH_SIZE: u16 = 1000;
+/// The default number of batches committed at once, each on a database connection of its own.
+pub const DEFAULT_BATCHES_IN_FLIGHT: u8 = 2;
 
 /// How the consumer is tuned; [`crate::Config::consumer_settings`] builds it from the environment.
 #[derive(Debug, Clone)]
@@ -68,6 +69,9 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
     /// Most deliveries per database transaction; at least 1.
     pub batch_size: usize,
+    /// Most batches being committed at once, each in its own transaction; at least 1. The prefetch
+    /// should hold this many batches and one more, the one filling meanwhile.
+    pub batches_in_flight: usize,
     /// How long a started batch waits for more deliveries before it is committed.
     pub batch_timeout: Duration,
     /// Largest pause between retries while PostgreSQL or RabbitMQ is down.
@@ -81,6 +85,7 @@ impl ConsumerSettings {
             queue: queue.into(),
             prefetch: DEFAULT_PREFETCH,
             batch_size: usize::from(DEFAULT_BATCH_SIZE),
+            batches_in_flight: usize::from(DEFAULT_BATCHES_IN_FLIGHT),
             batch_timeout: Duration::from_millis(50),
             max_backoff: RETRY_MAX,
         }
@@ -207,21 +212,23 @@ enum SessionEnd {
     Shutdown,
 }
 
-/// One batch taken off the subscription, and why collecting stopped early, if it did.
+/// The batch being collected. It lives outside the future that fills it, so that future can be
+/// dropped (when a stored batch is ready to be acked first) without losing a delivery.
 #[derive(Default)]
-struct Collected {
+struct Filling {
     batch: Vec<Delivery>,
-    /// Shutdown was requested: no more deliveries are taken.
-    shutdown: bool,
-    /// The stream broke (a dead channel or connection, or the broker cancelled us).
-    broken: Option<Error>,
+    /// When the batch is committed however small it is: the batch timeout after its first delivery.
+    deadline: Option<Instant>,
 }
 
-impl Collected {
-    /// Nothing more will come from this subscription.
-    fn ended(&self) -> bool {
-        self.shutdown || self.broken.is_some()
-    }
+/// Why filling a batch stopped.
+enum Filled {
+    /// The batch is full, or its timeout passed.
+    Ready,
+    /// Shutdown was requested: no more deliveries are taken.
+    Shutdown,
+    /// The stream broke (a dead channel or connection, or the broker cancelled us).
+    Broken(Error),
 }
 
 impl Worker {
@@ -302,121 +309,104 @@ impl Worker {
         })
     }
 
-    /// The inner loop: collect a batch while the previous one is stored and acked, then hand it
-    /// over; until shutdown or a broker failure.
+    /// The inner loop: collect batches and store several at once, acking each as soon as it and
+    /// every earlier one are stored; until shutdown or a broker failure.
     async fn consume(&self, session: &mut Session) -> Result<SessionEnd, Error> {
         let Session {
             consumer, channel, ..
         } = session;
-        let mut collected = Collected::default();
+        let channel = &*channel;
+        // The batches being stored, oldest first: whichever commits first, they come out of this
+        // queue in delivery order, so each multiple-ack covers exactly its own batch.
+        let mut storing = FuturesOrdered::new();
+        let mut filling = Filling::default();
+        // Set once no more deliveries will be taken; the batches already taken are still stored.
+        let mut ended: Option<Filled> = None;
         loop {
-            let batch = std::mem::take(&mut collected.batch);
-            let carried = std::mem::take(&mut collected);
-            let storing = async {
-                if batch.is_empty() {
-                    Ok(true)
-                } else {
-                    self.process_batch(channel, batch).await
+            if storing.is_empty() {
+                match ended {
+                    Some(Filled::Broken(err)) => return Err(err),
+                    Some(_) => return Ok(SessionEnd::Shutdown),
+                    None => {}
                 }
-            };
-            // The next batch fills while this one commits; it is stored only after this one is
-            // acked, so acks stay in delivery order. Collecting stops on shutdown or a broken
-            // stream, and the batch in hand is still stored on the next turn.
-            let subscription = &mut *consumer;
-            let collecting = async move {
-                if carried.ended() {
-                    carried
-                } else {
-                    self.collect(subscription).await
-                }
-            };
-            tokio::pin!(storing, collecting);
-            // Storing that fails, or stops for shutdown while the database is down, ends the
-            // session at once: what was being collected is unacked and goes back to the queue
-            // with the channel.
-            let next = tokio::select! {
-                stored = &mut storing => {
+            }
+            let room = storing.len() < self.settings.batches_in_flight;
+            tokio::select! {
+                Some((last_tag, stored)) = storing.next(), if !storing.is_empty() => {
+                    // Storing that fails, or stops for shutdown while the database is down, ends
+                    // the session at once: the batches not acked go back to the queue with the
+                    // channel, and their redelivery is skipped where they were committed.
                     if !stored? {
                         return Ok(SessionEnd::Shutdown);
                     }
-                    collecting.await
+                    // Every delivery of this channel up to `last_tag` is in this batch or an
+                    // earlier one, already acked: one multiple-ack covers exactly the batch.
+                    channel
+                        .basic_ack(last_tag, BasicAckOptions { multiple: true })
+                        .await?;
                 }
-                next = &mut collecting => {
-                    if !storing.await? {
-                        return Ok(SessionEnd::Shutdown);
+                filled = self.fill(consumer, &mut filling), if room && ended.is_none() => {
+                    let batch = std::mem::take(&mut filling.batch);
+                    filling.deadline = None;
+                    // On shutdown or a broken stream, the batch in hand is still stored (on a dead
+                    // channel its ack fails, but the commit is idempotent and the redelivery
+                    // will be skipped).
+                    if let Some(last_tag) = batch.last().map(|d| d.delivery_tag) {
+                        storing.push_back(async move {
+                            (last_tag, self.store_batch(channel, batch).await)
+                        });
                     }
-                    next
-                }
-            };
-            collected = next;
-            if collected.batch.is_empty() {
-                if let Some(err) = collected.broken {
-                    return Err(err);
-                }
-                if collected.shutdown {
-                    return Ok(SessionEnd::Shutdown);
+                    if !matches!(filled, Filled::Ready) {
+                        ended = Some(filled);
+                    }
                 }
             }
         }
     }
 
-    /// Takes one batch off the subscription: waits for a first delivery, then up to the batch
-    /// size or the batch timeout. Returns early, with what it holds, on shutdown or when the
-    /// stream breaks (acks then fail on the dead channel, but the commit is idempotent and the
-    /// redelivery will be skipped).
-    async fn collect(&self, consumer: &mut Consumer) -> Collected {
-        let mut collected = Collected::default();
-        let first = tokio::select! {
-            // Shutdown wins over a ready delivery: stop taking new work.
-            biased;
-            () = self.stop.wait() => {
-                collected.shutdown = true;
-                return collected;
-            }
-            next = consumer.next() => next,
-        };
-        match delivery(first) {
-            Ok(d) => collected.batch.push(d),
-            Err(err) => {
-                collected.broken = Some(err);
-                return collected;
-            }
-        }
-        let deadline = Instant::now() + self.settings.batch_timeout;
-        while collected.batch.len() < self.settings.batch_size {
-            let next = tokio::select! {
-                biased;
-                () = self.stop.wait() => {
-                    collected.shutdown = true;
-                    break;
-                }
-                next = tokio::time::timeout_at(deadline, consumer.next()) => next,
-            };
-            match next {
-                Err(_elapsed) => break,
-                Ok(next) => match delivery(next) {
-                    Ok(d) => collected.batch.push(d),
-                    Err(err) => {
-                        collected.broken = Some(err);
-                        break;
-                    }
+    /// Fills `filling` off the subscription: waits for a first delivery, then up to the batch
+    /// size or the batch timeout. Returns early, leaving what it took in `filling`, on shutdown or
+    /// when the stream breaks. Dropping it loses nothing: each delivery goes into `filling` as soon
+    /// as it is taken.
+    async fn fill(&self, consumer: &mut Consumer, filling: &mut Filling) -> Filled {
+        while filling.batch.len() < self.settings.batch_size {
+            let next = match filling.deadline {
+                None => tokio::select! {
+                    // Shutdown wins over a ready delivery: stop taking new work.
+                    biased;
+                    () = self.stop.wait() => return Filled::Shutdown,
+                    next = consumer.next() => next,
                 },
+                Some(deadline) => tokio::select! {
+                    biased;
+                    () = self.stop.wait() => return Filled::Shutdown,
+                    next = tokio::time::timeout_at(deadline, consumer.next()) => match next {
+                        Ok(next) => next,
+                        Err(_elapsed) => return Filled::Ready,
+                    },
+                },
+            };
+            match delivery(next) {
+                Ok(d) => {
+                    filling
+                        .deadline
+                        .get_or_insert_with(|| Instant::now() + self.settings.batch_timeout);
+                    filling.batch.push(d);
+                }
+                Err(err) => return Filled::Broken(err),
             }
         }
-        collected
+        Filled::Ready
     }
 
-    /// Dead-letters the poison messages, commits the valid ones, then acks the whole batch.
+    /// Commits the valid messages and dead-letters the poison ones; the caller acks the batch.
     /// Returns `Ok(false)` when shutdown interrupted a database retry, leaving the batch unacked.
     #[instrument(skip_all, fields(
         size = batch.len(),
         first_tag = batch.first().map(|d| d.delivery_tag),
         last_tag = batch.last().map(|d| d.delivery_tag),
     ))]
-    async fn process_batch(&self, channel: &Channel, batch: Vec<Delivery>) -> Result<bool, Error> {
-        let Some(last_tag) = batch.last().map(|d| d.delivery_tag) else {
-            return Ok(true);
-        };
+    async fn store_batch(&self, channel: &Channel, batch: Vec<Delivery>) -> Result<bool, Error> {
         let mut to_store = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
         for d in &batch {
@@ -457,12 +447,6 @@ impl Worker {
 
         self.dead_letter(channel, &poison).await?;
         metrics::counter!("billing_dead_letters_total").increment(poison.len() as u64);
-        // Every delivery of this channel up to `last_tag` is in this batch (earlier batches were
-        // acked in full, and later deliveries belong to the next batch), so one multiple-ack
-        // covers exactly the batch.
-        channel
-            .basic_ack(last_tag, BasicAckOptions { multiple: true })
-            .await?;
         Ok(true)
     }
 

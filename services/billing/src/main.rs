@@ -1,6 +1,9 @@
 //! The `billing` binary: the services' shared `main`, then binds its health port and consumes
 //! until SIGTERM.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     service_common::service_main("billing", |config: billing::Config| async move {
         let listener = service_common::bind(config.health_listen_addr).await?;

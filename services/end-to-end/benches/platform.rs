@@ -1,7 +1,11 @@
 //! The platform's speed and memory figures: the three release binaries on loopback ports, loaded
 //! by this process, with a reference measured in the same run for each ratio: nginx proxying to
 //! the same inventory (for the gateway), a raw confirmed publisher (for the gateway's publishes)
-//! and a raw consumer (for billing's drain), both with lapin straight to the broker.
+//! and a raw consumer (for billing's drain), both with lapin straight to the broker. Each reference
+//! is measured around what it is compared with, so that a machine slowing down or speeding up
+//! during the run weighs on both alike: the GET loads alternate in rounds, and the raw publisher
+//! and the raw consumer each run half before and half after the gateway's publishes and billing's
+//! drain. Nothing consumes while orders are published, whoever publishes them.
 //!
 //! It prints figures and asserts none of them: a slow or noisy machine changes the numbers, never
 //! the outcome. It fails only on functional errors (a non-2xx answer, an order that never becomes
@@ -664,6 +668,13 @@ async fn run(scratch: &Scratch) -> Result<()> {
     let tls_load = LoadFigures::merge(tls_rounds);
     drop(nginx);
 
+    // Nothing consumes while orders are published, through the gateway or raw, so neither
+    // shares the cores with billing's work: the orders wait in the queue, for the drain.
+    platform.stop_billing()?;
+    // The raw publisher's reference brackets the gateway's loads: half before, half after, so a
+    // machine that slows down or speeds up meanwhile weighs on both alike.
+    progress("reference: the raw publisher, first half");
+    let raw_publish_before = publish_backlog(&queue, BACKLOG_ORDERS / 2).await?;
     progress("POST /api/billing through the gateway");
     let order =
         Arc::new(json!({"user_id": "bench_publish", "number_of_items": 1, "total_amount": 9.99}));
@@ -685,22 +696,25 @@ async fn run(scratch: &Scratch) -> Result<()> {
         measured_load(&client, RAW_IN_FLIGHT, PUBLISH_REQUESTS, post_order).await?;
     let tls_gateway_rss = tls_pair.gateway.peak_rss_mib()?;
     drop(tls_pair);
+    progress("reference: the raw publisher, second half");
+    let raw_publish_after = publish_backlog(&queue, BACKLOG_ORDERS - BACKLOG_ORDERS / 2).await?;
+    let raw_publish = raw_publish_before + raw_publish_after;
     // Every accepted order must become a row, warm-up included.
-    let accepted =
-        (warm_up + publish_load.requests + tls_warm_up + tls_publish_load.requests) as i64;
-    let mut db = PgConnection::connect(&billing_db).await?;
-    wait_for_orders(&mut db, accepted).await?;
+    let backlog =
+        warm_up + publish_load.requests + tls_warm_up + tls_publish_load.requests + BACKLOG_ORDERS;
 
-    progress(
-        "billing stopped; queueing the backlog with the raw publisher (the publishes' reference)",
-    );
-    platform.stop_billing()?;
-    let raw_publish = publish_backlog(&queue, BACKLOG_ORDERS).await?;
+    // The raw consumer's reference brackets the drain in the same way.
+    let raw_queue = format!("{queue}-raw");
+    progress("reference: the raw consumer, first half, from a queue of its own");
+    publish_backlog(&raw_queue, BACKLOG_ORDERS / 2).await?;
+    let raw_consume_before = raw_consume(&raw_queue, BACKLOG_ORDERS / 2).await?;
     progress("billing started; draining the backlog");
+    let mut db = PgConnection::connect(&billing_db).await?;
+    let before = highest_order_id(&mut db).await;
+    ensure!(before == 0, "{before} orders stored before the drain");
     let drain_start = Instant::now();
     platform.start_billing()?;
     // The first row marks the end of billing's start (its connections, the queue's declaration).
-    let before = highest_order_id(&mut db).await;
     while highest_order_id(&mut db).await <= before {
         ensure!(
             drain_start.elapsed() < ROW_DEADLINE,
@@ -709,14 +723,13 @@ async fn run(scratch: &Scratch) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let first_row = Instant::now();
-    wait_for_orders(&mut db, accepted + BACKLOG_ORDERS as i64).await?;
+    wait_for_orders(&mut db, backlog as i64).await?;
     let drain = drain_start.elapsed();
     let drain_from_first_row = first_row.elapsed();
-
-    progress("reference: the raw consumer draining the same backlog from a queue of its own");
-    let raw_queue = format!("{queue}-raw");
-    publish_backlog(&raw_queue, BACKLOG_ORDERS).await?;
-    let raw_consume = raw_consume(&raw_queue, BACKLOG_ORDERS).await?;
+    progress("reference: the raw consumer, second half");
+    let rest = BACKLOG_ORDERS - BACKLOG_ORDERS / 2;
+    publish_backlog(&raw_queue, rest).await?;
+    let raw_consume = raw_consume_before + raw_consume(&raw_queue, rest).await?;
 
     // Read before the naive loop, which loads PostgreSQL, not the services.
     let memory = [
@@ -745,6 +758,7 @@ async fn run(scratch: &Scratch) -> Result<()> {
         publish: &publish_load,
         tls_publish: &tls_publish_load,
         raw_publish,
+        backlog,
         drain,
         drain_from_first_row,
         raw_consume,
@@ -768,6 +782,8 @@ struct Report<'a> {
     /// Through the gateway publishing over AMQPS (the relay).
     tls_publish: &'a LoadFigures,
     raw_publish: Duration,
+    /// Orders queued for the drain: the raw publisher's and the gateways'.
+    backlog: usize,
     drain: Duration,
     drain_from_first_row: Duration,
     raw_consume: Duration,
@@ -830,7 +846,7 @@ fn print_report(r: &Report<'_>) {
     load_row("POST /api/billing over AMQPS (relay)", r.tls_publish);
     ratio_row("  ratio AMQPS/AMQP gateway", r.tls_publish, r.publish);
     println!();
-    let drain_rate = BACKLOG_ORDERS as f64 / r.drain.as_secs_f64();
+    let drain_rate = r.backlog as f64 / r.drain.as_secs_f64();
     let naive_rate = r.naive_rows as f64 / r.naive_time.as_secs_f64();
     println!(
         "{:<36} {:>8} {:>10} {:>9}",
@@ -839,15 +855,15 @@ fn print_report(r: &Report<'_>) {
     println!(
         "{:<36} {:>8} {:>10.0} {:>9.2}",
         "billing drain (from process start)",
-        BACKLOG_ORDERS,
+        r.backlog,
         drain_rate,
         r.drain.as_secs_f64()
     );
-    let drain_rate_running = BACKLOG_ORDERS as f64 / r.drain_from_first_row.as_secs_f64();
+    let drain_rate_running = r.backlog as f64 / r.drain_from_first_row.as_secs_f64();
     println!(
         "{:<36} {:>8} {:>10.0} {:>9.2}",
         "billing drain (from its first row)",
-        BACKLOG_ORDERS,
+        r.backlog,
         drain_rate_running,
         r.drain_from_first_row.as_secs_f64()
     );

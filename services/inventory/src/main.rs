@@ -1,6 +1,9 @@
 //! The `inventory` binary: the services' shared `main`, then binds its port and serves until
 //! SIGTERM.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     service_common::service_main("inventory", |config: inventory::Config| async move {
         let listener = service_common::bind(config.listen_addr).await?;

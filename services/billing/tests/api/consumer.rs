@@ -232,6 +232,57 @@ async fn a_backlog_of_500_messages_is_drained(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "billing::MIGRATOR")]
+async fn batches_stored_at_once_are_each_acked_once_with_their_dead_letters(pool: PgPool) {
+    let broker = Broker::new().await;
+    // Small batches, four committing at once, so many overlap: one 3 messages long or shorter
+    // may commit before an earlier one, and is acked only after it.
+    let settings = ConsumerSettings {
+        prefetch: 35,
+        batch_size: 7,
+        batches_in_flight: 4,
+        ..broker.settings()
+    };
+    // 400 messages: every 13th is poison, every 10th a copy of the order before it.
+    let mut messages: Vec<(String, Option<Uuid>)> = Vec::new();
+    let (mut stored, mut poison) = (0_i64, 0_u32);
+    for i in 1..=400 {
+        if i % 13 == 0 {
+            poison += 1;
+            messages.push(("not json".to_owned(), Some(Uuid::new_v4())));
+        } else if i % 10 == 0 && messages.last().is_some_and(|(body, _)| body != "not json") {
+            let copy = messages.last().cloned().expect("a previous order");
+            messages.push(copy);
+        } else {
+            stored += 1;
+            messages.push((
+                order_json(&format!("user{i}"), 1, "1.50"),
+                Some(Uuid::new_v4()),
+            ));
+        }
+    }
+    broker.publish_many(&messages).await;
+    let worker = spawn_worker(pool.clone(), amqp_url(), settings);
+    eventually("every order stored", || async {
+        count(&pool).await == stored
+    })
+    .await;
+    let dead_letters = broker.dead_letter_queue();
+    eventually("every poison message dead-lettered", || async {
+        broker.ready(&dead_letters).await == poison
+    })
+    .await;
+    worker.stop().await;
+    // Stopping closes the channel, which requeues whatever was not acked: nothing was left.
+    assert_eq!(broker.ready(&broker.queue.clone()).await, 0);
+    assert_eq!(
+        count(&pool).await,
+        stored,
+        "one row per order, copies skipped"
+    );
+    broker.cleanup().await;
+}
+
+#[sqlx::test(migrator = "billing::MIGRATOR")]
 async fn a_dead_letter_stays_even_when_the_original_had_an_expiration(pool: PgPool) {
     let broker = Broker::new().await;
     let id = Uuid::new_v4();

@@ -85,6 +85,7 @@ async fn run_serves_ready_stores_orders_and_exits_ok_on_shutdown(pool: PgPool) {
         health_listen_addr: health_addr,
         prefetch: 100,
         batch_size: 100,
+        batches_in_flight: 2,
         batch_timeout_ms: 50,
         max_backoff_ms: 500,
         server: http_serve::ServerArgs::default(),
