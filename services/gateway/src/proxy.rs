@@ -26,9 +26,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use tokio::time::Instant;
-use tower_http::timeout::TimeoutBody;
 
-use crate::body::read_limited;
+use crate::body::{read_limited, StallTimeout};
 use crate::config::{Config, InventoryUrl};
 use crate::error::Error;
 use crate::AppState;
@@ -354,7 +353,7 @@ async fn forward(State(state): State<AppState>, request: Request) -> Result<Resp
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // An answer whose body stalls is cut off rather than left hanging.
-    let body = Body::new(TimeoutBody::new(proxy.timeout, body));
+    let body = Body::new(StallTimeout::new(body, proxy.timeout));
     Ok(Response::from_parts(parts, body))
 }
 

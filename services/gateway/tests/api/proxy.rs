@@ -315,3 +315,62 @@ async fn a_safe_request_that_got_no_answer_is_retried_once_and_an_unsafe_one_nev
     assert_eq!(*seen.lock().unwrap(), ["POST /api/movies HTTP/1.1"]);
     gateway.stop().await;
 }
+
+/// An inventory that answers every request with a 100-byte body sent in ten parts, `pause` apart.
+async fn upstream_trickling_its_answer(pause: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0_u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let head =
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\n";
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for _ in 0..10 {
+                    if stream.write_all(b"0123456789").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn an_answer_that_stalls_is_cut_off_and_one_that_flows_is_not() {
+    // Ten parts 200 ms apart: 2 s in all, four times the timeout, but never a pause as long.
+    let flowing = upstream_trickling_its_answer(Duration::from_millis(200)).await;
+    let mut settings = config(&[flowing], DEAD_BROKER, "unused");
+    settings.upstream_timeout_ms = 500;
+    let gateway = TestGateway::spawn(settings).await;
+    let response = gateway.get("/api/movies").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.bytes().await.expect("the whole answer");
+    assert_eq!(body.len(), 100);
+    gateway.stop().await;
+
+    // Parts 5 s apart: cut off once the first pause passes the timeout.
+    let stalling = upstream_trickling_its_answer(Duration::from_secs(5)).await;
+    let mut settings = config(&[stalling], DEAD_BROKER, "unused");
+    settings.upstream_timeout_ms = 500;
+    let gateway = TestGateway::spawn(settings).await;
+    let started = Instant::now();
+    let response = gateway.get("/api/movies").await;
+    assert_eq!(response.status(), StatusCode::OK, "the head came in time");
+    assert!(
+        response.bytes().await.is_err(),
+        "an answer cut off is not a complete body"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    gateway.stop().await;
+}
