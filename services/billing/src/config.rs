@@ -57,7 +57,8 @@ pub struct Config {
 
     /// Most batches committed at once, each in a transaction of its own (the database pool has
     /// 5 connections). Acks still go in delivery order. Measured by scripts/bench on two cores,
-    /// with 1000-message batches: 1 batch at a time drained 45k rows/s, 2 drained TODO.
+    /// with 1000-message batches: one batch at a time drained 0.43x and 0.54x of the raw
+    /// consumer in two runs, two at a time 0.59x in a run between them.
     #[arg(long, env = "BILLING_BATCHES_IN_FLIGHT", default_value_t = DEFAULT_BATCHES_IN_FLIGHT,
           value_parser = clap::value_parser!(u8).range(1..=4))]
     pub batches_in_flight: u8,

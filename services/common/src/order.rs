@@ -64,6 +64,32 @@ impl BillingOrder {
     /// A key given twice is refused, whatever its values: which one a reader keeps is not a
     /// contract anyone can rely on.
     pub fn from_json_slice(body: &[u8]) -> Result<Self, OrderError> {
+        // Most bodies (every order the gateway publishes) hold the three fields and nothing else,
+        // each once: read in one pass into them, without a map of the keys. Anything else,
+        // acceptable or not, takes the general path, which alone words the errors.
+        if let Ok(ExactlyTheFields {
+            user_id,
+            number_of_items,
+            total_amount,
+        }) = serde_json::from_slice(body)
+        {
+            if let (Ok(user_id), Ok(number_of_items), Ok(total_amount)) = (
+                parse_user_id(&user_id),
+                parse_number_of_items(&number_of_items),
+                parse_total_amount(&total_amount),
+            ) {
+                return Ok(Self {
+                    user_id,
+                    number_of_items,
+                    total_amount,
+                });
+            }
+        }
+        Self::from_any_json_slice(body)
+    }
+
+    /// The general path of [`BillingOrder::from_json_slice`]: any JSON, every key checked.
+    fn from_any_json_slice(body: &[u8]) -> Result<Self, OrderError> {
         let UniqueKeys(value) =
             serde_json::from_slice(body).map_err(|err| match err.classify() {
                 // Only UniqueKeysVisitor raises data errors: a repeated key.
@@ -96,6 +122,17 @@ impl BillingOrder {
     pub fn to_json_vec(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
+}
+
+/// An object of the three fields alone, each given once (serde refuses a field given twice and,
+/// here, any other field). Each value is accepted only if the general path would accept it: a
+/// string or a number, so no nested key can hide inside it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExactlyTheFields {
+    user_id: Value,
+    number_of_items: Value,
+    total_amount: Value,
 }
 
 /// A JSON document in which no object holds the same key twice (serde_json's `Value` would keep
@@ -513,6 +550,29 @@ mod tests {
             .expect_err("NUL");
         assert_eq!(err.field(), Some("user_id"));
         assert!(err.to_string().contains("U+0000"), "{err}");
+    }
+
+    #[test]
+    fn the_one_pass_path_answers_as_the_general_path() {
+        for body in [
+            r#"{"user_id":"u1","number_of_items":2,"total_amount":"19.99"}"#,
+            r#"{"total_amount": 5, "number_of_items": "3", "user_id": 42}"#,
+            r#"{"user_id":"u","number_of_items":1,"total_amount":"1","extra":{"a":1,"a":2}}"#,
+            r#"{"user_id":"u","number_of_items":1,"total_amount":"1","user_id":"v"}"#,
+            r#"{"user_id":{"a":1,"a":2},"number_of_items":1,"total_amount":"1"}"#,
+            r#"{"user_id":null,"number_of_items":1,"total_amount":"1"}"#,
+            r#"{"user_id":"u","number_of_items":0,"total_amount":"1"}"#,
+            r#"{"user_id":"u","number_of_items":1,"total_amount":"1.001"}"#,
+            r#"{"user_id":"u","number_of_items":1}"#,
+            r#"[1, 2]"#,
+            r#"{"user_id":"u","number_of_items":1,"total_amount":"1"} x"#,
+        ] {
+            assert_eq!(
+                BillingOrder::from_json_slice(body.as_bytes()),
+                BillingOrder::from_any_json_slice(body.as_bytes()),
+                "{body}"
+            );
+        }
     }
 
     #[test]
