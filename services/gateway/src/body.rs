@@ -1,5 +1,6 @@
 //! Reading a request body into memory within the configured limit, so that an oversized body
-//! becomes the platform's JSON 413 instead of axum's plain-text one.
+//! becomes the platform's JSON 413 instead of axum's plain-text one; and inventory's answer,
+//! streamed on to the client, cut off when it stalls.
 
 use std::future::Future;
 use std::pin::Pin;
