@@ -346,8 +346,7 @@ impl Worker {
                         .await?;
                 }
                 filled = self.fill(consumer, &mut filling), if room && ended.is_none() => {
-                    let batch = std::mem::take(&mut filling.batch);
-                    filling.deadline = None;
+                    let Filling { batch, .. } = std::mem::take(&mut filling);
                     // On shutdown or a broken stream, the batch in hand is still stored (on a dead
                     // channel its ack fails, but the commit is idempotent and the redelivery
                     // will be skipped).
@@ -407,18 +406,22 @@ impl Worker {
         last_tag = batch.last().map(|d| d.delivery_tag),
     ))]
     async fn store_batch(&self, channel: &Channel, batch: Vec<Delivery>) -> Result<bool, Error> {
-        let mut to_store = Vec::with_capacity(batch.len());
+        // The orders to store, and beside them the deliveries they came in.
+        let mut orders: Vec<NewOrder> = Vec::with_capacity(batch.len());
+        let mut stored: Vec<&Delivery> = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
         for d in &batch {
             match handle(&d.data, &d.properties) {
-                Outcome::Store(order) => to_store.push((d, order)),
+                Outcome::Store(order) => {
+                    orders.push(order);
+                    stored.push(d);
+                }
                 Outcome::DeadLetter(reason) => poison.push((d, reason)),
             }
         }
 
         metrics::counter!("billing_messages_consumed_total").increment(batch.len() as u64);
         metrics::histogram!("billing_batch_size").record(batch.len() as f64);
-        let orders: Vec<NewOrder> = to_store.iter().map(|(_, o)| o.clone()).collect();
         let committing = std::time::Instant::now();
         match self.store_with_retry(&orders).await {
             Some(Ok(inserted)) => {
@@ -433,8 +436,8 @@ impl Worker {
                 // PostgreSQL rejects something in this batch; store row by row so one bad row
                 // cannot block the others, and dead-letter the rows it refuses.
                 warn!(error = %ErrorChain(&err), "batch rejected by the database; storing one by one");
-                for (d, order) in to_store {
-                    match self.store_with_retry(std::slice::from_ref(&order)).await {
+                for (d, order) in stored.into_iter().zip(&orders) {
+                    match self.store_with_retry(std::slice::from_ref(order)).await {
                         Some(Ok(_)) => {}
                         Some(Err(err)) => poison
                             .push((d, format!("rejected by the database: {}", ErrorChain(&err)))),

@@ -48,18 +48,18 @@ pub async fn insert_batch(pool: &PgPool, orders: &[NewOrder]) -> Result<u64, sql
 
 /// One statement for the whole batch: a round trip per row is what makes a backlog drain slowly.
 /// `WITH ORDINALITY … ORDER BY` keeps the ids in delivery order.
-const INSERT_ALL: &str = "INSERT INTO orders (message_id, user_id, number_of_items, total_amount) \
-     SELECT message_id, user_id, number_of_items, total_amount \
-     FROM UNNEST($1::uuid[], $2::varchar[], $3::int4[], $4::numeric[]) \
-          WITH ORDINALITY AS t(message_id, user_id, number_of_items, total_amount, n) \
-     ORDER BY n";
+macro_rules! insert_orders {
+    () => {
+        "INSERT INTO orders (message_id, user_id, number_of_items, total_amount) \
+         SELECT message_id, user_id, number_of_items, total_amount \
+         FROM UNNEST($1::uuid[], $2::varchar[], $3::int4[], $4::numeric[]) \
+              WITH ORDINALITY AS t(message_id, user_id, number_of_items, total_amount, n) \
+         ORDER BY n"
+    };
+}
+const INSERT_ALL: &str = insert_orders!();
 /// The same, skipping the message ids already stored.
-const INSERT_NEW: &str = "INSERT INTO orders (message_id, user_id, number_of_items, total_amount) \
-     SELECT message_id, user_id, number_of_items, total_amount \
-     FROM UNNEST($1::uuid[], $2::varchar[], $3::int4[], $4::numeric[]) \
-          WITH ORDINALITY AS t(message_id, user_id, number_of_items, total_amount, n) \
-     ORDER BY n \
-     ON CONFLICT (message_id) DO NOTHING";
+const INSERT_NEW: &str = concat!(insert_orders!(), " ON CONFLICT (message_id) DO NOTHING");
 
 /// A batch's orders, column by column, as the statements bind them.
 struct Columns {

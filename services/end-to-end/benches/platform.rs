@@ -671,10 +671,11 @@ async fn run(scratch: &Scratch) -> Result<()> {
     // Nothing consumes while orders are published, through the gateway or raw, so neither
     // shares the cores with billing's work: the orders wait in the queue, for the drain.
     platform.stop_billing()?;
+    let halves = [BACKLOG_ORDERS / 2, BACKLOG_ORDERS - BACKLOG_ORDERS / 2];
     // The raw publisher's reference brackets the gateway's loads: half before, half after, so a
     // machine that slows down or speeds up meanwhile weighs on both alike.
     progress("reference: the raw publisher, first half");
-    let raw_publish_before = publish_backlog(&queue, BACKLOG_ORDERS / 2).await?;
+    let raw_publish_before = publish_backlog(&queue, halves[0]).await?;
     progress("POST /api/billing through the gateway");
     let order =
         Arc::new(json!({"user_id": "bench_publish", "number_of_items": 1, "total_amount": 9.99}));
@@ -697,7 +698,7 @@ async fn run(scratch: &Scratch) -> Result<()> {
     let tls_gateway_rss = tls_pair.gateway.peak_rss_mib()?;
     drop(tls_pair);
     progress("reference: the raw publisher, second half");
-    let raw_publish_after = publish_backlog(&queue, BACKLOG_ORDERS - BACKLOG_ORDERS / 2).await?;
+    let raw_publish_after = publish_backlog(&queue, halves[1]).await?;
     let raw_publish = raw_publish_before + raw_publish_after;
     // Every accepted order must become a row, warm-up included.
     let backlog =
@@ -706,16 +707,16 @@ async fn run(scratch: &Scratch) -> Result<()> {
     // The raw consumer's reference brackets the drain in the same way.
     let raw_queue = format!("{queue}-raw");
     progress("reference: the raw consumer, first half, from a queue of its own");
-    publish_backlog(&raw_queue, BACKLOG_ORDERS / 2).await?;
-    let raw_consume_before = raw_consume(&raw_queue, BACKLOG_ORDERS / 2).await?;
+    publish_backlog(&raw_queue, halves[0]).await?;
+    let raw_consume_before = raw_consume(&raw_queue, halves[0]).await?;
     progress("billing started; draining the backlog");
     let mut db = PgConnection::connect(&billing_db).await?;
-    let before = highest_order_id(&mut db).await;
-    ensure!(before == 0, "{before} orders stored before the drain");
+    let stored = highest_order_id(&mut db).await;
+    ensure!(stored == 0, "{stored} orders stored before the drain");
     let drain_start = Instant::now();
     platform.start_billing()?;
     // The first row marks the end of billing's start (its connections, the queue's declaration).
-    while highest_order_id(&mut db).await <= before {
+    while highest_order_id(&mut db).await == 0 {
         ensure!(
             drain_start.elapsed() < ROW_DEADLINE,
             "billing stored nothing in {ROW_DEADLINE:?}"
@@ -727,9 +728,8 @@ async fn run(scratch: &Scratch) -> Result<()> {
     let drain = drain_start.elapsed();
     let drain_from_first_row = first_row.elapsed();
     progress("reference: the raw consumer, second half");
-    let rest = BACKLOG_ORDERS - BACKLOG_ORDERS / 2;
-    publish_backlog(&raw_queue, rest).await?;
-    let raw_consume = raw_consume_before + raw_consume(&raw_queue, rest).await?;
+    publish_backlog(&raw_queue, halves[1]).await?;
+    let raw_consume = raw_consume_before + raw_consume(&raw_queue, halves[1]).await?;
 
     // Read before the naive loop, which loads PostgreSQL, not the services.
     let memory = [
