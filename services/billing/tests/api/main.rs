@@ -6,4 +6,5 @@ mod consumer;
 mod health;
 mod helpers;
 mod migration;
+mod orders;
 mod outages;
