@@ -46,7 +46,8 @@ async fn confirmed_order_is_in_the_queue_persistent_with_the_returned_id() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["message"], "order accepted");
     let id = body["id"].as_str().unwrap().to_owned();
-    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
+    // Time-ordered (v7), so that billing's unique index grows at one end.
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
 
     let message = broker
         .channel
