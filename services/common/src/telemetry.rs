@@ -85,7 +85,10 @@ mod tests {
 
     impl Write for Captured {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .extend_from_slice(bytes);
             Ok(bytes.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -124,7 +127,8 @@ mod tests {
             tracing::error!(target: "lapin::channel", "Invalid state");
             tracing::error!(error = ?not_found, "ours, about a missing queue");
         });
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(captured.0.lock().expect("not poisoned").clone())
+            .expect("the log is UTF-8");
         assert!(!text.contains("channel=3"), "{text}");
         assert!(text.contains("channel=4"), "{text}");
         assert!(text.contains("Invalid state"), "{text}");

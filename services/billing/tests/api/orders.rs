@@ -80,7 +80,9 @@ async fn a_batch_of_new_orders_is_stored_exactly_and_in_order(pool: PgPool) {
 #[sqlx::test(migrator = "billing::MIGRATOR")]
 async fn a_batch_holding_stored_ids_stores_the_rest_exactly_and_in_order(pool: PgPool) {
     let first = batch(&AMOUNTS);
-    orders::insert_batch(&pool, &first[..3]).await.expect("first");
+    orders::insert_batch(&pool, &first[..3])
+        .await
+        .expect("first");
     // The same three again amid new ones, one of them twice: only the new ones are stored, once.
     let mut second = first.clone();
     second.push(first[5].clone());
