@@ -46,7 +46,7 @@ pub fn router(state: HealthState) -> Router {
         .route("/ready", get(ready))
         // The worker's own figures (messages, rows, dead letters) and the build, Prometheus.
         .route("/metrics", get(http_serve::metrics::render))
-        .route_layer(axum::middleware::from_fn(http_serve::metrics::track));
+        .route_layer(http_serve::metrics::TrackLayer);
     http_serve::with_json_fallbacks(routes).with_state(state)
 }
 

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
 use service_common::AmqpUrls;
 
@@ -225,27 +226,33 @@ pub struct InventoryUrl {
     /// `https://`: the instance's certificate is verified against INVENTORY_CA_FILE.
     pub https: bool,
     /// `host:port` (or `host`), as given.
-    pub authority: String,
+    pub authority: Authority,
     /// Path prefix without a trailing slash; empty when the URL has none.
     pub path_prefix: String,
 }
 
 impl InventoryUrl {
-    fn scheme(&self) -> &'static str {
+    fn scheme(&self) -> Scheme {
         if self.https {
-            "https"
+            Scheme::HTTPS
         } else {
-            "http"
+            Scheme::HTTP
         }
     }
 
-    /// The URL of `path_and_query` (e.g. `/api/movies?title=x`) on this instance.
-    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme(self.scheme())
-            .authority(self.authority.as_str())
-            .path_and_query(format!("{}{}", self.path_prefix, path_and_query))
-            .build()
+    /// The URL of `path_and_query` (e.g. `/api/movies?title=x`) on this instance. Without a path
+    /// prefix, nothing is copied or parsed again.
+    pub fn join(&self, path_and_query: &PathAndQuery) -> Result<Uri, http::Error> {
+        let path_and_query = if self.path_prefix.is_empty() {
+            path_and_query.clone()
+        } else {
+            PathAndQuery::try_from(format!("{}{}", self.path_prefix, path_and_query))?
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Ok(Uri::from_parts(parts)?)
     }
 }
 
@@ -283,7 +290,7 @@ impl FromStr for InventoryUrl {
         }
         Ok(Self {
             https,
-            authority: authority.as_str().to_owned(),
+            authority: authority.clone(),
             path_prefix: uri.path().trim_end_matches('/').to_owned(),
         })
     }
@@ -293,12 +300,16 @@ impl FromStr for InventoryUrl {
 mod tests {
     use super::*;
 
+    fn path(text: &'static str) -> PathAndQuery {
+        PathAndQuery::from_static(text)
+    }
+
     #[test]
     fn inventory_url_keeps_authority_and_prefix() {
         let url: InventoryUrl = "http://127.0.0.1:8080/".parse().expect("valid");
         assert_eq!(url.authority, "127.0.0.1:8080");
         assert_eq!(url.path_prefix, "");
-        let joined = url.join("/api/movies?title=x").expect("joins");
+        let joined = url.join(&path("/api/movies?title=x")).expect("joins");
         assert_eq!(
             joined.to_string(),
             "http://127.0.0.1:8080/api/movies?title=x"
@@ -306,7 +317,7 @@ mod tests {
 
         let url: InventoryUrl = "http://inv.local/v1/".parse().expect("valid");
         assert_eq!(
-            url.join("/api/movies").expect("joins").to_string(),
+            url.join(&path("/api/movies")).expect("joins").to_string(),
             "http://inv.local/v1/api/movies"
         );
 
@@ -314,7 +325,7 @@ mod tests {
         assert!(url.https);
         assert_eq!(url.to_string(), "https://10.0.0.11:8080");
         assert_eq!(
-            url.join("/api/movies").expect("joins").to_string(),
+            url.join(&path("/api/movies")).expect("joins").to_string(),
             "https://10.0.0.11:8080/api/movies"
         );
     }

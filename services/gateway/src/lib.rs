@@ -20,10 +20,6 @@ use anyhow::Context;
 use axum::extract::{MatchedPath, Request};
 use axum::Router;
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
 
 pub use billing::{Publisher, PublisherTask};
 pub use config::Config;
@@ -90,29 +86,19 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .merge(health::router())
         .merge(api)
-        .route_layer(axum::middleware::from_fn(http_serve::metrics::track));
+        .route_layer(http_serve::metrics::TrackLayer);
     http_serve::with_json_fallbacks(routes)
-        // The first layer listed is the outermost: the id is set before the span is made, so
-        // every log line of the request carries it, and it is copied onto the response.
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_span)
-                        .on_response(DefaultOnResponse::new().level(Level::INFO))
-                        // Failures are logged once, with their cause chain, by `Error`.
-                        .on_failure(()),
-                )
-                .layer(PropagateRequestIdLayer::x_request_id()),
-        )
+        // The request id is set before the span is made, so every log line of the request
+        // carries it, and it is copied onto the response. Failures are logged once, with their
+        // cause chain, by `Error`.
+        .layer(http_serve::observe::ObserveLayer::new(request_span))
         .with_state(state)
 }
 
 fn request_span(request: &Request) -> tracing::Span {
     let request_id = request
         .headers()
-        .get("x-request-id")
+        .get(http_serve::observe::REQUEST_ID)
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
     let route = request

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response};
 use axum::routing::any;
 use axum::Router;
@@ -188,18 +189,25 @@ impl InventoryProxy {
     async fn send(
         &self,
         method: &Method,
-        path_and_query: &str,
+        path_and_query: &PathAndQuery,
         headers: &HeaderMap,
         body: &Bytes,
     ) -> Result<Response<Incoming>, Error> {
         let count = self.upstreams.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let (mut resting, in_rotation): (Vec<&Upstream>, Vec<&Upstream>) = (0..count)
-            .map(|offset| &self.upstreams[(start + offset) % count])
-            .partition(|upstream| upstream.cooling_off_for(now).is_some());
-        resting.sort_by_key(|upstream| upstream.cooling_off_for(now));
-        let mut order: Vec<&Upstream> = in_rotation.into_iter().chain(resting).collect();
+        // Room for the retry of a lone instance too.
+        let mut order: Vec<&Upstream> = Vec::with_capacity(count + 1);
+        let mut resting = Vec::new();
+        for offset in 0..count {
+            let upstream = &self.upstreams[(start + offset) % count];
+            match upstream.cooling_off_for(now) {
+                Some(left) => resting.push((left, upstream)),
+                None => order.push(upstream),
+            }
+        }
+        resting.sort_by_key(|(left, _)| *left);
+        order.extend(resting.into_iter().map(|(_, upstream)| upstream));
         let mut last_connect_error = None;
         let mut retried = false;
         let mut index = 0;
@@ -284,6 +292,11 @@ fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Removes the hop-by-hop headers: the fixed list, and every header named in `Connection`.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: a look at each of their few headers costs less than a removal by
+    // name of each of the nine. A header named in `Connection` goes only with `Connection`.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -337,8 +350,8 @@ async fn forward(State(state): State<AppState>, request: Request) -> Result<Resp
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let headers = upstream_headers(parts.headers, client);
 
     // The deadline covers every connection attempt too, so trying several dead instances cannot

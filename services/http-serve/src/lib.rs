@@ -14,6 +14,7 @@
 //! idle at the end close, and requests in flight finish.
 
 pub mod metrics;
+pub mod observe;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -66,7 +66,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(movies::router())
         .route("/metrics", axum::routing::get(http_serve::metrics::render))
-        .route_layer(axum::middleware::from_fn(http_serve::metrics::track));
+        .route_layer(http_serve::metrics::TrackLayer);
     http_serve::with_json_fallbacks(routes)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
