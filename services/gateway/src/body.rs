@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{header, HeaderMap};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Frame, SizeHint};
 
 use crate::error::Error;
+use crate::pool::PooledBody;
 
 /// Reads `body` whole, refusing it as soon as it is known to exceed `limit` bytes: at once when
 /// `Content-Length` says so, otherwise as soon as that many bytes have arrived.
@@ -43,7 +44,7 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Resu
 /// already received (most of them) costs no timer.
 #[derive(Debug)]
 pub struct StallTimeout {
-    body: Incoming,
+    body: PooledBody,
     timeout: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -54,7 +55,7 @@ pub struct StallTimeout {
 pub struct Stalled(Duration);
 
 impl StallTimeout {
-    pub fn new(body: Incoming, timeout: Duration) -> Self {
+    pub fn new(body: PooledBody, timeout: Duration) -> Self {
         Self {
             body,
             timeout,

@@ -240,19 +240,23 @@ impl InventoryUrl {
         }
     }
 
-    /// The URL of `path_and_query` (e.g. `/api/movies?title=x`) on this instance. Without a path
-    /// prefix, nothing is copied or parsed again.
-    pub fn join(&self, path_and_query: &PathAndQuery) -> Result<Uri, http::Error> {
-        let path_and_query = if self.path_prefix.is_empty() {
-            path_and_query.clone()
-        } else {
-            PathAndQuery::try_from(format!("{}{}", self.path_prefix, path_and_query))?
-        };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path_and_query);
-        Ok(Uri::from_parts(parts)?)
+    /// The instance's scheme and authority, where its connections go.
+    pub fn address(&self) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme())
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+    }
+
+    /// The request target, in origin form, of `path_and_query` (e.g. `/api/movies?title=x`) on
+    /// this instance: behind its path prefix. Without one, nothing is copied or parsed again.
+    pub fn target(&self, path_and_query: &PathAndQuery) -> Result<Uri, http::Error> {
+        if self.path_prefix.is_empty() {
+            return Ok(Uri::from(path_and_query.clone()));
+        }
+        let prefixed = PathAndQuery::try_from(format!("{}{}", self.path_prefix, path_and_query))?;
+        Ok(Uri::from(prefixed))
     }
 }
 
@@ -309,24 +313,27 @@ mod tests {
         let url: InventoryUrl = "http://127.0.0.1:8080/".parse().expect("valid");
         assert_eq!(url.authority, "127.0.0.1:8080");
         assert_eq!(url.path_prefix, "");
-        let joined = url.join(&path("/api/movies?title=x")).expect("joins");
+        let target = url.target(&path("/api/movies?title=x")).expect("a target");
+        assert_eq!(target.to_string(), "/api/movies?title=x");
         assert_eq!(
-            joined.to_string(),
-            "http://127.0.0.1:8080/api/movies?title=x"
+            url.address().expect("an address").to_string(),
+            "http://127.0.0.1:8080/"
         );
 
         let url: InventoryUrl = "http://inv.local/v1/".parse().expect("valid");
         assert_eq!(
-            url.join(&path("/api/movies")).expect("joins").to_string(),
-            "http://inv.local/v1/api/movies"
+            url.target(&path("/api/movies"))
+                .expect("a target")
+                .to_string(),
+            "/v1/api/movies"
         );
 
         let url: InventoryUrl = "https://10.0.0.11:8080".parse().expect("valid");
         assert!(url.https);
         assert_eq!(url.to_string(), "https://10.0.0.11:8080");
         assert_eq!(
-            url.join(&path("/api/movies")).expect("joins").to_string(),
-            "https://10.0.0.11:8080/api/movies"
+            url.address().expect("an address").to_string(),
+            "https://10.0.0.11:8080/"
         );
     }
 

@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -20,17 +20,14 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response};
 use axum::routing::any;
 use axum::Router;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::body::{read_limited, StallTimeout};
 use crate::config::{Config, InventoryUrl};
 use crate::error::Error;
+use crate::pool::{Pool, PooledBody};
 use crate::AppState;
 
 /// The routes this module answers: the movie catalogue, all methods.
@@ -54,15 +51,16 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// How long a kept-alive connection to inventory may stay unused before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The pooled HTTP client and the inventory instances it spreads requests over.
+/// The inventory instances and their pools of kept-alive connections.
 #[derive(Debug)]
 pub struct InventoryProxy {
-    /// One pool of keep-alive connections shared by every request.
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     upstreams: Vec<Upstream>,
     /// Round-robin cursor; wraps around harmlessly.
     next: AtomicUsize,
@@ -77,6 +75,7 @@ pub struct InventoryProxy {
 #[derive(Debug)]
 struct Upstream {
     url: InventoryUrl,
+    pool: Arc<Pool>,
     /// `gateway_upstream_duration_seconds` of this instance, looked up once rather than by its
     /// labels on every request.
     duration: metrics::Histogram,
@@ -133,6 +132,7 @@ impl InventoryProxy {
     /// The pooled client of `config`'s inventory URLs; `https://` ones are verified against
     /// INVENTORY_CA_FILE alone (refused at start-up without it).
     pub fn new(config: &Config) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.upstream_connect_timeout()));
         connector.set_nodelay(true);
@@ -142,23 +142,22 @@ impl InventoryProxy {
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let mut upstreams = Vec::with_capacity(config.inventory_url.len());
+        for url in &config.inventory_url {
+            let pool = Pool::new(connector.clone(), url, IDLE_TIMEOUT)
+                .with_context(|| format!("the inventory URL {url}"))?;
+            upstreams.push(Upstream {
+                url: url.clone(),
+                pool: Arc::new(pool),
+                duration: metrics::histogram!(
+                    "gateway_upstream_duration_seconds",
+                    "upstream" => url.to_string()
+                ),
+                down_until: Mutex::new(None),
+            });
+        }
         Ok(Self {
-            client,
-            upstreams: config
-                .inventory_url
-                .iter()
-                .map(|url| Upstream {
-                    url: url.clone(),
-                    duration: metrics::histogram!(
-                        "gateway_upstream_duration_seconds",
-                        "upstream" => url.to_string()
-                    ),
-                    down_until: Mutex::new(None),
-                })
-                .collect(),
+            upstreams,
             next: AtomicUsize::new(0),
             timeout: config.upstream_timeout(),
             cooldown: config.upstream_cooldown(),
@@ -192,7 +191,7 @@ impl InventoryProxy {
         path_and_query: &PathAndQuery,
         headers: &HeaderMap,
         body: &Bytes,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<Response<PooledBody>, Error> {
         let count = self.upstreams.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
@@ -215,14 +214,14 @@ impl InventoryProxy {
             index += 1;
             let uri = upstream
                 .url
-                .join(path_and_query)
+                .target(path_and_query)
                 .map_err(|err| Error::Internal(err.into()))?;
             let mut request = http::Request::new(Full::new(body.clone()));
             *request.method_mut() = method.clone();
             *request.uri_mut() = uri;
             *request.headers_mut() = headers.clone();
             let started = Instant::now();
-            let sent = self.client.request(request).await;
+            let sent = upstream.pool.send(request).await;
             match &sent {
                 Ok(_) => upstream.duration.record(started.elapsed().as_secs_f64()),
                 Err(err) => {

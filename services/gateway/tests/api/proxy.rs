@@ -3,6 +3,7 @@
 //! skipped; a safe request that got no answer is retried once, any other never.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -313,6 +314,73 @@ async fn a_safe_request_that_got_no_answer_is_retried_once_and_an_unsafe_one_nev
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "bad_gateway");
     assert_eq!(*seen.lock().unwrap(), ["POST /api/movies HTTP/1.1"]);
+    gateway.stop().await;
+}
+
+/// An inventory that answers `[]` to every request and closes each connection once it has
+/// answered two. Returns its URL and the number of connections it accepted so far.
+async fn upstream_closing_after_two_answers() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(&mut stream);
+                for _ in 0..2 {
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(value) =
+                            line.to_ascii_lowercase().strip_prefix("content-length:")
+                        {
+                            length = value.trim().parse().unwrap();
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).await.unwrap();
+                    reader
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]")
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn kept_alive_connections_are_reused_and_one_the_instance_closed_is_not() {
+    let (upstream, accepted) = upstream_closing_after_two_answers().await;
+    let gateway = gateway_in_front_of(&[upstream]).await;
+    // POSTs, which are never sent twice: a connection the instance closed while it was idle must
+    // not take one.
+    for n in 0..5 {
+        let response = gateway
+            .client
+            .post(gateway.url("/api/movies"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"title":"movie {n}"}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "request {n}");
+        assert_eq!(response.text().await.unwrap(), "[]");
+        // Time for the gateway to see the close, as it would between a client's requests.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two requests per connection: the third connection took the fifth.
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
     gateway.stop().await;
 }
 
