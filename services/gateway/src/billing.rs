@@ -111,6 +111,8 @@ struct Inner {
     /// with one to the next node rather than wait for the missing heartbeats, unless the broker
     /// blocks publishers.
     confirms_late: AtomicBool,
+    /// `gateway_publishes_total` of each outcome, registered once (see [`publish_outcome`]).
+    outcomes: [(&'static str, metrics::Counter); OUTCOMES.len()],
 }
 
 /// The open channels, with the status of their connection (which says whether the broker blocks
@@ -163,6 +165,10 @@ impl Publisher {
             confirm_timeout,
             check_connection: Notify::new(),
             confirms_late: AtomicBool::new(false),
+            outcomes: OUTCOMES.map(|outcome| {
+                let counter = metrics::counter!("gateway_publishes_total", "outcome" => outcome);
+                (outcome, counter)
+            }),
         });
         let stop = CancellationToken::new();
         let handle = tokio::spawn(supervise(inner.clone(), amqp_url, stop.clone()));
@@ -178,6 +184,13 @@ impl Publisher {
     /// until it unblocks, a publish would only wait for its timeout.
     pub fn is_blocked(&self) -> bool {
         self.current().is_some_and(|live| live.connection.blocked())
+    }
+
+    /// Counts an order's outcome, one of [`publish_outcome`]'s, in `gateway_publishes_total`.
+    fn count(&self, outcome: &'static str) {
+        if let Some((_, counter)) = self.inner.outcomes.iter().find(|(o, _)| *o == outcome) {
+            counter.increment(1);
+        }
     }
 
     /// The queue orders go to.
@@ -441,8 +454,7 @@ async fn create_order(
     let body = read_limited(&headers, body, state.max_body_bytes).await?;
     let order = BillingOrder::from_json_slice(&body)?;
     let published = state.publisher.publish(&order, id).await;
-    metrics::counter!("gateway_publishes_total", "outcome" => publish_outcome(&published))
-        .increment(1);
+    state.publisher.count(publish_outcome(&published));
     published?;
     tracing::info!(message_id = %id, "billing order confirmed by the broker");
     Ok((
@@ -454,7 +466,18 @@ async fn create_order(
     ))
 }
 
-/// The `outcome` label of `gateway_publishes_total`: confirmed, or why not.
+/// Every `outcome` label of `gateway_publishes_total`.
+const OUTCOMES: [&str; 7] = [
+    "confirmed",
+    "nacked",
+    "timed_out",
+    "refused_blocked",
+    "not_connected",
+    "unroutable",
+    "failed",
+];
+
+/// The `outcome` label of `gateway_publishes_total`: confirmed, or why not; one of [`OUTCOMES`].
 fn publish_outcome(published: &Result<(), PublishError>) -> &'static str {
     match published {
         Ok(()) => "confirmed",
@@ -471,6 +494,26 @@ fn publish_outcome(published: &Result<(), PublishError>) -> &'static str {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn every_outcome_has_its_counter() {
+        let errors = [
+            PublishError::Nacked,
+            PublishError::Timeout(Duration::from_secs(1)),
+            PublishError::Blocked,
+            PublishError::NotConnected,
+            PublishError::Unroutable {
+                queue: "q".into(),
+                reply_text: "NO_ROUTE".into(),
+            },
+            PublishError::ConfirmsNotEnabled,
+        ];
+        let outcomes = std::iter::once(publish_outcome(&Ok(())))
+            .chain(errors.into_iter().map(|err| publish_outcome(&Err(err))));
+        for outcome in outcomes {
+            assert!(OUTCOMES.contains(&outcome), "{outcome}");
+        }
+    }
 
     #[test]
     fn json_content_types() {
