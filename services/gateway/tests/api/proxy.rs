@@ -234,6 +234,40 @@ async fn requests_spread_over_instances_and_a_dead_one_is_skipped() {
     gateway.stop().await;
 }
 
+/// Reads one request off `reader`: its head, then the body its Content-Length announces. Returns
+/// its request line, or `None` once the gateway has closed the connection.
+async fn read_request(reader: &mut BufReader<&mut tokio::net::TcpStream>) -> Option<String> {
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap();
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await.unwrap();
+    Some(request_line.trim().to_owned())
+}
+
+/// Answers `[]` on the connection of `reader`.
+async fn answer_empty_list(reader: &mut BufReader<&mut tokio::net::TcpStream>) {
+    reader
+        .get_mut()
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]",
+        )
+        .await
+        .unwrap();
+}
+
 /// An inventory whose first connection reads one request and closes without answering (as an
 /// instance does when it closes a kept-alive connection just as a request goes out); every later
 /// connection answers `[]`. Returns its URL and the request lines it received.
@@ -248,36 +282,12 @@ async fn upstream_dropping_its_first_request() -> (String, Arc<Mutex<Vec<String>
             let log = log.clone();
             tokio::spawn(async move {
                 let mut reader = BufReader::new(&mut stream);
-                loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    // The rest of the head, then the body its Content-Length announces.
-                    let mut length = 0;
-                    loop {
-                        let mut line = String::new();
-                        reader.read_line(&mut line).await.unwrap();
-                        if let Some(value) =
-                            line.to_ascii_lowercase().strip_prefix("content-length:")
-                        {
-                            length = value.trim().parse().unwrap();
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).await.unwrap();
-                    log.lock().unwrap().push(request_line.trim().to_owned());
+                while let Some(request_line) = read_request(&mut reader).await {
+                    log.lock().unwrap().push(request_line);
                     if connection == 0 {
                         return;
                     }
-                    reader
-                        .get_mut()
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]")
-                        .await
-                        .unwrap();
+                    answer_empty_list(&mut reader).await;
                 }
             });
         }
@@ -330,28 +340,10 @@ async fn upstream_closing_after_two_answers() -> (String, Arc<AtomicUsize>) {
             tokio::spawn(async move {
                 let mut reader = BufReader::new(&mut stream);
                 for _ in 0..2 {
-                    let mut length = 0;
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if let Some(value) =
-                            line.to_ascii_lowercase().strip_prefix("content-length:")
-                        {
-                            length = value.trim().parse().unwrap();
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
+                    if read_request(&mut reader).await.is_none() {
+                        return;
                     }
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).await.unwrap();
-                    reader
-                        .get_mut()
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]")
-                        .await
-                        .unwrap();
+                    answer_empty_list(&mut reader).await;
                 }
             });
         }
