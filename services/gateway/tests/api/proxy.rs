@@ -1,6 +1,7 @@
 //! `/api/movies` reaches inventory unchanged and inventory's answers come back unchanged; inventory
 //! down or slow becomes a quick JSON error; several instances share the load and a dead one is
-//! skipped; a safe request that got no answer is retried once, any other never.
+//! skipped; a safe request that got no answer is retried once, any other never; kept-alive
+//! connections are reused, and one the instance closed, or said it closes, is not.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -257,15 +258,13 @@ async fn read_request(reader: &mut BufReader<&mut tokio::net::TcpStream>) -> Opt
     Some(request_line.trim().to_owned())
 }
 
-/// Answers `[]` on the connection of `reader`.
-async fn answer_empty_list(reader: &mut BufReader<&mut tokio::net::TcpStream>) {
-    reader
-        .get_mut()
-        .write_all(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]",
-        )
-        .await
-        .unwrap();
+/// Answers `[]` on the connection of `reader`; with `close`, saying `Connection: close` first.
+async fn answer_empty_list(reader: &mut BufReader<&mut tokio::net::TcpStream>, close: bool) {
+    let connection = if close { "connection: close\r\n" } else { "" };
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\n{connection}content-type: application/json\r\ncontent-length: 2\r\n\r\n[]"
+    );
+    reader.get_mut().write_all(answer.as_bytes()).await.unwrap();
 }
 
 /// An inventory whose first connection reads one request and closes without answering (as an
@@ -287,7 +286,7 @@ async fn upstream_dropping_its_first_request() -> (String, Arc<Mutex<Vec<String>
                     if connection == 0 {
                         return;
                     }
-                    answer_empty_list(&mut reader).await;
+                    answer_empty_list(&mut reader, false).await;
                 }
             });
         }
@@ -327,9 +326,13 @@ async fn a_safe_request_that_got_no_answer_is_retried_once_and_an_unsafe_one_nev
     gateway.stop().await;
 }
 
-/// An inventory that answers `[]` to every request and closes each connection once it has
-/// answered two. Returns its URL and the number of connections it accepted so far.
-async fn upstream_closing_after_two_answers() -> (String, Arc<AtomicUsize>) {
+/// An inventory that answers `[]` to `per_connection` requests on each connection, then closes
+/// it; with `announced`, that last answer says `Connection: close`, as an instance does while it
+/// shuts down. Returns its URL and the number of connections it accepted so far.
+async fn upstream_closing_after(
+    per_connection: usize,
+    announced: bool,
+) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -339,11 +342,12 @@ async fn upstream_closing_after_two_answers() -> (String, Arc<AtomicUsize>) {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut reader = BufReader::new(&mut stream);
-                for _ in 0..2 {
+                for answered in 1..=per_connection {
                     if read_request(&mut reader).await.is_none() {
                         return;
                     }
-                    answer_empty_list(&mut reader).await;
+                    let close = announced && answered == per_connection;
+                    answer_empty_list(&mut reader, close).await;
                 }
             });
         }
@@ -351,13 +355,10 @@ async fn upstream_closing_after_two_answers() -> (String, Arc<AtomicUsize>) {
     (url, accepted)
 }
 
-#[tokio::test]
-async fn kept_alive_connections_are_reused_and_one_the_instance_closed_is_not() {
-    let (upstream, accepted) = upstream_closing_after_two_answers().await;
-    let gateway = gateway_in_front_of(&[upstream]).await;
-    // POSTs, which are never sent twice: a connection the instance closed while it was idle must
-    // not take one.
-    for n in 0..5 {
+/// Sends `count` POSTs (never sent twice) one after the other, `pause` apart; each must be
+/// answered `[]`.
+async fn post_in_turn(gateway: &TestGateway, count: usize, pause: Duration) {
+    for n in 0..count {
         let response = gateway
             .client
             .post(gateway.url("/api/movies"))
@@ -368,11 +369,28 @@ async fn kept_alive_connections_are_reused_and_one_the_instance_closed_is_not() 
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "request {n}");
         assert_eq!(response.text().await.unwrap(), "[]");
-        // Time for the gateway to see the close, as it would between a client's requests.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(pause).await;
     }
+}
+
+#[tokio::test]
+async fn kept_alive_connections_are_reused_and_one_the_instance_closed_is_not() {
+    let (upstream, accepted) = upstream_closing_after(2, false).await;
+    let gateway = gateway_in_front_of(&[upstream]).await;
+    // With time between them for the gateway to see each close, as between a client's requests.
+    post_in_turn(&gateway, 5, Duration::from_millis(100)).await;
     // Two requests per connection: the third connection took the fifth.
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_the_instance_said_it_closes_is_never_taken_again() {
+    let (upstream, accepted) = upstream_closing_after(1, true).await;
+    let gateway = gateway_in_front_of(&[upstream]).await;
+    // One right after the other: each must find that the last connection is done with.
+    post_in_turn(&gateway, 5, Duration::ZERO).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
     gateway.stop().await;
 }
 
