@@ -129,7 +129,7 @@ fn inventory_tls(config: &Config) -> anyhow::Result<rustls::ClientConfig> {
 }
 
 impl InventoryProxy {
-    /// The pooled client of `config`'s inventory URLs; `https://` ones are verified against
+    /// The connection pools of `config`'s inventory URLs; `https://` ones are verified against
     /// INVENTORY_CA_FILE alone (refused at start-up without it).
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         use anyhow::Context as _;
