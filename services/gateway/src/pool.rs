@@ -1,8 +1,8 @@
 //! Kept-alive HTTP/1.1 connections to one inventory instance, each driven by a task of its own.
 //!
 //! In place of hyper-util's pooled client, which keys its pool by scheme and host with SipHash,
-//! and spawns a task per request to put the connection back once the answer is read: with it,
-//! about a tenth of the gateway's instructions per proxied GET. Here a connection goes back to its
+//! and spawns a task per request to put the connection back once the answer is read: with it, a
+//! proxied GET took a sixth more of the gateway's instructions (58.7k against 49.4k, callgrind). Here a connection goes back to its
 //! instance's pool when the answer's body has been read to its end; an answer dropped before its
 //! end closes its connection instead.
 //!

@@ -7,8 +7,9 @@
 //! outside HTTP's own as `other`, so the number of series stays bounded whatever clients send.
 //!
 //! A request's series are looked up by [`TrackLayer`] in a table of their handles, filled on the
-//! first request of each route, method and status: registering them by their labels, as the
-//! `metrics` macros do, cost the gateway a tenth of its instructions per proxied request.
+//! first request of each route, method and status. Looking them up by their labels on every
+//! request, as the `metrics` macros do, cost the gateway 3.2k more of the 68.8k instructions of a
+//! proxied GET (callgrind).
 
 use std::collections::HashMap;
 use std::future::Future;
