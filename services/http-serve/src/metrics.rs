@@ -210,9 +210,8 @@ fn record(route: &str, method: &'static str, status: u16, seconds: f64) {
         );
         of_method.by_status.push((status, requests));
     }
-    drop(routes);
-    // Another request may have registered it meanwhile; either way it is there now.
-    find(&table.read().unwrap_or_else(|e| e.into_inner()));
+    // Registered now, by this request or by another one since the read.
+    find(&routes);
 }
 
 /// The method as a label: one of HTTP's own, or `other`, so that a client inventing methods
