@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -127,6 +127,12 @@ pub struct Config {
     #[arg(long, env = "METRICS_LISTEN_ADDR")]
     pub metrics_listen_addr: Option<SocketAddr>,
 
+    /// Threads serving the public port, each running an event loop of its own over its share of
+    /// the connections, as nginx's workers do; 0 means one per core.
+    #[arg(long, env = "SERVER_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub server_threads: u16,
+
     /// How long clients may take, and how many connections may be open.
     #[command(flatten)]
     pub server: http_serve::ServerArgs,
@@ -139,6 +145,13 @@ impl Config {
             .clone()
             .with_ca_file(self.amqp_ca_file.as_deref())
     }
+
+    /// The threads of SERVER_THREADS, one per core when it is 0.
+    pub fn server_threads(&self) -> NonZeroUsize {
+        NonZeroUsize::new(usize::from(self.server_threads))
+            .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
+    }
+
     pub fn upstream_connect_timeout(&self) -> Duration {
         Duration::from_millis(self.upstream_connect_timeout_ms)
     }

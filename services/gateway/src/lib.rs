@@ -164,9 +164,16 @@ pub async fn run(
     });
     // Header and body read timeouts, a connection bound, and a trailing slash trimmed before
     // routing (the audit posts to `/api/movies/`), so inventory gets the canonical path too.
-    let served = http_serve::serve(listener, router(state), config.server.limits(), shutdown)
-        .await
-        .context("the HTTP server failed");
+    let served = http_serve::serve_on_threads(
+        listener,
+        router(state),
+        config.server.limits(),
+        None,
+        config.server_threads(),
+        shutdown,
+    )
+    .await
+    .context("the HTTP server failed");
     if let Some(pruning) = pruning {
         pruning.abort();
     }

@@ -6,12 +6,15 @@
 //! instance's pool when the answer's body has been read to its end; an answer dropped before its
 //! end closes its connection instead.
 //!
-//! The most recently used connection is taken first, so the ones left over from a burst go idle
-//! and are closed after [`Pool::new`]'s idle timeout. A request that never left (its pooled
+//! Each serving thread ([`http_serve::serve_on_threads`]) keeps idle connections of its own: a
+//! connection's task runs on the thread that opened it, so the request and its connection never
+//! wake one another across threads. The most recently used connection is taken first, so the
+//! ones left over from a burst go idle and are closed after [`Pool::new`]'s idle timeout. A request that never left (its pooled
 //! connection turned out closed, as the instance closed it) is sent on another one, whatever its
 //! method: nothing was sent.
 
 use std::collections::VecDeque;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
@@ -37,8 +40,8 @@ pub struct Pool {
     address: Uri,
     /// The `Host` of every request.
     host: HeaderValue,
-    /// The idle connections, the most recently used last.
-    idle: Mutex<VecDeque<Idle>>,
+    /// The idle connections of each serving thread, the most recently used last.
+    idle: Box<[Mutex<VecDeque<Idle>>]>,
     idle_timeout: Duration,
 }
 
@@ -67,20 +70,30 @@ impl SendError {
 }
 
 impl Pool {
-    /// The pool of the instance at `url`; `connector` makes its connections, over TLS for
-    /// `https://`.
+    /// The pool of the instance at `url`, for `threads` serving threads; `connector` makes its
+    /// connections, over TLS for `https://`.
     pub fn new(
         connector: HttpsConnector<HttpConnector>,
         url: &InventoryUrl,
         idle_timeout: Duration,
+        threads: NonZeroUsize,
     ) -> Result<Self, axum::http::Error> {
         Ok(Self {
             connector,
             address: url.address()?,
             host: HeaderValue::from_str(url.authority.as_str())?,
-            idle: Mutex::new(VecDeque::new()),
+            idle: (0..threads.get())
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
             idle_timeout,
         })
+    }
+
+    /// The idle connections of the calling thread.
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        self.idle[http_serve::serving_thread() % self.idle.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sends `request` (its URI in origin form, `/path?query`) on an idle connection, or a new
@@ -124,7 +137,7 @@ impl Pool {
 
     /// The most recently used idle connection still open and not idle for too long.
     fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle();
         while let Some(Idle { sender, since }) = idle.pop_back() {
             if !sender.is_closed() && since.elapsed() < self.idle_timeout {
                 return Some(sender);
@@ -139,7 +152,7 @@ impl Pool {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle();
         while idle
             .front()
             .is_some_and(|oldest| now.duration_since(oldest.since) >= self.idle_timeout)

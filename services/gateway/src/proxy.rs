@@ -144,8 +144,13 @@ impl InventoryProxy {
             .wrap_connector(connector);
         let mut upstreams = Vec::with_capacity(config.inventory_url.len());
         for url in &config.inventory_url {
-            let pool = Pool::new(connector.clone(), url, IDLE_TIMEOUT)
-                .with_context(|| format!("the inventory URL {url}"))?;
+            let pool = Pool::new(
+                connector.clone(),
+                url,
+                IDLE_TIMEOUT,
+                config.server_threads(),
+            )
+            .with_context(|| format!("the inventory URL {url}"))?;
             upstreams.push(Upstream {
                 url: url.clone(),
                 pool: Arc::new(pool),

@@ -53,6 +53,8 @@ pub fn config(inventory: &[String], amqp: &str, queue: &str) -> Config {
         metrics_listen_addr: None,
         auth_jwt_secret: None,
         auth_jwt_public_key_file: None,
+        // Two threads, whatever the machine: requests and upstream connections cross them.
+        server_threads: 2,
         server: gateway::ServerArgs::default(),
     }
 }
