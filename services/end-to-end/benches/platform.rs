@@ -7,6 +7,10 @@
 //! and the raw consumer each run half before and half after the gateway's publishes and billing's
 //! drain. Nothing consumes while orders are published, whoever publishes them.
 //!
+//! Each load's CPU is read from `/proc` around it, by process (the services, nginx, PostgreSQL,
+//! RabbitMQ, this process as the client), and printed per request: where the time goes, and
+//! why a ratio is what it is on a machine whose cores every process shares.
+//!
 //! It prints figures and asserts none of them: a slow or noisy machine changes the numbers, never
 //! the outcome. It fails only on functional errors (a non-2xx answer, an order that never becomes
 //! a row), because then the figures would describe something other than the platform working.
@@ -358,6 +362,88 @@ async fn measured_load(
     ))
 }
 
+/// CPU time (user and system, in ticks of 10 ms) each process of the machine has used, summed by
+/// name, from `/proc`: what a load cost, and who paid for it. This process is `bench`, RabbitMQ's
+/// virtual machine `rabbitmq`, and kernel threads and anything else `other`.
+#[derive(Debug, Default, Clone)]
+struct CpuTimes(std::collections::BTreeMap<&'static str, u64>);
+
+/// The processes named in [`CpuTimes`], by their command name.
+const CPU_NAMES: [(&str, &str); 6] = [
+    ("gateway", "gateway"),
+    ("inventory", "inventory"),
+    ("billing", "billing"),
+    ("nginx", "nginx"),
+    ("postgres", "postgres"),
+    ("beam.smp", "rabbitmq"),
+];
+/// `/proc`'s clock ticks per second (USER_HZ, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+impl CpuTimes {
+    fn now() -> Self {
+        let me = std::process::id();
+        let mut times = Self::default();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // A process that has just exited has no stat any more: it is skipped.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let command = &stat[open + 1..close];
+            // utime and stime, the 14th and 15th fields of proc(5)'s stat.
+            let mut fields = stat[close + 1..].split_whitespace().skip(11);
+            let ticks: u64 = fields
+                .by_ref()
+                .take(2)
+                .map(|field| field.parse::<u64>().unwrap_or(0))
+                .sum();
+            let name = if pid == me {
+                "bench"
+            } else {
+                CPU_NAMES
+                    .iter()
+                    .find(|(c, _)| *c == command)
+                    .map_or("other", |(_, name)| *name)
+            };
+            *times.0.entry(name).or_default() += ticks;
+        }
+        times
+    }
+
+    /// Adds what each name has used since `earlier`. A process that ended meanwhile takes its
+    /// time with it: a name's time never counts below nothing.
+    fn add_since(&mut self, earlier: &Self) {
+        for (name, ticks) in Self::now().0 {
+            let before = earlier.0.get(name).copied().unwrap_or(0);
+            *self.0.entry(name).or_default() += ticks.saturating_sub(before);
+        }
+    }
+
+    /// Microseconds of CPU per one of `count` (requests, rows), in all and then by name, the
+    /// costliest first.
+    fn per_unit(&self, count: usize) -> String {
+        let micros = |ticks: u64| ticks as f64 * 1e6 / TICKS_PER_SECOND / count.max(1) as f64;
+        let mut named: Vec<(&str, u64)> = self.0.iter().map(|(n, t)| (*n, *t)).collect();
+        named.sort_by_key(|(_, ticks)| std::cmp::Reverse(*ticks));
+        let total: u64 = named.iter().map(|(_, t)| t).sum();
+        let mut line = format!("{:>5.0} =", micros(total));
+        for (name, ticks) in named.into_iter().filter(|(_, t)| *t > 0) {
+            line.push_str(&format!(" {name} {:.0}", micros(ticks)));
+        }
+        line
+    }
+}
+
 /// A connection of the bench's own to the broker of `AMQP_URL`.
 async fn connect_broker() -> Result<lapin::Connection> {
     lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
@@ -647,8 +733,10 @@ async fn run(scratch: &Scratch) -> Result<()> {
         .await?;
     }
     let mut rounds: [Vec<LoadFigures>; 4] = Default::default();
+    let mut get_cpu: [CpuTimes; 4] = Default::default();
     for _ in 0..PROXY_ROUNDS {
-        for (target, figures) in targets.iter().zip(rounds.iter_mut()) {
+        for ((target, figures), cpu) in targets.iter().zip(rounds.iter_mut()).zip(&mut get_cpu) {
+            let before = CpuTimes::now();
             figures.push(
                 closed_loop(
                     &client,
@@ -659,6 +747,7 @@ async fn run(scratch: &Scratch) -> Result<()> {
                 )
                 .await?,
             );
+            cpu.add_since(&before);
         }
     }
     let [direct_rounds, nginx_rounds, proxied_rounds, tls_rounds] = rounds;
@@ -675,7 +764,10 @@ async fn run(scratch: &Scratch) -> Result<()> {
     // The raw publisher's reference brackets the gateway's loads: half before, half after, so a
     // machine that slows down or speeds up meanwhile weighs on both alike.
     progress("reference: the raw publisher, first half");
+    let mut raw_publish_cpu = CpuTimes::default();
+    let before = CpuTimes::now();
     let raw_publish_before = publish_backlog(&queue, halves[0]).await?;
+    raw_publish_cpu.add_since(&before);
     progress("POST /api/billing through the gateway");
     let order =
         Arc::new(json!({"user_id": "bench_publish", "number_of_items": 1, "total_amount": 9.99}));
@@ -683,8 +775,11 @@ async fn run(scratch: &Scratch) -> Result<()> {
     let post_order: MakeRequest =
         Arc::new(move |client: &reqwest::Client, _| client.post(&billing_url).json(order.as_ref()));
     // As many orders in flight as the raw publisher keeps unconfirmed: each waits for its confirm.
+    let mut publish_cpu = CpuTimes::default();
+    let before = CpuTimes::now();
     let (warm_up, publish_load) =
         measured_load(&client, RAW_IN_FLIGHT, PUBLISH_REQUESTS, post_order).await?;
+    publish_cpu.add_since(&before);
     progress("POST /api/billing through the TLS gateway (AMQPS)");
     let order = Arc::new(
         json!({"user_id": "bench_publish_tls", "number_of_items": 1, "total_amount": 9.99}),
@@ -698,7 +793,9 @@ async fn run(scratch: &Scratch) -> Result<()> {
     let tls_gateway_rss = tls_pair.gateway.peak_rss_mib()?;
     drop(tls_pair);
     progress("reference: the raw publisher, second half");
+    let before = CpuTimes::now();
     let raw_publish_after = publish_backlog(&queue, halves[1]).await?;
+    raw_publish_cpu.add_since(&before);
     let raw_publish = raw_publish_before + raw_publish_after;
     // Every accepted order must become a row, warm-up included.
     let backlog =
@@ -708,11 +805,16 @@ async fn run(scratch: &Scratch) -> Result<()> {
     let raw_queue = format!("{queue}-raw");
     progress("reference: the raw consumer, first half, from a queue of its own");
     publish_backlog(&raw_queue, halves[0]).await?;
+    let mut raw_consume_cpu = CpuTimes::default();
+    let before = CpuTimes::now();
     let raw_consume_before = raw_consume(&raw_queue, halves[0]).await?;
+    raw_consume_cpu.add_since(&before);
     progress("billing started; draining the backlog");
     let mut db = PgConnection::connect(&billing_db).await?;
     let stored = highest_order_id(&mut db).await;
     ensure!(stored == 0, "{stored} orders stored before the drain");
+    let mut drain_cpu = CpuTimes::default();
+    let before = CpuTimes::now();
     let drain_start = Instant::now();
     platform.start_billing()?;
     // The first row marks the end of billing's start (its connections, the queue's declaration).
@@ -727,9 +829,12 @@ async fn run(scratch: &Scratch) -> Result<()> {
     wait_for_orders(&mut db, backlog as i64).await?;
     let drain = drain_start.elapsed();
     let drain_from_first_row = first_row.elapsed();
+    drain_cpu.add_since(&before);
     progress("reference: the raw consumer, second half");
     publish_backlog(&raw_queue, halves[1]).await?;
+    let before = CpuTimes::now();
     let raw_consume = raw_consume_before + raw_consume(&raw_queue, halves[1]).await?;
+    raw_consume_cpu.add_since(&before);
 
     // Read before the naive loop, which loads PostgreSQL, not the services.
     let memory = [
@@ -766,6 +871,28 @@ async fn run(scratch: &Scratch) -> Result<()> {
         naive_time,
         memory: &memory,
         bench_rss,
+        cpu: &[
+            ("GET direct", &get_cpu[0], direct_load.requests),
+            ("GET via nginx", &get_cpu[1], nginx_load.requests),
+            ("GET via gateway", &get_cpu[2], proxied_load.requests),
+            (
+                "GET via gateway, inventory over TLS",
+                &get_cpu[3],
+                tls_load.requests,
+            ),
+            (
+                "POST /api/billing",
+                &publish_cpu,
+                warm_up + publish_load.requests,
+            ),
+            ("raw publisher", &raw_publish_cpu, BACKLOG_ORDERS),
+            ("billing drain, per row", &drain_cpu, backlog),
+            (
+                "raw consumer, per message",
+                &raw_consume_cpu,
+                BACKLOG_ORDERS,
+            ),
+        ],
     });
     Ok(())
 }
@@ -791,6 +918,8 @@ struct Report<'a> {
     naive_time: Duration,
     memory: &'a [(&'static str, f64)],
     bench_rss: f64,
+    /// Each load's CPU by process, and what it is divided by (requests, orders, rows).
+    cpu: &'a [(&'static str, &'a CpuTimes, usize)],
 }
 
 fn print_report(r: &Report<'_>) {
@@ -900,4 +1029,9 @@ fn print_report(r: &Report<'_>) {
         println!("{name:<36} {mib:>8.1}");
     }
     println!("{:<36} {:>8.1}", "bench process (reference)", r.bench_rss);
+    println!();
+    println!("CPU per request, µs: all of it = each process's part (user and system, /proc)");
+    for (name, cpu, count) in r.cpu {
+        println!("{name:<36} {}", cpu.per_unit(*count));
+    }
 }
