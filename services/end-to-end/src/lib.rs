@@ -98,12 +98,13 @@ pub fn service_binaries() -> Result<PathBuf> {
 
 /// The services' speed settings a caller's environment passes on to them (`BILLING_PREFETCH=2000
 /// scripts/bench`); every other variable is the caller's to give.
-pub const TUNING_VARIABLES: [&str; 5] = [
+pub const TUNING_VARIABLES: [&str; 6] = [
     "BILLING_PREFETCH",
     "BILLING_BATCH_SIZE",
     "BILLING_BATCHES_IN_FLIGHT",
     "BILLING_BATCH_TIMEOUT_MS",
     "PUBLISH_CHANNELS",
+    "SERVER_THREADS",
 ];
 
 /// A service process, killed when dropped so a failing run leaves nothing behind.
