@@ -384,7 +384,11 @@ async fn closed_loop(
                     return Ok::<_, anyhow::Error>(latencies);
                 }
                 let sent = Instant::now();
-                connection.ready().await?;
+                if connection.ready().await.is_err() {
+                    // The server closed the kept-alive connection since the last answer (nginx
+                    // does after `keepalive_requests`): nothing was sent, a new one takes it.
+                    connection = load_connection(&load.address).await?;
+                }
                 let response = connection
                     .send_request((load.make)(n))
                     .await
@@ -478,6 +482,14 @@ impl CpuTimes {
             *times.0.entry(name).or_default() += ticks;
         }
         times
+    }
+
+    /// Runs `work`, adding the CPU used meanwhile.
+    async fn around<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
+        let before = Self::now();
+        let done = work.await;
+        self.add_since(&before);
+        done
     }
 
     /// Adds what each name has used since `earlier`. A process that ended meanwhile takes its
@@ -784,9 +796,10 @@ async fn run(scratch: &Scratch) -> Result<()> {
     let mut get_cpu: [CpuTimes; 4] = Default::default();
     for _ in 0..PROXY_ROUNDS {
         for ((target, figures), cpu) in targets.iter().zip(rounds.iter_mut()).zip(&mut get_cpu) {
-            let before = CpuTimes::now();
-            figures.push(closed_loop(target, CLIENTS, round_requests, round_limit).await?);
-            cpu.add_since(&before);
+            figures.push(
+                cpu.around(closed_loop(target, CLIENTS, round_requests, round_limit))
+                    .await?,
+            );
         }
     }
     let [direct_rounds, nginx_rounds, proxied_rounds, tls_rounds] = rounds;
@@ -804,9 +817,9 @@ async fn run(scratch: &Scratch) -> Result<()> {
     // machine that slows down or speeds up meanwhile weighs on both alike.
     progress("reference: the raw publisher, first half");
     let mut raw_publish_cpu = CpuTimes::default();
-    let before = CpuTimes::now();
-    let raw_publish_before = publish_backlog(&queue, halves[0]).await?;
-    raw_publish_cpu.add_since(&before);
+    let raw_publish_before = raw_publish_cpu
+        .around(publish_backlog(&queue, halves[0]))
+        .await?;
     progress("POST /api/billing through the gateway");
     let post_order = Load::post_json(
         &through_gateway,
@@ -815,10 +828,9 @@ async fn run(scratch: &Scratch) -> Result<()> {
     )?;
     // As many orders in flight as the raw publisher keeps unconfirmed: each waits for its confirm.
     let mut publish_cpu = CpuTimes::default();
-    let before = CpuTimes::now();
-    let (warm_up, publish_load) =
-        measured_load(&post_order, RAW_IN_FLIGHT, PUBLISH_REQUESTS).await?;
-    publish_cpu.add_since(&before);
+    let (warm_up, publish_load) = publish_cpu
+        .around(measured_load(&post_order, RAW_IN_FLIGHT, PUBLISH_REQUESTS))
+        .await?;
     progress("POST /api/billing through the TLS gateway (AMQPS)");
     let post_order = Load::post_json(
         &through_tls_gateway,
@@ -830,9 +842,9 @@ async fn run(scratch: &Scratch) -> Result<()> {
     let tls_gateway_rss = tls_pair.gateway.peak_rss_mib()?;
     drop(tls_pair);
     progress("reference: the raw publisher, second half");
-    let before = CpuTimes::now();
-    let raw_publish_after = publish_backlog(&queue, halves[1]).await?;
-    raw_publish_cpu.add_since(&before);
+    let raw_publish_after = raw_publish_cpu
+        .around(publish_backlog(&queue, halves[1]))
+        .await?;
     let raw_publish = raw_publish_before + raw_publish_after;
     // Every accepted order must become a row, warm-up included.
     let backlog =
@@ -843,9 +855,9 @@ async fn run(scratch: &Scratch) -> Result<()> {
     progress("reference: the raw consumer, first half, from a queue of its own");
     publish_backlog(&raw_queue, halves[0]).await?;
     let mut raw_consume_cpu = CpuTimes::default();
-    let before = CpuTimes::now();
-    let raw_consume_before = raw_consume(&raw_queue, halves[0]).await?;
-    raw_consume_cpu.add_since(&before);
+    let raw_consume_before = raw_consume_cpu
+        .around(raw_consume(&raw_queue, halves[0]))
+        .await?;
     progress("billing started; draining the backlog");
     let mut db = PgConnection::connect(&billing_db).await?;
     let stored = highest_order_id(&mut db).await;
@@ -869,9 +881,10 @@ async fn run(scratch: &Scratch) -> Result<()> {
     drain_cpu.add_since(&before);
     progress("reference: the raw consumer, second half");
     publish_backlog(&raw_queue, halves[1]).await?;
-    let before = CpuTimes::now();
-    let raw_consume = raw_consume_before + raw_consume(&raw_queue, halves[1]).await?;
-    raw_consume_cpu.add_since(&before);
+    let raw_consume = raw_consume_before
+        + raw_consume_cpu
+            .around(raw_consume(&raw_queue, halves[1]))
+            .await?;
 
     // Read before the naive loop, which loads PostgreSQL, not the services.
     let memory = [

@@ -9,9 +9,9 @@
 //! Each serving thread ([`http_serve::serve_on_threads`]) keeps idle connections of its own: a
 //! connection's task runs on the thread that opened it, so the request and its connection never
 //! wake one another across threads. The most recently used connection is taken first, so the
-//! ones left over from a burst go idle and are closed after [`Pool::new`]'s idle timeout. A request that never left (its pooled
-//! connection turned out closed, as the instance closed it) is sent on another one, whatever its
-//! method: nothing was sent.
+//! ones left over from a burst go idle and are closed after [`Pool::new`]'s idle timeout. A
+//! request that never left (its pooled connection turned out closed, as the instance closed it)
+//! is sent on another one, whatever its method: nothing was sent.
 
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;

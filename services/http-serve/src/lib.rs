@@ -236,6 +236,8 @@ pub async fn serve_on_threads(
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let connections = Connections::new(router, limits, tls);
     let stop = tokio_util::sync::CancellationToken::new();
+    // Should a thread fail to start, those already serving stop as this returns the error.
+    let _stop_on_error = stop.clone().drop_guard();
     let (ended, mut endings) = tokio::sync::mpsc::unbounded_channel();
     for index in 0..threads.get() {
         let listener = listener.try_clone()?;
