@@ -27,7 +27,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -388,11 +388,25 @@ async fn accept_loop(
             let (app, draining) = (app.clone(), draining.clone());
             async move {
                 let http1 = request.version() < Version::HTTP_2;
-                let mut request = request.map(axum::body::Body::new);
+                // A body the answer leaves unread (a 413 refused on its length, a 401) is read on
+                // and thrown away (see `ReadToEnd`), then the connection closes. The answer says
+                // so, or a client that sent the whole body would send its next request on it.
+                let body_read = (http1 && !request.body().is_end_stream())
+                    .then(|| Arc::new(AtomicBool::new(false)));
+                let mut request = match &body_read {
+                    Some(read) => request.map(|body| {
+                        axum::body::Body::new(ReadToEnd {
+                            body: Some(body),
+                            read: read.clone(),
+                        })
+                    }),
+                    None => request.map(axum::body::Body::new),
+                };
                 request.extensions_mut().insert(ConnectInfo(remote));
                 let mut response = app.oneshot(request).await?;
+                let unread = body_read.is_some_and(|read| !read.load(Ordering::Relaxed));
                 // HTTP/2 has no such header: its connections get a GOAWAY on shutdown.
-                if http1 && draining.load(Ordering::Relaxed) {
+                if http1 && (unread || draining.load(Ordering::Relaxed)) {
                     response
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -447,6 +461,76 @@ async fn accept_loop(
     graceful.shutdown().await;
 }
 
+/// A request body that records when it has been read to its end. One dropped before its end is
+/// read on to its end and thrown away, for up to [`LINGER`] and as long as a piece comes every
+/// [`LINGER_IDLE`], as nginx's lingering close does: a client still sending a body the answer
+/// refused (a 413 on its length) then reads the answer, instead of having its connection reset
+/// under the body it writes. A client that stopped sending is not waited for.
+struct ReadToEnd {
+    body: Option<Incoming>,
+    read: Arc<AtomicBool>,
+}
+
+/// How long a refused body is read on and thrown away before its connection closes anyway.
+const LINGER: Duration = Duration::from_secs(5);
+/// The longest pause in a refused body while it is thrown away.
+const LINGER_IDLE: Duration = Duration::from_millis(500);
+
+impl hyper::body::Body for ReadToEnd {
+    type Data = axum::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let Some(body) = self.body.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let frame = std::task::ready!(std::pin::Pin::new(&mut *body).poll_frame(cx));
+        if frame.is_none() || body.is_end_stream() {
+            self.read.store(true, Ordering::Relaxed);
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(Incoming::is_end_stream)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| hyper::body::SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+impl Drop for ReadToEnd {
+    fn drop(&mut self) {
+        let Some(mut body) = self.body.take() else {
+            return;
+        };
+        if self.read.load(Ordering::Relaxed) || body.is_end_stream() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(LINGER, async {
+                    loop {
+                        let frame =
+                            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+                        match tokio::time::timeout(LINGER_IDLE, frame).await {
+                            Ok(Some(Ok(_))) => {}
+                            _ => break,
+                        }
+                    }
+                })
+                .await;
+            });
+        }
+    }
+}
+
 /// Whether a body error is the body read timeout of [`serve`] (a client that stopped sending).
 pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
@@ -486,6 +570,14 @@ mod tests {
                     let spawned = tokio::spawn(async move { name() }).await.expect("the task");
                     format!("{} {:?} {:?}", serving_thread(), name(), spawned)
                 }),
+            )
+            .route(
+                "/refuse",
+                axum::routing::post(|| async { StatusCode::PAYLOAD_TOO_LARGE }),
+            )
+            .route(
+                "/read",
+                axum::routing::post(|body: String| async move { body }),
             )
             .route(
                 "/wait",
@@ -542,6 +634,59 @@ mod tests {
             stream.read_to_string(&mut answer).await.expect("an answer");
             answer
         })
+    }
+
+    /// The head of the next answer on `stream`, lowercased.
+    async fn answer_head(stream: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0];
+            stream.read_exact(&mut byte).await.expect("an answer");
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).expect("text").to_lowercase()
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_leaves_the_body_unread_says_the_connection_closes() {
+        let served = start(1, Limits::default()).await;
+        let mut stream = TcpStream::connect(served.address)
+            .await
+            .expect("a connection");
+        // Part of a large body: the answer comes before the rest, which nobody will read.
+        let head = "POST /refuse HTTP/1.1\r\nhost: test\r\ncontent-length: 1000000\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.expect("sent");
+        stream.write_all(&[b'x'; 1000]).await.expect("sent");
+        let answer = answer_head(&mut stream).await;
+        assert!(answer.starts_with("http/1.1 413"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+        // The rest of the body is still taken, so the client can send it all.
+        stream
+            .write_all(&[b'x'; 999_000])
+            .await
+            .expect("the whole body is taken");
+        let mut rest = Vec::new();
+        stream
+            .read_to_end(&mut rest)
+            .await
+            .expect("the connection closes");
+
+        // A body read to its end keeps the connection: a second request is answered on it.
+        let mut stream = TcpStream::connect(served.address)
+            .await
+            .expect("a connection");
+        for _ in 0..2 {
+            let request = "POST /read HTTP/1.1\r\nhost: test\r\ncontent-length: 5\r\n\r\nhello";
+            stream.write_all(request.as_bytes()).await.expect("sent");
+            let answer = answer_head(&mut stream).await;
+            assert!(answer.starts_with("http/1.1 200"), "{answer}");
+            assert!(!answer.contains("connection: close"), "{answer}");
+            let mut body = [0; 5];
+            stream.read_exact(&mut body).await.expect("the body");
+            assert_eq!(&body, b"hello");
+        }
+        served.shutdown.send(()).expect("serving");
+        served.served.await.expect("joined").expect("served");
     }
 
     #[tokio::test]
