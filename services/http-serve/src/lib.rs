@@ -88,6 +88,13 @@ pub struct Limits {
     pub drain: Duration,
 }
 
+impl Limits {
+    /// The connections open at once, at least one: the permits of every accept loop together.
+    fn connections(&self) -> usize {
+        self.max_connections.max(1)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -205,7 +212,7 @@ pub async fn serve_tls(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(limits.connections()));
     accept_loop(
         listener,
         Connections::new(router, limits, tls),
@@ -235,7 +242,7 @@ pub async fn serve_on_threads(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = listener.into_std()?;
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(limits.connections()));
     let connections = Connections::new(router, limits, tls);
     let stop = tokio_util::sync::CancellationToken::new();
     // Should a thread fail to start, those already serving stop as this returns the error.
@@ -358,7 +365,7 @@ async fn accept_loop(
         acceptor,
         limits,
     } = connections;
-    let max_connections = limits.max_connections.max(1);
+    let max_connections = limits.connections();
     let draining = Arc::new(AtomicBool::new(false));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
