@@ -15,6 +15,7 @@
 
 pub mod metrics;
 pub mod observe;
+mod spread;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,8 +34,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use service_common::ErrorBody;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -217,6 +218,7 @@ pub async fn serve_tls(
         listener,
         Connections::new(router, limits, tls),
         permits,
+        None,
         shutdown,
     )
     .await;
@@ -230,7 +232,9 @@ pub async fn serve_tls(
 /// way, against 44 to 51 µs on tokio's multi-threaded runtime: the less, the fewer threads its
 /// connections happened to spread over, as a thread with more to do sleeps less often between
 /// two requests (0.13 voluntary context switches per request with all on one thread, 0.74 with
-/// them spread over two). [`Limits::max_connections`] bounds all threads together.
+/// them spread over two). So the first thread always takes new connections and each other one
+/// only while the thread before it is busy; a thread too busy hands connections over (see
+/// `spread`). [`Limits::max_connections`] bounds all threads together.
 /// Tasks a handler spawns run on its thread; [`serving_thread`] tells which one it is.
 /// Returns once `shutdown` has completed and every thread has drained its connections.
 pub async fn serve_on_threads(
@@ -241,6 +245,19 @@ pub async fn serve_on_threads(
     threads: NonZeroUsize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let spread = spread::Threads::new(threads.get(), spread::Thresholds::DEFAULT);
+    serve_spread(listener, router, limits, tls, spread, shutdown).await
+}
+
+/// [`serve_on_threads`] on the threads of `spread`, whose thresholds tests choose.
+async fn serve_spread(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    spread: Arc<spread::Threads>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let listener = listener.into_std()?;
     let permits = Arc::new(Semaphore::new(limits.connections()));
     let connections = Connections::new(router, limits, tls);
@@ -248,9 +265,10 @@ pub async fn serve_on_threads(
     // Should a thread fail to start, those already serving stop as this returns the error.
     let _stop_on_error = stop.clone().drop_guard();
     let (ended, mut endings) = tokio::sync::mpsc::unbounded_channel();
-    for index in 0..threads.get() {
+    for index in 0..spread.count() {
         let listener = listener.try_clone()?;
         let (connections, permits, stop) = (connections.clone(), permits.clone(), stop.clone());
+        let spread = spread.clone();
         let ending = Ending {
             index,
             served: Err(std::io::Error::other("it panicked")),
@@ -262,14 +280,16 @@ pub async fn serve_on_threads(
                 // The whole report moves in, not just the field written: it is sent when dropped.
                 let mut ending = ending;
                 SERVING_THREAD.with(|thread| thread.set(index));
+                spread.register(index);
                 ending.served = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .and_then(|runtime| {
                         runtime.block_on(async move {
                             let listener = TcpListener::from_std(listener)?;
-                            accept_loop(listener, connections, permits, stop.cancelled_owned())
-                                .await;
+                            let spread = Some((spread, index));
+                            let stop = stop.cancelled_owned();
+                            accept_loop(listener, connections, permits, spread, stop).await;
                             Ok(())
                         })
                     });
@@ -352,11 +372,13 @@ impl Connections {
 }
 
 /// Accepts connections from `listener` and serves each in a task of its own, a permit of
-/// `permits` each, until `shutdown` completes; then drains them (see the module's doc).
+/// `permits` each, until `shutdown` completes; then drains them (see the module's doc). `spread`
+/// is the serving threads and this one's index, when there are several (see `spread`).
 async fn accept_loop(
     listener: TcpListener,
     connections: Connections,
     permits: Arc<Semaphore>,
+    spread: Option<(Arc<spread::Threads>, usize)>,
     shutdown: impl Future<Output = ()>,
 ) {
     let Connections {
@@ -368,33 +390,29 @@ async fn accept_loop(
     let max_connections = limits.connections();
     let draining = Arc::new(AtomicBool::new(false));
     let graceful = GracefulShutdown::new();
+    let mut gate = spread
+        .as_ref()
+        .and_then(|(threads, index)| spread::Gate::new(threads.clone(), *index));
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
+        let (permit, stream, remote) = tokio::select! {
             () = &mut shutdown => break,
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let (stream, remote) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %err, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            next = next_connection(&listener, &permits, gate.as_mut()) => next,
         };
         // Each answer leaves at once, as nginx's `tcp_nodelay` does on kept-alive connections.
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%remote, error = %err, "cannot set TCP_NODELAY");
         }
         let (app, draining) = (app.clone(), draining.clone());
+        let spread = spread.clone();
         let service = tower::service_fn(move |request: Request<Incoming>| {
             let (app, draining) = (app.clone(), draining.clone());
+            let http1 = request.version() < Version::HTTP_2;
+            let hand_over = http1
+                && spread
+                    .as_ref()
+                    .is_some_and(|(threads, index)| threads.hand_over(*index));
             async move {
-                let http1 = request.version() < Version::HTTP_2;
                 // A body the answer leaves unread (a 413 refused on its length, a 401) is read on
                 // and thrown away (see `ReadToEnd`), then the connection closes. The answer says
                 // so, or a client that sent the whole body would send its next request on it.
@@ -413,7 +431,7 @@ async fn accept_loop(
                 let mut response = app.oneshot(request).await?;
                 let unread = body_read.is_some_and(|read| !read.load(Ordering::Relaxed));
                 // HTTP/2 has no such header: its connections get a GOAWAY on shutdown.
-                if http1 && (unread || draining.load(Ordering::Relaxed)) {
+                if http1 && (unread || hand_over || draining.load(Ordering::Relaxed)) {
                     response
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -466,6 +484,48 @@ async fn accept_loop(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     graceful.shutdown().await;
+}
+
+/// The next connection from `listener` and its permit of `permits`. A thread with a `gate` takes
+/// neither while its gate is closed, so a permit never waits with a thread that may not accept.
+async fn next_connection(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    mut gate: Option<&mut spread::Gate>,
+) -> (OwnedSemaphorePermit, TcpStream, SocketAddr) {
+    loop {
+        if let Some(gate) = gate.as_deref_mut() {
+            while !gate.open() {
+                tokio::time::sleep(spread::SAMPLE).await;
+            }
+        }
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        // `None` when the gate closed first: the permit goes back.
+        let accepted = match gate.as_deref_mut() {
+            None => Some(listener.accept().await),
+            Some(gate) => loop {
+                tokio::select! {
+                    accepted = listener.accept() => break Some(accepted),
+                    () = tokio::time::sleep(spread::SAMPLE) => if !gate.open() {
+                        break None;
+                    },
+                }
+            },
+        };
+        match accepted {
+            None => {}
+            Some(Ok((stream, remote))) => return (permit, stream, remote),
+            Some(Err(err)) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                tracing::warn!(error = %err, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// A request body that records when it has been read to its end. One dropped before its end is
@@ -567,9 +627,22 @@ mod tests {
     use tokio::sync::{oneshot, watch};
 
     /// `/thread` answers which serving thread ran it, the name of its thread and that of a task it
-    /// spawned; `/wait` answers once `release` says true.
+    /// spawned; `/spin/{ms}` keeps its thread busy that long, then answers which serving thread it
+    /// is; `/wait` answers once `release` says true.
     fn app(release: watch::Receiver<bool>) -> Router {
         Router::new()
+            .route(
+                "/spin/{ms}",
+                get(
+                    |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
+                        let end = std::time::Instant::now() + Duration::from_millis(ms);
+                        while std::time::Instant::now() < end {
+                            std::hint::spin_loop();
+                        }
+                        serving_thread().to_string()
+                    },
+                ),
+            )
             .route(
                 "/thread",
                 get(|| async {
@@ -609,16 +682,32 @@ mod tests {
     }
 
     async fn start(threads: usize, limits: Limits) -> Served {
+        start_spread(threads, limits, spread::Thresholds::DEFAULT).await
+    }
+
+    /// Thresholds a thread kept busy by `/spin` passes however busy the machine running the tests
+    /// is: the defaults ask for half a core, which a loaded machine may not give it.
+    const EAGER: spread::Thresholds = spread::Thresholds {
+        open_at: 0.05,
+        close_below: 0.02,
+        hot: 0.2,
+    };
+
+    async fn start_spread(
+        threads: usize,
+        limits: Limits,
+        thresholds: spread::Thresholds,
+    ) -> Served {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let address = listener.local_addr().expect("its address");
         let (release, released) = watch::channel(false);
         let (shutdown, stop) = oneshot::channel();
-        let served = tokio::spawn(serve_on_threads(
+        let served = tokio::spawn(serve_spread(
             listener,
             app(released),
             limits,
             None,
-            NonZeroUsize::new(threads).expect("threads"),
+            spread::Threads::new(threads, thresholds),
             async move {
                 let _ = stop.await;
             },
@@ -652,6 +741,120 @@ mod tests {
             head.push(byte[0]);
         }
         String::from_utf8(head).expect("text").to_lowercase()
+    }
+
+    /// Sends `GET path` on a kept-alive `stream`; the answer's head (lowercased) and body.
+    async fn ask(stream: &mut TcpStream, path: &str) -> (String, String) {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("sent");
+        let head = answer_head(stream).await;
+        let length = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .and_then(|length| length.trim().parse().ok())
+            .expect("a content-length");
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await.expect("the body");
+        (head, String::from_utf8(body).expect("text"))
+    }
+
+    /// A connection served by thread 0. With [`EAGER`] thresholds, thread 1 may take a connection
+    /// while thread 0 is only starting: such connections are left out.
+    async fn on_thread_0(address: SocketAddr) -> TcpStream {
+        loop {
+            let mut stream = TcpStream::connect(address).await.expect("a connection");
+            if ask(&mut stream, "/spin/0").await.1 == "0" {
+                return stream;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_gather_on_the_first_thread_while_it_has_room() {
+        let served = start(2, Limits::default()).await;
+        let mut streams = Vec::new();
+        for connection in 0..6 {
+            let mut stream = TcpStream::connect(served.address)
+                .await
+                .expect("a connection");
+            let (_, body) = ask(&mut stream, "/thread").await;
+            assert!(
+                body.starts_with("0 "),
+                "connection {connection} of a light load reached thread {body}"
+            );
+            streams.push(stream);
+            tokio::time::sleep(spread::SAMPLE * 2).await;
+        }
+        served.shutdown.send(()).expect("serving");
+        served.served.await.expect("joined").expect("served");
+    }
+
+    #[tokio::test]
+    async fn while_a_thread_is_busy_the_next_one_takes_connections() {
+        let served = start_spread(2, Limits::default(), EAGER).await;
+        let mut busy = on_thread_0(served.address).await;
+        let request = "GET /spin/2000 HTTP/1.1\r\nhost: test\r\n\r\n";
+        busy.write_all(request.as_bytes()).await.expect("sent");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Thread 0 is held by the spin: only thread 1 can answer, and does long before it ends.
+        let started = std::time::Instant::now();
+        let mut stream = TcpStream::connect(served.address)
+            .await
+            .expect("a connection");
+        let (_, body) = ask(&mut stream, "/spin/0").await;
+        assert_eq!(body, "1");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "not before the spin ended"
+        );
+        assert!(answer_head(&mut busy).await.starts_with("http/1.1 200"));
+        served.shutdown.send(()).expect("serving");
+        served.served.await.expect("joined").expect("served");
+    }
+
+    #[tokio::test]
+    async fn a_thread_too_busy_hands_connections_over_to_one_with_room() {
+        let served = start_spread(2, Limits::default(), EAGER).await;
+        // Four connections on thread 0, as a light load leaves them.
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(on_thread_0(served.address).await);
+        }
+        // Then each keeps thread 0 busy, reconnecting when an answer says the connection closes,
+        // until an answer comes from thread 1.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let done = Arc::new(AtomicBool::new(false));
+        let moved = clients.into_iter().map(|mut stream| {
+            let (address, done) = (served.address, done.clone());
+            tokio::spawn(async move {
+                let mut closed = 0;
+                while tokio::time::Instant::now() < deadline && !done.load(Ordering::Relaxed) {
+                    let (head, body) = ask(&mut stream, "/spin/5").await;
+                    if body == "1" {
+                        done.store(true, Ordering::Relaxed);
+                        return Some(closed);
+                    }
+                    if head.contains("connection: close") {
+                        closed += 1;
+                        stream = TcpStream::connect(address).await.expect("a connection");
+                    }
+                }
+                None
+            })
+        });
+        let mut handed_over = 0;
+        for client in moved.collect::<Vec<_>>() {
+            if let Some(closed) = client.await.expect("the client") {
+                assert!(closed > 0, "a connection moved without being closed");
+                handed_over += 1;
+            }
+        }
+        assert!(
+            handed_over > 0,
+            "no connection moved to thread 1 within 10 s"
+        );
+        served.shutdown.send(()).expect("serving");
+        served.served.await.expect("joined").expect("served");
     }
 
     #[tokio::test]
