@@ -67,6 +67,15 @@ const RAW_PREFETCH: u16 = 500;
 const RAW_ACK_EVERY: u64 = 250;
 /// How long accepted orders may take to become rows before the run is declared broken.
 const ROW_DEADLINE: Duration = Duration::from_secs(60);
+/// The gateways run with their rate limit on, as the figures are to be taken with every layer of
+/// the API's path: requests per second per client address, far above any load here (every client
+/// is 127.0.0.1), so that nothing is refused (the bench fails on any 429).
+const RATE_LIMIT_PER_SECOND: &str = "100000000";
+
+/// The gateways' settings besides their addresses: the rate limit on.
+fn gateway_layers() -> [(&'static str, String); 1] {
+    [("RATE_LIMIT_PER_SECOND", RATE_LIMIT_PER_SECOND.to_owned())]
+}
 
 /// The files of the bench's TLS pair: a CA, inventory's certificate for 127.0.0.1 and the
 /// gateway's client certificate, as `provision` gives the hosts (ECDSA P-256, rcgen).
@@ -176,23 +185,21 @@ impl TlsPair {
                 ("TLS_CLIENT_CA_FILE", files.ca.clone()),
             ],
         )?;
-        let gateway = Service::start(
-            &bin_dir,
-            "gateway",
-            &[
-                ("LISTEN_ADDR", format!("127.0.0.1:{gateway_port}")),
-                (
-                    "INVENTORY_URL",
-                    format!("https://127.0.0.1:{inventory_port}"),
-                ),
-                ("INVENTORY_CA_FILE", files.ca.clone()),
-                ("INVENTORY_CLIENT_CERT_FILE", files.client_cert.clone()),
-                ("INVENTORY_CLIENT_KEY_FILE", files.client_key.clone()),
-                ("AMQP_URL", amqps.to_string()),
-                ("AMQP_CA_FILE", files.ca.clone()),
-                ("BILLING_QUEUE", scratch.queue()),
-            ],
-        )?;
+        let mut env = vec![
+            ("LISTEN_ADDR", format!("127.0.0.1:{gateway_port}")),
+            (
+                "INVENTORY_URL",
+                format!("https://127.0.0.1:{inventory_port}"),
+            ),
+            ("INVENTORY_CA_FILE", files.ca.clone()),
+            ("INVENTORY_CLIENT_CERT_FILE", files.client_cert.clone()),
+            ("INVENTORY_CLIENT_KEY_FILE", files.client_key.clone()),
+            ("AMQP_URL", amqps.to_string()),
+            ("AMQP_CA_FILE", files.ca.clone()),
+            ("BILLING_QUEUE", scratch.queue()),
+        ];
+        env.extend(gateway_layers());
+        let gateway = Service::start(&bin_dir, "gateway", &env)?;
         let gateway_url = format!("http://127.0.0.1:{gateway_port}");
         // Ready means inventory answered over mutual TLS and the broker over AMQPS.
         end_to_end::wait_ready(client, &format!("{gateway_url}/ready")).await?;
@@ -747,7 +754,7 @@ async fn run(scratch: &Scratch) -> Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let mut platform = Platform::start(scratch, &client).await?;
+    let mut platform = Platform::start_with(scratch, &client, &gateway_layers()).await?;
     let direct = platform.inventory_url.clone();
     let through_gateway = platform.gateway_url.clone();
     let billing_db = database_url(&scratch.billing_db());
@@ -985,7 +992,10 @@ fn print_report(r: &Report<'_>) {
         );
     };
     println!();
-    println!("platform bench: release binaries on 127.0.0.1, {CLIENTS} closed-loop clients");
+    println!(
+        "platform bench: release binaries on 127.0.0.1, {CLIENTS} closed-loop clients; \
+         the gateways count every request (metrics) and rate-limit it ({RATE_LIMIT_PER_SECOND}/s)"
+    );
     println!();
     println!(
         "{:<36} {:>8} {:>10} {:>9} {:>9}",

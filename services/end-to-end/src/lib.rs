@@ -337,6 +337,15 @@ impl Platform {
     /// Builds the binaries with the caller's profile, starts the three services and waits until
     /// each is ready.
     pub async fn start(scratch: &Scratch, client: &reqwest::Client) -> Result<Self> {
+        Self::start_with(scratch, client, &[]).await
+    }
+
+    /// [`Platform::start`], the gateway with `gateway_env` besides its own settings.
+    pub async fn start_with(
+        scratch: &Scratch,
+        client: &reqwest::Client,
+        gateway_env: &[(&'static str, String)],
+    ) -> Result<Self> {
         let bin_dir = service_binaries()?;
         let (gateway_port, inventory_port, billing_health_port, metrics_port) =
             (free_port()?, free_port()?, free_port()?, free_port()?);
@@ -359,17 +368,15 @@ impl Platform {
             ),
         ];
         let billing = Service::start(&bin_dir, "billing", &billing_env)?;
-        let gateway = Service::start(
-            &bin_dir,
-            "gateway",
-            &[
-                ("LISTEN_ADDR", format!("127.0.0.1:{gateway_port}")),
-                ("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}")),
-                ("INVENTORY_URL", inventory_url.clone()),
-                ("AMQP_URL", amqp_url()),
-                ("BILLING_QUEUE", scratch.queue()),
-            ],
-        )?;
+        let mut env = vec![
+            ("LISTEN_ADDR", format!("127.0.0.1:{gateway_port}")),
+            ("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}")),
+            ("INVENTORY_URL", inventory_url.clone()),
+            ("AMQP_URL", amqp_url()),
+            ("BILLING_QUEUE", scratch.queue()),
+        ];
+        env.extend_from_slice(gateway_env);
+        let gateway = Service::start(&bin_dir, "gateway", &env)?;
         let platform = Self {
             bin_dir,
             billing_env,
