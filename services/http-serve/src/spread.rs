@@ -147,7 +147,7 @@ impl Gate {
             // Nothing to tell by: every thread accepts, as without this gate.
             (Ran::Unknown, _) | (_, Ran::Unknown) => {
                 self.open = true;
-                self.last = Some((now, 0, 0));
+                self.last = None;
                 return true;
             }
         };
