@@ -5,8 +5,9 @@
 //! per proxied GET with its connections on one thread and 46 µs with them spread over two.
 //!
 //! Busy is the share of the last [`SAMPLE`] a thread ran on a core, as the kernel counts it
-//! (`/proc/self/task/<tid>/schedstat`). Time spent waiting for a core does not count: on a machine
-//! whose cores are all taken, a second thread would wait as long, and only add sleeps and wakes.
+//! (`/proc/thread-self/schedstat`, opened by each thread). Time spent waiting for a core does not
+//! count: on a machine whose cores are all taken, a second thread would wait as long, and only add
+//! sleeps and wakes.
 //! (Counted, under wrk on this project's 2-core machines, it opened the second thread and the
 //! gateway used 39 to 43 µs per GET; not counted, 28 to 29.) A thread opens to new connections
 //! when the one before it was busy at least half of the last sample, and closes again below a
@@ -19,7 +20,8 @@
 //!
 //! Where the kernel does not tell (no `/proc`, no schedstat), every thread accepts at all times.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -55,9 +57,9 @@ pub(crate) struct Threads {
 
 #[derive(Default)]
 struct Thread {
-    /// The file where the kernel counts the thread's time, once it has started; `None` inside when
-    /// the kernel does not tell.
-    schedstat: OnceLock<Option<PathBuf>>,
+    /// The file where the kernel counts the thread's time, open once it has started; `None`
+    /// inside when the kernel does not tell. Each read from its start gives the figures anew.
+    schedstat: OnceLock<Option<File>>,
     /// Set by the next thread: close a connection after its next answer.
     hand_over: AtomicBool,
 }
@@ -74,22 +76,23 @@ impl Threads {
         self.threads.len()
     }
 
-    /// Called by serving thread `index` as it starts, on that thread.
+    /// Called by serving thread `index` as it starts, on that thread: the file it opens is this
+    /// thread's, whichever thread reads it later.
     pub(crate) fn register(&self, index: usize) {
-        let schedstat = std::fs::read_link("/proc/thread-self")
-            .ok()
-            .and_then(|link| link.file_name().map(|tid| tid.to_owned()))
-            .map(|tid| PathBuf::from("/proc/self/task").join(tid).join("schedstat"));
+        let schedstat = File::open("/proc/thread-self/schedstat").ok();
         let _ = self.threads[index].schedstat.set(schedstat);
     }
 
     /// Nanoseconds thread `index` has run on a core since it started (schedstat's first field).
     fn ran(&self, index: usize) -> Ran {
-        let Some(path) = self.threads[index].schedstat.get() else {
+        let Some(file) = self.threads[index].schedstat.get() else {
             return Ran::NotStarted;
         };
-        path.as_ref()
-            .and_then(|path| std::fs::read_to_string(path).ok())
+        // Three numbers: the time run, the time waited for a core, the times run.
+        let mut text = [0; 96];
+        file.as_ref()
+            .and_then(|file| file.read_at(&mut text, 0).ok())
+            .and_then(|read| std::str::from_utf8(&text[..read]).ok())
             .and_then(|text| text.split_ascii_whitespace().next()?.parse().ok())
             .map_or(Ran::Unknown, Ran::Nanoseconds)
     }
