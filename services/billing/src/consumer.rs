@@ -53,9 +53,11 @@ pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
 pub const ORIGINAL_EXPIRATION_HEADER: &str = "x-original-expiration";
 
 /// The default prefetch: room for the batches being committed and the next one filling meanwhile.
-pub const DEFAULT_PREFETCH: u16 = 3000;
-/// The default most deliveries per transaction.
-pub const DEFAULT_BATCH_SIZE: u16 = 1000;
+pub const DEFAULT_PREFETCH: u16 = 6000;
+/// The default most deliveries per transaction. Against 1000 (and a prefetch of 3000), batches of
+/// 2000 drained a backlog 7% to 20% faster in `scripts/bench` and by hand, with a third less of
+/// PostgreSQL's CPU per row; batches of 4000 gained little more.
+pub const DEFAULT_BATCH_SIZE: u16 = 2000;
 /// The default number of batches committed at once, each on a database connection of its own.
 pub const DEFAULT_BATCHES_IN_FLIGHT: u8 = 2;
 
@@ -117,12 +119,16 @@ pub enum Outcome {
 
 /// The pure step: parses and validates one message body and picks its idempotency key from the
 /// AMQP `message_id` property. No I/O, so tests drive it one message at a time.
-#[instrument(skip_all, fields(message_id = ?properties.message_id().as_ref().map(ShortString::as_str)))]
+///
+/// No span per message: at `info` (the deployed level), opening one formatted its field for every
+/// delivery, about 0.5 µs of billing's 3.5 µs of CPU per row during a drain. The warnings name the
+/// message id themselves.
 pub fn handle(body: &[u8], properties: &BasicProperties) -> Outcome {
+    let given_id = || properties.message_id().as_ref().map(ShortString::as_str);
     let order = match BillingOrder::from_json_slice(body) {
         Ok(order) => order,
         Err(err) => {
-            warn!(reason = %err, "invalid billing order, dead-lettering it");
+            warn!(message_id = ?given_id(), reason = %err, "invalid billing order, dead-lettering it");
             return Outcome::DeadLetter(format!("invalid billing order: {err}"));
         }
     };
@@ -134,7 +140,7 @@ pub fn handle(body: &[u8], properties: &BasicProperties) -> Outcome {
         .as_ref()
         .and_then(|id| Uuid::parse_str(id.as_str()).ok())
     else {
-        warn!("message without a UUID message_id, dead-lettering it");
+        warn!(message_id = ?given_id(), "message without a UUID message_id, dead-lettering it");
         return Outcome::DeadLetter(
             "no message_id, or one that is not a UUID: billing stores only orders it can \
              deduplicate (publish with a UUID message_id)"
