@@ -96,6 +96,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Each request's span: its fields are on every line logged while it is served, the answer's line
+/// among them. `message_id` is filled in by an order the broker confirmed, so that one line says
+/// which message the order became.
 fn request_span(request: &Request) -> tracing::Span {
     let request_id = request
         .headers()
@@ -112,6 +115,7 @@ fn request_span(request: &Request) -> tracing::Span {
         method = %request.method(),
         path = request.uri().path(),
         route,
+        message_id = tracing::field::Empty,
     )
 }
 
