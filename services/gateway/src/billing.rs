@@ -441,8 +441,8 @@ fn message_id(headers: &HeaderMap) -> Result<Uuid, Error> {
 }
 
 /// `POST /api/billing`. A confirmed order's message id goes into the request's span, so the line
-/// of its answer says it: one line per order, not two (at `info`, a second line cost the gateway
-/// about 14k instructions per order, a sixth of its own).
+/// of its answer says it: one line per order, not two, and no span of the handler's own. At
+/// `info`, those cost the gateway about 11k instructions per order (91k against 80k, callgrind).
 async fn create_order(
     State(state): State<AppState>,
     headers: HeaderMap,
