@@ -229,11 +229,17 @@ impl Broker {
             .message_count()
     }
 
+    /// Deletes `queue` and the dead-letter queue declared beside it.
     pub async fn delete_queue(&self, queue: &str) {
-        self.channel
-            .queue_delete(queue, QueueDeleteOptions::default())
-            .await
-            .unwrap();
+        for queue in [
+            queue.to_owned(),
+            service_common::dead_letter_queue_name(queue),
+        ] {
+            self.channel
+                .queue_delete(&queue, QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        }
     }
 
     pub async fn close(self) {

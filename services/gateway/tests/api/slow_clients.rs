@@ -9,18 +9,28 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{amqp_url, config, echo_app, serve, unique_queue, TestGateway};
+use crate::helpers::{amqp_url, config, echo_app, serve, unique_queue, Broker, TestGateway};
 
 const SLOW_CONNECTIONS: usize = 200;
 
-async fn gateway_with_short_timeouts() -> TestGateway {
+/// A gateway with one-second read timeouts, ready, and the queue it declared.
+async fn gateway_with_short_timeouts() -> (TestGateway, String) {
     let upstream = serve(echo_app("a")).await;
-    let mut config = config(&[upstream], &amqp_url(), &unique_queue());
+    let queue = unique_queue();
+    let mut config = config(&[upstream], &amqp_url(), &queue);
     config.server.header_read_timeout_ms = 1_000;
     config.server.body_read_timeout_ms = 1_000;
     let gateway = TestGateway::spawn(config).await;
     gateway.wait_ready().await;
-    gateway
+    (gateway, queue)
+}
+
+/// Stops the gateway and deletes its queues.
+async fn stop(gateway: TestGateway, queue: &str) {
+    gateway.stop().await;
+    let broker = Broker::connect().await;
+    broker.delete_queue(queue).await;
+    broker.close().await;
 }
 
 /// Reads what the server sends until it closes the connection; `None` if it is still open
@@ -36,7 +46,7 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<St
 
 #[tokio::test]
 async fn two_hundred_unfinished_headers_neither_block_others_nor_stay_open() {
-    let gateway = gateway_with_short_timeouts().await;
+    let (gateway, queue) = gateway_with_short_timeouts().await;
     let mut slow = Vec::new();
     for _ in 0..SLOW_CONNECTIONS {
         let mut stream = TcpStream::connect(gateway.address).await.unwrap();
@@ -79,12 +89,12 @@ async fn two_hundred_unfinished_headers_neither_block_others_nor_stay_open() {
         "{:?}",
         started.elapsed()
     );
-    gateway.stop().await;
+    stop(gateway, &queue).await;
 }
 
 #[tokio::test]
 async fn a_body_that_stops_is_a_json_408_on_billing_and_movies() {
-    let gateway = gateway_with_short_timeouts().await;
+    let (gateway, queue) = gateway_with_short_timeouts().await;
     for path in ["/api/billing", "/api/movies"] {
         let mut stream = TcpStream::connect(gateway.address).await.unwrap();
         let head = format!(
@@ -103,5 +113,5 @@ async fn a_body_that_stops_is_a_json_408_on_billing_and_movies() {
         assert_eq!(body["error"], "request_timeout", "{path}");
         assert!(elapsed < Duration::from_secs(3), "{path}: {elapsed:?}");
     }
-    gateway.stop().await;
+    stop(gateway, &queue).await;
 }
