@@ -457,10 +457,7 @@ async fn create_order(
     let published = state.publisher.publish(&order, id).await;
     state.publisher.count(publish_outcome(&published));
     published?;
-    // Below `info` the request's span is off: no need to look it up.
-    if tracing::level_enabled!(tracing::Level::INFO) {
-        tracing::Span::current().record("message_id", tracing::field::display(id));
-    }
+    tracing::Span::current().record("message_id", tracing::field::display(id));
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
