@@ -37,7 +37,7 @@ use service_common::ErrorBody;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
-use tower_http::timeout::RequestBodyTimeoutLayer;
+use tower_http::timeout::TimeoutBody;
 
 /// 404 `not_found` in the platform's [`ErrorBody`], for `Router::fallback`.
 pub async fn route_not_found(uri: Uri) -> Response {
@@ -354,9 +354,7 @@ struct Connections {
 impl Connections {
     fn new(router: Router, limits: Limits, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        let app = tower_http::normalize_path::NormalizePath::trim_trailing_slash(
-            router.layer(RequestBodyTimeoutLayer::new(limits.body_read_timeout)),
-        );
+        let app = tower_http::normalize_path::NormalizePath::trim_trailing_slash(router);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -416,17 +414,24 @@ async fn accept_loop(
                 // A body the answer leaves unread (a 413 refused on its length, a 401) is read on
                 // and thrown away (see `ReadToEnd`), then the connection closes. The answer says
                 // so, or a client that sent the whole body would send its next request on it.
-                let body_read = (http1 && !request.body().is_end_stream())
-                    .then(|| Arc::new(AtomicBool::new(false)));
-                let mut request = match &body_read {
-                    Some(read) => request.map(|body| {
-                        axum::body::Body::new(ReadToEnd {
+                let ended = request.body().is_end_stream();
+                let body_read = (http1 && !ended).then(|| Arc::new(AtomicBool::new(false)));
+                // A body still to come may pause at most `body_read_timeout` between two pieces
+                // (`TimeoutBody`, whose error `is_body_timeout` recognises). A request without
+                // one keeps its plain body, which says it has ended: a handler then reads nothing
+                // and arms no timer.
+                let body_read_timeout = limits.body_read_timeout;
+                let mut request = request.map(|body| match &body_read {
+                    _ if ended => axum::body::Body::new(body),
+                    Some(read) => axum::body::Body::new(TimeoutBody::new(
+                        body_read_timeout,
+                        ReadToEnd {
                             body: Some(body),
                             read: read.clone(),
-                        })
-                    }),
-                    None => request.map(axum::body::Body::new),
-                };
+                        },
+                    )),
+                    None => axum::body::Body::new(TimeoutBody::new(body_read_timeout, body)),
+                });
                 request.extensions_mut().insert(ConnectInfo(remote));
                 let mut response = app.oneshot(request).await?;
                 let unread = body_read.is_some_and(|read| !read.load(Ordering::Relaxed));
@@ -660,6 +665,22 @@ mod tests {
                 axum::routing::post(|body: String| async move { body }),
             )
             .route(
+                "/ended",
+                axum::routing::any(|request: Request| async move {
+                    request.body().is_end_stream().to_string()
+                }),
+            )
+            .route(
+                "/timed",
+                axum::routing::post(|request: Request| async move {
+                    match axum::body::to_bytes(request.into_body(), usize::MAX).await {
+                        Ok(body) => format!("read {} bytes", body.len()),
+                        Err(err) if is_body_timeout(&err) => "timed out".to_owned(),
+                        Err(err) => format!("failed: {err}"),
+                    }
+                }),
+            )
+            .route(
                 "/wait",
                 get(move || {
                     let mut release = release.clone();
@@ -853,6 +874,49 @@ mod tests {
             handed_over > 0,
             "no connection moved to thread 1 within 10 s"
         );
+        served.shutdown.send(()).expect("serving");
+        served.served.await.expect("joined").expect("served");
+    }
+
+    /// Sends `request` on a connection of its own, waits `pause`, sends `rest`; the answer's body.
+    async fn exchange(address: SocketAddr, request: &str, pause: Duration, rest: &str) -> String {
+        let mut stream = TcpStream::connect(address).await.expect("a connection");
+        stream.write_all(request.as_bytes()).await.expect("sent");
+        tokio::time::sleep(pause).await;
+        // The server may have answered and closed already.
+        let _ = stream.write_all(rest.as_bytes()).await;
+        let head = answer_head(&mut stream).await;
+        let length = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .and_then(|length| length.trim().parse().ok())
+            .expect("a content-length");
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await.expect("the body");
+        String::from_utf8(body).expect("text")
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_body_says_so_and_a_body_that_stalls_times_out() {
+        let limits = Limits {
+            body_read_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let served = start(1, limits).await;
+        let address = served.address;
+        let no_body = "GET /ended HTTP/1.1\r\nhost: test\r\n\r\n";
+        assert_eq!(exchange(address, no_body, Duration::ZERO, "").await, "true");
+        let with_body = "POST /ended HTTP/1.1\r\nhost: test\r\ncontent-length: 2\r\n\r\nhi";
+        assert_eq!(
+            exchange(address, with_body, Duration::ZERO, "").await,
+            "false"
+        );
+
+        let head = "POST /timed HTTP/1.1\r\nhost: test\r\ncontent-length: 4\r\n\r\nab";
+        let quick = exchange(address, head, Duration::from_millis(50), "cd").await;
+        assert_eq!(quick, "read 4 bytes");
+        let stalled = exchange(address, head, Duration::from_millis(900), "cd").await;
+        assert_eq!(stalled, "timed out");
         served.shutdown.send(()).expect("serving");
         served.served.await.expect("joined").expect("served");
     }
