@@ -78,10 +78,7 @@ pub fn router(state: AppState) -> Router {
         api = api.route_layer(axum::middleware::from_fn_with_state(auth, auth::enforce));
     }
     if let Some(limit) = state.rate_limit.clone() {
-        api = api.route_layer(axum::middleware::from_fn_with_state(
-            limit,
-            rate_limit::enforce,
-        ));
+        api = api.route_layer(limit);
     }
     // Every routed request is counted by route template, rate-limited ones too.
     let routes = Router::new()

@@ -2,15 +2,20 @@
 //! client address gets `RATE_LIMIT_PER_SECOND` requests per second on average and may send
 //! `RATE_LIMIT_BURST` at once (governor's GCRA, the same as a token bucket of that size). Over the
 //! limit the answer is a JSON 429 with `Retry-After`, and the request goes nowhere.
+//!
+//! A layer of its own rather than `axum::middleware::from_fn`, which boxes the rest of the route
+//! and its future for every request: with it, a proxied GET took 49.5k instructions of the
+//! gateway against 47.7k (callgrind), the check itself being 0.4k of them.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{Either, Ready};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
@@ -51,19 +56,49 @@ impl RateLimit {
     }
 }
 
-/// The middleware: a request of a client over its limit is answered 429 here.
-pub async fn enforce(State(limit): State<RateLimit>, request: Request, next: Next) -> Response {
-    let Some(client) = http_serve::client_address(&request) else {
-        return next.run(request).await;
-    };
-    match limit.check(client.ip()) {
-        Ok(()) => next.run(request).await,
-        Err(wait) => Error::RateLimited {
-            client: client.ip(),
-            per_second: limit.per_second,
-            burst: limit.burst,
-            retry_after: wait,
+impl<S> tower::Layer<S> for RateLimit {
+    type Service = Limited<S>;
+
+    fn layer(&self, inner: S) -> Limited<S> {
+        Limited {
+            inner,
+            limit: self.clone(),
         }
-        .into_response(),
+    }
+}
+
+/// A route behind the limit: a request of a client over its limit is answered 429 here.
+#[derive(Debug, Clone)]
+pub struct Limited<S> {
+    inner: S,
+    limit: RateLimit,
+}
+
+impl<S> tower::Service<Request> for Limited<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let Some(client) = http_serve::client_address(&request) else {
+            return Either::Left(self.inner.call(request));
+        };
+        match self.limit.check(client.ip()) {
+            Ok(()) => Either::Left(self.inner.call(request)),
+            Err(wait) => Either::Right(futures_util::future::ready(Ok(Error::RateLimited {
+                client: client.ip(),
+                per_second: self.limit.per_second,
+                burst: self.limit.burst,
+                retry_after: wait,
+            }
+            .into_response()))),
+        }
     }
 }
