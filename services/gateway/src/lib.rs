@@ -77,14 +77,15 @@ pub fn router(state: AppState) -> Router {
     if let Some(auth) = state.auth.clone() {
         api = api.route_layer(axum::middleware::from_fn_with_state(auth, auth::enforce));
     }
-    if let Some(limit) = state.rate_limit.clone() {
-        api = api.route_layer(limit);
-    }
-    // Every routed request is counted by route template, rate-limited ones too.
+    // Every routed request is counted by route template, rate-limited ones too. Both layers are
+    // given at once: each `route_layer` boxes the route and its future anew.
+    let api = match state.rate_limit.clone() {
+        Some(limit) => api.route_layer((http_serve::metrics::TrackLayer, limit)),
+        None => api.route_layer(http_serve::metrics::TrackLayer),
+    };
     let routes = Router::new()
-        .merge(health::router())
-        .merge(api)
-        .route_layer(http_serve::metrics::TrackLayer);
+        .merge(health::router().route_layer(http_serve::metrics::TrackLayer))
+        .merge(api);
     http_serve::with_json_fallbacks(routes)
         // The request id is set before the span is made, so every log line of the request
         // carries it, and it is copied onto the response. Failures are logged once, with their
