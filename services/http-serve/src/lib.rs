@@ -768,6 +768,11 @@ mod tests {
     async fn ask(stream: &mut TcpStream, path: &str) -> (String, String) {
         let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("sent");
+        answer(stream).await
+    }
+
+    /// The next answer on `stream`: its head (lowercased) and its body.
+    async fn answer(stream: &mut TcpStream) -> (String, String) {
         let head = answer_head(stream).await;
         let length = head
             .lines()
@@ -885,15 +890,7 @@ mod tests {
         tokio::time::sleep(pause).await;
         // The server may have answered and closed already.
         let _ = stream.write_all(rest.as_bytes()).await;
-        let head = answer_head(&mut stream).await;
-        let length = head
-            .lines()
-            .find_map(|line| line.strip_prefix("content-length: "))
-            .and_then(|length| length.trim().parse().ok())
-            .expect("a content-length");
-        let mut body = vec![0; length];
-        stream.read_exact(&mut body).await.expect("the body");
-        String::from_utf8(body).expect("text")
+        answer(&mut stream).await.1
     }
 
     #[tokio::test]
