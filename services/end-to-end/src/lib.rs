@@ -301,12 +301,26 @@ where
     F: FnOnce(Scratch, Platform, reqwest::Client) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    with_platform_env(prefix, request_timeout, &[], test).await
+}
+
+/// [`with_platform`], the gateway with `gateway_env` besides its own settings.
+pub async fn with_platform_env<F, Fut>(
+    prefix: &'static str,
+    request_timeout: Duration,
+    gateway_env: &[(&'static str, String)],
+    test: F,
+) -> Result<()>
+where
+    F: FnOnce(Scratch, Platform, reqwest::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     let scratch = Scratch::create(prefix).await?;
     let outcome = async {
         let client = reqwest::Client::builder()
             .timeout(request_timeout)
             .build()?;
-        let platform = Platform::start(&scratch, &client).await?;
+        let platform = Platform::start_with(&scratch, &client, gateway_env).await?;
         test(scratch.clone(), platform, client).await
     }
     .await;

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use end_to_end::{with_platform, Platform, Scratch};
+use end_to_end::{with_platform, with_platform_env, Platform, Scratch};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -174,63 +174,62 @@ async fn run(scratch: Scratch, platform: Platform, client: reqwest::Client) -> R
 /// are health's, which is never limited.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gateway_counts_the_requests_its_rate_limit_refuses() -> Result<()> {
-    let scratch = Scratch::create("metrics_limited").await?;
-    let outcome = async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        let limit = [
-            ("RATE_LIMIT_PER_SECOND", "1".to_owned()),
-            ("RATE_LIMIT_BURST", "2".to_owned()),
-        ];
-        let platform = Platform::start_with(&scratch, &client, &limit).await?;
-        let gateway = &platform.gateway_url;
-        let (mut missing, mut refused) = (0, 0);
-        for _ in 0..6 {
-            let response = client
-                .get(format!("{gateway}/api/movies/999001"))
-                .send()
-                .await?;
-            match response.status() {
-                StatusCode::NOT_FOUND => missing += 1,
-                StatusCode::TOO_MANY_REQUESTS => refused += 1,
-                other => bail!("unexpected {other}"),
-            }
-        }
-        ensure!(refused >= 3, "{missing} answered, {refused} refused");
-        for _ in 0..3 {
-            let health = client.get(format!("{gateway}/health")).send().await?;
-            ensure!(health.status() == StatusCode::OK, "{}", health.status());
-        }
+    let limit = [
+        ("RATE_LIMIT_PER_SECOND", "1".to_owned()),
+        ("RATE_LIMIT_BURST", "2".to_owned()),
+    ];
+    with_platform_env(
+        "metrics_limited",
+        Duration::from_secs(10),
+        &limit,
+        run_limited,
+    )
+    .await
+}
 
-        let text = metrics(&client, &platform.gateway_metrics_url).await?;
-        let route = "route=\"/api/movies/{*rest}\"";
-        let counted = |status: &str| {
-            sample(
-                &text,
-                "http_requests_total",
-                &[route, "method=\"GET\"", &format!("status=\"{status}\"")],
-            )
-        };
-        ensure!(
-            counted("429") == Some(f64::from(refused))
-                && counted("404") == Some(f64::from(missing)),
-            "{missing} answered 404 and {refused} refused, counted {:?} and {:?}:\n{text}",
-            counted("404"),
-            counted("429")
-        );
-        let health = sample(
+async fn run_limited(_: Scratch, platform: Platform, client: reqwest::Client) -> Result<()> {
+    let gateway = &platform.gateway_url;
+    let (mut missing, mut refused) = (0, 0);
+    for _ in 0..6 {
+        let response = client
+            .get(format!("{gateway}/api/movies/999001"))
+            .send()
+            .await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => missing += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => bail!("unexpected {other}"),
+        }
+    }
+    ensure!(refused >= 3, "{missing} answered, {refused} refused");
+    for _ in 0..3 {
+        let health = client.get(format!("{gateway}/health")).send().await?;
+        ensure!(health.status() == StatusCode::OK, "{}", health.status());
+    }
+
+    let text = metrics(&client, &platform.gateway_metrics_url).await?;
+    let route = "route=\"/api/movies/{*rest}\"";
+    let counted = |status: &str| {
+        sample(
             &text,
             "http_requests_total",
-            &["route=\"/health\"", "status=\"200\""],
-        );
-        ensure!(
-            health.is_some_and(|count| count >= 3.0),
-            "health requests: {health:?}\n{text}"
-        );
-        Ok(())
-    }
-    .await;
-    scratch.drop_all().await?;
-    outcome
+            &[route, "method=\"GET\"", &format!("status=\"{status}\"")],
+        )
+    };
+    ensure!(
+        counted("429") == Some(f64::from(refused)) && counted("404") == Some(f64::from(missing)),
+        "{missing} answered 404 and {refused} refused, counted {:?} and {:?}:\n{text}",
+        counted("404"),
+        counted("429")
+    );
+    let health = sample(
+        &text,
+        "http_requests_total",
+        &["route=\"/health\"", "status=\"200\""],
+    );
+    ensure!(
+        health.is_some_and(|count| count >= 3.0),
+        "health requests: {health:?}\n{text}"
+    );
+    Ok(())
 }

@@ -422,7 +422,7 @@ async fn accept_loop(
                 // and arms no timer.
                 let body_read_timeout = limits.body_read_timeout;
                 let mut request = request.map(|body| match &body_read {
-                    _ if ended => axum::body::Body::new(body),
+                    None if ended => axum::body::Body::new(body),
                     Some(read) => axum::body::Body::new(TimeoutBody::new(
                         body_read_timeout,
                         ReadToEnd {
