@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ConnectionStatus};
@@ -60,6 +60,14 @@ pub struct Accepted {
     pub message: &'static str,
     /// The AMQP `message_id` of the published order, which billing stores.
     pub id: Uuid,
+}
+
+impl Accepted {
+    /// The answer's body. serde_json fails only on a map with keys that are not strings, or a
+    /// value whose `Serialize` fails; these two fields are neither (as `BillingOrder::to_json_vec`).
+    fn to_json_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
 }
 
 /// Why an order was not confirmed by the broker. Every variant becomes a 503.
@@ -241,7 +249,10 @@ impl Publisher {
         let properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type("application/json".into())
-            .with_message_id(id.to_string().into());
+            // Written by uuid itself, without `fmt`'s machinery (`to_string`).
+            .with_message_id(
+                String::from(id.hyphenated().encode_lower(&mut Uuid::encode_buffer())).into(),
+            );
         let payload = order.to_json_vec();
         let queue = &self.inner.queue;
         let confirmed = tokio::time::timeout(self.inner.confirm_timeout, async {
@@ -410,9 +421,12 @@ fn is_json(headers: &HeaderMap) -> bool {
         .next()
         .unwrap_or_default()
         .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+        .as_bytes();
+    let (prefix, suffix) = (b"application/", b"+json");
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() >= prefix.len() + suffix.len()
+            && essence[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
 }
 
 /// The message id of an order: derived from its `Idempotency-Key` when the client sent one, so a
@@ -443,29 +457,38 @@ fn message_id(headers: &HeaderMap) -> Result<Uuid, Error> {
 /// `POST /api/billing`. A confirmed order's message id goes into the request's span, so the line
 /// of its answer says it: one line per order, not two, and no span of the handler's own. At
 /// `info`, those cost the gateway about 11k instructions per order (91k against 80k, callgrind).
+///
+/// It takes the request whole, not axum's `HeaderMap` extractor (a copy of every header), and
+/// writes its answer into a `Vec` (axum's `Json` writes into a `BytesMut` a few bytes at a time).
 async fn create_order(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, Json<Accepted>), Error> {
-    if !is_json(&headers) {
+    request: Request,
+) -> Result<impl IntoResponse, Error> {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    if !is_json(headers) {
         return Err(Error::UnsupportedMediaType);
     }
-    let id = message_id(&headers)?;
-    let body = read_limited(&headers, body, state.max_body_bytes).await?;
+    let id = message_id(headers)?;
+    let body = read_limited(headers, body, state.max_body_bytes).await?;
     let order = BillingOrder::from_json_slice(&body)?;
     let published = state.publisher.publish(&order, id).await;
     state.publisher.count(publish_outcome(&published));
     published?;
     tracing::Span::current().record("message_id", tracing::field::display(id));
+    let accepted = Accepted {
+        message: "order accepted",
+        id,
+    };
     Ok((
         StatusCode::ACCEPTED,
-        Json(Accepted {
-            message: "order accepted",
-            id,
-        }),
+        [(header::CONTENT_TYPE, JSON)],
+        accepted.to_json_vec(),
     ))
 }
+
+/// The content type of the answer to an accepted order.
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Every `outcome` label of `gateway_publishes_total`.
 const OUTCOMES: [&str; 7] = [

@@ -43,6 +43,7 @@ async fn confirmed_order_is_in_the_queue_persistent_with_the_returned_id() {
     )
     .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(response.headers()["content-type"], "application/json");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["message"], "order accepted");
     let id = body["id"].as_str().unwrap().to_owned();
