@@ -3,9 +3,11 @@
 //! the same inventory (for the gateway), a raw confirmed publisher (for the gateway's publishes)
 //! and a raw consumer (for billing's drain), both with lapin straight to the broker. Each reference
 //! is measured around what it is compared with, so that a machine slowing down or speeding up
-//! during the run weighs on both alike: the GET loads alternate in rounds, and the raw publisher
-//! and the raw consumer each run half before and half after the gateway's publishes and billing's
-//! drain. Nothing consumes while orders are published, whoever publishes them.
+//! during the run weighs on both alike: each comparison runs in rounds, ours and the reference in
+//! turn. Billing's drain is cut into rounds by stopping billing as systemd would and starting it
+//! again, and the raw consumer takes a backlog of its own in each round. Nothing consumes while
+//! orders are published, whoever publishes them. Each ratio is taken over all its rounds, and each
+//! round's is printed too: how far one round can stray says how far to trust one run.
 //!
 //! Each load's CPU is read from `/proc` around it, by process (the services, nginx, PostgreSQL,
 //! RabbitMQ, this process as the client), and printed per request: where the time goes, and
@@ -54,8 +56,13 @@ const LOAD_TIME_LIMIT: Duration = Duration::from_secs(20);
 const PROXY_ROUNDS: u32 = 4;
 /// Requests sent before each measured load, so connection set-up and cold caches are not measured.
 const WARM_UP_REQUESTS: usize = 500;
-/// Orders queued while billing is stopped, then drained.
+/// Orders the raw publisher queues while billing is stopped, then drained (with the gateways').
 const BACKLOG_ORDERS: usize = 100_000;
+/// The publishes and the drain alternate with their references in this many rounds, as the GET
+/// loads do.
+const BROKER_ROUNDS: usize = 4;
+/// Orders the raw publisher queues in each round, and messages the raw consumer takes in each.
+const RAW_ROUND: usize = BACKLOG_ORDERS / BROKER_ROUNDS;
 /// Time bound of the naive insert loop; its rate is computed from the rows it managed.
 const NAIVE_TIME_LIMIT: Duration = Duration::from_secs(15);
 /// Movies the proxy loads read, in turn.
@@ -433,6 +440,140 @@ async fn measured_load(load: &Load, clients: usize, count: usize) -> Result<(usi
         warm_up.requests,
         closed_loop(load, clients, count, LOAD_TIME_LIMIT).await?,
     ))
+}
+
+/// Runs the reference and ours one after the other: the reference first in even rounds and last
+/// in odd ones, so that neither is always measured on a machine warmer than the other's.
+async fn in_turn<A, B>(
+    round: usize,
+    reference: impl std::future::Future<Output = A>,
+    ours: impl std::future::Future<Output = B>,
+) -> (A, B) {
+    if round.is_multiple_of(2) {
+        let reference = reference.await;
+        (reference, ours.await)
+    } else {
+        let ours = ours.await;
+        (reference.await, ours)
+    }
+}
+
+/// One comparison in rounds: in each, how many units (orders, rows, messages) ours and the
+/// reference handled, and in what time.
+#[derive(Debug, Default)]
+struct Rounds(Vec<[(usize, Duration); 2]>);
+
+impl Rounds {
+    fn add(
+        &mut self,
+        ours: usize,
+        ours_time: Duration,
+        reference: usize,
+        reference_time: Duration,
+    ) {
+        self.0
+            .push([(ours, ours_time), (reference, reference_time)]);
+    }
+
+    fn total(&self, side: usize) -> (usize, Duration) {
+        self.0.iter().fold((0, Duration::ZERO), |(n, t), round| {
+            (n + round[side].0, t + round[side].1)
+        })
+    }
+
+    fn ours(&self) -> usize {
+        self.total(0).0
+    }
+
+    fn ours_time(&self) -> Duration {
+        self.total(0).1
+    }
+
+    fn reference(&self) -> usize {
+        self.total(1).0
+    }
+
+    fn reference_time(&self) -> Duration {
+        self.total(1).1
+    }
+
+    fn ours_rate(&self) -> f64 {
+        self.ours() as f64 / self.ours_time().as_secs_f64()
+    }
+
+    fn reference_rate(&self) -> f64 {
+        self.reference() as f64 / self.reference_time().as_secs_f64()
+    }
+
+    /// Ours against the reference over every round: units per second over units per second.
+    fn ratio(&self) -> f64 {
+        self.ours_rate() / self.reference_rate()
+    }
+
+    /// Each round's ratio, in the order they ran.
+    fn each_ratio(&self) -> String {
+        let rate = |(n, t): (usize, Duration)| n as f64 / t.as_secs_f64();
+        self.0
+            .iter()
+            .map(|[ours, reference]| format!("{:.2}", rate(*ours) / rate(*reference)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// One round of billing's drain.
+struct DrainRound {
+    /// Rows stored from its first row of the round to the round's end, and in what time.
+    rows: usize,
+    steady: Duration,
+    /// Rows stored from its start to the round's end, and in what time.
+    rows_from_start: usize,
+    from_start: Duration,
+}
+
+/// Starts billing and waits until the highest order id reaches `target`: one round of the drain.
+/// It is timed from billing's start, and from its first row of the round, which marks the end of
+/// the start (its connections, the queue's declaration); the CPU is counted from that row on.
+/// With `stop`, billing is then stopped, as systemd stops it: the batches it holds are stored or
+/// go back to the queue.
+async fn drain_round(
+    platform: &mut Platform,
+    db: &mut PgConnection,
+    target: i64,
+    cpu: &mut CpuTimes,
+    stop: bool,
+) -> Result<DrainRound> {
+    let before = highest_order_id(db).await;
+    let start = Instant::now();
+    platform.start_billing()?;
+    let (first_row, first_id) = wait_for_id(db, before + 1, start).await?;
+    let cpu_before = CpuTimes::now();
+    let (end, last_id) = wait_for_id(db, target, start).await?;
+    cpu.add_since(&cpu_before);
+    if stop {
+        platform.stop_billing()?;
+    }
+    Ok(DrainRound {
+        rows: usize::try_from(last_id - first_id)?,
+        steady: end - first_row,
+        rows_from_start: usize::try_from(last_id - before)?,
+        from_start: end - start,
+    })
+}
+
+/// Polls the highest order id until it is at least `target`; returns when it was seen, and the id.
+async fn wait_for_id(db: &mut PgConnection, target: i64, since: Instant) -> Result<(Instant, i64)> {
+    loop {
+        let id = highest_order_id(db).await;
+        if id >= target {
+            return Ok((Instant::now(), id));
+        }
+        ensure!(
+            since.elapsed() < ROW_DEADLINE,
+            "billing reached order id {id} of {target} in {ROW_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// CPU time (user and system, in ticks of 10 ms) each process of the machine has used, summed by
@@ -821,25 +962,36 @@ async fn run(scratch: &Scratch) -> Result<()> {
     // Nothing consumes while orders are published, through the gateway or raw, so neither
     // shares the cores with billing's work: the orders wait in the queue, for the drain.
     platform.stop_billing()?;
-    let halves = [BACKLOG_ORDERS / 2, BACKLOG_ORDERS - BACKLOG_ORDERS / 2];
-    // The raw publisher's reference brackets the gateway's loads: half before, half after, so a
-    // machine that slows down or speeds up meanwhile weighs on both alike.
-    progress("reference: the raw publisher, first half");
-    let mut raw_publish_cpu = CpuTimes::default();
-    let raw_publish_before = raw_publish_cpu
-        .around(publish_backlog(&queue, halves[0]))
-        .await?;
-    progress("POST /api/billing through the gateway");
     let post_order = Load::post_json(
         &through_gateway,
         "/api/billing",
         &json!({"user_id": "bench_publish", "number_of_items": 1, "total_amount": 9.99}),
     )?;
-    // As many orders in flight as the raw publisher keeps unconfirmed: each waits for its confirm.
+    let mut publishes = Rounds::default();
+    let mut publish_rounds = Vec::with_capacity(BROKER_ROUNDS);
+    let mut warm_up = 0;
+    let mut raw_publish_cpu = CpuTimes::default();
     let mut publish_cpu = CpuTimes::default();
-    let (warm_up, publish_load) = publish_cpu
-        .around(measured_load(&post_order, RAW_IN_FLIGHT, PUBLISH_REQUESTS))
-        .await?;
+    for round in 0..BROKER_ROUNDS {
+        progress(&format!(
+            "publishes, round {} of {BROKER_ROUNDS}: the raw publisher and POST /api/billing through the gateway",
+            round + 1
+        ));
+        let raw = raw_publish_cpu.around(publish_backlog(&queue, RAW_ROUND));
+        // As many orders in flight as the raw publisher keeps unconfirmed: each waits for its
+        // confirm.
+        let ours = publish_cpu.around(measured_load(
+            &post_order,
+            RAW_IN_FLIGHT,
+            PUBLISH_REQUESTS / BROKER_ROUNDS,
+        ));
+        let (raw_time, ours) = in_turn(round, raw, ours).await;
+        let (raw_time, (warmed, load)) = (raw_time?, ours?);
+        publishes.add(load.requests, load.elapsed, RAW_ROUND, raw_time);
+        warm_up += warmed;
+        publish_rounds.push(load);
+    }
+    let publish_load = LoadFigures::merge(publish_rounds);
     progress("POST /api/billing through the TLS gateway (AMQPS)");
     let post_order = Load::post_json(
         &through_tls_gateway,
@@ -850,50 +1002,40 @@ async fn run(scratch: &Scratch) -> Result<()> {
         measured_load(&post_order, RAW_IN_FLIGHT, PUBLISH_REQUESTS).await?;
     let tls_gateway_rss = tls_pair.gateway.peak_rss_mib()?;
     drop(tls_pair);
-    progress("reference: the raw publisher, second half");
-    let raw_publish_after = raw_publish_cpu
-        .around(publish_backlog(&queue, halves[1]))
-        .await?;
-    let raw_publish = raw_publish_before + raw_publish_after;
     // Every accepted order must become a row, warm-up included.
     let backlog =
         warm_up + publish_load.requests + tls_warm_up + tls_publish_load.requests + BACKLOG_ORDERS;
 
-    // The raw consumer's reference brackets the drain in the same way.
+    // Billing drains the backlog in as many rounds, stopped (as systemd stops it) at the end of
+    // each but the last, and the raw consumer takes a backlog of its own queue in each round.
     let raw_queue = format!("{queue}-raw");
-    progress("reference: the raw consumer, first half, from a queue of its own");
-    publish_backlog(&raw_queue, halves[0]).await?;
-    let mut raw_consume_cpu = CpuTimes::default();
-    let raw_consume_before = raw_consume_cpu
-        .around(raw_consume(&raw_queue, halves[0]))
-        .await?;
-    progress("billing started; draining the backlog");
     let mut db = PgConnection::connect(&billing_db).await?;
     let stored = highest_order_id(&mut db).await;
     ensure!(stored == 0, "{stored} orders stored before the drain");
+    let mut drains = Rounds::default();
+    let mut drain_from_start = (0, Duration::ZERO);
+    let mut raw_consume_cpu = CpuTimes::default();
     let mut drain_cpu = CpuTimes::default();
-    let before = CpuTimes::now();
-    let drain_start = Instant::now();
-    platform.start_billing()?;
-    // The first row marks the end of billing's start (its connections, the queue's declaration).
-    while highest_order_id(&mut db).await == 0 {
-        ensure!(
-            drain_start.elapsed() < ROW_DEADLINE,
-            "billing stored nothing in {ROW_DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    for round in 0..BROKER_ROUNDS {
+        progress(&format!(
+            "drain, round {} of {BROKER_ROUNDS}: the raw consumer, from a queue of its own, and billing",
+            round + 1
+        ));
+        publish_backlog(&raw_queue, RAW_ROUND).await?;
+        let raw = raw_consume_cpu.around(raw_consume(&raw_queue, RAW_ROUND));
+        let target = (backlog * (round + 1) / BROKER_ROUNDS) as i64;
+        // Stopped before the raw consumer's turn, so that it drains nothing meanwhile; left
+        // running after the last round, with nothing left to drain, for its memory figure.
+        let last = round + 1 == BROKER_ROUNDS;
+        let ours = drain_round(&mut platform, &mut db, target, &mut drain_cpu, !last);
+        let (raw_time, drained) = in_turn(round, raw, ours).await;
+        let (raw_time, drained) = (raw_time?, drained?);
+        drains.add(drained.rows, drained.steady, RAW_ROUND, raw_time);
+        drain_from_start.0 += drained.rows_from_start;
+        drain_from_start.1 += drained.from_start;
     }
-    let first_row = Instant::now();
+    // Stopped and started three times over, billing stored every order once.
     wait_for_orders(&mut db, backlog as i64).await?;
-    let drain = drain_start.elapsed();
-    let drain_from_first_row = first_row.elapsed();
-    drain_cpu.add_since(&before);
-    progress("reference: the raw consumer, second half");
-    publish_backlog(&raw_queue, halves[1]).await?;
-    let raw_consume = raw_consume_before
-        + raw_consume_cpu
-            .around(raw_consume(&raw_queue, halves[1]))
-            .await?;
 
     // Read before the naive loop, which loads PostgreSQL, not the services.
     let memory = [
@@ -921,11 +1063,9 @@ async fn run(scratch: &Scratch) -> Result<()> {
         tls: &tls_load,
         publish: &publish_load,
         tls_publish: &tls_publish_load,
-        raw_publish,
-        backlog,
-        drain,
-        drain_from_first_row,
-        raw_consume,
+        publishes: &publishes,
+        drain_from_start,
+        drains: &drains,
         naive_rows,
         naive_time,
         memory: &memory,
@@ -945,7 +1085,7 @@ async fn run(scratch: &Scratch) -> Result<()> {
                 warm_up + publish_load.requests,
             ),
             ("raw publisher", &raw_publish_cpu, BACKLOG_ORDERS),
-            ("billing drain, per row", &drain_cpu, backlog),
+            ("billing drain, per row", &drain_cpu, drains.ours()),
             (
                 "raw consumer, per message",
                 &raw_consume_cpu,
@@ -967,12 +1107,13 @@ struct Report<'a> {
     publish: &'a LoadFigures,
     /// Through the gateway publishing over AMQPS (the relay).
     tls_publish: &'a LoadFigures,
-    raw_publish: Duration,
-    /// Orders queued for the drain: the raw publisher's and the gateways'.
-    backlog: usize,
-    drain: Duration,
-    drain_from_first_row: Duration,
-    raw_consume: Duration,
+    /// The gateway's publishes and the raw publisher's, round by round.
+    publishes: &'a Rounds,
+    /// Rows stored in the drain's rounds from each start of billing, and in what time: to compare
+    /// with the naive loop.
+    drain_from_start: (usize, Duration),
+    /// Billing's drain from its first row of each round, and the raw consumer's, round by round.
+    drains: &'a Rounds,
     naive_rows: usize,
     naive_time: Duration,
     memory: &'a [(&'static str, f64)],
@@ -1013,6 +1154,15 @@ fn print_report(r: &Report<'_>) {
             ours.percentile_ms(0.99) / reference.percentile_ms(0.99),
         );
     };
+    // A ratio over all rounds, then each round's.
+    let rounds_row = |name: &str, rounds: &Rounds| {
+        println!(
+            "{name:<36} {:>8} {:>9.2}x   rounds {}",
+            "",
+            rounds.ratio(),
+            rounds.each_ratio()
+        );
+    };
     ratio_row("  ratio gateway/direct", r.proxied, r.direct);
     ratio_row("  ratio gateway/nginx", r.proxied, r.nginx);
     load_row("GET via gateway, inventory over TLS", r.tls);
@@ -1021,23 +1171,18 @@ fn print_report(r: &Report<'_>) {
         &format!("POST /api/billing, {RAW_IN_FLIGHT} clients"),
         r.publish,
     );
-    let raw_publish_rate = BACKLOG_ORDERS as f64 / r.raw_publish.as_secs_f64();
     println!(
         "{:<36} {:>8} {:>10.0}",
         format!("raw publisher, 1 channel, {RAW_IN_FLIGHT} in flight"),
-        BACKLOG_ORDERS,
-        raw_publish_rate
+        r.publishes.reference(),
+        r.publishes.reference_rate()
     );
-    println!(
-        "{:<36} {:>8} {:>9.2}x",
-        "  ratio gateway/raw publisher",
-        "",
-        r.publish.per_second() / raw_publish_rate
-    );
+    rounds_row("  ratio gateway/raw publisher", r.publishes);
     load_row("POST /api/billing over AMQPS (relay)", r.tls_publish);
     ratio_row("  ratio AMQPS/AMQP gateway", r.tls_publish, r.publish);
     println!();
-    let drain_rate = r.backlog as f64 / r.drain.as_secs_f64();
+    let (rows_from_start, from_start) = r.drain_from_start;
+    let drain_rate = rows_from_start as f64 / from_start.as_secs_f64();
     let naive_rate = r.naive_rows as f64 / r.naive_time.as_secs_f64();
     println!(
         "{:<36} {:>8} {:>10} {:>9}",
@@ -1045,18 +1190,17 @@ fn print_report(r: &Report<'_>) {
     );
     println!(
         "{:<36} {:>8} {:>10.0} {:>9.2}",
-        "billing drain (from process start)",
-        r.backlog,
+        "billing drain (from process starts)",
+        rows_from_start,
         drain_rate,
-        r.drain.as_secs_f64()
+        from_start.as_secs_f64()
     );
-    let drain_rate_running = r.backlog as f64 / r.drain_from_first_row.as_secs_f64();
     println!(
         "{:<36} {:>8} {:>10.0} {:>9.2}",
-        "billing drain (from its first row)",
-        r.backlog,
-        drain_rate_running,
-        r.drain_from_first_row.as_secs_f64()
+        "billing drain (from first rows)",
+        r.drains.ours(),
+        r.drains.ours_rate(),
+        r.drains.ours_time().as_secs_f64()
     );
     println!(
         "{:<36} {:>8} {:>10.0} {:>9.2}",
@@ -1071,20 +1215,14 @@ fn print_report(r: &Report<'_>) {
         "",
         drain_rate / naive_rate
     );
-    let raw_consume_rate = BACKLOG_ORDERS as f64 / r.raw_consume.as_secs_f64();
     println!(
         "{:<36} {:>8} {:>10.0} {:>9.2}",
         format!("raw consumer, prefetch {RAW_PREFETCH}, no database"),
-        BACKLOG_ORDERS,
-        raw_consume_rate,
-        r.raw_consume.as_secs_f64()
+        r.drains.reference(),
+        r.drains.reference_rate(),
+        r.drains.reference_time().as_secs_f64()
     );
-    println!(
-        "{:<36} {:>8} {:>9.2}x",
-        "  ratio billing/raw consumer",
-        "",
-        drain_rate_running / raw_consume_rate
-    );
+    rounds_row("  ratio billing/raw consumer", r.drains);
     println!();
     println!("{:<36} {:>8}", "peak RSS (VmHWM)", "MiB");
     for (name, mib) in r.memory {
