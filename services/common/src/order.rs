@@ -1,6 +1,7 @@
 //! The billing order: the message the gateway publishes and the billing worker consumes, with the
 //! one validation both apply, so that what the gateway accepts is exactly what billing can store.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
@@ -74,7 +75,7 @@ impl BillingOrder {
         }) = serde_json::from_slice(body)
         {
             if let (Ok(user_id), Ok(number_of_items), Ok(total_amount)) = (
-                parse_user_id(&user_id),
+                parse_user_id(user_id),
                 parse_number_of_items(&number_of_items),
                 parse_total_amount(&total_amount),
             ) {
@@ -112,9 +113,9 @@ impl BillingOrder {
             Some(v) => Ok(v),
         };
         Ok(Self {
-            user_id: parse_user_id(field("user_id")?)?,
-            number_of_items: parse_number_of_items(field("number_of_items")?)?,
-            total_amount: parse_total_amount(field("total_amount")?)?,
+            user_id: parse_user_id(Scalar::of(field("user_id")?))?,
+            number_of_items: parse_number_of_items(&Scalar::of(field("number_of_items")?))?,
+            total_amount: parse_total_amount(&Scalar::of(field("total_amount")?))?,
         })
     }
 
@@ -125,14 +126,82 @@ impl BillingOrder {
 }
 
 /// An object of the three fields alone, each given once (serde refuses a field given twice and,
-/// here, any other field). Each value is accepted only if the general path would accept it: a
-/// string or a number, so no nested key can hide inside it.
+/// here, any other field). Each value must be a string or a number, so no nested key can hide
+/// inside it; the checks then are the general path's.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExactlyTheFields {
-    user_id: Value,
-    number_of_items: Value,
-    total_amount: Value,
+struct ExactlyTheFields<'a> {
+    #[serde(borrow)]
+    user_id: Scalar<'a>,
+    #[serde(borrow)]
+    number_of_items: Scalar<'a>,
+    #[serde(borrow)]
+    total_amount: Scalar<'a>,
+}
+
+/// A field's value as the checks read it: a JSON string or a JSON number, or (on the general path
+/// only) any other JSON value. Read straight from the body on the fast path, without a `Value`
+/// or a copy of a string that holds no escape: about a third of what reading an order cost
+/// billing (3.8k instructions per message, callgrind).
+#[derive(Debug)]
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Num(serde_json::Number),
+    Other,
+}
+
+impl<'a> Scalar<'a> {
+    fn of(value: &'a Value) -> Self {
+        match value {
+            Value::String(s) => Self::Str(Cow::Borrowed(s)),
+            Value::Number(n) => Self::Num(n.clone()),
+            _ => Self::Other,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ScalarVisitor(std::marker::PhantomData))
+    }
+}
+
+/// Takes a string or a number, as serde_json's `Value` would hold it; anything else is an error
+/// that sends the body down the general path.
+struct ScalarVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for ScalarVisitor<'a> {
+    type Value = Scalar<'a>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a string or a number")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Scalar<'a>, E> {
+        Ok(Scalar::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Scalar<'a>, E> {
+        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Scalar<'a>, E> {
+        Ok(Scalar::Str(Cow::Owned(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Scalar<'a>, E> {
+        Ok(Scalar::Num(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Scalar<'a>, E> {
+        Ok(Scalar::Num(v.into()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar<'a>, E> {
+        serde_json::Number::from_f64(v)
+            .map(Scalar::Num)
+            .ok_or_else(|| E::custom("not a finite number"))
+    }
 }
 
 /// A JSON document in which no object holds the same key twice (serde_json's `Value` would keep
@@ -224,14 +293,15 @@ fn json_kind(value: &Value) -> &'static str {
 
 /// A JSON string (trimmed of ASCII spaces, tabs, line breaks, vertical tab and form feed: the
 /// class `openapi.yaml`'s patterns name) or a JSON number, as text; anything else is refused.
-fn scalar_text(value: &Value) -> Option<String> {
+fn scalar_text<'a>(value: &'a Scalar<'_>) -> Option<Cow<'a, str>> {
     match value {
-        Value::String(s) => Some(
-            s.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\u{b}' | '\u{c}'))
-                .to_owned(),
-        ),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+        Scalar::Str(s) => {
+            Some(Cow::Borrowed(s.trim_matches(|c| {
+                matches!(c, ' ' | '\t' | '\n' | '\r' | '\u{b}' | '\u{c}')
+            })))
+        }
+        Scalar::Num(n) => Some(Cow::Owned(n.to_string())),
+        Scalar::Other => None,
     }
 }
 
@@ -247,34 +317,42 @@ fn is_plain_decimal(text: &str) -> bool {
 
 /// A plain decimal without the zeros that do not change its value: leading ones of the whole part
 /// (one digit is kept) and trailing ones of the fraction (the point goes when nothing is left).
-fn without_idle_zeros(text: &str) -> String {
+/// It is a slice of `text` (no copy): from the whole part's first significant digit, or its last
+/// zero, to the fraction's last significant digit.
+fn without_idle_zeros(text: &str) -> Cow<'_, str> {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    let whole = match whole.trim_start_matches('0') {
-        "" => "0",
-        digits => digits,
-    };
-    match fraction.trim_end_matches('0') {
-        "" => whole.to_owned(),
-        fraction => format!("{whole}.{fraction}"),
+    let fraction = fraction.trim_end_matches('0');
+    if whole.is_empty() {
+        // Not a plain decimal (the caller has checked it is); kept whole for any other caller.
+        return match fraction {
+            "" => Cow::Borrowed("0"),
+            fraction => Cow::Owned(format!("0.{fraction}")),
+        };
     }
+    let start = whole.len() - whole.trim_start_matches('0').len().max(1);
+    let end = match fraction {
+        "" => whole.len(),
+        fraction => whole.len() + 1 + fraction.len(),
+    };
+    Cow::Borrowed(&text[start..end])
 }
 
 /// A user id is kept exactly as sent: a string as it is (not trimmed), an integer as its digits.
 /// A number that is not an integer, or too large to be read exactly (beyond 64 bits), is refused
 /// rather than stored rounded (`99999999999999999999` would become `1e+20`).
-fn parse_user_id(value: &Value) -> Result<String, OrderError> {
+fn parse_user_id(value: Scalar<'_>) -> Result<String, OrderError> {
     const FIELD: &str = "user_id";
     let text = match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
-        Value::Number(_) => {
+        Scalar::Str(s) => s.into_owned(),
+        Scalar::Num(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        Scalar::Num(_) => {
             return Err(OrderError::Invalid {
                 field: FIELD,
                 reason:
                     "must be a string or an integer of at most 64 bits (send larger ids as strings)",
             })
         }
-        _ => {
+        Scalar::Other => {
             return Err(OrderError::Invalid {
                 field: FIELD,
                 reason: "must be a string or an integer",
@@ -303,14 +381,20 @@ fn parse_user_id(value: &Value) -> Result<String, OrderError> {
     Ok(text)
 }
 
-fn parse_number_of_items(value: &Value) -> Result<i32, OrderError> {
+fn parse_number_of_items(value: &Scalar<'_>) -> Result<i32, OrderError> {
     const FIELD: &str = "number_of_items";
     let invalid = OrderError::Invalid {
         field: FIELD,
         reason: "must be a positive integer",
     };
-    let text = scalar_text(value).ok_or(invalid.clone())?;
-    let n: i64 = text.parse().map_err(|_| invalid.clone())?;
+    // An integer number is what its text would parse to; any other value is read as text.
+    let n: i64 = match value {
+        Scalar::Num(n) if n.is_i64() => n.as_i64().ok_or(invalid.clone())?,
+        _ => {
+            let text = scalar_text(value).ok_or(invalid.clone())?;
+            text.parse().map_err(|_| invalid.clone())?
+        }
+    };
     if n < 1 {
         return Err(invalid);
     }
@@ -320,14 +404,15 @@ fn parse_number_of_items(value: &Value) -> Result<i32, OrderError> {
     })
 }
 
-fn parse_total_amount(value: &Value) -> Result<Decimal, OrderError> {
+fn parse_total_amount(value: &Scalar<'_>) -> Result<Decimal, OrderError> {
     const FIELD: &str = "total_amount";
     let invalid = OrderError::Invalid {
         field: FIELD,
         reason: "must be a non-negative decimal number",
     };
     let text = scalar_text(value).ok_or(invalid.clone())?;
-    if value.is_string() && !is_plain_decimal(&text) {
+    let is_string = matches!(value, Scalar::Str(_));
+    if is_string && !is_plain_decimal(&text) {
         return Err(OrderError::Invalid {
             field: FIELD,
             reason: "must be a decimal number written with digits and at most one point",
@@ -336,7 +421,7 @@ fn parse_total_amount(value: &Value) -> Result<Decimal, OrderError> {
     // Leading zeros of the whole part and trailing zeros of the fraction change nothing, but they
     // would count against the 28 digits a decimal holds: "0003931131.0000000000000000000000000" is
     // 3931131.
-    let text = if value.is_string() {
+    let text = if is_string {
         without_idle_zeros(&text)
     } else {
         text
@@ -566,12 +651,46 @@ mod tests {
             r#"{"user_id":"u","number_of_items":1}"#,
             r#"[1, 2]"#,
             r#"{"user_id":"u","number_of_items":1,"total_amount":"1"} x"#,
+            // Read without a `Value`: escapes, numbers of every kind, zeros and spaces.
+            r#"{"user_id":"a\"b\u00e9","number_of_items":1,"total_amount":9.99}"#,
+            r#"{"user_id":"u","number_of_items":5.0,"total_amount":"1"}"#,
+            r#"{"user_id":"u","number_of_items":-3,"total_amount":"1"}"#,
+            r#"{"user_id":"u","number_of_items":18446744073709551615,"total_amount":"1"}"#,
+            r#"{"user_id":"u","number_of_items":2147483648,"total_amount":"1"}"#,
+            r#"{"user_id":"u","number_of_items":" 3 ","total_amount":" 0003.50 "}"#,
+            r#"{"user_id":"u","number_of_items":1,"total_amount":"000.50"}"#,
+            r#"{"user_id":"u","number_of_items":1,"total_amount":"12."}"#,
+            r#"{"user_id":"u","number_of_items":1,"total_amount":1e3}"#,
+            r#"{"user_id":"u","number_of_items":1,"total_amount":-1}"#,
+            r#"{"user_id":"u","number_of_items":1,"total_amount":true}"#,
+            r#"{"user_id":1.5,"number_of_items":1,"total_amount":"1"}"#,
+            r#"{"user_id":-5,"number_of_items":1,"total_amount":"1"}"#,
+            r#"{"user_id":18446744073709551615,"number_of_items":1,"total_amount":"1"}"#,
+            r#"{"user_id":"","number_of_items":1,"total_amount":"1"}"#,
         ] {
             assert_eq!(
                 BillingOrder::from_json_slice(body.as_bytes()),
                 BillingOrder::from_any_json_slice(body.as_bytes()),
                 "{body}"
             );
+        }
+    }
+
+    #[test]
+    fn idle_zeros_go_and_the_rest_is_a_slice_of_the_text() {
+        for (text, expected) in [
+            ("0003931131.0000000000000000000000000", "3931131"),
+            ("000.50", "0.5"),
+            ("0", "0"),
+            ("000", "0"),
+            ("12.", "12"),
+            ("10.10", "10.1"),
+            ("100", "100"),
+            ("0.05", "0.05"),
+        ] {
+            let kept = without_idle_zeros(text);
+            assert_eq!(kept, expected, "{text}");
+            assert!(matches!(kept, Cow::Borrowed(_)), "{text} was copied");
         }
     }
 
