@@ -1034,7 +1034,7 @@ async fn run(scratch: &Scratch) -> Result<()> {
         drain_from_start.0 += drained.rows_from_start;
         drain_from_start.1 += drained.from_start;
     }
-    // Stopped and started three times over, billing stored every order once.
+    // Stopped and started between the rounds, billing stored every order, and each once.
     wait_for_orders(&mut db, backlog as i64).await?;
 
     // Read before the naive loop, which loads PostgreSQL, not the services.
