@@ -461,9 +461,25 @@ async fn in_turn<A, B>(
 /// One comparison in rounds: in each, how many units (orders, rows, messages) ours and the
 /// reference handled, and in what time.
 #[derive(Debug, Default)]
-struct Rounds(Vec<[(usize, Duration); 2]>);
+struct Rounds(Vec<[Handled; 2]>);
+
+/// Units handled, and in what time.
+#[derive(Debug, Default, Clone, Copy)]
+struct Handled {
+    units: usize,
+    time: Duration,
+}
+
+impl Handled {
+    fn rate(self) -> f64 {
+        self.units as f64 / self.time.as_secs_f64()
+    }
+}
 
 impl Rounds {
+    const OURS: usize = 0;
+    const REFERENCE: usize = 1;
+
     fn add(
         &mut self,
         ours: usize,
@@ -471,51 +487,46 @@ impl Rounds {
         reference: usize,
         reference_time: Duration,
     ) {
+        self.0.push([
+            Handled {
+                units: ours,
+                time: ours_time,
+            },
+            Handled {
+                units: reference,
+                time: reference_time,
+            },
+        ]);
+    }
+
+    /// One side's units and time over every round.
+    fn total(&self, side: usize) -> Handled {
         self.0
-            .push([(ours, ours_time), (reference, reference_time)]);
+            .iter()
+            .fold(Handled::default(), |sum, round| Handled {
+                units: sum.units + round[side].units,
+                time: sum.time + round[side].time,
+            })
     }
 
-    fn total(&self, side: usize) -> (usize, Duration) {
-        self.0.iter().fold((0, Duration::ZERO), |(n, t), round| {
-            (n + round[side].0, t + round[side].1)
-        })
+    fn ours(&self) -> Handled {
+        self.total(Self::OURS)
     }
 
-    fn ours(&self) -> usize {
-        self.total(0).0
-    }
-
-    fn ours_time(&self) -> Duration {
-        self.total(0).1
-    }
-
-    fn reference(&self) -> usize {
-        self.total(1).0
-    }
-
-    fn reference_time(&self) -> Duration {
-        self.total(1).1
-    }
-
-    fn ours_rate(&self) -> f64 {
-        self.ours() as f64 / self.ours_time().as_secs_f64()
-    }
-
-    fn reference_rate(&self) -> f64 {
-        self.reference() as f64 / self.reference_time().as_secs_f64()
+    fn reference(&self) -> Handled {
+        self.total(Self::REFERENCE)
     }
 
     /// Ours against the reference over every round: units per second over units per second.
     fn ratio(&self) -> f64 {
-        self.ours_rate() / self.reference_rate()
+        self.ours().rate() / self.reference().rate()
     }
 
     /// Each round's ratio, in the order they ran.
     fn each_ratio(&self) -> String {
-        let rate = |(n, t): (usize, Duration)| n as f64 / t.as_secs_f64();
         self.0
             .iter()
-            .map(|[ours, reference]| format!("{:.2}", rate(*ours) / rate(*reference)))
+            .map(|[ours, reference]| format!("{:.2}", ours.rate() / reference.rate()))
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -1085,7 +1096,7 @@ async fn run(scratch: &Scratch) -> Result<()> {
                 warm_up + publish_load.requests,
             ),
             ("raw publisher", &raw_publish_cpu, BACKLOG_ORDERS),
-            ("billing drain, per row", &drain_cpu, drains.ours()),
+            ("billing drain, per row", &drain_cpu, drains.ours().units),
             (
                 "raw consumer, per message",
                 &raw_consume_cpu,
@@ -1174,8 +1185,8 @@ fn print_report(r: &Report<'_>) {
     println!(
         "{:<36} {:>8} {:>10.0}",
         format!("raw publisher, 1 channel, {RAW_IN_FLIGHT} in flight"),
-        r.publishes.reference(),
-        r.publishes.reference_rate()
+        r.publishes.reference().units,
+        r.publishes.reference().rate()
     );
     rounds_row("  ratio gateway/raw publisher", r.publishes);
     load_row("POST /api/billing over AMQPS (relay)", r.tls_publish);
@@ -1198,9 +1209,9 @@ fn print_report(r: &Report<'_>) {
     println!(
         "{:<36} {:>8} {:>10.0} {:>9.2}",
         "billing drain (from first rows)",
-        r.drains.ours(),
-        r.drains.ours_rate(),
-        r.drains.ours_time().as_secs_f64()
+        r.drains.ours().units,
+        r.drains.ours().rate(),
+        r.drains.ours().time.as_secs_f64()
     );
     println!(
         "{:<36} {:>8} {:>10.0} {:>9.2}",
@@ -1218,9 +1229,9 @@ fn print_report(r: &Report<'_>) {
     println!(
         "{:<36} {:>8} {:>10.0} {:>9.2}",
         format!("raw consumer, prefetch {RAW_PREFETCH}, no database"),
-        r.drains.reference(),
-        r.drains.reference_rate(),
-        r.drains.reference_time().as_secs_f64()
+        r.drains.reference().units,
+        r.drains.reference().rate(),
+        r.drains.reference().time.as_secs_f64()
     );
     rounds_row("  ratio billing/raw consumer", r.drains);
     println!();
