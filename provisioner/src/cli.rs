@@ -83,7 +83,8 @@ pub enum Command {
     /// Build the binaries of the platform's services with the one command plan and apply use, and
     /// print the folder holding them on stdout.
     Build {
-        /// Build with the `dev` profile (what the workspace's tests run) instead of `release`.
+        /// Build with the `dev` profile instead of `release`: the build of `cargo test
+        /// --workspace`, whose binaries the end-to-end tests run.
         #[arg(long)]
         dev: bool,
     },

@@ -196,11 +196,17 @@ impl Profile {
     }
 }
 
-/// The one build command of the platform's services: `cargo build --locked -p <service>…` (with
-/// `--release` for [`Profile::Release`]) in `workspace`, every service in one command, since cargo
-/// unifies dependency features over the packages one command selects: another package set would
-/// give other binaries, and plan would see every binary as changed. `provision build` runs it, and
-/// so do plan and apply without `--binaries`, `scripts/build-release` and the end-to-end harness.
+/// The one build command of the platform's services in `workspace`. Cargo unifies dependency
+/// features over the packages (and for tests, their dev-dependencies) one command selects, so
+/// another command would give other binaries:
+/// - [`Profile::Release`]: `cargo build --locked --release -p <service>…`, every service in one
+///   command, or plan would see every binary as changed. `provision build` runs it, and so do plan
+///   and apply without `--binaries`, `scripts/build-release` and the bench.
+/// - [`Profile::Dev`]: `cargo test --locked --workspace --no-run`, the build of the README's test
+///   command (`services` unused: it builds every binary of the workspace), which the end-to-end
+///   tests run themselves: under that command it has nothing to do, where `cargo build -p …` would
+///   build 64 crates a second time.
+///
 /// Returns the folder holding the binaries (`<target dir>/<profile>`, the target dir asked of
 /// `cargo metadata` so `CARGO_TARGET_DIR` and `.cargo/config.toml` are honoured).
 pub fn build(
@@ -208,18 +214,19 @@ pub fn build(
     services: &[&str],
     profile: Profile,
 ) -> Result<PathBuf, BinaryError> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut args = vec!["build", "--locked"];
-    if profile == Profile::Release {
-        args.push("--release");
-    }
-    for service in services {
-        args.extend(["-p", service]);
-    }
+    let args = match profile {
+        Profile::Dev => vec!["test", "--locked", "--workspace", "--no-run"],
+        Profile::Release => {
+            let mut args = vec!["build", "--locked", "--release"];
+            for service in services {
+                args.extend(["-p", service]);
+            }
+            args
+        }
+    };
     let command = format!("cargo {}", args.join(" "));
     // cargo's progress goes to our stderr, where the user sees it live.
-    let status = Command::new(&cargo)
-        .current_dir(workspace)
+    let status = cargo(workspace)
         .args(&args)
         .status()
         .map_err(|source| BinaryError::Spawn {
@@ -235,12 +242,41 @@ pub fn build(
     Ok(target_directory(workspace)?.join(profile.folder()))
 }
 
+/// The beginnings of the environment variables cargo sets for a crate it runs (besides `OUT_DIR`),
+/// as the Cargo Book lists them.
+const CRATE_VARIABLES: [&str; 7] = [
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+];
+
+/// `cargo` (the one that runs us, if any) in `workspace`, without the variables cargo set for
+/// provision itself when it runs it (`cargo run -p provisioner`, as scripts/build-release does).
+/// Passed on, they change what some build scripts see: ring's reruns when CARGO_MANIFEST_DIR
+/// changes, and with it the 21 crates above it, so builds run from `cargo run` and from a shell
+/// took turns to rebuild them (`provision plan` in lab-e2e, after scripts/build-release).
+fn cargo(workspace: &Path) -> Command {
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo.current_dir(workspace);
+    for (name, _) in std::env::vars_os() {
+        let set_for_crate = name.to_str().is_some_and(|name| {
+            name == "OUT_DIR" || CRATE_VARIABLES.iter().any(|start| name.starts_with(start))
+        });
+        if set_for_crate {
+            cargo.env_remove(name);
+        }
+    }
+    cargo
+}
+
 /// The workspace's target directory, from `cargo metadata --format-version 1 --no-deps`.
 pub fn target_directory(workspace: &Path) -> Result<PathBuf, BinaryError> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let command = "cargo metadata --format-version 1 --no-deps";
-    let output = Command::new(cargo)
-        .current_dir(workspace)
+    let output = cargo(workspace)
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()
         .map_err(|source| BinaryError::Spawn {

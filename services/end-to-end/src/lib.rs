@@ -46,10 +46,14 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The folder holding the service binaries: `SERVICE_BINARIES` when set (scripts/test points it at
-/// the release binaries it built for the lab, so the tests run what is deployed); otherwise they
-/// are built with the caller's profile (a no-op when fresh) by the one build command of the
-/// platform, `provision build`.
+/// The folder holding the service binaries: `SERVICE_BINARIES` when set (to run other binaries,
+/// such as the release ones deployed); otherwise they are built with the caller's profile by the
+/// platform's build command for it (`provisioner::render::binaries::build`), a no-op when fresh:
+/// - A test (the `dev` profile) runs that command, `cargo test --workspace --no-run`, itself:
+///   under the README's test command it has nothing to do. Through `cargo run -p provisioner`, which
+///   unifies other features, it built 64 of the workspace's crates a second time in the middle of
+///   the tests, and the provisioner's 46 a third (69 s on two cores).
+/// - The bench (`release`) runs `provision build`, which builds what is deployed.
 pub fn service_binaries() -> Result<PathBuf> {
     if let Some(folder) = std::env::var_os("SERVICE_BINARIES") {
         let folder = PathBuf::from(folder);
@@ -64,36 +68,68 @@ pub fn service_binaries() -> Result<PathBuf> {
     }
     let exe = std::env::current_exe()?;
     // The caller runs from `target/<profile>/deps/`.
-    let release = exe
+    let profile_folder = exe
         .parent()
         .and_then(Path::parent)
-        .and_then(Path::file_name)
-        .is_some_and(|name| name == "release");
+        .context("the caller does not run from target/<profile>/deps/")?;
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .nth(2)
         .context("the crate sits two folders below the workspace")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build
-        .current_dir(workspace)
-        .args([
-            "run",
-            "--locked",
-            "--quiet",
-            "-p",
-            "provisioner",
-            "--",
-            "build",
-        ])
-        .stderr(Stdio::inherit());
-    if !release {
-        build.arg("--dev");
+    build.current_dir(workspace).stderr(Stdio::inherit());
+    // Without what cargo set for this crate, as provision's own builds (see `CRATE_VARIABLES`):
+    // ring's build script reruns when CARGO_MANIFEST_DIR changes, and with it everything above
+    // ring (rustls, sqlx, lapin, the services), so the tests' build and this one took turns to
+    // rebuild them (35 s each time).
+    for (name, _) in std::env::vars_os() {
+        if name == "OUT_DIR" || name.to_str().is_some_and(set_for_this_crate) {
+            build.env_remove(name);
+        }
     }
+    if profile_folder
+        .file_name()
+        .is_some_and(|name| name != "release")
+    {
+        // The same target folder as the caller's (cargo passes CARGO_TARGET_DIR on when set).
+        let status = build
+            .args(["test", "--locked", "--quiet", "--workspace", "--no-run"])
+            .status()
+            .context("running cargo test --workspace --no-run")?;
+        ensure!(status.success(), "cargo test --workspace --no-run failed");
+        return Ok(profile_folder.to_path_buf());
+    }
+    // provision itself in release too, as scripts/build-release builds it: fresh after it.
+    build.args([
+        "run",
+        "--release",
+        "--locked",
+        "--quiet",
+        "-p",
+        "provisioner",
+        "--",
+        "build",
+    ]);
     let output = build.output().context("running provision build")?;
     ensure!(output.status.success(), "provision build failed");
     let folder = String::from_utf8(output.stdout).context("provision build printed no path")?;
     Ok(PathBuf::from(folder.trim()))
+}
+
+/// Whether cargo sets variable `name` for a crate it runs (the Cargo Book's list, as the
+/// provisioner's `CRATE_VARIABLES`, besides `OUT_DIR`).
+fn set_for_this_crate(name: &str) -> bool {
+    name.starts_with("CARGO_MANIFEST_")
+        || name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_")
+        || matches!(
+            name,
+            "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
 }
 
 /// The services' speed settings a caller's environment passes on to them (`BILLING_PREFETCH=2000
