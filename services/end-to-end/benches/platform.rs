@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use end_to_end::{
-    amqp_url, database_url, free_port, peak_rss_mib, service_binaries, Platform, Scratch, Service,
+    amqp_url, database_url, free_ports, peak_rss_mib, service_binaries, Platform, Scratch, Service,
 };
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
@@ -180,7 +180,7 @@ impl TlsPair {
             .set_port(Some(relay_port))
             .map_err(|()| anyhow::anyhow!("AMQP_URL takes no port"))?;
         let bin_dir = service_binaries()?;
-        let (inventory_port, gateway_port) = (free_port()?, free_port()?);
+        let [inventory_port, gateway_port] = free_ports()?;
         let inventory = Service::start(
             &bin_dir,
             "inventory",

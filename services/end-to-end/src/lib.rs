@@ -43,7 +43,22 @@ pub fn database_url(name: &str) -> String {
 
 /// A port free on 127.0.0.1 right now (the service binds it a moment later).
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let [port] = free_ports()?;
+    Ok(port)
+}
+
+/// `N` different ports free on 127.0.0.1 right now: each is held until all are taken, as ports
+/// taken one after the other, each released at once, may be the same port twice (a bench run
+/// failed so, its inventory finding its port taken by the gateway).
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0; N];
+    for port in &mut ports {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        *port = listener.local_addr()?.port();
+        held.push(listener);
+    }
+    Ok(ports)
 }
 
 /// The folder holding the service binaries: `SERVICE_BINARIES` when set (to run other binaries,
@@ -397,8 +412,7 @@ impl Platform {
         gateway_env: &[(&'static str, String)],
     ) -> Result<Self> {
         let bin_dir = service_binaries()?;
-        let (gateway_port, inventory_port, billing_health_port, metrics_port) =
-            (free_port()?, free_port()?, free_port()?, free_port()?);
+        let [gateway_port, inventory_port, billing_health_port, metrics_port] = free_ports()?;
         let inventory_url = format!("http://127.0.0.1:{inventory_port}");
         let inventory = Service::start(
             &bin_dir,
