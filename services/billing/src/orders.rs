@@ -2,7 +2,10 @@
 
 use rust_decimal::Decimal;
 use service_common::BillingOrder;
-use sqlx::PgPool;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArgumentBuffer, PgPoolCopyExt};
+use sqlx::{Encode, PgPool, Postgres};
 use uuid::Uuid;
 
 /// An order ready to be stored, with the idempotency key it arrived with.
@@ -33,33 +36,72 @@ pub async fn insert_batch(pool: &PgPool, orders: &[NewOrder]) -> Result<u64, sql
     if orders.is_empty() {
         return Ok(0);
     }
-    let columns = Columns::of(orders);
-    // Most batches hold no order stored before, and a plain INSERT costs PostgreSQL about a
-    // quarter less than one that looks for a conflict before each row. A batch with a stored
-    // message id (a redelivery, a client's retry) fails on the unique index as a whole, having
-    // stored nothing, and is inserted again skipping those ids.
-    match insert(pool, &columns, INSERT_ALL).await {
+    // Most batches hold no order stored before: a binary COPY stores them for about a quarter
+    // less of PostgreSQL's time than an INSERT (it writes a page's rows at once, and has no
+    // arrays to unnest and sort), and an INSERT that looks for a conflict before each row costs a
+    // quarter more again. A batch with a stored message id (a redelivery, a client's retry) fails
+    // on the unique index as a whole, having stored nothing, and is inserted again skipping them.
+    match copy(pool, orders).await {
         Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
-            insert(pool, &columns, INSERT_NEW).await
+            insert(pool, &Columns::of(orders), INSERT_NEW).await
         }
-        inserted => inserted,
+        copied => copied,
     }
 }
 
-/// One statement for the whole batch: a round trip per row is what makes a backlog drain slowly.
-/// `WITH ORDINALITY … ORDER BY` keeps the ids in delivery order.
-macro_rules! insert_orders {
-    () => {
-        "INSERT INTO orders (message_id, user_id, number_of_items, total_amount) \
-         SELECT message_id, user_id, number_of_items, total_amount \
-         FROM UNNEST($1::uuid[], $2::varchar[], $3::int4[], $4::numeric[]) \
-              WITH ORDINALITY AS t(message_id, user_id, number_of_items, total_amount, n) \
-         ORDER BY n"
-    };
+/// The batch's rows in delivery order, so their ids are too.
+const COPY_IN: &str = "COPY orders (message_id, user_id, number_of_items, total_amount) \
+                       FROM STDIN (FORMAT binary)";
+
+/// Stores `orders` by [`COPY_IN`]: one statement, committed before its answer comes back.
+async fn copy(pool: &PgPool, orders: &[NewOrder]) -> Result<u64, sqlx::Error> {
+    let data = copy_data(orders).map_err(sqlx::Error::Encode)?;
+    let mut copy = pool.copy_in_raw(COPY_IN).await?;
+    copy.send(data).await?;
+    // A row PostgreSQL refuses comes back here, and the connection is ready for the next batch.
+    copy.finish().await
 }
-const INSERT_ALL: &str = insert_orders!();
-/// The same, skipping the message ids already stored.
-const INSERT_NEW: &str = concat!(insert_orders!(), " ON CONFLICT (message_id) DO NOTHING");
+
+/// `orders` in PostgreSQL's binary COPY format, the columns of [`COPY_IN`]: a signature, no
+/// flags and no header extension, then each row as its number of fields and each field as its
+/// length and its bytes (the amount as sqlx encodes a NUMERIC parameter), and -1 at the end.
+/// Fails only on a field longer than 2 GiB or a number of over 32767 digits, which a validated
+/// order never holds.
+fn copy_data(orders: &[NewOrder]) -> Result<Vec<u8>, BoxDynError> {
+    const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+    const FIELDS: i16 = 4;
+    fn field(data: &mut Vec<u8>, bytes: &[u8]) -> Result<(), BoxDynError> {
+        data.extend_from_slice(&i32::try_from(bytes.len())?.to_be_bytes());
+        data.extend_from_slice(bytes);
+        Ok(())
+    }
+    // About 60 bytes a row with a short user id.
+    let mut data = Vec::with_capacity(SIGNATURE.len() + 8 + orders.len() * 64 + 2);
+    data.extend_from_slice(SIGNATURE);
+    data.extend_from_slice(&[0; 8]);
+    let mut amount = PgArgumentBuffer::default();
+    for new in orders {
+        data.extend_from_slice(&FIELDS.to_be_bytes());
+        field(&mut data, new.message_id.as_bytes())?;
+        field(&mut data, new.order.user_id.as_bytes())?;
+        field(&mut data, &new.order.number_of_items.to_be_bytes())?;
+        amount.clear();
+        // IsNull::No: a Decimal is never NULL.
+        let _: IsNull = Encode::<Postgres>::encode_by_ref(&new.order.total_amount, &mut amount)?;
+        field(&mut data, &amount)?;
+    }
+    data.extend_from_slice(&(-1_i16).to_be_bytes());
+    Ok(data)
+}
+
+/// For a batch holding stored message ids: one statement for the whole batch, skipping them.
+/// `WITH ORDINALITY … ORDER BY` keeps the ids in delivery order.
+const INSERT_NEW: &str = "INSERT INTO orders (message_id, user_id, number_of_items, total_amount) \
+     SELECT message_id, user_id, number_of_items, total_amount \
+     FROM UNNEST($1::uuid[], $2::varchar[], $3::int4[], $4::numeric[]) \
+          WITH ORDINALITY AS t(message_id, user_id, number_of_items, total_amount, n) \
+     ORDER BY n \
+     ON CONFLICT (message_id) DO NOTHING";
 
 /// A batch's orders, column by column, as the statements bind them.
 struct Columns {

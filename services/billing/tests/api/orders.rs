@@ -1,5 +1,5 @@
 //! The `orders` table's writer on its own: what a batch stores, byte for byte, whichever statement
-//! stores it (the plain INSERT for a batch of new orders, INSERT … ON CONFLICT for one holding a
+//! stores it (the binary COPY for a batch of new orders, INSERT … ON CONFLICT for one holding a
 //! stored id), and that a batch PostgreSQL refuses stores nothing.
 
 use std::str::FromStr;
