@@ -43,7 +43,7 @@ pub async fn insert_batch(pool: &PgPool, orders: &[NewOrder]) -> Result<u64, sql
     // on the unique index as a whole, having stored nothing, and is inserted again skipping them.
     match copy(pool, orders).await {
         Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
-            insert(pool, &Columns::of(orders), INSERT_NEW).await
+            insert_new(pool, orders).await
         }
         copied => copied,
     }
@@ -103,40 +103,24 @@ const INSERT_NEW: &str = "INSERT INTO orders (message_id, user_id, number_of_ite
      ORDER BY n \
      ON CONFLICT (message_id) DO NOTHING";
 
-/// A batch's orders, column by column, as the statements bind them.
-struct Columns {
-    message_ids: Vec<Uuid>,
-    user_ids: Vec<String>,
-    items: Vec<i32>,
-    amounts: Vec<Decimal>,
-}
-
-impl Columns {
-    fn of(orders: &[NewOrder]) -> Self {
-        let mut columns = Self {
-            message_ids: Vec::with_capacity(orders.len()),
-            user_ids: Vec::with_capacity(orders.len()),
-            items: Vec::with_capacity(orders.len()),
-            amounts: Vec::with_capacity(orders.len()),
-        };
-        for new in orders {
-            columns.message_ids.push(new.message_id);
-            columns.user_ids.push(new.order.user_id.clone());
-            columns.items.push(new.order.number_of_items);
-            columns.amounts.push(new.order.total_amount);
-        }
-        columns
+/// Stores `orders` by [`INSERT_NEW`], column by column: one statement outside an explicit
+/// transaction is a transaction of its own, committed before its answer comes back.
+async fn insert_new(pool: &PgPool, orders: &[NewOrder]) -> Result<u64, sqlx::Error> {
+    let mut message_ids = Vec::with_capacity(orders.len());
+    let mut user_ids = Vec::with_capacity(orders.len());
+    let mut items = Vec::with_capacity(orders.len());
+    let mut amounts = Vec::with_capacity(orders.len());
+    for new in orders {
+        message_ids.push(new.message_id);
+        user_ids.push(new.order.user_id.as_str());
+        items.push(new.order.number_of_items);
+        amounts.push(new.order.total_amount);
     }
-}
-
-/// Runs `statement` on `columns`: one statement outside an explicit transaction is a transaction
-/// of its own, committed before its answer comes back (no BEGIN and COMMIT round trips).
-async fn insert(pool: &PgPool, columns: &Columns, statement: &str) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(statement)
-        .bind(&columns.message_ids)
-        .bind(&columns.user_ids)
-        .bind(&columns.items)
-        .bind(&columns.amounts)
+    Ok(sqlx::query(INSERT_NEW)
+        .bind(message_ids)
+        .bind(user_ids)
+        .bind(items)
+        .bind(amounts)
         .execute(pool)
         .await?
         .rows_affected())
