@@ -46,6 +46,11 @@ impl AmqpUrl {
         self.uri.clone()
     }
 
+    /// For an `amqps://` URL, the TLS client that verifies the broker (the platform CA alone).
+    pub fn tls_config(&self) -> Option<&Arc<ClientConfig>> {
+        self.tls.as_ref()
+    }
+
     /// Whether the URL asks for TLS (`amqps://`).
     pub fn is_tls(&self) -> bool {
         self.uri.scheme == AMQPScheme::AMQPS

@@ -4,11 +4,12 @@
 //! One long-lived connection and its confirm-mode channels (`PUBLISH_CHANNELS`, one by default)
 //! serve every request: the broker runs each channel in a process of its own, so several can
 //! spread the publishes over its cores. A supervisor task owns them: it connects (the gateway
-//! starts even when the broker is down), declares the queue, enables confirms, and reconnects with
-//! backoff when the connection or a channel dies. Requests take the channels in turn, cloning one
-//! out of a lock they release at once, so many confirms are awaited concurrently.
+//! starts even when the broker is down), declares the queue (through lapin, on a connection of its
+//! own it closes then), opens the publishing connection ([`crate::amqp`]), and reconnects with
+//! backoff when that connection or a channel dies. Requests take the channels in turn, cloning
+//! the connection out of a lock they release at once, so many confirms are awaited concurrently.
 
-use std::num::NonZeroUsize;
+use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -18,9 +19,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::publisher_confirm::Confirmation;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ConnectionStatus};
+use lapin::{BasicProperties, ConnectionProperties};
 use serde::Serialize;
 use service_common::retry::RETRY_MAX;
 use service_common::{
@@ -31,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::amqp::{self, Confirmation};
 use crate::body::read_limited;
 use crate::error::Error;
 use crate::AppState;
@@ -78,15 +78,22 @@ pub enum PublishError {
     #[error("the message broker is blocking publishers (a memory or disk alarm)")]
     Blocked,
     #[error("AMQP error")]
-    Amqp(#[from] lapin::Error),
+    Amqp(#[from] amqp::Error),
     #[error("the broker refused the message (nack)")]
     Nacked,
     #[error("the broker could not route the message to queue {queue}: {reply_text}")]
     Unroutable { queue: String, reply_text: String },
     #[error("the broker did not confirm the message within {0:?}")]
     Timeout(Duration),
-    #[error("publisher confirms are not enabled on the channel")]
-    ConfirmsNotEnabled,
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("declaring the billing queues")]
+    Declare(#[from] QueueError),
+    #[error("opening the publishing connection")]
+    Publish(#[from] amqp::Error),
 }
 
 /// Publishes orders; cheap to clone, shared by every request.
@@ -97,11 +104,11 @@ pub struct Publisher {
 
 #[derive(Debug)]
 struct Inner {
-    /// The confirm-mode channels and their connection's status when connected. Cloned out by
-    /// each publish; never held across an await.
-    channel: RwLock<Option<Live>>,
+    /// The publishing connection when connected. Cloned out by each publish; never held across
+    /// an await.
+    connection: RwLock<Option<Arc<amqp::Connection>>>,
     /// How many channels each connection opens.
-    channels: NonZeroUsize,
+    channels: NonZeroU16,
     /// Which channel the next publish takes.
     next_channel: AtomicUsize,
     /// Raised (notify_waiters) each time a channel is installed, and when the first connection
@@ -121,20 +128,6 @@ struct Inner {
     confirms_late: AtomicBool,
     /// `gateway_publishes_total` of each outcome, registered once (see [`publish_outcome`]).
     outcomes: [(&'static str, metrics::Counter); OUTCOMES.len()],
-}
-
-/// The open channels, with the status of their connection (which says whether the broker blocks
-/// it).
-#[derive(Debug, Clone)]
-struct Live {
-    channels: Arc<[Channel]>,
-    connection: ConnectionStatus,
-}
-
-impl Live {
-    fn connected(&self) -> bool {
-        self.connection.connected() && self.channels.iter().all(|c| c.status().connected())
-    }
 }
 
 /// The supervisor task of a [`Publisher`]; stopping it closes the connection.
@@ -161,10 +154,10 @@ impl Publisher {
         amqp_url: AmqpUrls,
         queue: String,
         confirm_timeout: Duration,
-        channels: NonZeroUsize,
+        channels: NonZeroU16,
     ) -> (Self, PublisherTask) {
         let inner = Arc::new(Inner {
-            channel: RwLock::new(None),
+            connection: RwLock::new(None),
             channels,
             next_channel: AtomicUsize::new(0),
             connected: Notify::new(),
@@ -185,13 +178,13 @@ impl Publisher {
 
     /// Whether the confirm-mode channels are open right now.
     pub fn is_connected(&self) -> bool {
-        self.current().is_some_and(|live| live.connected())
+        self.current().is_some_and(|live| live.is_connected())
     }
 
     /// Whether the broker blocks our connection (`connection.blocked`: a memory or disk alarm);
     /// until it unblocks, a publish would only wait for its timeout.
     pub fn is_blocked(&self) -> bool {
-        self.current().is_some_and(|live| live.connection.blocked())
+        self.current().is_some_and(|live| live.is_blocked())
     }
 
     /// Counts an order's outcome, one of [`publish_outcome`]'s, in `gateway_publishes_total`.
@@ -206,17 +199,17 @@ impl Publisher {
         &self.inner.queue
     }
 
-    fn current(&self) -> Option<Live> {
+    fn current(&self) -> Option<Arc<amqp::Connection>> {
         self.inner
-            .channel
+            .connection
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// The open channels; right after start, waits (at most the connect timeout) for the first
-    /// connection attempt instead of failing at once.
-    async fn live(&self) -> Option<Live> {
+    /// The open connection; right after start, waits (at most the connect timeout) for the
+    /// first connection attempt instead of failing at once.
+    async fn live(&self) -> Option<Arc<amqp::Connection>> {
         let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         loop {
             let installed = self.inner.connected.notified();
@@ -237,51 +230,35 @@ impl Publisher {
     /// Publishes `order` with message id `id` and waits for the broker's confirm. Returns only
     /// when the broker has taken responsibility for the message.
     pub async fn publish(&self, order: &BillingOrder, id: Uuid) -> Result<(), PublishError> {
-        let Live {
-            channels,
-            connection,
-        } = self.live().await.ok_or(PublishError::NotConnected)?;
-        if connection.blocked() {
+        let connection = self.live().await.ok_or(PublishError::NotConnected)?;
+        if connection.is_blocked() {
             return Err(PublishError::Blocked);
         }
         let turn = self.inner.next_channel.fetch_add(1, Ordering::Relaxed);
-        let channel = &channels[turn % channels.len()];
+        let channel = turn % usize::from(self.inner.channels.get());
         let properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
-            .with_content_type("application/json".into())
-            // Written by uuid itself, without `fmt`'s machinery (`to_string`).
-            .with_message_id(
-                String::from(id.hyphenated().encode_lower(&mut Uuid::encode_buffer())).into(),
-            );
-        let payload = order.to_json_vec();
-        let queue = &self.inner.queue;
-        let confirmed = tokio::time::timeout(self.inner.confirm_timeout, async {
-            channel
-                .basic_publish(
-                    "",
-                    queue,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &payload,
-                    properties,
-                )
-                .await?
-                .await
-        })
+            .with_content_type("application/json".into());
+        // Written by uuid itself, without `fmt`'s machinery (`to_string`).
+        let message_id = id
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .to_owned();
+        let confirmed = tokio::time::timeout(
+            self.inner.confirm_timeout,
+            connection.publish(channel, &message_id, properties, order.to_json_vec()),
+        )
         .await;
         let result = match confirmed {
             Err(_) => Err(PublishError::Timeout(self.inner.confirm_timeout)),
             Ok(Err(err)) => Err(PublishError::Amqp(err)),
+            Ok(Ok(Confirmation::Ack)) => Ok(()),
             // With `mandatory`, a message no queue accepted comes back before its ack.
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Unroutable {
-                queue: queue.clone(),
-                reply_text: returned.reply_text.to_string(),
+            Ok(Ok(Confirmation::Returned { text, .. })) => Err(PublishError::Unroutable {
+                queue: self.inner.queue.clone(),
+                reply_text: text,
             }),
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::ConfirmsNotEnabled),
+            Ok(Ok(Confirmation::Nack)) => Err(PublishError::Nacked),
         };
         if matches!(result, Err(PublishError::Timeout(_))) {
             self.inner.confirms_late.store(true, Ordering::Release);
@@ -296,26 +273,25 @@ impl Publisher {
     }
 }
 
-/// Opens a connection and `count` confirm-mode channels, and declares the queue as billing does.
+/// Declares the queue as billing does, then opens the publishing connection and its `count`
+/// confirm-mode channels.
 async fn connect(
     amqp_url: &AmqpUrl,
     queue: &str,
-    count: NonZeroUsize,
-) -> Result<(Connection, Arc<[Channel]>), QueueError> {
-    let properties = ConnectionProperties::default().with_connection_name("gateway".into());
-    let connection = amqp_url.connect(properties).await?;
-    let mut channels = Vec::with_capacity(count.get());
-    for _ in 0..count.get() {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        channels.push(channel);
-    }
+    count: NonZeroU16,
+) -> Result<amqp::Connection, ConnectError> {
+    let properties =
+        ConnectionProperties::default().with_connection_name("gateway (declaring)".into());
+    let declaring = amqp_url
+        .connect(properties)
+        .await
+        .map_err(QueueError::from)?;
     // Through the one declaration billing makes too: any difference would make the second
     // declaration fail with PRECONDITION_FAILED.
-    declare_billing_queue(&connection, queue).await?;
-    Ok((connection, channels.into()))
+    let declared = declare_billing_queue(&declaring, queue).await;
+    let _ = declaring.close(200, "declared").await;
+    declared?;
+    Ok(amqp::Connection::open(amqp_url, "gateway", count.get(), queue).await?)
 }
 
 /// Keeps one connection open for as long as the gateway runs.
@@ -340,49 +316,39 @@ async fn supervise(inner: Arc<Inner>, nodes: AmqpUrls, stop: CancellationToken) 
             inner.connected.notify_waiters();
         }
         match attempt {
-            Ok(Ok((connection, channels))) => {
+            Ok(Ok(connection)) => {
                 tracing::info!(broker = %amqp_url, queue = %inner.queue, "connected to the message broker");
                 delays = retry_delays(RETRY_MAX);
-                let woken = Arc::new(Notify::new());
-                let on_error = woken.clone();
-                connection.on_error(move |err| {
-                    tracing::warn!(error = %ErrorChain(&err), "message broker connection lost");
-                    on_error.notify_one();
-                });
-                let live = Live {
-                    channels,
-                    connection: connection.status().clone(),
-                };
-                *inner.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(live.clone());
+                let connection = Arc::new(connection);
+                *inner.connection.write().unwrap_or_else(|e| e.into_inner()) =
+                    Some(connection.clone());
                 inner.connected.notify_waiters();
 
                 let stopping = loop {
                     tokio::select! {
                         () = stop.cancelled() => break true,
-                        () = woken.notified() => {}
+                        () = connection.failed() => {}
                         () = inner.check_connection.notified() => {}
                         () = tokio::time::sleep(HEALTH_POLL) => {}
                     }
-                    if !live.connected() {
+                    if let Some(err) = connection.failure() {
+                        tracing::warn!(error = %ErrorChain(&err), "message broker connection lost");
                         break false;
                     }
                     // A broker that blocks publishers (a memory or disk alarm) said why its
                     // confirms are late; another connection would only hide that from /ready.
-                    if inner.confirms_late.swap(false, Ordering::AcqRel)
-                        && !connection.status().blocked()
+                    if inner.confirms_late.swap(false, Ordering::AcqRel) && !connection.is_blocked()
                     {
                         tracing::warn!(broker = %amqp_url, "confirms are late: connecting to the next node");
                         break false;
                     }
                 };
-                *inner.channel.write().unwrap_or_else(|e| e.into_inner()) = None;
+                *inner.connection.write().unwrap_or_else(|e| e.into_inner()) = None;
                 // Closing waits for the confirms still in flight to settle; it is bounded so a
                 // dead broker cannot hold the shutdown.
-                let _ = tokio::time::timeout(
-                    inner.confirm_timeout,
-                    connection.close(200, "gateway closing"),
-                )
-                .await;
+                connection
+                    .close("gateway closing", inner.confirm_timeout)
+                    .await;
                 if stopping {
                     tracing::info!("message broker connection closed");
                     return;
@@ -510,7 +476,7 @@ fn publish_outcome(published: &Result<(), PublishError>) -> &'static str {
         Err(PublishError::Blocked) => "refused_blocked",
         Err(PublishError::NotConnected) => "not_connected",
         Err(PublishError::Unroutable { .. }) => "unroutable",
-        Err(PublishError::Amqp(_) | PublishError::ConfirmsNotEnabled) => "failed",
+        Err(PublishError::Amqp(_)) => "failed",
     }
 }
 
@@ -530,7 +496,7 @@ mod tests {
                 queue: "q".into(),
                 reply_text: "NO_ROUTE".into(),
             },
-            PublishError::ConfirmsNotEnabled,
+            PublishError::Amqp(amqp::Error::Closed),
         ];
         let outcomes = std::iter::once(publish_outcome(&Ok(())))
             .chain(errors.into_iter().map(|err| publish_outcome(&Err(err))));

@@ -95,7 +95,7 @@ pub struct Config {
     /// its cores when it is the bottleneck; on two cores shared with the gateway (scripts/bench)
     /// 2 and 4 were no faster than 1.
     #[arg(long, env = "PUBLISH_CHANNELS", default_value = "1")]
-    pub publish_channels: std::num::NonZeroUsize,
+    pub publish_channels: std::num::NonZeroU16,
 
     /// Requests per second each client address may send to the API (movies, billing), on
     /// average; beyond, 429 with `Retry-After`. Unset: no limit. Health and readiness are never

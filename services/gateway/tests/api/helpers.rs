@@ -47,7 +47,7 @@ pub fn config(inventory: &[String], amqp: &str, queue: &str) -> Config {
         upstream_cooldown_ms: 2_000,
         publish_timeout_ms: 5_000,
         // Several, where the default is one, so that the tests' orders take the channels in turn.
-        publish_channels: std::num::NonZeroUsize::new(4).unwrap(),
+        publish_channels: std::num::NonZeroU16::new(4).unwrap(),
         rate_limit_per_second: None,
         rate_limit_burst: None,
         metrics_listen_addr: None,

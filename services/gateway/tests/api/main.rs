@@ -5,6 +5,7 @@
 // Tests fail loudly by design; `expect` everywhere would only repeat the assertion messages.
 #![allow(clippy::unwrap_used)]
 
+mod amqp;
 mod auth;
 mod billing;
 mod helpers;

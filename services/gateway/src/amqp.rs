@@ -1,0 +1,928 @@
+//! The gateway's publishing connection to RabbitMQ: AMQP 0-9-1 on the gateway's own runtime,
+//! with `amq-protocol`'s frames (the codec lapin is built on), doing only what publishing with
+//! confirms needs.
+//!
+//! Why not lapin here: lapin runs each connection's I/O on a thread of its own, so every publish
+//! crosses threads twice (the frames handed to the I/O thread, then the confirm handed back) and
+//! goes through its channel and frame machinery. That cost as much CPU per order as the rest of
+//! the gateway. Here a publish encodes its three frames into the connection's write buffer under
+//! a short lock, and a confirm is a lookup in the channel's queue of publishes awaiting one: one
+//! task writes whatever the requests queued since its last write in one `write`, one task reads
+//! and settles confirms, both on the serving runtime. The queue declarations and the move of a
+//! classic queue to a quorum one still go through lapin ([`service_common::declare_billing_queue`]):
+//! they run once per connection, not per order.
+//!
+//! What it handles: the handshake (PLAIN, the URL's heartbeat and frame size, TLS for
+//! `amqps://`), channels in confirm mode, publishes with `mandatory`, `basic.ack` and `basic.nack`
+//! (single or `multiple`), `basic.return` (matched to its publish by message id), the broker's
+//! `connection.blocked` / `unblocked`, heartbeats both ways (a broker silent for two intervals
+//! is given up), and closing: by the broker (connection or channel) or by us (`close`, which first
+//! lets the confirms in flight arrive). Once anything fails, every publish awaiting a confirm
+//! gets the error and the connection takes no more: the gateway's supervisor opens another.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, WriteContext};
+use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass, BasicProperties};
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
+use rustls::pki_types::ServerName;
+use service_common::AmqpUrl;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+
+/// `basic`'s class id, which a content header names.
+const BASIC_CLASS: u16 = 60;
+/// The smallest `frame_max` AMQP allows (and the size every frame of the handshake fits in).
+const FRAME_MIN_SIZE: u32 = 4096;
+/// A frame's bytes besides its payload: type, channel, size, and the end octet.
+const FRAME_OVERHEAD: usize = 8;
+/// What reads ask the socket for at least.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why the connection cannot publish (any more). Cloned to every publish it fails.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("I/O error talking to the broker: {0}")]
+    Io(Arc<std::io::Error>),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("the broker closed the connection: {code} {text}")]
+    ClosedByBroker { code: u16, text: String },
+    #[error("the broker closed channel {channel}: {code} {text}")]
+    ChannelClosedByBroker {
+        channel: u16,
+        code: u16,
+        text: String,
+    },
+    #[error("nothing heard from the broker for {0:?} (two heartbeat intervals)")]
+    MissedHeartbeats(Duration),
+    #[error("the broker did not follow the protocol: {0}")]
+    Protocol(String),
+    #[error("the connection was closed")]
+    Closed,
+}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        Self::Io(Arc::new(err))
+    }
+}
+
+/// The broker's answer to one publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The broker has taken responsibility for the message.
+    Ack,
+    /// The broker refused responsibility for the message (`basic.nack`).
+    Nack,
+    /// No queue took the message (`basic.return` of a `mandatory` publish, before its ack).
+    Returned { code: u16, text: String },
+}
+
+/// An open connection and its confirm-mode channels. Dropping it stops its two tasks; `close`
+/// first closes it as the protocol asks.
+#[derive(Debug)]
+pub struct Connection {
+    shared: Arc<Shared>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Raised when `State::out` holds bytes to write, or the connection ends.
+    writable: Notify,
+    /// Raised when the connection fails (one waiter: the supervisor).
+    failed: Notify,
+    /// Raised when a channel's last awaited confirm arrives, or the connection ends.
+    settled: Notify,
+    /// The broker blocks publishers (a memory or disk alarm): `connection.blocked`.
+    blocked: AtomicBool,
+    /// Largest body bytes in one frame.
+    body_chunk: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Frames queued for the writer.
+    out: Vec<u8>,
+    /// Channel `n` is `channels[n - 1]`.
+    channels: Vec<ChannelState>,
+    /// Set once: why the connection takes no more publishes.
+    failure: Option<Error>,
+    /// The reader has ended: once `out` is written, the writer ends too.
+    reader_done: bool,
+}
+
+#[derive(Debug)]
+struct ChannelState {
+    /// This channel's `basic.publish` frame: the same for every order, encoded once.
+    publish_frame: Vec<u8>,
+    /// The delivery tag of the last publish (confirm mode numbers them from 1).
+    last_tag: u64,
+    /// The publishes awaiting their confirm, by increasing tag.
+    pending: VecDeque<Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    tag: u64,
+    message_id: ShortString,
+    returned: Option<(u16, String)>,
+    reply: oneshot::Sender<Result<Confirmation, Error>>,
+}
+
+impl Pending {
+    fn settle(self, acked: bool) {
+        let confirmation = match (acked, self.returned) {
+            (false, _) => Confirmation::Nack,
+            (true, Some((code, text))) => Confirmation::Returned { code, text },
+            (true, None) => Confirmation::Ack,
+        };
+        // The publisher may have given up waiting (its timeout): nothing to tell then.
+        let _ = self.reply.send(Ok(confirmation));
+    }
+}
+
+/// The negotiated limits of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    frame_max: u32,
+    heartbeat: Option<Duration>,
+}
+
+impl Connection {
+    /// Connects to `url` (TLS for `amqps://`), opens `channels` channels in confirm mode, and
+    /// starts the tasks that write and read. `name` is the connection's name in the broker's
+    /// management UI.
+    pub async fn open(
+        url: &AmqpUrl,
+        name: &str,
+        channels: u16,
+        queue: &str,
+    ) -> Result<Self, Error> {
+        let uri = url.to_amqp_uri();
+        let host = uri
+            .authority
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let tcp = tokio::net::TcpStream::connect((host, uri.authority.port)).await?;
+        tcp.set_nodelay(true)?;
+        if !url.is_tls() {
+            return Self::start(tcp, url, name, channels, queue).await;
+        }
+        match url.tls_config() {
+            None => Err(Error::Tls(
+                "amqps:// without a CA to verify the broker with (AMQP_CA_FILE)".into(),
+            )),
+            Some(config) => {
+                let server_name = ServerName::try_from(host.to_owned())
+                    .map_err(|err| Error::Tls(format!("{host}: {err}")))?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(server_name, tcp)
+                    .await
+                    .map_err(|err| Error::Tls(err.to_string()))?;
+                Self::start(tls, url, name, channels, queue).await
+            }
+        }
+    }
+
+    async fn start<S>(
+        mut stream: S,
+        url: &AmqpUrl,
+        name: &str,
+        channels: u16,
+        queue: &str,
+    ) -> Result<Self, Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut frames = FrameReader::default();
+        let blocked = AtomicBool::new(false);
+        let tuning = handshake(&mut stream, &mut frames, url, name, channels, &blocked).await?;
+        let body_chunk = tuning.frame_max as usize - FRAME_OVERHEAD;
+        let channels = (1..=channels)
+            .map(|id| {
+                Ok(ChannelState {
+                    publish_frame: encode(&method(
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                            exchange: "".into(),
+                            routing_key: queue.into(),
+                            mandatory: true,
+                            immediate: false,
+                        })),
+                    ))?,
+                    last_tag: 0,
+                    pending: VecDeque::new(),
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                out: Vec::new(),
+                channels,
+                failure: None,
+                reader_done: false,
+            }),
+            writable: Notify::new(),
+            failed: Notify::new(),
+            settled: Notify::new(),
+            blocked,
+            body_chunk,
+        });
+        let (read_half, write_half) = tokio::io::split(stream);
+        let reader = tokio::spawn(read_loop(shared.clone(), read_half, frames, tuning));
+        let writer = tokio::spawn(write_loop(shared.clone(), write_half, tuning));
+        Ok(Self {
+            shared,
+            reader,
+            writer,
+        })
+    }
+
+    /// Whether publishes can go out: nothing failed and nobody closed it.
+    pub fn is_connected(&self) -> bool {
+        self.shared.lock().failure.is_none()
+    }
+
+    /// Why the connection takes no more publishes, once it does not.
+    pub fn failure(&self) -> Option<Error> {
+        self.shared.lock().failure.clone()
+    }
+
+    /// Whether the broker blocks this connection's publishes (`connection.blocked`).
+    pub fn is_blocked(&self) -> bool {
+        self.shared.blocked.load(Ordering::Acquire)
+    }
+
+    /// Returns once the connection has failed (or was closed); at once if it already has.
+    pub async fn failed(&self) {
+        loop {
+            let failed = self.shared.failed.notified();
+            if !self.is_connected() {
+                return;
+            }
+            failed.await;
+        }
+    }
+
+    /// Publishes `payload` with `properties` and message id `message_id` on channel `index`
+    /// (0-based, below the count it was opened with) to the queue the connection was opened for,
+    /// `mandatory`, and waits for the broker's confirm. The frames are queued at once, in the
+    /// order of the calls; the writer sends them. A `basic.return` is matched to its publish by
+    /// message id: publishes that could be returned need ids of their own.
+    pub async fn publish(
+        &self,
+        index: usize,
+        message_id: &str,
+        properties: BasicProperties,
+        payload: Vec<u8>,
+    ) -> Result<Confirmation, Error> {
+        let confirm = self.queue_publish(index, message_id.into(), properties, payload)?;
+        confirm.await.unwrap_or(Err(Error::Closed))
+    }
+
+    fn queue_publish(
+        &self,
+        index: usize,
+        message_id: ShortString,
+        properties: BasicProperties,
+        payload: Vec<u8>,
+    ) -> Result<oneshot::Receiver<Result<Confirmation, Error>>, Error> {
+        let id =
+            u16::try_from(index + 1).map_err(|_| Error::Protocol(format!("no channel {index}")))?;
+        // Encoded before taking the lock: only the copy into the buffer happens under it.
+        let header = AMQPFrame::Header(
+            id,
+            BASIC_CLASS,
+            Box::new(AMQPContentHeader {
+                class_id: BASIC_CLASS,
+                body_size: payload.len() as u64,
+                properties: properties.with_message_id(message_id.clone()),
+            }),
+        );
+        let chunk = self.shared.body_chunk;
+        let mut frames = encode_into(
+            Vec::with_capacity(128 + payload.len() + payload.len() / chunk * FRAME_OVERHEAD),
+            &header,
+        )?;
+        if payload.len() <= chunk {
+            if !payload.is_empty() {
+                frames = encode_into(frames, &AMQPFrame::Body(id, payload))?;
+            }
+        } else {
+            for part in payload.chunks(chunk) {
+                frames = encode_into(frames, &AMQPFrame::Body(id, part.to_vec()))?;
+            }
+        }
+        let (reply, confirm) = oneshot::channel();
+        let mut state = self.shared.lock();
+        if let Some(err) = &state.failure {
+            return Err(err.clone());
+        }
+        let State { out, channels, .. } = &mut *state;
+        let Some(channel) = channels.get_mut(index) else {
+            return Err(Error::Protocol(format!("no channel {index}")));
+        };
+        out.extend_from_slice(&channel.publish_frame);
+        out.extend_from_slice(&frames);
+        channel.last_tag += 1;
+        channel.pending.push_back(Pending {
+            tag: channel.last_tag,
+            message_id,
+            returned: None,
+            reply,
+        });
+        drop(state);
+        self.shared.writable.notify_one();
+        Ok(confirm)
+    }
+
+    /// Closes the connection: waits (at most `settle`) for the confirms in flight, then sends
+    /// `connection.close` and waits (at most `settle` again) for the broker's answer. Publishes
+    /// still waiting then get [`Error::Closed`].
+    pub async fn close(&self, text: &str, settle: Duration) {
+        let _ = tokio::time::timeout(settle, self.settled()).await;
+        let close = method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: 200,
+                reply_text: text.into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        );
+        {
+            let mut state = self.shared.lock();
+            if state.failure.is_none() || !state.reader_done {
+                if let Ok(bytes) = encode(&close) {
+                    state.out.extend_from_slice(&bytes);
+                }
+            }
+        }
+        self.shared.fail(Error::Closed);
+        let _ = tokio::time::timeout(settle, async {
+            loop {
+                let settled = self.shared.settled.notified();
+                if self.shared.lock().reader_done {
+                    return;
+                }
+                settled.await;
+            }
+        })
+        .await;
+    }
+
+    /// Returns once no publish awaits its confirm, or the connection has failed.
+    async fn settled(&self) {
+        loop {
+            let settled = self.shared.settled.notified();
+            {
+                let state = self.shared.lock();
+                if state.failure.is_some() || state.channels.iter().all(|c| c.pending.is_empty()) {
+                    return;
+                }
+            }
+            settled.await;
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared.fail(Error::Closed);
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the connection failed (the first reason stays), and fails every publish awaiting
+    /// its confirm with it.
+    fn fail(&self, err: Error) {
+        let mut state = self.lock();
+        let err = state.failure.get_or_insert(err).clone();
+        let pending: Vec<Pending> = state
+            .channels
+            .iter_mut()
+            .flat_map(|c| c.pending.drain(..))
+            .collect();
+        drop(state);
+        for publish in pending {
+            let _ = publish.reply.send(Err(err.clone()));
+        }
+        self.writable.notify_one();
+        self.failed.notify_one();
+        self.settled.notify_waiters();
+    }
+
+    /// Queues a frame for the writer.
+    fn send(&self, frame: &AMQPFrame) -> Result<(), Error> {
+        let bytes = encode(frame)?;
+        self.lock().out.extend_from_slice(&bytes);
+        self.writable.notify_one();
+        Ok(())
+    }
+
+    /// `basic.ack` (`acked`) or `basic.nack` of `tag` on channel `id`, or of every tag up to it.
+    fn confirm(&self, id: u16, tag: u64, multiple: bool, acked: bool) -> Result<(), Error> {
+        let mut settled = Vec::new();
+        let mut state = self.lock();
+        let channel = channel_state(&mut state, id)?;
+        if multiple {
+            while channel.pending.front().is_some_and(|p| p.tag <= tag) {
+                settled.extend(channel.pending.pop_front());
+            }
+        } else if let Ok(at) = channel.pending.binary_search_by_key(&tag, |p| p.tag) {
+            settled.extend(channel.pending.remove(at));
+        }
+        let idle = channel.pending.is_empty();
+        drop(state);
+        for publish in settled {
+            publish.settle(acked);
+        }
+        if idle {
+            self.settled.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// A `basic.return` of the message `message_id` on channel `id`: its ack follows.
+    fn returned(&self, id: u16, message_id: &str, code: u16, text: String) -> Result<(), Error> {
+        let mut state = self.lock();
+        let channel = channel_state(&mut state, id)?;
+        if let Some(publish) = channel
+            .pending
+            .iter_mut()
+            .find(|p| p.message_id.as_str() == message_id)
+        {
+            publish.returned = Some((code, text));
+        }
+        Ok(())
+    }
+}
+
+fn channel_state(state: &mut State, id: u16) -> Result<&mut ChannelState, Error> {
+    let count = state.channels.len();
+    state
+        .channels
+        .get_mut(usize::from(id).wrapping_sub(1))
+        .ok_or_else(|| Error::Protocol(format!("a frame for channel {id}, of {count} open")))
+}
+
+/// A method frame.
+fn method(channel: u16, class: AMQPClass) -> AMQPFrame {
+    AMQPFrame::Method(channel, class)
+}
+
+/// A frame's bytes.
+fn encode(frame: &AMQPFrame) -> Result<Vec<u8>, Error> {
+    encode_into(Vec::with_capacity(128), frame)
+}
+
+/// `buffer` followed by a frame's bytes.
+fn encode_into(buffer: Vec<u8>, frame: &AMQPFrame) -> Result<Vec<u8>, Error> {
+    gen_frame(frame)(WriteContext::from(buffer))
+        .map(|context| context.write)
+        .map_err(|err| Error::Protocol(format!("cannot encode {frame}: {err}")))
+}
+
+/// Frames read from a byte stream, and the bytes of the next one not complete yet.
+#[derive(Debug, Default)]
+struct FrameReader {
+    buffer: Vec<u8>,
+}
+
+impl FrameReader {
+    /// The next complete frame already read, if any.
+    fn parse(&mut self, frame_max: u32) -> Result<Option<AMQPFrame>, Error> {
+        if self.buffer.is_empty() {
+            return Ok(None);
+        }
+        match parse_frame(self.buffer.as_slice()) {
+            Ok((rest, frame)) => {
+                let used = self.buffer.len() - rest.len();
+                self.buffer.drain(..used);
+                Ok(Some(frame))
+            }
+            Err(err) if err.is_incomplete() => {
+                if self.buffer.len() > frame_max as usize + FRAME_OVERHEAD {
+                    return Err(Error::Protocol(format!(
+                        "a frame larger than the negotiated {frame_max} bytes"
+                    )));
+                }
+                Ok(None)
+            }
+            Err(err) => Err(Error::Protocol(format!("unreadable frame: {err}"))),
+        }
+    }
+
+    /// Reads more bytes; the broker closing the socket is an error.
+    async fn fill<R: AsyncRead + Unpin>(&mut self, stream: &mut R) -> Result<(), Error> {
+        self.buffer.reserve(READ_CHUNK);
+        if stream.read_buf(&mut self.buffer).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the broker closed the socket",
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The next frame of the handshake; heartbeats and `connection.blocked` (recorded in
+    /// `blocked`) are passed over.
+    async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut R,
+        blocked: &AtomicBool,
+    ) -> Result<AMQPClass, Error> {
+        loop {
+            match self.parse(FRAME_MIN_SIZE)? {
+                Some(AMQPFrame::Method(
+                    _,
+                    AMQPClass::Connection(connection::AMQPMethod::Blocked(_)),
+                )) => blocked.store(true, Ordering::Release),
+                Some(AMQPFrame::Method(
+                    _,
+                    AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)),
+                )) => blocked.store(false, Ordering::Release),
+                Some(AMQPFrame::Method(
+                    _,
+                    AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+                )) => {
+                    return Err(Error::ClosedByBroker {
+                        code: close.reply_code,
+                        text: close.reply_text.to_string(),
+                    })
+                }
+                Some(AMQPFrame::Method(_, class)) => return Ok(class),
+                Some(AMQPFrame::Heartbeat(_)) => {}
+                Some(AMQPFrame::ProtocolHeader(version)) => {
+                    return Err(Error::Protocol(format!(
+                        "the broker speaks AMQP {version}, not 0-9-1"
+                    )))
+                }
+                Some(other) => {
+                    return Err(Error::Protocol(format!("{other} during the handshake")))
+                }
+                None => self.fill(stream).await?,
+            }
+        }
+    }
+}
+
+/// Opens the connection (`connection.start` to `open-ok`) and the channels in confirm mode.
+async fn handshake<S>(
+    stream: &mut S,
+    frames: &mut FrameReader,
+    url: &AmqpUrl,
+    name: &str,
+    channels: u16,
+    blocked: &AtomicBool,
+) -> Result<Tuning, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let uri = url.to_amqp_uri();
+    stream.write_all(b"AMQP\x00\x00\x09\x01").await?;
+    let start = match frames.next(stream, blocked).await? {
+        AMQPClass::Connection(connection::AMQPMethod::Start(start)) => start,
+        other => return Err(unexpected("connection.start", &other)),
+    };
+    let mechanisms = start.mechanisms.to_string();
+    if !mechanisms.split(' ').any(|m| m == "PLAIN") {
+        return Err(Error::Protocol(format!(
+            "the broker offers no PLAIN authentication (only {mechanisms})"
+        )));
+    }
+    let mut capabilities = FieldTable::default();
+    for capability in [
+        "publisher_confirms",
+        "basic.nack",
+        "connection.blocked",
+        // A refused login is a connection.close saying so, not a socket closed in silence.
+        "authentication_failure_close",
+    ] {
+        capabilities.insert(capability.into(), AMQPValue::Boolean(true));
+    }
+    let mut properties = FieldTable::default();
+    properties.insert("product".into(), AMQPValue::LongString("gateway".into()));
+    properties.insert(
+        "version".into(),
+        AMQPValue::LongString(env!("CARGO_PKG_VERSION").into()),
+    );
+    properties.insert("connection_name".into(), AMQPValue::LongString(name.into()));
+    properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+    let user = &uri.authority.userinfo;
+    let mut response = Vec::with_capacity(user.username.len() + user.password.len() + 2);
+    response.push(0);
+    response.extend_from_slice(user.username.as_bytes());
+    response.push(0);
+    response.extend_from_slice(user.password.as_bytes());
+    write(
+        stream,
+        &method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: properties,
+                mechanism: "PLAIN".into(),
+                response: response.into(),
+                locale: "en_US".into(),
+            })),
+        ),
+    )
+    .await?;
+
+    let tune = match frames.next(stream, blocked).await? {
+        AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) => tune,
+        other => return Err(unexpected("connection.tune", &other)),
+    };
+    if tune.channel_max != 0 && channels > tune.channel_max {
+        return Err(Error::Protocol(format!(
+            "the broker allows {} channels, {channels} asked for",
+            tune.channel_max
+        )));
+    }
+    // Ours within the broker's: 0 is "no limit" on either side.
+    let frame_max = match (uri.query.frame_max.unwrap_or(0), tune.frame_max) {
+        (0, 0) => u32::MAX,
+        (0, theirs) => theirs,
+        (ours, 0) => ours,
+        (ours, theirs) => ours.min(theirs),
+    }
+    .max(FRAME_MIN_SIZE);
+    let heartbeat = uri.query.heartbeat.unwrap_or(tune.heartbeat);
+    write(
+        stream,
+        &method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: tune.channel_max,
+                frame_max,
+                heartbeat,
+            })),
+        ),
+    )
+    .await?;
+    write(
+        stream,
+        &method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: uri.vhost.as_str().into(),
+            })),
+        ),
+    )
+    .await?;
+    match frames.next(stream, blocked).await? {
+        AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => {}
+        other => return Err(unexpected("connection.open-ok", &other)),
+    }
+
+    for id in 1..=channels {
+        write(
+            stream,
+            &method(
+                id,
+                AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+            ),
+        )
+        .await?;
+        match frames.next(stream, blocked).await? {
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)) => {}
+            other => return Err(unexpected("channel.open-ok", &other)),
+        }
+        write(
+            stream,
+            &method(
+                id,
+                AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                    nowait: false,
+                })),
+            ),
+        )
+        .await?;
+        match frames.next(stream, blocked).await? {
+            AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)) => {}
+            other => return Err(unexpected("confirm.select-ok", &other)),
+        }
+    }
+    Ok(Tuning {
+        frame_max,
+        heartbeat: (heartbeat > 0).then(|| Duration::from_secs(heartbeat.into())),
+    })
+}
+
+fn unexpected(expected: &str, got: &AMQPClass) -> Error {
+    Error::Protocol(format!("expected {expected}, got {got:?}"))
+}
+
+async fn write<W: AsyncWrite + Unpin>(stream: &mut W, frame: &AMQPFrame) -> Result<(), Error> {
+    stream.write_all(&encode(frame)?).await?;
+    Ok(())
+}
+
+/// Writes what publishes and the reader queued, and a heartbeat every half interval (8 bytes, so
+/// not worth knowing whether something else went out meanwhile), until the connection has ended
+/// and everything queued is written.
+async fn write_loop<S: AsyncWrite>(shared: Arc<Shared>, mut stream: WriteHalf<S>, tuning: Tuning) {
+    let mut ticks = tuning.heartbeat.map(|interval| {
+        let mut ticks = tokio::time::interval(interval / 2);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
+    let mut buffer = Vec::new();
+    loop {
+        let tick = async {
+            match ticks.as_mut() {
+                Some(ticks) => ticks.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        let ticked = tokio::select! {
+            () = shared.writable.notified() => false,
+            _ = tick => true,
+        };
+        let done = {
+            let mut state = shared.lock();
+            std::mem::swap(&mut buffer, &mut state.out);
+            state.reader_done
+        };
+        if ticked {
+            if let Ok(heartbeat) =
+                encode_into(std::mem::take(&mut buffer), &AMQPFrame::Heartbeat(0))
+            {
+                buffer = heartbeat;
+            }
+        }
+        if !buffer.is_empty() {
+            if let Err(err) = stream.write_all(&buffer).await {
+                shared.fail(err.into());
+                return;
+            }
+            buffer.clear();
+        }
+        if done {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Reads frames until the connection ends, settling confirms; then fails it with the reason.
+async fn read_loop<S: AsyncRead>(
+    shared: Arc<Shared>,
+    mut stream: ReadHalf<S>,
+    mut frames: FrameReader,
+    tuning: Tuning,
+) {
+    let err = match read_frames(&shared, &mut stream, &mut frames, tuning).await {
+        Ok(never) => match never {},
+        Err(err) => err,
+    };
+    shared.fail(err);
+    shared.lock().reader_done = true;
+    shared.writable.notify_one();
+    shared.settled.notify_waiters();
+}
+
+/// A `basic.return` whose content is still being read.
+struct Returning {
+    channel: u16,
+    code: u16,
+    text: String,
+    message_id: Option<String>,
+    body_left: u64,
+}
+
+async fn read_frames<S: AsyncRead>(
+    shared: &Shared,
+    stream: &mut ReadHalf<S>,
+    frames: &mut FrameReader,
+    tuning: Tuning,
+) -> Result<std::convert::Infallible, Error> {
+    let silence = tuning.heartbeat.map(|interval| interval * 2);
+    let mut returning: Option<Returning> = None;
+    loop {
+        while let Some(frame) = frames.parse(tuning.frame_max)? {
+            handle(shared, frame, &mut returning)?;
+        }
+        match silence {
+            Some(limit) => tokio::time::timeout(limit, frames.fill(stream))
+                .await
+                .map_err(|_| Error::MissedHeartbeats(limit))??,
+            None => frames.fill(stream).await?,
+        }
+    }
+}
+
+/// One frame from the broker. An error ends the connection with it.
+fn handle(
+    shared: &Shared,
+    frame: AMQPFrame,
+    returning: &mut Option<Returning>,
+) -> Result<(), Error> {
+    use basic::AMQPMethod as Basic;
+    use connection::AMQPMethod as Conn;
+    match frame {
+        AMQPFrame::Method(id, AMQPClass::Basic(Basic::Ack(ack))) => {
+            shared.confirm(id, ack.delivery_tag, ack.multiple, true)
+        }
+        AMQPFrame::Method(id, AMQPClass::Basic(Basic::Nack(nack))) => {
+            shared.confirm(id, nack.delivery_tag, nack.multiple, false)
+        }
+        AMQPFrame::Method(id, AMQPClass::Basic(Basic::Return(ret))) => {
+            *returning = Some(Returning {
+                channel: id,
+                code: ret.reply_code,
+                text: ret.reply_text.to_string(),
+                message_id: None,
+                body_left: 0,
+            });
+            Ok(())
+        }
+        AMQPFrame::Header(id, _, header) => {
+            let Some(ret) = returning.as_mut().filter(|r| r.channel == id) else {
+                return Err(Error::Protocol(format!(
+                    "a content header on channel {id} with no basic.return before it"
+                )));
+            };
+            ret.message_id = header
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string());
+            ret.body_left = header.body_size;
+            finish_return(shared, returning)
+        }
+        AMQPFrame::Body(id, body) => {
+            let Some(ret) = returning.as_mut().filter(|r| r.channel == id) else {
+                return Err(Error::Protocol(format!(
+                    "a content body on channel {id} with no basic.return before it"
+                )));
+            };
+            ret.body_left = ret.body_left.saturating_sub(body.len() as u64);
+            finish_return(shared, returning)
+        }
+        AMQPFrame::Method(_, AMQPClass::Connection(Conn::Blocked(blocked))) => {
+            tracing::warn!(reason = %blocked.reason, "the message broker blocks publishers");
+            shared.blocked.store(true, Ordering::Release);
+            Ok(())
+        }
+        AMQPFrame::Method(_, AMQPClass::Connection(Conn::Unblocked(_))) => {
+            tracing::info!("the message broker unblocked publishers");
+            shared.blocked.store(false, Ordering::Release);
+            Ok(())
+        }
+        AMQPFrame::Method(_, AMQPClass::Connection(Conn::Close(close))) => {
+            shared.send(&method(
+                0,
+                AMQPClass::Connection(Conn::CloseOk(connection::CloseOk {})),
+            ))?;
+            Err(Error::ClosedByBroker {
+                code: close.reply_code,
+                text: close.reply_text.to_string(),
+            })
+        }
+        AMQPFrame::Method(_, AMQPClass::Connection(Conn::CloseOk(_))) => Err(Error::Closed),
+        AMQPFrame::Method(id, AMQPClass::Channel(channel::AMQPMethod::Close(close))) => {
+            shared.send(&method(
+                id,
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+            ))?;
+            // The connection lives on until the supervisor closes it; it publishes no more.
+            shared.fail(Error::ChannelClosedByBroker {
+                channel: id,
+                code: close.reply_code,
+                text: close.reply_text.to_string(),
+            });
+            Ok(())
+        }
+        AMQPFrame::Heartbeat(_) => Ok(()),
+        other => Err(Error::Protocol(format!("unexpected {other}"))),
+    }
+}
+
+/// Marks a returned message's publish once its whole content has been read.
+fn finish_return(shared: &Shared, returning: &mut Option<Returning>) -> Result<(), Error> {
+    if returning.as_ref().is_some_and(|r| r.body_left == 0) {
+        if let Some(ret) = returning.take() {
+            if let Some(message_id) = ret.message_id {
+                shared.returned(ret.channel, &message_id, ret.code, ret.text)?;
+            }
+        }
+    }
+    Ok(())
+}
