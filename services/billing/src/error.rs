@@ -43,13 +43,15 @@ pub enum Error {
 
 impl Error {
     /// True when retrying the same rows cannot help because PostgreSQL rejects the data itself
-    /// (SQLSTATE class 22, data exception, or 23, integrity constraint violation), as opposed to
-    /// an outage, which retrying does cure.
+    /// (SQLSTATE class 22, data exception, or 23, integrity constraint violation), or because
+    /// the rows cannot even be encoded for it (a field past the binary COPY's limits), as
+    /// opposed to an outage, which retrying does cure.
     pub fn is_rejected_data(&self) -> bool {
         match self {
             Self::Database(sqlx::Error::Database(db)) => db
                 .code()
                 .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+            Self::Database(sqlx::Error::Encode(_)) => true,
             _ => false,
         }
     }
@@ -67,5 +69,23 @@ impl IntoResponse for NotReady {
             Json(ErrorBody::new("not_ready", self.0)),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_that_cannot_be_encoded_are_rejected_data_and_an_outage_is_not() {
+        let encode = Error::Database(sqlx::Error::Encode("a field longer than 2 GiB".into()));
+        assert!(encode.is_rejected_data());
+        for outage in [
+            Error::Database(sqlx::Error::PoolTimedOut),
+            Error::Database(sqlx::Error::Io(std::io::Error::other("connection reset"))),
+            Error::ConsumerCancelled,
+        ] {
+            assert!(!outage.is_rejected_data(), "{outage:?}");
+        }
     }
 }

@@ -66,7 +66,8 @@ async fn copy(pool: &PgPool, orders: &[NewOrder]) -> Result<u64, sqlx::Error> {
 /// flags and no header extension, then each row as its number of fields and each field as its
 /// length and its bytes (the amount as sqlx encodes a NUMERIC parameter), and -1 at the end.
 /// Fails only on a field longer than 2 GiB or a number of over 32767 digits, which a validated
-/// order never holds.
+/// order never holds; should it, the error counts as rejected data (`Error::is_rejected_data`):
+/// the batch is stored row by row and that row dead-lettered, not retried as an outage.
 fn copy_data(orders: &[NewOrder]) -> Result<Vec<u8>, BoxDynError> {
     const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
     const FIELDS: i16 = 4;
