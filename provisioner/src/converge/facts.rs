@@ -700,25 +700,39 @@ const POSTGRES: Fact = Fact {
 /// VM: one, not one per question); the password is checked here against the user's salted hash,
 /// as SCRAM verifiers are for PostgreSQL, so it never goes to the host. A cluster's node also
 /// reports its cluster (`cluster_status`), side by side.
+///
+/// Either command failing is an error of the host's facts, never an empty answer: a cluster's
+/// node whose `cluster_status` said nothing would look out of the cluster, and be reset to join
+/// it again. Under load a CLI can fail to reach its own running node (two Erlang VMs booting at
+/// once on each broker host: `ha-e2e`'s rolling deploy saw it on all three nodes of its lab, on a
+/// slow day); each command that failed runs once more, alone, before the host is failed.
 const RABBITMQ: Fact = Fact {
     sections: &["rmqdefinitions", "rmqcluster"],
     command: |desired| {
         desired.rabbitmq.as_ref().map(|rabbitmq| {
             let cluster = rabbitmq.cluster.is_some();
+            let definitions = "rabbitmqctl -q export_definitions --format json - >\"$R/definitions\" 2>\"$R/err\"";
+            let status = "rabbitmqctl -s cluster_status --formatter json >\"$R/cluster\" 2>\"$R/err-cluster\"";
             format!(
                 "if command -v rabbitmqctl >/dev/null 2>&1; then\n\
                  R=$(mktemp -d)\n\
-                 {{ rabbitmqctl -q export_definitions --format json - 2>\"$R/err\" || echo \"@@rmqerror $(grep -m 1 . \"$R/err\")\"; }} >\"$R/definitions\" &\n\
+                 {definitions} & D=$!\n\
                  {cluster_status}\
-                 wait\n\
+                 wait $D || {definitions} || echo \"@@rmqerror $(grep -m 1 . \"$R/err\")\" >\"$R/definitions\"\n\
+                 {cluster_retry}\
                  echo @@rmqdefinitions; cat \"$R/definitions\"; echo\n\
                  {cluster_out}\
                  rm -rf \"$R\"\n\
                  fi\n",
                 cluster_status = if cluster {
-                    "rabbitmqctl -s cluster_status --formatter json >\"$R/cluster\" 2>/dev/null &\n"
+                    format!("{status} & C=$!\n")
                 } else {
-                    ""
+                    String::new()
+                },
+                cluster_retry = if cluster {
+                    format!("wait $C || {status} || echo \"@@rmqerror cluster_status: $(grep -m 1 . \"$R/err-cluster\")\" >\"$R/cluster\"\n")
+                } else {
+                    String::new()
                 },
                 cluster_out = if cluster {
                     "echo @@rmqcluster; cat \"$R/cluster\"; echo\n"

@@ -260,7 +260,13 @@ impl Publisher {
             }),
             Ok(Ok(Confirmation::Nack)) => Err(PublishError::Nacked),
         };
-        if matches!(result, Err(PublishError::Timeout(_))) {
+        // Only against the connection still in use: confirms late on one already replaced (a
+        // node that lost its power) would otherwise make the supervisor drop its good successor.
+        if matches!(result, Err(PublishError::Timeout(_)))
+            && self
+                .current()
+                .is_some_and(|current| Arc::ptr_eq(&current, &connection))
+        {
             self.inner.confirms_late.store(true, Ordering::Release);
         }
         if matches!(
@@ -320,6 +326,7 @@ async fn supervise(inner: Arc<Inner>, nodes: AmqpUrls, stop: CancellationToken) 
                 tracing::info!(broker = %amqp_url, queue = %inner.queue, "connected to the message broker");
                 delays = retry_delays(RETRY_MAX);
                 let connection = Arc::new(connection);
+                inner.confirms_late.store(false, Ordering::Release);
                 *inner.connection.write().unwrap_or_else(|e| e.into_inner()) =
                     Some(connection.clone());
                 inner.connected.notify_waiters();

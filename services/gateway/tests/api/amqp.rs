@@ -3,8 +3,6 @@
 //! broker that goes silent, closing, and TLS verified against a CA file alone.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -12,7 +10,6 @@ use gateway::amqp::{Confirmation, Connection, Error};
 use lapin::options::BasicGetOptions;
 use lapin::BasicProperties;
 use service_common::{AmqpUrl, AmqpUrls};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::helpers::*;
@@ -167,77 +164,14 @@ async fn a_refused_login_or_vhost_says_why() {
     );
 }
 
-/// A TCP relay to the broker that can go silent: it then forwards nothing either way and keeps
-/// both sockets open, as a broker whose machine lost its power looks to its clients.
-struct FreezableRelay {
-    address: std::net::SocketAddr,
-    frozen: Arc<AtomicBool>,
-}
-
-impl FreezableRelay {
-    async fn start() -> Self {
-        let target: http::Uri = amqp_url().parse().unwrap();
-        let broker = format!(
-            "{}:{}",
-            target.host().unwrap(),
-            target.port_u16().unwrap_or(5672)
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let frozen = Arc::new(AtomicBool::new(false));
-        let is_frozen = frozen.clone();
-        tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let outbound = tokio::net::TcpStream::connect(&broker).await.unwrap();
-                let (from_client, to_client) = inbound.into_split();
-                let (from_broker, to_broker) = outbound.into_split();
-                tokio::spawn(pump(from_client, to_broker, is_frozen.clone()));
-                tokio::spawn(pump(from_broker, to_client, is_frozen.clone()));
-            }
-        });
-        Self { address, frozen }
-    }
-
-    /// `AMQP_URL` through the relay, with a 1 s heartbeat.
-    fn url(&self) -> AmqpUrl {
-        let mut url = reqwest::Url::parse(&amqp_url()).unwrap();
-        url.set_port(Some(self.address.port())).unwrap();
-        url.set_host(Some("127.0.0.1")).unwrap();
-        url.set_query(Some("heartbeat=1"));
-        url.as_str().parse().unwrap()
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: Arc<AtomicBool>,
-) {
-    let mut buffer = vec![0; 16 * 1024];
-    loop {
-        let read = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => read,
-        };
-        if frozen.load(Ordering::SeqCst) {
-            // Holds both sockets open and forwards nothing, for as long as the test runs.
-            std::future::pending::<()>().await;
-        }
-        if to.write_all(&buffer[..read]).await.is_err() {
-            return;
-        }
-    }
-}
-
 #[tokio::test]
 async fn heartbeats_keep_an_idle_connection_and_a_silent_broker_is_given_up() {
     let queue = unique_queue();
     let broker = Broker::connect().await;
     assert_eq!(broker.message_count(&queue).await, 0);
     let relay = FreezableRelay::start().await;
-    let connection = Connection::open(&relay.url(), "test", 1, &queue)
-        .await
-        .unwrap();
+    let url: AmqpUrl = relay.url().parse().unwrap();
+    let connection = Connection::open(&url, "test", 1, &queue).await.unwrap();
 
     // Idle for several 1 s heartbeat intervals: the broker closes a client that sends nothing
     // for two, and the client gives up a broker that does.
@@ -248,7 +182,7 @@ async fn heartbeats_keep_an_idle_connection_and_a_silent_broker_is_given_up() {
         .await;
     assert_eq!(confirm.unwrap(), Confirmation::Ack);
 
-    relay.frozen.store(true, Ordering::SeqCst);
+    relay.freeze();
     let frozen_at = Instant::now();
     let pending = tokio::time::timeout(
         Duration::from_secs(10),

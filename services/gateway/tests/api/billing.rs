@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use service_common::BillingOrder;
 
 use crate::helpers::{
-    amqp_url, config, dead_upstream, unique_queue, Broker, CuttableRelay, TestGateway, DEAD_BROKER,
+    amqp_url, config, dead_upstream, unique_queue, Broker, CuttableRelay, FreezableRelay,
+    TestGateway, DEAD_BROKER,
 };
 
 async fn gateway_on_queue(queue: &str) -> TestGateway {
@@ -457,6 +458,74 @@ async fn with_several_broker_nodes_an_unreachable_one_is_passed_over() {
     .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     assert_eq!(broker.message_count(&queue).await, 1);
+    gateway.stop().await;
+    broker.delete_queue(&queue).await;
+    broker.close().await;
+}
+
+#[tokio::test]
+async fn a_node_that_goes_silent_is_left_for_the_next_which_is_kept() {
+    let queue = unique_queue();
+    let broker = Broker::connect().await;
+    // Two nodes: the first goes silent as a machine that lost its power (no reset, no close),
+    // the second is the broker behind a relay that counts the gateway's connections.
+    let silent = FreezableRelay::start().await;
+    let next = CuttableRelay::start().await;
+    let mut config = config(
+        &[dead_upstream().await],
+        &format!("{},{}", silent.url(), next.amqp_url),
+        &queue,
+    );
+    config.publish_timeout_ms = 1_000;
+    let gateway = TestGateway::spawn(config).await;
+    gateway.wait_ready().await;
+    let order = json!({"user_id": "u", "number_of_items": 1, "total_amount": 1});
+    assert_eq!(
+        post_order(&gateway, &order).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(next.accepted(), 0, "published through the first node");
+
+    // Orders keep coming, one every 100 ms, while the first node is silent: those in flight on
+    // it time out (some while the gateway is already leaving it), then the next node takes them.
+    silent.freeze();
+    let started = Instant::now();
+    let mut orders = Vec::new();
+    while started.elapsed() < Duration::from_secs(8) {
+        let post = gateway
+            .client
+            .post(gateway.url("/api/billing"))
+            .json(&order)
+            .send();
+        orders.push(tokio::spawn(async move { post.await.unwrap().status() }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let statuses: Vec<StatusCode> = join_all(orders)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let accepted = statuses
+        .iter()
+        .filter(|status| **status == StatusCode::ACCEPTED)
+        .count();
+    for status in &statuses {
+        assert!(
+            *status == StatusCode::ACCEPTED || *status == StatusCode::SERVICE_UNAVAILABLE,
+            "{status}"
+        );
+    }
+    // The last second's orders all went through the next node.
+    let last_second = &statuses[statuses.len() - 10..];
+    assert!(
+        last_second.iter().all(|s| *s == StatusCode::ACCEPTED),
+        "{statuses:?}"
+    );
+    // Once there, the gateway stayed: one connection to declare, one to publish. Confirms that
+    // were late on the silent node, timing out after the switch, must not make it leave.
+    assert_eq!(next.accepted(), 2, "{statuses:?}");
+    assert_eq!(silent.accepted(), 2, "never back to the silent node");
+    assert_eq!(broker.message_count(&queue).await, 1 + accepted as u32);
     gateway.stop().await;
     broker.delete_queue(&queue).await;
     broker.close().await;

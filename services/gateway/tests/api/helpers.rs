@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -13,6 +15,7 @@ use gateway::Config;
 use lapin::options::QueueDeleteOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -329,6 +332,86 @@ impl CuttableRelay {
     pub fn cut(&self) {
         for connection in self.connections.lock().unwrap().drain(..) {
             connection.abort();
+        }
+    }
+}
+
+/// A TCP relay to the broker that can go silent: it then forwards nothing either way and keeps
+/// both sockets open, as a broker whose machine lost its power looks to its clients.
+pub struct FreezableRelay {
+    address: std::net::SocketAddr,
+    frozen: Arc<AtomicBool>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FreezableRelay {
+    pub async fn start() -> Self {
+        let target: http::Uri = amqp_url().parse().unwrap();
+        let broker = format!(
+            "{}:{}",
+            target.host().unwrap(),
+            target.port_u16().unwrap_or(5672)
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let is_frozen = frozen.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let outbound = tokio::net::TcpStream::connect(&broker).await.unwrap();
+                let (from_client, to_client) = inbound.into_split();
+                let (from_broker, to_broker) = outbound.into_split();
+                tokio::spawn(pump(from_client, to_broker, is_frozen.clone()));
+                tokio::spawn(pump(from_broker, to_client, is_frozen.clone()));
+            }
+        });
+        Self {
+            address,
+            frozen,
+            accepted,
+        }
+    }
+
+    /// `AMQP_URL` through the relay, with a 1 s heartbeat.
+    pub fn url(&self) -> String {
+        let mut url = reqwest::Url::parse(&amqp_url()).unwrap();
+        url.set_port(Some(self.address.port())).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_query(Some("heartbeat=1"));
+        url.into()
+    }
+
+    /// From now on the relay forwards nothing, on the connections it has and on new ones.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// How many connections the relay has accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            // Holds both sockets open and forwards nothing, for as long as the test runs.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
         }
     }
 }
