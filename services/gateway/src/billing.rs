@@ -279,25 +279,28 @@ impl Publisher {
     }
 }
 
-/// Declares the queue as billing does, then opens the publishing connection and its `count`
-/// confirm-mode channels.
+/// Declares the queue as billing does and opens the publishing connection with its `count`
+/// confirm-mode channels, side by side (a restarted gateway waits for the longer of the two, not
+/// for both one after the other); the connection is used only once the queue is declared.
 async fn connect(
     amqp_url: &AmqpUrl,
     queue: &str,
     count: NonZeroU16,
 ) -> Result<amqp::Connection, ConnectError> {
-    let properties =
-        ConnectionProperties::default().with_connection_name("gateway (declaring)".into());
-    let declaring = amqp_url
-        .connect(properties)
-        .await
-        .map_err(QueueError::from)?;
-    // Through the one declaration billing makes too: any difference would make the second
-    // declaration fail with PRECONDITION_FAILED.
-    let declared = declare_billing_queue(&declaring, queue).await;
-    let _ = declaring.close(200, "declared").await;
+    let declare = async {
+        let properties =
+            ConnectionProperties::default().with_connection_name("gateway (declaring)".into());
+        let declaring = amqp_url.connect(properties).await?;
+        // Through the one declaration billing makes too: any difference would make the second
+        // declaration fail with PRECONDITION_FAILED.
+        let declared = declare_billing_queue(&declaring, queue).await;
+        let _ = declaring.close(200, "declared").await;
+        declared
+    };
+    let open = amqp::Connection::open(amqp_url, "gateway", count.get(), queue);
+    let (declared, opened) = tokio::join!(declare, open);
     declared?;
-    Ok(amqp::Connection::open(amqp_url, "gateway", count.get(), queue).await?)
+    Ok(opened?)
 }
 
 /// Keeps one connection open for as long as the gateway runs.

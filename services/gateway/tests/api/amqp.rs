@@ -237,12 +237,7 @@ async fn amqps_verifies_the_broker_against_the_ca_file_alone() {
     let acceptor = tokio_rustls::TlsAcceptor::from(
         service_common::tls::server_config(&cert_file, &key_file, None).unwrap(),
     );
-    let target: http::Uri = amqp_url().parse().unwrap();
-    let upstream = format!(
-        "{}:{}",
-        target.host().unwrap(),
-        target.port_u16().unwrap_or(5672)
-    );
+    let upstream = broker_address();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {

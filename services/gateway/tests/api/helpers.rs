@@ -25,6 +25,16 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The `host:port` of the tests' broker, for the relays in front of it.
+pub fn broker_address() -> String {
+    let target: http::Uri = amqp_url().parse().unwrap();
+    format!(
+        "{}:{}",
+        target.host().unwrap(),
+        target.port_u16().unwrap_or(5672)
+    )
+}
+
 /// A broker address where nothing listens.
 pub const DEAD_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
 
@@ -263,12 +273,7 @@ pub struct CuttableRelay {
 
 impl CuttableRelay {
     pub async fn start() -> Self {
-        let target: http::Uri = amqp_url().parse().unwrap();
-        let broker = format!(
-            "{}:{}",
-            target.host().unwrap(),
-            target.port_u16().unwrap_or(5672)
-        );
+        let broker = broker_address();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -346,12 +351,7 @@ pub struct FreezableRelay {
 
 impl FreezableRelay {
     pub async fn start() -> Self {
-        let target: http::Uri = amqp_url().parse().unwrap();
-        let broker = format!(
-            "{}:{}",
-            target.host().unwrap(),
-            target.port_u16().unwrap_or(5672)
-        );
+        let broker = broker_address();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let frozen = Arc::new(AtomicBool::new(false));
