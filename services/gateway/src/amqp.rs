@@ -1,16 +1,18 @@
-//! The gateway's publishing connection to RabbitMQ: AMQP 0-9-1 on the gateway's own runtime,
-//! with `amq-protocol`'s frames (the codec lapin is built on), doing only what publishing with
-//! confirms needs.
+//! The gateway's publishing connection to RabbitMQ: AMQP 0-9-1 on the gateway's own tokio
+//! runtime, with `amq-protocol`'s frames (the codec lapin is built on), doing only what
+//! publishing with confirms needs.
 //!
 //! Why not lapin here: lapin runs each connection's I/O on a thread of its own, so every publish
 //! crosses threads twice (the frames handed to the I/O thread, then the confirm handed back) and
-//! goes through its channel and frame machinery. That cost as much CPU per order as the rest of
-//! the gateway. Here a publish encodes its three frames into the connection's write buffer under
-//! a short lock, and a confirm is a lookup in the channel's queue of publishes awaiting one: one
-//! task writes whatever the requests queued since its last write in one `write`, one task reads
-//! and settles confirms, both on the serving runtime. The queue declarations and the move of a
-//! classic queue to a quorum one still go through lapin ([`service_common::declare_billing_queue`]):
-//! they run once per connection, not per order.
+//! goes through its channel and frame machinery: the gateway used 104 µs of CPU per order with
+//! it and 86 µs with this, side by side under the same load on a slow day (README). Here a
+//! publish encodes its frames and copies them into the connection's write buffer under a short
+//! lock, and a confirm is a lookup in the channel's queue of publishes awaiting one. One task
+//! writes whatever the requests queued since its last write in one `write`, one task reads and
+//! settles confirms; both are tasks of the gateway's main runtime (the requests run on the serving
+//! threads, so a publish still wakes the writer across threads, and a confirm the request). The
+//! queue declarations and the move of a classic queue to a quorum one still go through lapin
+//! ([`service_common::declare_billing_queue`]): they run once per connection, not per order.
 //!
 //! What it handles: the handshake (PLAIN, the URL's heartbeat and frame size, TLS for
 //! `amqps://`), channels in confirm mode, publishes with `mandatory`, `basic.ack` and `basic.nack`
