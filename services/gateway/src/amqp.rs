@@ -283,7 +283,7 @@ impl Connection {
     pub async fn publish(
         &self,
         index: usize,
-        message_id: &str,
+        message_id: impl Into<ShortString>,
         properties: BasicProperties,
         payload: Vec<u8>,
     ) -> Result<Confirmation, Error> {

@@ -246,7 +246,7 @@ impl Publisher {
             .to_owned();
         let confirmed = tokio::time::timeout(
             self.inner.confirm_timeout,
-            connection.publish(channel, &message_id, properties, order.to_json_vec()),
+            connection.publish(channel, message_id, properties, order.to_json_vec()),
         )
         .await;
         let result = match confirmed {

@@ -70,7 +70,7 @@ async fn publishes_on_every_channel_are_confirmed_and_arrive_whole_and_in_order(
     let confirms = join_all((0..MESSAGES).map(|i| async move {
         let id = format!("message-{i}");
         connection
-            .publish(i % usize::from(CHANNELS), &id, persistent(), payload(i))
+            .publish(i % usize::from(CHANNELS), id, persistent(), payload(i))
             .await
     }))
     .await;
