@@ -17,18 +17,13 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{stream::FuturesOrdered, StreamExt};
+use futures_util::{future::join_all, stream::FuturesOrdered, StreamExt};
 use lapin::{
-    message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
-        BasicQosOptions, ConfirmSelectOptions,
-    },
     protocol::basic::AMQPProperties,
-    publisher_confirm::Confirmation,
-    types::{AMQPValue, FieldTable, LongString, ShortString},
-    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+    types::{AMQPValue, LongString, ShortString},
+    BasicProperties, ConnectionProperties,
 };
+use service_common::amqp::{self, Confirmation, Consume, Delivery, Options};
 use service_common::retry::RETRY_MAX;
 use service_common::{
     dead_letter_queue_name, declare_billing_queue, retry_delays, AmqpUrl, AmqpUrls, BillingOrder,
@@ -61,6 +56,9 @@ pub const DEFAULT_PREFETCH: u16 = 6000;
 pub const DEFAULT_BATCH_SIZE: u16 = 2000;
 /// The default number of batches committed at once, each on a database connection of its own.
 pub const DEFAULT_BATCHES_IN_FLIGHT: u8 = 2;
+
+/// How long closing a connection waits for the confirms in flight, then for the broker's answer.
+const CLOSE_SETTLE: Duration = Duration::from_secs(5);
 
 /// How the consumer is tuned; [`crate::Config::consumer_settings`] builds it from the environment.
 #[derive(Debug, Clone)]
@@ -206,12 +204,10 @@ struct Worker {
     stop: Stop,
 }
 
-/// One connection, its channel, and the subscription on it.
+/// The connection holding the subscription, on its first channel, where the dead letters are
+/// published too.
 struct Session {
-    connection: Connection,
-    channel: Channel,
-    consumer: Consumer,
-    consumer_tag: String,
+    connection: amqp::Connection,
 }
 
 /// How a session ended without an error.
@@ -244,12 +240,12 @@ enum Filled {
     Ready,
     /// Shutdown was requested: no more deliveries are taken.
     Shutdown,
-    /// The stream broke (a dead channel or connection, or the broker cancelled us).
+    /// The connection broke, or the broker cancelled the subscription.
     Broken(Error),
 }
 
 impl Worker {
-    /// The outer loop: lapin does not reconnect by itself, so each failure rebuilds the session.
+    /// The outer loop: each failure rebuilds the session.
     async fn run(self) -> Result<(), Error> {
         let mut delays = retry_delays(self.settings.max_backoff);
         let mut node = 0;
@@ -277,7 +273,7 @@ impl Worker {
                             warn!(error = %ErrorChain(&err), "consumer session ended; reconnecting");
                             // Unacked deliveries are requeued by the broker when the connection
                             // closes; idempotency makes their redelivery harmless.
-                            let _ = session.connection.close(320, "reconnecting").await;
+                            session.connection.close("reconnecting", CLOSE_SETTLE).await;
                         }
                     }
                 }
@@ -294,45 +290,42 @@ impl Worker {
         Ok(())
     }
 
+    /// Declares the queues (through lapin, on a connection closed once they are), then opens the
+    /// consuming connection: a confirm-mode channel (the original of a dead letter is acked only
+    /// once the broker has taken responsibility for the dead letter) holding the subscription.
     async fn connect(&self, broker: &AmqpUrl) -> Result<Session, Error> {
+        let queue = &self.settings.queue;
         // The parsed URL, not its text: lapin's own parser would lose an IPv6 host.
-        let connection = broker.connect(ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
-        // Confirms on the one channel we publish dead letters on: the original is acked only
-        // once the broker has taken responsibility for its dead letter.
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        channel
-            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+        let declaring = broker
+            .connect(
+                ConnectionProperties::default().with_connection_name("billing (declaring)".into()),
+            )
             .await?;
         // Declared as the gateway declares them (durable quorum queues), through the one
         // declaration they share: RabbitMQ refuses a second declaration whose arguments differ.
-        declare_billing_queue(&connection, &self.settings.queue).await?;
+        let declared = declare_billing_queue(&declaring, queue).await;
+        let _ = declaring.close(200, "declared").await;
+        declared?;
+        let dead_letters = dead_letter_queue_name(queue);
         let consumer_tag = format!("billing-{}", Uuid::new_v4());
-        let consumer = channel
-            .basic_consume(
-                &self.settings.queue,
-                &consumer_tag,
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(Session {
-            connection,
-            channel,
-            consumer,
-            consumer_tag,
-        })
+        let options = Options {
+            name: "billing",
+            channels: 1,
+            publish_to: &dead_letters,
+            consume: Some(Consume {
+                queue,
+                prefetch: self.settings.prefetch,
+                consumer_tag: &consumer_tag,
+            }),
+        };
+        let connection = amqp::Connection::open(broker, options).await?;
+        Ok(Session { connection })
     }
 
     /// The inner loop: collect batches and store several at once, acking each as soon as it and
     /// every earlier one are stored; until shutdown or a broker failure.
     async fn consume(&self, session: &mut Session) -> Result<SessionEnd, Error> {
-        let Session {
-            consumer, channel, ..
-        } = session;
-        let channel = &*channel;
+        let connection = &session.connection;
         // The batches being stored, oldest first: whichever commits first, they come out of this
         // queue in delivery order, so each multiple-ack covers exactly its own batch.
         let mut storing = FuturesOrdered::new();
@@ -358,21 +351,19 @@ impl Worker {
                     }
                     // Every delivery of this channel up to `last_tag` is in this batch or an
                     // earlier one, already acked: one multiple-ack covers exactly the batch.
-                    channel
-                        .basic_ack(last_tag, BasicAckOptions { multiple: true })
-                        .await?;
+                    connection.ack(last_tag, true)?;
                 }
-                filled = self.fill(consumer, &mut filling), if room && ended.is_none() => {
+                filled = self.fill(connection, &mut filling), if room && ended.is_none() => {
                     let Filling { batch, .. } = std::mem::replace(
                         &mut filling,
                         Filling::with_room(self.settings.batch_size),
                     );
-                    // On shutdown or a broken stream, the batch in hand is still stored (on a dead
-                    // channel its ack fails, but the commit is idempotent and the redelivery
-                    // will be skipped).
+                    // On shutdown or a broken connection, the batch in hand is still stored (on a
+                    // dead connection its ack fails, but the commit is idempotent and the
+                    // redelivery will be skipped).
                     if let Some(last_tag) = batch.last().map(|d| d.delivery_tag) {
                         storing.push_back(async move {
-                            (last_tag, self.store_batch(channel, batch).await)
+                            (last_tag, self.store_batch(connection, batch).await)
                         });
                     }
                     if !matches!(filled, Filled::Ready) {
@@ -384,36 +375,38 @@ impl Worker {
     }
 
     /// Fills `filling` off the subscription: waits for a first delivery, then up to the batch
-    /// size or the batch timeout. Returns early, leaving what it took in `filling`, on shutdown or
-    /// when the stream breaks. Dropping it loses nothing: each delivery goes into `filling` as soon
-    /// as it is taken.
-    async fn fill(&self, consumer: &mut Consumer, filling: &mut Filling) -> Filled {
-        while filling.batch.len() < self.settings.batch_size {
-            let next = match filling.deadline {
+    /// size or the batch timeout, taking at once whatever has arrived. Returns early, leaving what
+    /// it took in `filling`, on shutdown or when the connection breaks. Dropping it loses nothing:
+    /// deliveries go into `filling` as soon as they are taken.
+    async fn fill(&self, connection: &amqp::Connection, filling: &mut Filling) -> Filled {
+        let size = self.settings.batch_size;
+        while filling.batch.len() < size {
+            let room = size - filling.batch.len();
+            let taken = match filling.deadline {
                 None => tokio::select! {
                     // Shutdown wins over a ready delivery: stop taking new work.
                     biased;
                     () = self.stop.wait() => return Filled::Shutdown,
-                    next = consumer.next() => next,
+                    taken = connection.deliveries(&mut filling.batch, room) => taken,
                 },
                 Some(deadline) => tokio::select! {
                     biased;
                     () = self.stop.wait() => return Filled::Shutdown,
-                    next = tokio::time::timeout_at(deadline, consumer.next()) => match next {
-                        Ok(next) => next,
+                    taken = tokio::time::timeout_at(
+                        deadline,
+                        connection.deliveries(&mut filling.batch, room),
+                    ) => match taken {
+                        Ok(taken) => taken,
                         Err(_elapsed) => return Filled::Ready,
                     },
                 },
             };
-            match delivery(next) {
-                Ok(d) => {
-                    filling
-                        .deadline
-                        .get_or_insert_with(|| Instant::now() + self.settings.batch_timeout);
-                    filling.batch.push(d);
-                }
-                Err(err) => return Filled::Broken(err),
+            if let Err(err) = taken {
+                return Filled::Broken(err.into());
             }
+            filling
+                .deadline
+                .get_or_insert_with(|| Instant::now() + self.settings.batch_timeout);
         }
         Filled::Ready
     }
@@ -425,7 +418,11 @@ impl Worker {
         first_tag = batch.first().map(|d| d.delivery_tag),
         last_tag = batch.last().map(|d| d.delivery_tag),
     ))]
-    async fn store_batch(&self, channel: &Channel, batch: Vec<Delivery>) -> Result<bool, Error> {
+    async fn store_batch(
+        &self,
+        connection: &amqp::Connection,
+        batch: Vec<Delivery>,
+    ) -> Result<bool, Error> {
         // The orders to store, and beside them the deliveries they came in.
         let mut orders: Vec<NewOrder> = Vec::with_capacity(batch.len());
         let mut stored: Vec<&Delivery> = Vec::with_capacity(batch.len());
@@ -468,7 +465,7 @@ impl Worker {
             None => return Ok(false),
         }
 
-        self.dead_letter(channel, &poison).await?;
+        self.dead_letter(connection, &poison).await?;
         metrics::counter!("billing_dead_letters_total").increment(poison.len() as u64);
         Ok(true)
     }
@@ -501,36 +498,32 @@ impl Worker {
         }
     }
 
-    /// Publishes each poison message to the dead-letter queue, persistent, with its reason, and
-    /// waits until the broker confirms every one of them.
+    /// Publishes each poison message to the dead-letter queue (the connection's publishing
+    /// queue), persistent, `mandatory`, with its reason, and waits until the broker confirms every
+    /// one of them: a dead letter no queue took is not confirmed.
     async fn dead_letter(
         &self,
-        channel: &Channel,
+        connection: &amqp::Connection,
         poison: &[(&Delivery, String)],
     ) -> Result<(), Error> {
-        let queue = dead_letter_queue_name(&self.settings.queue);
-        let mut confirms = Vec::with_capacity(poison.len());
-        for (d, reason) in poison {
+        // The publishes are queued in this order as `join_all` first polls them.
+        let confirms = poison.iter().map(|(d, reason)| {
             warn!(delivery_tag = d.delivery_tag, %reason, "dead-lettering");
             let properties = dead_letter_properties(&d.properties, reason, &self.settings.queue);
-            let confirm = channel
-                .basic_publish(
-                    "",
-                    &queue,
-                    BasicPublishOptions::default(),
-                    &d.data,
-                    properties,
-                )
-                .await?;
-            confirms.push((d.delivery_tag, confirm));
-        }
-        for (delivery_tag, confirm) in confirms {
-            match confirm.await? {
-                Confirmation::Ack(None) => {}
-                _ => return Err(Error::DeadLetterNotConfirmed { delivery_tag }),
+            let message_id = d.properties.message_id().clone().unwrap_or_default();
+            async move {
+                let confirmation = connection
+                    .publish(0, message_id, properties, d.data.clone())
+                    .await?;
+                match confirmation {
+                    Confirmation::Ack => Ok(()),
+                    _ => Err(Error::DeadLetterNotConfirmed {
+                        delivery_tag: d.delivery_tag,
+                    }),
+                }
             }
-        }
-        Ok(())
+        });
+        join_all(confirms).await.into_iter().collect()
     }
 }
 
@@ -587,36 +580,13 @@ fn dead_letter_properties(original: &AMQPProperties, reason: &str, queue: &str) 
     properties
 }
 
-/// Unwraps what the consumer stream yielded; its end means the broker cancelled us.
-fn delivery(next: Option<Result<Delivery, lapin::Error>>) -> Result<Delivery, Error> {
-    match next {
-        Some(Ok(delivery)) => Ok(delivery),
-        Some(Err(err)) => Err(err.into()),
-        None => Err(Error::ConsumerCancelled),
-    }
-}
-
-/// Ends a session cleanly: cancel the subscription so no new deliveries arrive, then close the
-/// channel (which requeues anything delivered but not acked) and the connection.
+/// Ends a session cleanly: the acks queued are written, then the connection is closed, which
+/// requeues anything delivered but not acked.
 async fn close(session: Session) {
-    let Session {
-        connection,
-        channel,
-        consumer_tag,
-        ..
-    } = session;
-    if let Err(err) = channel
-        .basic_cancel(&consumer_tag, BasicCancelOptions::default())
-        .await
-    {
-        warn!(error = %ErrorChain(&err), "cannot cancel the consumer");
-    }
-    if let Err(err) = channel.close(200, "shutting down").await {
-        warn!(error = %ErrorChain(&err), "cannot close the channel");
-    }
-    if let Err(err) = connection.close(200, "shutting down").await {
-        warn!(error = %ErrorChain(&err), "cannot close the connection");
-    }
+    session
+        .connection
+        .close("shutting down", CLOSE_SETTLE)
+        .await;
 }
 
 #[cfg(test)]

@@ -19,9 +19,14 @@ pub enum Error {
     #[error("cannot apply the database migrations")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 
-    /// The broker connection, channel or consumer failed; the session is rebuilt.
+    /// The connection declaring the queues failed; the session is rebuilt.
     #[error("RabbitMQ error")]
     Amqp(#[from] lapin::Error),
+
+    /// The consuming connection failed, or the broker cancelled the subscription (the queue was
+    /// deleted); the session is rebuilt.
+    #[error("RabbitMQ consuming connection")]
+    Consuming(#[from] service_common::amqp::Error),
 
     /// The billing queues could not be declared (or moved from classic to quorum queues yet);
     /// the session is rebuilt.
@@ -31,10 +36,6 @@ pub enum Error {
     /// The broker did not confirm a dead-lettered message, so the original is not acked.
     #[error("the broker refused to take dead-lettered message {delivery_tag}")]
     DeadLetterNotConfirmed { delivery_tag: u64 },
-
-    /// The broker ended the consumer (queue deleted, connection closed); the session is rebuilt.
-    #[error("the broker cancelled the consumer")]
-    ConsumerCancelled,
 
     /// The health listener could not bind or serve.
     #[error("health listener failed")]
@@ -83,7 +84,7 @@ mod tests {
         for outage in [
             Error::Database(sqlx::Error::PoolTimedOut),
             Error::Database(sqlx::Error::Io(std::io::Error::other("connection reset"))),
-            Error::ConsumerCancelled,
+            Error::Consuming(service_common::amqp::Error::Cancelled),
         ] {
             assert!(!outage.is_rejected_data(), "{outage:?}");
         }

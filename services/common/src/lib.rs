@@ -10,6 +10,8 @@
 //! errors mean the database is unreachable).
 
 #[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "amqp")]
 pub mod amqp_url;
 #[cfg(feature = "postgres")]
 pub mod database_url;

@@ -30,10 +30,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::amqp::{self, Confirmation};
 use crate::body::read_limited;
 use crate::error::Error;
 use crate::AppState;
+use service_common::amqp::{self, Confirmation};
 
 /// The routes this module answers.
 pub fn router() -> Router<AppState> {
@@ -297,7 +297,10 @@ async fn connect(
         let _ = declaring.close(200, "declared").await;
         declared
     };
-    let open = amqp::Connection::open(amqp_url, "gateway", count.get(), queue);
+    let open = amqp::Connection::open(
+        amqp_url,
+        amqp::Options::publishing("gateway", count.get(), queue),
+    );
     let (declared, opened) = tokio::join!(declare, open);
     declared?;
     Ok(opened?)

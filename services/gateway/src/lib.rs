@@ -4,7 +4,6 @@
 //! Invariant: the gateway never opens a database connection; inventory owns the catalogue and
 //! billing is the only writer of orders.
 
-pub mod amqp;
 pub mod auth;
 pub mod billing;
 pub mod body;

@@ -5,7 +5,9 @@ use std::{str::FromStr, time::Duration};
 
 use billing::{orders, ConsumerSettings};
 use lapin::{
-    options::BasicPublishOptions, publisher_confirm::Confirmation, types::AMQPValue,
+    options::{BasicPublishOptions, QueueDeleteOptions},
+    publisher_confirm::Confirmation,
+    types::AMQPValue,
     BasicProperties,
 };
 use rust_decimal::Decimal;
@@ -365,5 +367,80 @@ async fn several_workers_share_the_queue_and_rows_stay_unique(pool: PgPool) {
         0,
         "a duplicate is not poison"
     );
+    broker.cleanup().await;
+}
+
+/// Bodies larger than a frame (the smallest frame size AMQP allows, 4 KiB) arrive whole: an order
+/// is stored, and a poison message is dead-lettered byte for byte.
+#[sqlx::test(migrator = "billing::MIGRATOR")]
+async fn messages_over_several_frames_are_stored_and_dead_lettered_whole(pool: PgPool) {
+    let broker = Broker::new().await;
+    let url = amqp_url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let worker = spawn_worker(
+        pool.clone(),
+        format!("{url}{separator}frame_max=4096"),
+        broker.settings(),
+    );
+    let (order, poison) = (Uuid::new_v4(), Uuid::new_v4());
+    let padded = format!("{}{}", order_json("large", 2, "19.99"), " ".repeat(20_000));
+    let unreadable = format!("not json {}", "x".repeat(20_000));
+    broker
+        .publish_many(&[(padded, Some(order)), (unreadable.clone(), Some(poison))])
+        .await;
+
+    eventually("the order is stored", || async {
+        stored(&pool, order).await
+    })
+    .await;
+    let dlq = broker.dead_letter_queue();
+    eventually("the poison message is a dead letter", || async {
+        broker.ready(&dlq).await == 1
+    })
+    .await;
+    worker.stop().await;
+    let dead = broker.get(&dlq).await.expect("the dead letter");
+    assert_eq!(dead.delivery.data, unreadable.as_bytes());
+    assert_eq!(
+        dead.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str()),
+        Some(poison.to_string().as_str())
+    );
+    assert_eq!(count(&pool).await, 1);
+    assert_eq!(broker.ready(&broker.queue.clone()).await, 0);
+    broker.cleanup().await;
+}
+
+/// Deleting the queue under the worker cancels its subscription (the broker's basic.cancel): the
+/// worker declares the queue again, subscribes again, and stores what arrives then.
+#[sqlx::test(migrator = "billing::MIGRATOR")]
+async fn a_queue_deleted_under_the_worker_is_declared_and_consumed_again(pool: PgPool) {
+    let broker = Broker::new().await;
+    let queue = broker.queue.clone();
+    let worker = spawn_worker(pool.clone(), amqp_url(), broker.settings());
+    eventually("the worker consumes", || async {
+        broker.consumers(&queue).await == 1
+    })
+    .await;
+    broker
+        .channel
+        .queue_delete(&queue, QueueDeleteOptions::default())
+        .await
+        .expect("delete the queue");
+    // `exists` first: a passive declaration of a missing queue would close the broker's channel.
+    eventually("the worker subscribed to a new queue", || async {
+        broker.exists(&queue).await && broker.consumers(&queue).await == 1
+    })
+    .await;
+    let id = Uuid::new_v4();
+    broker
+        .publish(&order_json("after", 1, "1.00"), Some(id))
+        .await;
+    eventually("the order is stored", || async { stored(&pool, id).await }).await;
+    assert!(worker.readiness.is_consuming());
+    worker.stop().await;
     broker.cleanup().await;
 }

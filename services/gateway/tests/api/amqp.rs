@@ -1,4 +1,4 @@
-//! The gateway's own publishing connection (`gateway::amqp`) against the real broker: confirms on
+//! The services' own AMQP connection (`service_common::amqp`), as the gateway publishes on it, against the
 //! several channels, bodies split over frames, returns, refused logins, heartbeats both ways and a
 //! broker that goes silent, closing, and TLS verified against a CA file alone.
 
@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use gateway::amqp::{Confirmation, Connection, Error};
 use lapin::options::BasicGetOptions;
 use lapin::BasicProperties;
+use service_common::amqp::{Confirmation, Connection, Error, Options};
 use service_common::{AmqpUrl, AmqpUrls};
 use tokio::net::TcpListener;
 
@@ -55,7 +55,7 @@ async fn publishes_on_every_channel_are_confirmed_and_arrive_whole_and_in_order(
     assert_eq!(broker.message_count(&queue).await, 0);
     // The smallest frame AMQP allows, so that the large bodies go out in several frames.
     let url = amqp_url_with("frame_max=4096");
-    let connection = Connection::open(&url, "test", CHANNELS, &queue)
+    let connection = Connection::open(&url, Options::publishing("test", CHANNELS, &queue))
         .await
         .unwrap();
 
@@ -107,9 +107,12 @@ async fn publishes_on_every_channel_are_confirmed_and_arrive_whole_and_in_order(
 async fn a_message_no_queue_takes_is_returned_and_the_channel_goes_on() {
     let queue = unique_queue();
     let broker = Broker::connect().await;
-    let missing = Connection::open(&amqp_url_with("heartbeat=5"), "test", 1, &queue)
-        .await
-        .unwrap();
+    let missing = Connection::open(
+        &amqp_url_with("heartbeat=5"),
+        Options::publishing("test", 1, &queue),
+    )
+    .await
+    .unwrap();
     // Nothing declared `queue`: the default exchange routes the message nowhere.
     let returned = missing
         .publish(0, "lost", persistent(), b"{}".to_vec())
@@ -139,9 +142,12 @@ async fn a_message_no_queue_takes_is_returned_and_the_channel_goes_on() {
 async fn a_refused_login_or_vhost_says_why() {
     let mut wrong = reqwest::Url::parse(&amqp_url()).unwrap();
     wrong.set_password(Some("not-the-password")).unwrap();
-    let refused = Connection::open(&wrong.as_str().parse().unwrap(), "test", 1, "q")
-        .await
-        .unwrap_err();
+    let refused = Connection::open(
+        &wrong.as_str().parse().unwrap(),
+        Options::publishing("test", 1, "q"),
+    )
+    .await
+    .unwrap_err();
     match &refused {
         Error::ClosedByBroker { code: 403, text } => {
             assert!(text.contains("ACCESS_REFUSED"), "{text}");
@@ -155,9 +161,12 @@ async fn a_refused_login_or_vhost_says_why() {
 
     let mut vhost = reqwest::Url::parse(&amqp_url()).unwrap();
     vhost.set_path("/no-such-vhost");
-    let refused = Connection::open(&vhost.as_str().parse().unwrap(), "test", 1, "q")
-        .await
-        .unwrap_err();
+    let refused = Connection::open(
+        &vhost.as_str().parse().unwrap(),
+        Options::publishing("test", 1, "q"),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(refused, Error::ClosedByBroker { code: 530, .. }),
         "{refused:?}"
@@ -171,7 +180,9 @@ async fn heartbeats_keep_an_idle_connection_and_a_silent_broker_is_given_up() {
     assert_eq!(broker.message_count(&queue).await, 0);
     let relay = FreezableRelay::start().await;
     let url: AmqpUrl = relay.url().parse().unwrap();
-    let connection = Connection::open(&url, "test", 1, &queue).await.unwrap();
+    let connection = Connection::open(&url, Options::publishing("test", 1, &queue))
+        .await
+        .unwrap();
 
     // Idle for several 1 s heartbeat intervals: the broker closes a client that sends nothing
     // for two, and the client gives up a broker that does.
@@ -264,7 +275,7 @@ async fn amqps_verifies_the_broker_against_the_ca_file_alone() {
     let queue = unique_queue();
     let broker = Broker::connect().await;
     assert_eq!(broker.message_count(&queue).await, 0);
-    let connection = Connection::open(&urls(&ca_file), "test", 1, &queue)
+    let connection = Connection::open(&urls(&ca_file), Options::publishing("test", 1, &queue))
         .await
         .unwrap();
     let confirm = connection
@@ -274,9 +285,12 @@ async fn amqps_verifies_the_broker_against_the_ca_file_alone() {
     assert_eq!(broker.message_count(&queue).await, 1);
     connection.close("test done", Duration::from_secs(5)).await;
 
-    let refused = Connection::open(&urls(&other_ca_file), "test", 1, &queue)
-        .await
-        .unwrap_err();
+    let refused = Connection::open(
+        &urls(&other_ca_file),
+        Options::publishing("test", 1, &queue),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(refused, Error::Tls(_)), "{refused:?}");
     broker.delete_queue(&queue).await;
     broker.close().await;

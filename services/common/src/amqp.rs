@@ -1,37 +1,40 @@
-//! The gateway's publishing connection to RabbitMQ: AMQP 0-9-1 on the gateway's own tokio
-//! runtime, with `amq-protocol`'s frames (the codec lapin is built on), doing only what
-//! publishing with confirms needs.
+//! The services' own connection to RabbitMQ for what they do per order: the gateway's confirmed
+//! publishes and billing's subscription (with its confirmed dead letters). AMQP 0-9-1 on the
+//! service's own tokio runtime, with `amq-protocol`'s frames (the codec lapin is built on), doing
+//! only what those two need.
 //!
 //! Why not lapin here: lapin runs each connection's I/O on a thread of its own, so every publish
-//! crosses threads twice (the frames handed to the I/O thread, then the confirm handed back) and
-//! goes through its channel and frame machinery: the gateway used 104 µs of CPU per order with
-//! it and 86 µs with this, side by side under the same load on a slow day (README). Here a
-//! publish encodes its frames and copies them into the connection's write buffer under a short
-//! lock, and a confirm is a lookup in the channel's queue of publishes awaiting one. One task
-//! writes whatever the requests queued since its last write in one `write`, one task reads and
-//! settles confirms; both are tasks of the gateway's main runtime (the requests run on the serving
-//! threads, so a publish still wakes the writer across threads, and a confirm the request). The
-//! queue declarations and the move of a classic queue to a quorum one still go through lapin
-//! ([`service_common::declare_billing_queue`]): they run once per connection, not per order.
+//! crosses threads twice (the frames handed to the I/O thread, then the confirm handed back), and
+//! every delivery is handed over one at a time, through its channel and frame machinery: the
+//! gateway used 104 µs of CPU per order with it and 86 µs with this, side by side under the same
+//! load on a slow day (README). Here a publish encodes its frames and copies them into the
+//! connection's write buffer under a short lock, and a confirm is a lookup in the channel's queue
+//! of publishes awaiting one; the deliveries of each read are handed to the consumer at once, in
+//! one batch. One task writes whatever was queued since its last write in one `write`, one task
+//! reads, settles confirms and assembles deliveries; both are tasks of the service's main runtime.
+//! The queue declarations and the move of a classic queue to a quorum one still go through lapin
+//! ([`crate::declare_billing_queue`]): they run once per connection, not per order.
 //!
 //! What it handles: the handshake (PLAIN, the URL's heartbeat and frame size, TLS for
 //! `amqps://`), channels in confirm mode, publishes with `mandatory`, `basic.ack` and `basic.nack`
-//! (single or `multiple`), `basic.return` (matched to its publish by message id), the broker's
-//! `connection.blocked` / `unblocked`, heartbeats both ways (a broker silent for two intervals
-//! is given up), and closing: by the broker (connection or channel) or by us (`close`, which first
-//! lets the confirms in flight arrive). Once anything fails, every publish awaiting a confirm
-//! gets the error and the connection takes no more: the gateway's supervisor opens another.
+//! (single or `multiple`), `basic.return` (matched to its publish by message id), one
+//! subscription (`basic.qos`, `basic.consume`, deliveries of any size, `basic.ack` of them, the
+//! broker's `basic.cancel`), the broker's `connection.blocked` / `unblocked`, heartbeats both ways
+//! (a broker silent for two intervals is given up), and closing: by the broker (connection or
+//! channel) or by us (`close`, which first lets the confirms in flight arrive; deliveries not acked
+//! go back to the queue). Once anything fails, every publish awaiting a confirm gets the error,
+//! the consumer gets it too, and the connection takes no more: the service opens another.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::AmqpUrl;
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, WriteContext};
 use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass, BasicProperties};
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use rustls::pki_types::ServerName;
-use service_common::AmqpUrl;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -64,6 +67,8 @@ pub enum Error {
     MissedHeartbeats(Duration),
     #[error("the broker did not follow the protocol: {0}")]
     Protocol(String),
+    #[error("the broker cancelled the subscription (was the queue deleted?)")]
+    Cancelled,
     #[error("the connection was closed")]
     Closed,
 }
@@ -85,8 +90,54 @@ pub enum Confirmation {
     Returned { code: u16, text: String },
 }
 
-/// An open connection and its confirm-mode channels. Dropping it stops its two tasks; `close`
-/// first closes it as the protocol asks.
+/// What a connection opens.
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    /// The connection's name in the broker's management UI.
+    pub name: &'a str,
+    /// Channels opened in confirm mode (numbered from 1; [`Connection::publish`] takes index 0 for
+    /// the first): at least 1.
+    pub channels: u16,
+    /// The queue every publish goes to (through the default exchange).
+    pub publish_to: &'a str,
+    /// The subscription made on the first channel, if any.
+    pub consume: Option<Consume<'a>>,
+}
+
+impl<'a> Options<'a> {
+    /// `channels` confirm-mode channels publishing to `queue`, and no subscription.
+    pub fn publishing(name: &'a str, channels: u16, queue: &'a str) -> Self {
+        Self {
+            name,
+            channels,
+            publish_to: queue,
+            consume: None,
+        }
+    }
+}
+
+/// A subscription: deliveries must be acked ([`Connection::ack`]); at most `prefetch` unacked.
+#[derive(Debug, Clone, Copy)]
+pub struct Consume<'a> {
+    pub queue: &'a str,
+    pub prefetch: u16,
+    pub consumer_tag: &'a str,
+}
+
+/// A message the broker delivered to the subscription.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Its tag on the first channel, for [`Connection::ack`].
+    pub delivery_tag: u64,
+    /// Whether the broker delivered it before (to a consumer that did not ack it).
+    pub redelivered: bool,
+    pub properties: BasicProperties,
+    pub data: Vec<u8>,
+}
+
+/// An open connection, its confirm-mode channels and its subscription. Dropping it stops its two
+/// tasks (the broker then requeues what was delivered and not acked); `close` first closes it as
+/// the protocol asks.
 #[derive(Debug)]
 pub struct Connection {
     shared: Arc<Shared>,
@@ -103,6 +154,10 @@ struct Shared {
     failed: Notify,
     /// Raised when a channel's last awaited confirm arrives, or the connection ends.
     settled: Notify,
+    /// The deliveries not taken yet by the consumer.
+    inbox: Mutex<Vec<Delivery>>,
+    /// Raised when deliveries arrive, or the connection ends.
+    delivered: Notify,
     /// The broker blocks publishers (a memory or disk alarm): `connection.blocked`.
     blocked: AtomicBool,
     /// Largest body bytes in one frame.
@@ -134,6 +189,7 @@ struct ChannelState {
 #[derive(Debug)]
 struct Pending {
     tag: u64,
+    /// The empty string when the publish has none.
     message_id: ShortString,
     returned: Option<(u16, String)>,
     reply: oneshot::Sender<Result<Confirmation, Error>>,
@@ -159,15 +215,9 @@ struct Tuning {
 }
 
 impl Connection {
-    /// Connects to `url` (TLS for `amqps://`), opens `channels` channels in confirm mode, and
-    /// starts the tasks that write and read. `name` is the connection's name in the broker's
-    /// management UI.
-    pub async fn open(
-        url: &AmqpUrl,
-        name: &str,
-        channels: u16,
-        queue: &str,
-    ) -> Result<Self, Error> {
+    /// Connects to `url` (TLS for `amqps://`), opens the channels in confirm mode, subscribes if
+    /// asked, and starts the tasks that write and read.
+    pub async fn open(url: &AmqpUrl, options: Options<'_>) -> Result<Self, Error> {
         let uri = url.to_amqp_uri();
         let host = uri
             .authority
@@ -177,7 +227,7 @@ impl Connection {
         let tcp = tokio::net::TcpStream::connect((host, uri.authority.port)).await?;
         tcp.set_nodelay(true)?;
         if !url.is_tls() {
-            return Self::start(tcp, url, name, channels, queue).await;
+            return Self::start(tcp, url, options).await;
         }
         match url.tls_config() {
             None => Err(Error::Tls(
@@ -190,33 +240,32 @@ impl Connection {
                     .connect(server_name, tcp)
                     .await
                     .map_err(|err| Error::Tls(err.to_string()))?;
-                Self::start(tls, url, name, channels, queue).await
+                Self::start(tls, url, options).await
             }
         }
     }
 
-    async fn start<S>(
-        mut stream: S,
-        url: &AmqpUrl,
-        name: &str,
-        channels: u16,
-        queue: &str,
-    ) -> Result<Self, Error>
+    async fn start<S>(mut stream: S, url: &AmqpUrl, options: Options<'_>) -> Result<Self, Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        if options.channels == 0 {
+            return Err(Error::Protocol(
+                "a connection needs a channel at least".into(),
+            ));
+        }
         let mut frames = FrameReader::default();
         let blocked = AtomicBool::new(false);
-        let tuning = handshake(&mut stream, &mut frames, url, name, channels, &blocked).await?;
+        let tuning = handshake(&mut stream, &mut frames, url, options, &blocked).await?;
         let body_chunk = tuning.frame_max as usize - FRAME_OVERHEAD;
-        let channels = (1..=channels)
+        let channels = (1..=options.channels)
             .map(|id| {
                 Ok(ChannelState {
                     publish_frame: encode(&method(
                         id,
                         AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
                             exchange: "".into(),
-                            routing_key: queue.into(),
+                            routing_key: options.publish_to.into(),
                             mandatory: true,
                             immediate: false,
                         })),
@@ -236,6 +285,8 @@ impl Connection {
             writable: Notify::new(),
             failed: Notify::new(),
             settled: Notify::new(),
+            inbox: Mutex::new(Vec::new()),
+            delivered: Notify::new(),
             blocked,
             body_chunk,
         });
@@ -347,6 +398,48 @@ impl Connection {
         Ok(confirm)
     }
 
+    /// Moves the deliveries received and not taken yet, at most `max`, into `into`, in delivery
+    /// order; waits for one at least. Cancel-safe: a delivery is moved only when this returns. An
+    /// error once the connection has failed or the broker cancelled the subscription: the
+    /// deliveries not taken then go back to the queue with the connection.
+    pub async fn deliveries(&self, into: &mut Vec<Delivery>, max: usize) -> Result<(), Error> {
+        loop {
+            let delivered = self.shared.delivered.notified();
+            if let Some(err) = self.failure() {
+                return Err(err);
+            }
+            {
+                let mut inbox = self.shared.inbox();
+                if !inbox.is_empty() {
+                    let take = inbox.len().min(max);
+                    into.extend(inbox.drain(..take));
+                    return Ok(());
+                }
+            }
+            delivered.await;
+        }
+    }
+
+    /// Acknowledges the delivery `delivery_tag` of the subscription, or with `multiple` every one
+    /// up to it not acked yet. Queued for the writer, in order after whatever was queued before.
+    pub fn ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), Error> {
+        let ack = encode(&method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag,
+                multiple,
+            })),
+        ))?;
+        let mut state = self.shared.lock();
+        if let Some(err) = &state.failure {
+            return Err(err.clone());
+        }
+        state.out.extend_from_slice(&ack);
+        drop(state);
+        self.shared.writable.notify_one();
+        Ok(())
+    }
+
     /// Closes the connection: waits (at most `settle`) for the confirms in flight, then sends
     /// `connection.close` and waits (at most `settle` again) for the broker's answer. Publishes
     /// still waiting then get [`Error::Closed`].
@@ -410,6 +503,25 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn inbox(&self) -> MutexGuard<'_, Vec<Delivery>> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands deliveries to the consumer, and wakes it.
+    fn deliver(&self, deliveries: &mut Vec<Delivery>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let mut inbox = self.inbox();
+        if inbox.is_empty() {
+            std::mem::swap(&mut *inbox, deliveries);
+        } else {
+            inbox.append(deliveries);
+        }
+        drop(inbox);
+        self.delivered.notify_one();
+    }
+
     /// Marks the connection failed (the first reason stays), and fails every publish awaiting
     /// its confirm with it.
     fn fail(&self, err: Error) {
@@ -427,6 +539,7 @@ impl Shared {
         self.writable.notify_one();
         self.failed.notify_one();
         self.settled.notify_waiters();
+        self.delivered.notify_one();
     }
 
     /// Queues a frame for the writer.
@@ -460,14 +573,16 @@ impl Shared {
         Ok(())
     }
 
-    /// A `basic.return` of the message `message_id` on channel `id`: its ack follows.
+    /// A `basic.return` of the message `message_id` (empty if it has none) on channel `id`: its
+    /// ack follows. Returns come in the order of the publishes, so it is the first one with that
+    /// id not returned yet.
     fn returned(&self, id: u16, message_id: &str, code: u16, text: String) -> Result<(), Error> {
         let mut state = self.lock();
         let channel = channel_state(&mut state, id)?;
         if let Some(publish) = channel
             .pending
             .iter_mut()
-            .find(|p| p.message_id.as_str() == message_id)
+            .find(|p| p.returned.is_none() && p.message_id.as_str() == message_id)
         {
             publish.returned = Some((code, text));
         }
@@ -504,22 +619,25 @@ fn encode_into(buffer: Vec<u8>, frame: &AMQPFrame) -> Result<Vec<u8>, Error> {
 #[derive(Debug, Default)]
 struct FrameReader {
     buffer: Vec<u8>,
+    /// Where the first frame not parsed yet starts: the bytes before it are moved out only before
+    /// the next read (moving them after each frame moved a whole read's worth per delivery).
+    start: usize,
 }
 
 impl FrameReader {
     /// The next complete frame already read, if any.
     fn parse(&mut self, frame_max: u32) -> Result<Option<AMQPFrame>, Error> {
-        if self.buffer.is_empty() {
+        let unparsed = &self.buffer[self.start..];
+        if unparsed.is_empty() {
             return Ok(None);
         }
-        match parse_frame(self.buffer.as_slice()) {
+        match parse_frame(unparsed) {
             Ok((rest, frame)) => {
-                let used = self.buffer.len() - rest.len();
-                self.buffer.drain(..used);
+                self.start = self.buffer.len() - rest.len();
                 Ok(Some(frame))
             }
             Err(err) if err.is_incomplete() => {
-                if self.buffer.len() > frame_max as usize + FRAME_OVERHEAD {
+                if unparsed.len() > frame_max as usize + FRAME_OVERHEAD {
                     return Err(Error::Protocol(format!(
                         "a frame larger than the negotiated {frame_max} bytes"
                     )));
@@ -532,6 +650,8 @@ impl FrameReader {
 
     /// Reads more bytes; the broker closing the socket is an error.
     async fn fill<R: AsyncRead + Unpin>(&mut self, stream: &mut R) -> Result<(), Error> {
+        self.buffer.drain(..self.start);
+        self.start = 0;
         self.buffer.reserve(READ_CHUNK);
         if stream.read_buf(&mut self.buffer).await? == 0 {
             return Err(std::io::Error::new(
@@ -569,6 +689,17 @@ impl FrameReader {
                         text: close.reply_text.to_string(),
                     })
                 }
+                Some(AMQPFrame::Method(
+                    channel,
+                    AMQPClass::Channel(channel::AMQPMethod::Close(close)),
+                )) => {
+                    // A refused declaration or subscription (no such queue, no access).
+                    return Err(Error::ChannelClosedByBroker {
+                        channel,
+                        code: close.reply_code,
+                        text: close.reply_text.to_string(),
+                    });
+                }
                 Some(AMQPFrame::Method(_, class)) => return Ok(class),
                 Some(AMQPFrame::Heartbeat(_)) => {}
                 Some(AMQPFrame::ProtocolHeader(version)) => {
@@ -590,8 +721,7 @@ async fn handshake<S>(
     stream: &mut S,
     frames: &mut FrameReader,
     url: &AmqpUrl,
-    name: &str,
-    channels: u16,
+    options: Options<'_>,
     blocked: &AtomicBool,
 ) -> Result<Tuning, Error>
 where
@@ -614,18 +744,23 @@ where
         "publisher_confirms",
         "basic.nack",
         "connection.blocked",
+        // A deleted queue cancels the subscription with a basic.cancel, not in silence.
+        "consumer_cancel_notify",
         // A refused login is a connection.close saying so, not a socket closed in silence.
         "authentication_failure_close",
     ] {
         capabilities.insert(capability.into(), AMQPValue::Boolean(true));
     }
     let mut properties = FieldTable::default();
-    properties.insert("product".into(), AMQPValue::LongString("gateway".into()));
+    properties.insert("product".into(), AMQPValue::LongString(options.name.into()));
     properties.insert(
         "version".into(),
         AMQPValue::LongString(env!("CARGO_PKG_VERSION").into()),
     );
-    properties.insert("connection_name".into(), AMQPValue::LongString(name.into()));
+    properties.insert(
+        "connection_name".into(),
+        AMQPValue::LongString(options.name.into()),
+    );
     properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
     let user = &uri.authority.userinfo;
     let mut response = Vec::with_capacity(user.username.len() + user.password.len() + 2);
@@ -651,6 +786,7 @@ where
         AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) => tune,
         other => return Err(unexpected("connection.tune", &other)),
     };
+    let channels = options.channels;
     if tune.channel_max != 0 && channels > tune.channel_max {
         return Err(Error::Protocol(format!(
             "the broker allows {} channels, {channels} asked for",
@@ -719,6 +855,44 @@ where
         match frames.next(stream, blocked).await? {
             AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)) => {}
             other => return Err(unexpected("confirm.select-ok", &other)),
+        }
+    }
+    if let Some(consume) = options.consume {
+        write(
+            stream,
+            &method(
+                1,
+                AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+                    prefetch_count: consume.prefetch,
+                    global: false,
+                })),
+            ),
+        )
+        .await?;
+        match frames.next(stream, blocked).await? {
+            AMQPClass::Basic(basic::AMQPMethod::QosOk(_)) => {}
+            other => return Err(unexpected("basic.qos-ok", &other)),
+        }
+        write(
+            stream,
+            &method(
+                1,
+                AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                    queue: consume.queue.into(),
+                    consumer_tag: consume.consumer_tag.into(),
+                    no_local: false,
+                    no_ack: false,
+                    exclusive: false,
+                    nowait: false,
+                    arguments: FieldTable::default(),
+                })),
+            ),
+        )
+        .await?;
+        // Deliveries follow at once; they stay in `frames` for the reader.
+        match frames.next(stream, blocked).await? {
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)) => {}
+            other => return Err(unexpected("basic.consume-ok", &other)),
         }
     }
     Ok(Tuning {
@@ -816,11 +990,13 @@ async fn read_frames<S: AsyncRead>(
     tuning: Tuning,
 ) -> Result<std::convert::Infallible, Error> {
     let silence = tuning.heartbeat.map(|interval| interval * 2);
-    let mut returning: Option<Returning> = None;
+    let mut content = Content::default();
     loop {
         while let Some(frame) = frames.parse(tuning.frame_max)? {
-            handle(shared, frame, &mut returning)?;
+            handle(shared, frame, &mut content)?;
         }
+        // Every delivery of this read at once: one lock and one wake-up for them all.
+        shared.deliver(&mut content.delivered);
         match silence {
             Some(limit) => tokio::time::timeout(limit, frames.fill(stream))
                 .await
@@ -830,15 +1006,99 @@ async fn read_frames<S: AsyncRead>(
     }
 }
 
+/// A delivery whose content is still being read.
+struct Incoming {
+    channel: u16,
+    delivery: Delivery,
+    /// Whether its content header was read.
+    has_header: bool,
+    body_left: u64,
+}
+
+/// The messages whose content is being read, and the deliveries read whole.
+#[derive(Default)]
+struct Content {
+    returning: Option<Returning>,
+    incoming: Option<Incoming>,
+    /// Handed to the consumer after each read.
+    delivered: Vec<Delivery>,
+}
+
+impl Content {
+    /// Moves the incoming delivery to `delivered` once its whole body has been read.
+    fn finish_delivery(&mut self) {
+        if self
+            .incoming
+            .as_ref()
+            .is_some_and(|i| i.has_header && i.body_left == 0)
+        {
+            self.delivered
+                .extend(self.incoming.take().map(|i| i.delivery));
+        }
+    }
+}
+
 /// One frame from the broker. An error ends the connection with it.
-fn handle(
-    shared: &Shared,
-    frame: AMQPFrame,
-    returning: &mut Option<Returning>,
-) -> Result<(), Error> {
+fn handle(shared: &Shared, frame: AMQPFrame, content: &mut Content) -> Result<(), Error> {
     use basic::AMQPMethod as Basic;
     use connection::AMQPMethod as Conn;
+    let returning = &mut content.returning;
     match frame {
+        AMQPFrame::Method(id, AMQPClass::Basic(Basic::Deliver(deliver))) => {
+            if content.incoming.is_some() {
+                return Err(Error::Protocol(format!(
+                    "a basic.deliver on channel {id} before the content of the previous one"
+                )));
+            }
+            content.incoming = Some(Incoming {
+                channel: id,
+                delivery: Delivery {
+                    delivery_tag: deliver.delivery_tag,
+                    redelivered: deliver.redelivered,
+                    properties: BasicProperties::default(),
+                    data: Vec::new(),
+                },
+                has_header: false,
+                body_left: 0,
+            });
+            Ok(())
+        }
+        AMQPFrame::Header(id, _, header)
+            if content.incoming.as_ref().is_some_and(|i| i.channel == id) =>
+        {
+            if let Some(incoming) = content.incoming.as_mut() {
+                let AMQPContentHeader {
+                    body_size,
+                    properties,
+                    ..
+                } = *header;
+                incoming.delivery.properties = properties;
+                incoming.has_header = true;
+                incoming.body_left = body_size;
+            }
+            content.finish_delivery();
+            Ok(())
+        }
+        AMQPFrame::Body(id, body)
+            if content
+                .incoming
+                .as_ref()
+                .is_some_and(|i| i.channel == id && i.has_header) =>
+        {
+            if let Some(incoming) = content.incoming.as_mut() {
+                incoming.body_left = incoming.body_left.saturating_sub(body.len() as u64);
+                let data = &mut incoming.delivery.data;
+                if data.is_empty() {
+                    // The whole body in one frame, as it mostly is: kept, not copied.
+                    *data = body;
+                } else {
+                    data.extend_from_slice(&body);
+                }
+            }
+            content.finish_delivery();
+            Ok(())
+        }
+        AMQPFrame::Method(_, AMQPClass::Basic(Basic::Cancel(_))) => Err(Error::Cancelled),
         AMQPFrame::Method(id, AMQPClass::Basic(Basic::Ack(ack))) => {
             shared.confirm(id, ack.delivery_tag, ack.multiple, true)
         }
@@ -921,9 +1181,8 @@ fn handle(
 fn finish_return(shared: &Shared, returning: &mut Option<Returning>) -> Result<(), Error> {
     if returning.as_ref().is_some_and(|r| r.body_left == 0) {
         if let Some(ret) = returning.take() {
-            if let Some(message_id) = ret.message_id {
-                shared.returned(ret.channel, &message_id, ret.code, ret.text)?;
-            }
+            let message_id = ret.message_id.unwrap_or_default();
+            shared.returned(ret.channel, &message_id, ret.code, ret.text)?;
         }
     }
     Ok(())
