@@ -57,6 +57,8 @@ pub const DEFAULT_BATCH_SIZE: u16 = 2000;
 /// The default number of batches committed at once, each on a database connection of its own.
 pub const DEFAULT_BATCHES_IN_FLIGHT: u8 = 2;
 
+/// How long connecting to a node (TCP, TLS, handshake, declarations, subscription) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long closing a connection waits for the confirms in flight, then for the broker's answer.
 const CLOSE_SETTLE: Duration = Duration::from_secs(5);
 
@@ -253,8 +255,12 @@ impl Worker {
             // A node that refused or went away is not tried again before the others.
             let broker = self.amqp_url.node(node);
             node += 1;
+            // Bounded: a node that takes the connection and answers nothing (a hung node, a machine
+            // that lost its power mid-handshake) would otherwise hold the worker forever.
             let session = tokio::select! {
-                session = self.connect(broker) => session,
+                session = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(broker)) => {
+                    session.unwrap_or(Err(Error::ConnectTimeout(CONNECT_TIMEOUT)))
+                }
                 () = self.stop.wait() => break,
             };
             match session {

@@ -28,6 +28,10 @@ pub enum Error {
     #[error("RabbitMQ consuming connection")]
     Consuming(#[from] service_common::amqp::Error),
 
+    /// A broker node did not complete the connection in time; the next node is tried.
+    #[error("no answer from the broker within {0:?} of connecting")]
+    ConnectTimeout(std::time::Duration),
+
     /// The billing queues could not be declared (or moved from classic to quorum queues yet);
     /// the session is rebuilt.
     #[error("cannot declare the billing queues")]

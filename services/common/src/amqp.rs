@@ -48,7 +48,7 @@ const FRAME_OVERHEAD: usize = 8;
 /// What reads ask the socket for at least.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Why the connection cannot publish (any more). Cloned to every publish it fails.
+/// Why the connection cannot publish or consume (any more). Cloned to every publish it fails.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("I/O error talking to the broker: {0}")]

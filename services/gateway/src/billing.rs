@@ -19,6 +19,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::{BasicProperties, ConnectionProperties};
 use serde::Serialize;
 use service_common::retry::RETRY_MAX;
@@ -44,6 +45,11 @@ pub fn router() -> Router<AppState> {
 const PERSISTENT: u8 = 2;
 /// How long one connection attempt (TCP, handshake, declarations) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an attempt may go unanswered before the next node is tried beside it. A node that
+/// answers nothing (its machine lost its power, or it hangs) otherwise kept a starting gateway
+/// unready for the whole `CONNECT_TIMEOUT`: long enough, in ha-e2e's rolling deploy, for keepalived
+/// to move the VIP away from it and strand the orders waiting on it.
+const NEXT_NODE_AFTER: Duration = Duration::from_secs(1);
 /// How often the supervisor looks at the connection when nothing woke it.
 const HEALTH_POLL: Duration = Duration::from_secs(1);
 /// The request header that makes a retried order the same order.
@@ -306,6 +312,51 @@ async fn connect(
     Ok(opened?)
 }
 
+/// Connects to the first of `nodes` to answer, from attempt `*next` on: one attempt, and one more
+/// to the next node beside those running each time `NEXT_NODE_AFTER` passes without an answer, or
+/// at once when an attempt fails; each bounded by `CONNECT_TIMEOUT`. The first connection made
+/// wins; the attempts still running are dropped. `*next` moves past every node tried. `None` once
+/// every node has failed (each failure logged).
+async fn connect_first<'a>(
+    nodes: &'a AmqpUrls,
+    next: &mut usize,
+    queue: &str,
+    channels: NonZeroU16,
+) -> Option<(&'a AmqpUrl, amqp::Connection)> {
+    let mut attempts = FuturesUnordered::new();
+    let mut started = 0;
+    loop {
+        if started < nodes.len() {
+            let amqp_url = nodes.node(*next);
+            *next += 1;
+            started += 1;
+            attempts.push(async move {
+                let attempt =
+                    tokio::time::timeout(CONNECT_TIMEOUT, connect(amqp_url, queue, channels)).await;
+                (amqp_url, attempt)
+            });
+        }
+        let more = started < nodes.len();
+        let (amqp_url, attempt) = tokio::select! {
+            Some(ended) = attempts.next() => ended,
+            () = tokio::time::sleep(NEXT_NODE_AFTER), if more => continue,
+            else => return None,
+        };
+        match attempt {
+            Ok(Ok(connection)) => return Some((amqp_url, connection)),
+            Ok(Err(err)) => {
+                tracing::warn!(broker = %amqp_url, error = %ErrorChain(&err), "cannot connect to the message broker");
+            }
+            Err(_) => {
+                tracing::warn!(broker = %amqp_url, "connecting to the message broker timed out");
+            }
+        }
+        if attempts.is_empty() && !more {
+            return None;
+        }
+    }
+}
+
 /// Keeps one connection open for as long as the gateway runs.
 /// Each attempt goes to the next node of `nodes`: a node that refused or went away is not tried
 /// again before the others.
@@ -316,64 +367,48 @@ async fn supervise(inner: Arc<Inner>, nodes: AmqpUrls, stop: CancellationToken) 
         if stop.is_cancelled() {
             return;
         }
-        let amqp_url = nodes.node(node);
-        node += 1;
-        let attempt = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            connect(amqp_url, &inner.queue, inner.channels),
-        )
-        .await;
-        if inner.starting.swap(false, Ordering::AcqRel) && !matches!(attempt, Ok(Ok(_))) {
+        let attempt = connect_first(&nodes, &mut node, &inner.queue, inner.channels).await;
+        if inner.starting.swap(false, Ordering::AcqRel) && attempt.is_none() {
             // The first attempt failed: orders waiting for it get their 503 now.
             inner.connected.notify_waiters();
         }
-        match attempt {
-            Ok(Ok(connection)) => {
-                tracing::info!(broker = %amqp_url, queue = %inner.queue, "connected to the message broker");
-                delays = retry_delays(RETRY_MAX);
-                let connection = Arc::new(connection);
-                inner.confirms_late.store(false, Ordering::Release);
-                *inner.connection.write().unwrap_or_else(|e| e.into_inner()) =
-                    Some(connection.clone());
-                inner.connected.notify_waiters();
+        if let Some((amqp_url, connection)) = attempt {
+            tracing::info!(broker = %amqp_url, queue = %inner.queue, "connected to the message broker");
+            delays = retry_delays(RETRY_MAX);
+            let connection = Arc::new(connection);
+            inner.confirms_late.store(false, Ordering::Release);
+            *inner.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
+            inner.connected.notify_waiters();
 
-                let stopping = loop {
-                    tokio::select! {
-                        () = stop.cancelled() => break true,
-                        () = connection.failed() => {}
-                        () = inner.check_connection.notified() => {}
-                        () = tokio::time::sleep(HEALTH_POLL) => {}
-                    }
-                    if let Some(err) = connection.failure() {
-                        tracing::warn!(error = %ErrorChain(&err), "message broker connection lost");
-                        break false;
-                    }
-                    // A broker that blocks publishers (a memory or disk alarm) said why its
-                    // confirms are late; another connection would only hide that from /ready.
-                    if inner.confirms_late.swap(false, Ordering::AcqRel) && !connection.is_blocked()
-                    {
-                        tracing::warn!(broker = %amqp_url, "confirms are late: connecting to the next node");
-                        break false;
-                    }
-                };
-                *inner.connection.write().unwrap_or_else(|e| e.into_inner()) = None;
-                // Closing waits for the confirms still in flight to settle; it is bounded so a
-                // dead broker cannot hold the shutdown.
-                connection
-                    .close("gateway closing", inner.confirm_timeout)
-                    .await;
-                if stopping {
-                    tracing::info!("message broker connection closed");
-                    return;
+            let stopping = loop {
+                tokio::select! {
+                    () = stop.cancelled() => break true,
+                    () = connection.failed() => {}
+                    () = inner.check_connection.notified() => {}
+                    () = tokio::time::sleep(HEALTH_POLL) => {}
                 }
-                tracing::warn!("message broker connection is gone; reconnecting");
+                if let Some(err) = connection.failure() {
+                    tracing::warn!(error = %ErrorChain(&err), "message broker connection lost");
+                    break false;
+                }
+                // A broker that blocks publishers (a memory or disk alarm) said why its
+                // confirms are late; another connection would only hide that from /ready.
+                if inner.confirms_late.swap(false, Ordering::AcqRel) && !connection.is_blocked() {
+                    tracing::warn!(broker = %amqp_url, "confirms are late: connecting to the next node");
+                    break false;
+                }
+            };
+            *inner.connection.write().unwrap_or_else(|e| e.into_inner()) = None;
+            // Closing waits for the confirms still in flight to settle; it is bounded so a
+            // dead broker cannot hold the shutdown.
+            connection
+                .close("gateway closing", inner.confirm_timeout)
+                .await;
+            if stopping {
+                tracing::info!("message broker connection closed");
+                return;
             }
-            Ok(Err(err)) => {
-                tracing::warn!(broker = %amqp_url, error = %ErrorChain(&err), "cannot connect to the message broker");
-            }
-            Err(_) => {
-                tracing::warn!(broker = %amqp_url, "connecting to the message broker timed out");
-            }
+            tracing::warn!("message broker connection is gone; reconnecting");
         }
         let delay = delays.next_delay();
         tracing::debug!(

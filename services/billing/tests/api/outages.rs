@@ -185,3 +185,33 @@ async fn with_several_broker_nodes_an_unreachable_one_is_passed_over(pool: PgPoo
     worker.stop().await;
     broker.cleanup().await;
 }
+
+#[sqlx::test(migrator = "billing::MIGRATOR")]
+async fn a_node_that_takes_the_connection_and_answers_nothing_is_given_up_for_the_next(
+    pool: PgPool,
+) {
+    let broker = Broker::new().await;
+    // A first node that accepts connections and never says a word, as a hung node does: without a
+    // bound on connecting, the worker would wait on it forever.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("address").port();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let nodes = format!("amqp://guest:guest@127.0.0.1:{port}/%2f,{}", amqp_url());
+    let worker = spawn_worker(pool.clone(), nodes, broker.settings());
+    let id = Uuid::new_v4();
+    broker
+        .publish(&order_json("after_a_silent_node", 1, "1.00"), Some(id))
+        .await;
+    eventually("the order is stored", || stored(&pool, id)).await;
+    assert!(worker.readiness.is_consuming());
+    worker.stop().await;
+    held.abort();
+    broker.cleanup().await;
+}

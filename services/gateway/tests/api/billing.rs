@@ -466,6 +466,35 @@ async fn with_several_broker_nodes_an_unreachable_one_is_passed_over() {
 }
 
 #[tokio::test]
+async fn a_first_node_that_answers_nothing_holds_a_starting_gateway_back_a_second_not_five() {
+    let queue = unique_queue();
+    let broker = Broker::connect().await;
+    // The first node takes connections and answers nothing, as a hung node does; waiting out the
+    // whole connect timeout (5 s) for it would leave the gateway unready that long.
+    let silent = FreezableRelay::start().await;
+    silent.freeze();
+    let nodes = format!("{},{}", silent.url(), amqp_url());
+    let started = Instant::now();
+    let gateway = TestGateway::spawn(config(&[dead_upstream().await], &nodes, &queue)).await;
+    gateway.wait_ready().await;
+    let ready_after = started.elapsed();
+    assert!(
+        ready_after < Duration::from_secs(3),
+        "ready after {ready_after:?}"
+    );
+    assert_eq!(silent.accepted(), 2, "the silent node was tried first");
+    let order = json!({"user_id": "u", "number_of_items": 1, "total_amount": 1});
+    assert_eq!(
+        post_order(&gateway, &order).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(broker.message_count(&queue).await, 1);
+    gateway.stop().await;
+    broker.delete_queue(&queue).await;
+    broker.close().await;
+}
+
+#[tokio::test]
 async fn a_node_that_goes_silent_is_left_for_the_next_which_is_kept() {
     let queue = unique_queue();
     let broker = Broker::connect().await;
