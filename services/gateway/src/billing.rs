@@ -325,11 +325,14 @@ async fn connect_first<'a>(
 ) -> Option<(&'a AmqpUrl, amqp::Connection)> {
     let mut attempts = FuturesUnordered::new();
     let mut started = 0;
+    // The nodes tried that have not answered yet.
+    let mut waiting: Vec<&AmqpUrl> = Vec::new();
     loop {
         if started < nodes.len() {
             let amqp_url = nodes.node(*next);
             *next += 1;
             started += 1;
+            waiting.push(amqp_url);
             attempts.push(async move {
                 let attempt =
                     tokio::time::timeout(CONNECT_TIMEOUT, connect(amqp_url, queue, channels)).await;
@@ -342,8 +345,15 @@ async fn connect_first<'a>(
             () = tokio::time::sleep(NEXT_NODE_AFTER), if more => continue,
             else => return None,
         };
+        waiting.retain(|url| !std::ptr::eq(*url, amqp_url));
         match attempt {
-            Ok(Ok(connection)) => return Some((amqp_url, connection)),
+            Ok(Ok(connection)) => {
+                for silent in waiting {
+                    tracing::warn!(broker = %silent, next = %amqp_url,
+                                   "no answer from a message broker node yet: connected to another");
+                }
+                return Some((amqp_url, connection));
+            }
             Ok(Err(err)) => {
                 tracing::warn!(broker = %amqp_url, error = %ErrorChain(&err), "cannot connect to the message broker");
             }
