@@ -814,91 +814,103 @@ where
         ),
     )
     .await?;
-    write(
+    let mut call = Call {
         stream,
-        &method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                virtual_host: uri.vhost.as_str().into(),
-            })),
-        ),
+        frames,
+        blocked,
+    };
+    call.method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+            virtual_host: uri.vhost.as_str().into(),
+        })),
+        "connection.open-ok",
+        |answer| {
+            matches!(
+                answer,
+                AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
+            )
+        },
     )
     .await?;
-    match frames.next(stream, blocked).await? {
-        AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => {}
-        other => return Err(unexpected("connection.open-ok", &other)),
-    }
 
     for id in 1..=channels {
-        write(
-            stream,
-            &method(
-                id,
-                AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-            ),
+        call.method(
+            id,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+            "channel.open-ok",
+            |answer| matches!(answer, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))),
         )
         .await?;
-        match frames.next(stream, blocked).await? {
-            AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)) => {}
-            other => return Err(unexpected("channel.open-ok", &other)),
-        }
-        write(
-            stream,
-            &method(
-                id,
-                AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
-                    nowait: false,
-                })),
-            ),
+        call.method(
+            id,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                nowait: false,
+            })),
+            "confirm.select-ok",
+            |answer| matches!(answer, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_))),
         )
         .await?;
-        match frames.next(stream, blocked).await? {
-            AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)) => {}
-            other => return Err(unexpected("confirm.select-ok", &other)),
-        }
     }
     if let Some(consume) = options.consume {
-        write(
-            stream,
-            &method(
-                1,
-                AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
-                    prefetch_count: consume.prefetch,
-                    global: false,
-                })),
-            ),
+        call.method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+                prefetch_count: consume.prefetch,
+                global: false,
+            })),
+            "basic.qos-ok",
+            |answer| matches!(answer, AMQPClass::Basic(basic::AMQPMethod::QosOk(_))),
         )
         .await?;
-        match frames.next(stream, blocked).await? {
-            AMQPClass::Basic(basic::AMQPMethod::QosOk(_)) => {}
-            other => return Err(unexpected("basic.qos-ok", &other)),
-        }
-        write(
-            stream,
-            &method(
-                1,
-                AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
-                    queue: consume.queue.into(),
-                    consumer_tag: consume.consumer_tag.into(),
-                    no_local: false,
-                    no_ack: false,
-                    exclusive: false,
-                    nowait: false,
-                    arguments: FieldTable::default(),
-                })),
-            ),
+        // Deliveries follow the consume-ok at once; they stay in `frames` for the reader.
+        call.method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: consume.queue.into(),
+                consumer_tag: consume.consumer_tag.into(),
+                no_local: false,
+                no_ack: false,
+                exclusive: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+            "basic.consume-ok",
+            |answer| matches!(answer, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))),
         )
         .await?;
-        // Deliveries follow at once; they stay in `frames` for the reader.
-        match frames.next(stream, blocked).await? {
-            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)) => {}
-            other => return Err(unexpected("basic.consume-ok", &other)),
-        }
     }
     Ok(Tuning {
         frame_max,
         heartbeat: (heartbeat > 0).then(|| Duration::from_secs(heartbeat.into())),
     })
+}
+
+/// The handshake's stream, for methods the broker answers with one of its own.
+struct Call<'a, S> {
+    stream: &'a mut S,
+    frames: &'a mut FrameReader,
+    blocked: &'a AtomicBool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Call<'_, S> {
+    /// Sends `request` on `channel` and reads the broker's answer, which must be the `expected`
+    /// one (`is_expected` says whether it is).
+    async fn method(
+        &mut self,
+        channel: u16,
+        request: AMQPClass,
+        expected: &str,
+        is_expected: impl FnOnce(&AMQPClass) -> bool,
+    ) -> Result<(), Error> {
+        write(self.stream, &method(channel, request)).await?;
+        let answer = self.frames.next(self.stream, self.blocked).await?;
+        if is_expected(&answer) {
+            Ok(())
+        } else {
+            Err(unexpected(expected, &answer))
+        }
+    }
 }
 
 fn unexpected(expected: &str, got: &AMQPClass) -> Error {
