@@ -1,7 +1,7 @@
 //! The services' own AMQP connection (`service_common::amqp`) as the gateway publishes on it,
-//! against the real broker: confirms on
-//! several channels, bodies split over frames, returns, refused logins, heartbeats both ways and a
-//! broker that goes silent, closing, and TLS verified against a CA file alone.
+//! against the real broker: confirms on several channels, bodies split over frames, returns,
+//! refused logins, heartbeats both ways and a broker that goes silent, closing, and TLS verified
+//! against a CA file alone.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
