@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, Scheme};
 use http::Uri;
 use service_common::AmqpUrls;
 
@@ -252,25 +252,6 @@ impl InventoryUrl {
             Scheme::HTTP
         }
     }
-
-    /// The instance's scheme and authority, where its connections go.
-    pub fn address(&self) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme(self.scheme())
-            .authority(self.authority.clone())
-            .path_and_query("/")
-            .build()
-    }
-
-    /// The request target, in origin form, of `path_and_query` (e.g. `/api/movies?title=x`) on
-    /// this instance: behind its path prefix. Without one, nothing is copied or parsed again.
-    pub fn target(&self, path_and_query: &PathAndQuery) -> Result<Uri, http::Error> {
-        if self.path_prefix.is_empty() {
-            return Ok(Uri::from(path_and_query.clone()));
-        }
-        let prefixed = PathAndQuery::try_from(format!("{}{}", self.path_prefix, path_and_query))?;
-        Ok(Uri::from(prefixed))
-    }
 }
 
 impl fmt::Display for InventoryUrl {
@@ -317,37 +298,19 @@ impl FromStr for InventoryUrl {
 mod tests {
     use super::*;
 
-    fn path(text: &'static str) -> PathAndQuery {
-        PathAndQuery::from_static(text)
-    }
-
     #[test]
     fn inventory_url_keeps_authority_and_prefix() {
         let url: InventoryUrl = "http://127.0.0.1:8080/".parse().expect("valid");
         assert_eq!(url.authority, "127.0.0.1:8080");
         assert_eq!(url.path_prefix, "");
-        let target = url.target(&path("/api/movies?title=x")).expect("a target");
-        assert_eq!(target.to_string(), "/api/movies?title=x");
-        assert_eq!(
-            url.address().expect("an address").to_string(),
-            "http://127.0.0.1:8080/"
-        );
+        assert!(!url.https);
 
         let url: InventoryUrl = "http://inv.local/v1/".parse().expect("valid");
-        assert_eq!(
-            url.target(&path("/api/movies"))
-                .expect("a target")
-                .to_string(),
-            "/v1/api/movies"
-        );
+        assert_eq!(url.path_prefix, "/v1");
 
         let url: InventoryUrl = "https://10.0.0.11:8080".parse().expect("valid");
         assert!(url.https);
         assert_eq!(url.to_string(), "https://10.0.0.11:8080");
-        assert_eq!(
-            url.address().expect("an address").to_string(),
-            "https://10.0.0.11:8080/"
-        );
     }
 
     #[test]

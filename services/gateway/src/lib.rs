@@ -10,6 +10,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod http1;
 pub mod pool;
 pub mod proxy;
 pub mod rate_limit;

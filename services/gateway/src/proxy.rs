@@ -19,8 +19,6 @@ use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response};
 use axum::routing::any;
 use axum::Router;
-use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -111,7 +109,7 @@ impl Upstream {
 
 /// The TLS client of the inventory connections: the CA file alone, and the gateway's own
 /// certificate when one is given. Without any `https://` URL it is never used.
-fn inventory_tls(config: &Config) -> anyhow::Result<rustls::ClientConfig> {
+fn inventory_tls(config: &Config) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     use anyhow::Context as _;
     let https = config.inventory_url.iter().any(|url| url.https);
     let tls = match (&config.inventory_ca_file, &config.inventory_client_cert_file, &config.inventory_client_key_file) {
@@ -125,7 +123,9 @@ fn inventory_tls(config: &Config) -> anyhow::Result<rustls::ClientConfig> {
         (None, _, _) => service_common::tls::client_config_trusting_none(),
     }
     .context("the inventory's TLS")?;
-    Ok((*tls).clone())
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
 }
 
 impl InventoryProxy {
@@ -133,20 +133,13 @@ impl InventoryProxy {
     /// INVENTORY_CA_FILE alone (refused at start-up without it).
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.upstream_connect_timeout()));
-        connector.set_nodelay(true);
-        connector.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(inventory_tls(config)?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
+        let tls = inventory_tls(config)?;
         let mut upstreams = Vec::with_capacity(config.inventory_url.len());
         for url in &config.inventory_url {
             let pool = Pool::new(
-                connector.clone(),
                 url,
+                &tls,
+                config.upstream_connect_timeout(),
                 IDLE_TIMEOUT,
                 config.server_threads(),
             )
@@ -217,16 +210,11 @@ impl InventoryProxy {
         let mut index = 0;
         while let Some(&upstream) = order.get(index) {
             index += 1;
-            let uri = upstream
-                .url
-                .target(path_and_query)
-                .map_err(|err| Error::Internal(err.into()))?;
-            let mut request = http::Request::new(Full::new(body.clone()));
-            *request.method_mut() = method.clone();
-            *request.uri_mut() = uri;
-            *request.headers_mut() = headers.clone();
             let started = Instant::now();
-            let sent = upstream.pool.send(request).await;
+            let sent = upstream
+                .pool
+                .send(method, path_and_query.as_str(), headers, body)
+                .await;
             match &sent {
                 Ok(_) => upstream.duration.record(started.elapsed().as_secs_f64()),
                 Err(err) => {
@@ -341,11 +329,13 @@ fn address_value(ip: IpAddr) -> HeaderValue {
 }
 
 /// The headers inventory receives: the client's end-to-end headers plus the `X-Forwarded-*`
-/// trio. `Host` and `Content-Length` are left for the client to set for the new hop.
+/// trio. `Host` and `Content-Length` are left for the client to set for the new hop, and
+/// `Expect` is dropped: the gateway has the whole body before it sends anything.
 fn upstream_headers(mut headers: HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
     let original_host = headers.remove(header::HOST);
     strip_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::EXPECT);
 
     if let Some(client) = client {
         let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {

@@ -1,7 +1,9 @@
 //! `/api/movies` reaches inventory unchanged and inventory's answers come back unchanged; inventory
 //! down or slow becomes a quick JSON error; several instances share the load and a dead one is
 //! skipped; a safe request that got no answer is retried once, any other never; kept-alive
-//! connections are reused, and one the instance closed, or said it closes, is not.
+//! connections are reused, and one the instance closed, or said it closes, is not; answers in
+//! chunks, until the connection ends, or after an interim answer come back whole, and one that
+//! is not HTTP is a JSON 502.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -391,6 +393,105 @@ async fn a_connection_the_instance_said_it_closes_is_never_taken_again() {
     // One right after the other: each must find that the last connection is done with.
     post_in_turn(&gateway, 5, Duration::ZERO).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    gateway.stop().await;
+}
+
+/// An inventory that answers every request with `answer`, written as is, and closes the connection
+/// after it when `close`. Returns its URL and the number of connections it accepted so far.
+async fn upstream_answering(answer: &'static str, close: bool) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(&mut stream);
+                while read_request(&mut reader).await.is_some() {
+                    // Written in two parts, so that the gateway reads the answer in more than one.
+                    let (first, rest) = answer.split_at(answer.len() / 2);
+                    let stream = reader.get_mut();
+                    if stream.write_all(first.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if stream.write_all(rest.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+/// Sends two GETs in turn; both must come back 200 with `body`.
+async fn get_twice(gateway: &TestGateway, body: &str) {
+    for n in 0..2 {
+        let response = gateway.get("/api/movies").await;
+        assert_eq!(response.status(), StatusCode::OK, "request {n}");
+        assert_eq!(response.text().await.unwrap(), body, "request {n}");
+    }
+}
+
+#[tokio::test]
+async fn answers_in_chunks_until_the_end_or_after_an_interim_answer_come_back_whole() {
+    // In chunks, with an extension and a trailer: the connection is kept for the next request.
+    let (upstream, accepted) = upstream_answering(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
+         3;x=y\r\n[1,\r\n2\r\n2]\r\n0\r\nx-trailer: 1\r\n\r\n",
+        false,
+    )
+    .await;
+    let gateway = gateway_in_front_of(&[upstream]).await;
+    get_twice(&gateway, "[1,2]").await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    gateway.stop().await;
+
+    // Until the connection ends: each answer takes a connection of its own.
+    let (upstream, accepted) = upstream_answering(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n[3]",
+        true,
+    )
+    .await;
+    let gateway = gateway_in_front_of(&[upstream]).await;
+    get_twice(&gateway, "[3]").await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    gateway.stop().await;
+
+    // After a 100 Continue, which the client never sees.
+    let (upstream, accepted) = upstream_answering(
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n[4]",
+        false,
+    )
+    .await;
+    let gateway = gateway_in_front_of(&[upstream]).await;
+    get_twice(&gateway, "[4]").await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_http_is_a_json_502_and_one_cut_short_is_not_whole() {
+    let (upstream, _) = upstream_answering("SSH-2.0-OpenSSH_9.2p1\r\n\r\n", false).await;
+    let gateway = gateway_in_front_of(&[upstream]).await;
+    let response = gateway.get("/api/movies").await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "bad_gateway");
+    gateway.stop().await;
+
+    // Ten bytes announced, four sent, then the connection ends.
+    let (upstream, _) =
+        upstream_answering("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n[1,2", true).await;
+    let gateway = gateway_in_front_of(&[upstream]).await;
+    let response = gateway.get("/api/movies").await;
+    assert_eq!(response.status(), StatusCode::OK, "the head came whole");
+    assert!(
+        response.bytes().await.is_err(),
+        "a body cut short is not a body"
+    );
     gateway.stop().await;
 }
 
