@@ -21,7 +21,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, HeaderValue, Method, Response};
+use axum::http::{HeaderValue, Method, Response};
 use bytes::BytesMut;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use rustls_pki_types::ServerName;
@@ -134,20 +134,22 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends the request (`target` in origin form, `/path?query`; `headers` without `Host` and
-    /// `Content-Length`) on an idle connection, or a new one, and returns the answer, whose body
-    /// gives the connection back once read whole.
+    /// Sends the request (`target` in origin form, `/path?query`; `fields` as
+    /// [`http1::write_request`] takes them) on an idle connection, or a new one, and returns the
+    /// answer, whose body gives the connection back once read whole.
     pub async fn send(
         self: &Arc<Self>,
         method: &Method,
         target: &str,
-        headers: &HeaderMap,
+        fields: &[u8],
         body: &[u8],
     ) -> Result<Response<PooledBody>, SendError> {
         loop {
             let (mut connection, pooled) = match self.take_idle() {
                 Some(connection) => (connection, true),
-                None => (self.connect().await?, false),
+                // Boxed: a connection is rarely made, and its future (TLS handshake included) would
+                // otherwise make every request's future as large, moved about at each step.
+                None => (Box::pin(self.connect()).await?, false),
             };
             connection.write.clear();
             http1::write_request(
@@ -156,7 +158,7 @@ impl Pool {
                 &self.path_prefix,
                 target,
                 &self.host_header,
-                headers,
+                fields,
                 body,
             );
             if let Err(err) = connection.write_request().await {

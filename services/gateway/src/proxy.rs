@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::uri::PathAndQuery;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response};
+use axum::http::{header, HeaderMap, HeaderName, Method, Response};
 use axum::routing::any;
 use axum::Router;
 use serde::Serialize;
@@ -35,19 +35,21 @@ pub fn router() -> Router<AppState> {
         .route("/api/movies/{*rest}", any(forward))
 }
 
-/// Headers that concern one connection only (RFC 9110 §7.6.1, plus the proxy authentication
-/// pair of RFC 9110 §11.7); never forwarded in either direction.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// Whether `name` concerns one connection only (RFC 9110 §7.6.1, plus the proxy authentication
+/// pair of RFC 9110 §11.7): such headers are never forwarded in either direction.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ]
+    .contains(name)
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
 
 /// How long a kept-alive connection to inventory may stay unused before it is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -187,7 +189,7 @@ impl InventoryProxy {
         &self,
         method: &Method,
         path_and_query: &PathAndQuery,
-        headers: &HeaderMap,
+        fields: &[u8],
         body: &Bytes,
     ) -> Result<Response<PooledBody>, Error> {
         let count = self.upstreams.len();
@@ -213,7 +215,7 @@ impl InventoryProxy {
             let started = Instant::now();
             let sent = upstream
                 .pool
-                .send(method, path_and_query.as_str(), headers, body)
+                .send(method, path_and_query.as_str(), fields, body)
                 .await;
             match &sent {
                 Ok(_) => upstream.duration.record(started.elapsed().as_secs_f64()),
@@ -282,80 +284,114 @@ fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Removes the hop-by-hop headers: the fixed list, and every header named in `Connection`.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: a look at each of their few headers costs less than a removal by
-    // name of each of the nine. A header named in `Connection` goes only with `Connection`.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
+/// The headers `Connection` names, which concern this connection only too. Most messages have
+/// no `Connection` header: then nothing is allocated.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        .collect()
+}
+
+/// Removes the hop-by-hop headers: the fixed list, and every header named in `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: a look at each of their few headers costs less than a removal by
+    // name of each of the nine. A header named in `Connection` goes only with `Connection`.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut doomed = connection_named(headers);
+    doomed.extend(headers.keys().filter(|name| is_hop_by_hop(name)).cloned());
+    for name in &doomed {
         headers.remove(name);
     }
 }
 
-/// `ip` as a header value. An IPv4 address is written digit by digit: its `Display`, which honours
-/// width and padding, was a fortieth of the instructions of a proxied GET.
-fn address_value(ip: IpAddr) -> HeaderValue {
+/// Writes `ip` as `Display` does. An IPv4 address is written digit by digit: its `Display`, which
+/// honours width and padding, was a fortieth of the instructions of a proxied GET.
+fn write_address(out: &mut Vec<u8>, ip: IpAddr) {
     let IpAddr::V4(v4) = ip else {
-        return HeaderValue::from_str(&ip.to_string()).expect("an IPv6 address is a header value");
+        out.extend_from_slice(ip.to_string().as_bytes());
+        return;
     };
-    let mut text = [0_u8; 15];
-    let mut length = 0;
     for (index, octet) in v4.octets().into_iter().enumerate() {
         if index > 0 {
-            text[length] = b'.';
-            length += 1;
+            out.push(b'.');
         }
         if octet >= 100 {
-            text[length] = b'0' + octet / 100;
-            length += 1;
+            out.push(b'0' + octet / 100);
         }
         if octet >= 10 {
-            text[length] = b'0' + octet / 10 % 10;
-            length += 1;
+            out.push(b'0' + octet / 10 % 10);
         }
-        text[length] = b'0' + octet % 10;
-        length += 1;
+        out.push(b'0' + octet % 10);
     }
-    HeaderValue::from_bytes(&text[..length]).expect("digits and dots are a header value")
 }
 
-/// The headers inventory receives: the client's end-to-end headers plus the `X-Forwarded-*`
-/// trio. `Host` and `Content-Length` are left for the client to set for the new hop, and
-/// `Expect` is dropped: the gateway has the whole body before it sends anything.
-fn upstream_headers(mut headers: HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
-    let original_host = headers.remove(header::HOST);
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::EXPECT);
-
-    if let Some(client) = client {
-        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", client.ip())).ok(),
-            None => Some(address_value(client.ip())),
-        };
-        if let Some(value) = forwarded_for {
-            headers.insert(X_FORWARDED_FOR, value);
+/// Writes the header fields inventory receives, one `name: value` line each: the client's
+/// end-to-end headers plus the `X-Forwarded-*` trio. `Host` and `Content-Length` are for the
+/// client of the new hop to write, and `Expect` is dropped: the gateway has the whole body
+/// before it sends anything. Written once per request, rather than edited into a header map
+/// (each insertion and removal there hashes the name).
+fn upstream_fields(headers: &HeaderMap, client: Option<SocketAddr>) -> Vec<u8> {
+    let named = if headers.contains_key(header::CONNECTION) {
+        connection_named(headers)
+    } else {
+        Vec::new()
+    };
+    let mut out = Vec::with_capacity(256);
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    let (mut forwarded_proto, mut forwarded_host) = (false, false);
+    for (name, value) in headers {
+        if *name == header::HOST
+            || *name == header::CONTENT_LENGTH
+            || *name == header::EXPECT
+            || *name == X_FORWARDED_FOR
+            || is_hop_by_hop(name)
+            || named.contains(name)
+        {
+            continue;
         }
+        forwarded_proto |= *name == X_FORWARDED_PROTO;
+        forwarded_host |= *name == X_FORWARDED_HOST;
+        line(name.as_str().as_bytes(), value.as_bytes());
     }
     // A proxy in front of us knows better than we do which scheme and host the client used.
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if !forwarded_proto {
+        line(b"x-forwarded-proto", b"http");
     }
-    if let Some(host) = original_host {
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST, host);
+    if let Some(host) = headers.get(header::HOST).filter(|_| !forwarded_host) {
+        line(b"x-forwarded-host", host.as_bytes());
+    }
+    // The chain so far, as one list, with the client's address last.
+    let mut chain = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if client.is_some() || chain.peek().is_some() {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        let mut first = true;
+        for previous in chain {
+            if !first {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(previous.as_bytes());
+            first = false;
         }
+        if let Some(client) = client {
+            if !first {
+                out.extend_from_slice(b", ");
+            }
+            write_address(&mut out, client.ip());
+        }
+        out.extend_from_slice(b"\r\n");
     }
-    headers
+    out
 }
 
 /// Forwards the request to inventory and streams its answer back.
@@ -372,13 +408,13 @@ async fn forward(State(state): State<AppState>, request: Request) -> Result<Resp
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let headers = upstream_headers(parts.headers, client);
+    let fields = upstream_fields(&parts.headers, client);
 
     // The deadline covers every connection attempt too, so trying several dead instances cannot
     // add up to more than one timeout.
     let response = tokio::time::timeout(
         proxy.timeout,
-        proxy.send(&parts.method, &path_and_query, &headers, &body),
+        proxy.send(&parts.method, &path_and_query, &fields, &body),
     )
     .await
     .map_err(|_| Error::GatewayTimeout)??;
@@ -392,6 +428,8 @@ async fn forward(State(state): State<AppState>, request: Request) -> Result<Resp
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
 
     #[test]
@@ -424,22 +462,74 @@ mod tests {
             "2001:db8::8a2e:370:7334",
         ] {
             let ip: IpAddr = ip.parse().expect("an address");
-            assert_eq!(address_value(ip), ip.to_string().as_str());
+            let mut out = Vec::new();
+            write_address(&mut out, ip);
+            assert_eq!(String::from_utf8(out).expect("text"), ip.to_string());
         }
+    }
+
+    /// The fields `upstream_fields` writes, as text, one per line.
+    fn fields(headers: &HeaderMap, client: Option<&str>) -> Vec<String> {
+        let client = client.map(|text| text.parse::<SocketAddr>().expect("an address"));
+        let out = String::from_utf8(upstream_fields(headers, client)).expect("text");
+        let lines = out.strip_suffix("\r\n").expect("CRLF at the end");
+        lines.split("\r\n").map(str::to_owned).collect()
     }
 
     #[test]
     fn adds_forwarded_headers_and_appends_to_existing_chain() {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("gw.example:8080"));
-        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.2"));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
-        let client: SocketAddr = "127.0.0.7:5555".parse().expect("addr");
-        let out = upstream_headers(headers, Some(client));
-        assert_eq!(out[X_FORWARDED_FOR], "203.0.113.9, 127.0.0.7");
-        assert_eq!(out[X_FORWARDED_PROTO], "http");
-        assert_eq!(out[X_FORWARDED_HOST], "gw.example:8080");
-        assert!(!out.contains_key(header::HOST));
-        assert!(!out.contains_key(header::CONTENT_LENGTH));
+        headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        headers.insert("x-request-id", HeaderValue::from_static("abc"));
+        assert_eq!(
+            fields(&headers, Some("127.0.0.7:5555")),
+            [
+                "x-request-id: abc",
+                "x-forwarded-proto: http",
+                "x-forwarded-host: gw.example:8080",
+                "x-forwarded-for: 203.0.113.9, 198.51.100.2, 127.0.0.7",
+            ]
+        );
+        // What a proxy in front of us said is kept; no client address, no new link.
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        headers.insert(X_FORWARDED_HOST, HeaderValue::from_static("films.example"));
+        headers.insert(header::HOST, HeaderValue::from_static("10.0.0.10:8080"));
+        assert_eq!(
+            fields(&headers, None),
+            [
+                "x-forwarded-proto: https",
+                "x-forwarded-host: films.example"
+            ]
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_not_forwarded() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Hop"),
+        );
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic eA=="),
+        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        assert_eq!(
+            fields(&headers, Some("10.0.0.1:1")),
+            [
+                "authorization: Bearer t",
+                "x-forwarded-proto: http",
+                "x-forwarded-for: 10.0.0.1",
+            ]
+        );
     }
 }
