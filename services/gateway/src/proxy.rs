@@ -22,7 +22,7 @@ use axum::Router;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::body::{read_limited, StallTimeout};
+use crate::body::read_limited;
 use crate::config::{Config, InventoryUrl};
 use crate::error::Error;
 use crate::pool::{Pool, PooledBody};
@@ -422,7 +422,7 @@ async fn forward(State(state): State<AppState>, request: Request) -> Result<Resp
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // An answer whose body stalls is cut off rather than left hanging.
-    let body = Body::new(StallTimeout::new(body, proxy.timeout));
+    let body = Body::new(http_serve::pause::PauseTimeout::new(body, proxy.timeout));
     Ok(Response::from_parts(parts, body))
 }
 

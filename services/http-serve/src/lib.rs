@@ -15,6 +15,7 @@
 
 pub mod metrics;
 pub mod observe;
+pub mod pause;
 mod spread;
 
 use std::future::Future;
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pause::PauseTimeout;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
@@ -37,7 +39,6 @@ use service_common::ErrorBody;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
-use tower_http::timeout::TimeoutBody;
 
 /// 404 `not_found` in the platform's [`ErrorBody`], for `Router::fallback`.
 pub async fn route_not_found(uri: Uri) -> Response {
@@ -417,20 +418,20 @@ async fn accept_loop(
                 let ended = request.body().is_end_stream();
                 let body_read = (http1 && !ended).then(|| Arc::new(AtomicBool::new(false)));
                 // A body still to come may pause at most `body_read_timeout` between two pieces
-                // (`TimeoutBody`, whose error `is_body_timeout` recognises). A request without
+                // (`PauseTimeout`, whose error `is_body_timeout` recognises). A request without
                 // one keeps its plain body, which says it has ended: a handler then reads nothing
                 // and arms no timer.
                 let body_read_timeout = limits.body_read_timeout;
                 let mut request = request.map(|body| match &body_read {
                     None if ended => axum::body::Body::new(body),
-                    Some(read) => axum::body::Body::new(TimeoutBody::new(
-                        body_read_timeout,
+                    Some(read) => axum::body::Body::new(PauseTimeout::new(
                         ReadToEnd {
                             body: Some(body),
                             read: read.clone(),
                         },
+                        body_read_timeout,
                     )),
-                    None => axum::body::Body::new(TimeoutBody::new(body_read_timeout, body)),
+                    None => axum::body::Body::new(PauseTimeout::new(body, body_read_timeout)),
                 });
                 request.extensions_mut().insert(ConnectInfo(remote));
                 let mut response = app.oneshot(request).await?;
@@ -607,7 +608,7 @@ impl Drop for ReadToEnd {
 pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(current) = source {
-        if current.is::<tower_http::timeout::TimeoutError>() {
+        if current.is::<pause::Paused>() {
             return true;
         }
         source = current.source();

@@ -486,12 +486,15 @@ async fn an_answer_that_is_not_http_is_a_json_502_and_one_cut_short_is_not_whole
     let (upstream, _) =
         upstream_answering("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n[1,2", true).await;
     let gateway = gateway_in_front_of(&[upstream]).await;
-    let response = gateway.get("/api/movies").await;
-    assert_eq!(response.status(), StatusCode::OK, "the head came whole");
-    assert!(
-        response.bytes().await.is_err(),
-        "a body cut short is not a body"
-    );
+    // The head may or may not have left the gateway when the cut is found: either way, the client
+    // must not take what came for a whole answer.
+    match gateway.client.get(gateway.url("/api/movies")).send().await {
+        Ok(response) => assert!(
+            response.bytes().await.is_err(),
+            "a body cut short is not a body"
+        ),
+        Err(err) => assert!(err.is_request(), "{err}"),
+    }
     gateway.stop().await;
 }
 
