@@ -355,6 +355,11 @@ mod tests {
         take_head(&mut BytesMut::from(bytes), method)
     }
 
+    /// The head of `bytes`, which must be a valid and complete one.
+    fn complete(bytes: &[u8], method: &Method) -> Head {
+        head(bytes, method).expect("valid").expect("complete")
+    }
+
     /// Decodes `wire` fed in pieces of `step` bytes; the content, and whether it ended.
     fn decode_in_pieces(framing: Framing, wire: &[u8], step: usize) -> io::Result<(Vec<u8>, bool)> {
         let mut decoder = Decoder::new(framing);
@@ -404,49 +409,37 @@ mod tests {
     #[test]
     fn heads_tell_how_their_bodies_end() {
         let get = Method::GET;
-        let answer = head(
+        let answer = complete(
             b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\ncontent-type: a/b\r\n\r\n",
             &get,
-        )
-        .expect("valid")
-        .expect("complete");
+        );
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(answer.framing, Framing::Length(12));
         assert!(answer.keep_alive);
         assert_eq!(answer.headers["content-type"], "a/b");
 
-        let answer = head(
+        let answer = complete(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n",
             &get,
-        )
-        .expect("valid")
-        .expect("complete");
+        );
         assert_eq!(answer.framing, Framing::Chunked);
 
-        let answer = head(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n", &get)
-            .expect("valid")
-            .expect("complete");
+        let answer = complete(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n", &get);
         assert_eq!(answer.framing, Framing::UntilClose);
         assert!(!answer.keep_alive);
 
-        let answer = head(
+        let answer = complete(
             b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n",
             &get,
-        )
-        .expect("valid")
-        .expect("complete");
+        );
         assert!(!answer.keep_alive);
 
-        let answer = head(b"HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n", &get)
-            .expect("valid")
-            .expect("complete");
+        let answer = complete(b"HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n", &get);
         assert!(!answer.keep_alive);
-        let answer = head(
+        let answer = complete(
             b"HTTP/1.0 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n",
             &get,
-        )
-        .expect("valid")
-        .expect("complete");
+        );
         assert!(answer.keep_alive);
 
         for (status, method) in [
@@ -455,9 +448,7 @@ mod tests {
             ("200 OK", &Method::HEAD),
         ] {
             let wire = format!("HTTP/1.1 {status}\r\ncontent-length: 40\r\n\r\n");
-            let answer = head(wire.as_bytes(), method)
-                .expect("valid")
-                .expect("complete");
+            let answer = complete(wire.as_bytes(), method);
             assert_eq!(answer.framing, Framing::Length(0), "{status} to {method}");
             assert!(answer.keep_alive);
         }
@@ -496,12 +487,10 @@ mod tests {
         let long = format!("HTTP/1.1 200 OK\r\nx: {}", "y".repeat(MAX_HEAD_BYTES));
         assert!(head(long.as_bytes(), &Method::GET).is_err());
         // The same length twice is one length.
-        let answer = head(
+        let answer = complete(
             b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n",
             &Method::GET,
-        )
-        .expect("valid")
-        .expect("complete");
+        );
         assert_eq!(answer.framing, Framing::Length(3));
     }
 

@@ -335,23 +335,34 @@ async fn upstream_closing_after(
     per_connection: usize,
     announced: bool,
 ) -> (String, Arc<AtomicUsize>) {
+    counting_upstream(move |mut stream| async move {
+        let mut reader = BufReader::new(&mut stream);
+        for answered in 1..=per_connection {
+            if read_request(&mut reader).await.is_none() {
+                return;
+            }
+            let close = announced && answered == per_connection;
+            answer_empty_list(&mut reader, close).await;
+        }
+    })
+    .await
+}
+
+/// An inventory each of whose connections `handle` serves. Returns its URL and the number of
+/// connections it accepted so far.
+async fn counting_upstream<F, Served>(handle: F) -> (String, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Served + Send + 'static,
+    Served: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
+        while let Ok((stream, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(&mut stream);
-                for answered in 1..=per_connection {
-                    if read_request(&mut reader).await.is_none() {
-                        return;
-                    }
-                    let close = announced && answered == per_connection;
-                    answer_empty_list(&mut reader, close).await;
-                }
-            });
+            tokio::spawn(handle(stream));
         }
     });
     (url, accepted)
@@ -399,77 +410,52 @@ async fn a_connection_the_instance_said_it_closes_is_never_taken_again() {
 /// An inventory that answers every request with `answer`, written as is, and closes the connection
 /// after it when `close`. Returns its URL and the number of connections it accepted so far.
 async fn upstream_answering(answer: &'static str, close: bool) -> (String, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(&mut stream);
-                while read_request(&mut reader).await.is_some() {
-                    // Written in two parts, so that the gateway reads the answer in more than one.
-                    let (first, rest) = answer.split_at(answer.len() / 2);
-                    let stream = reader.get_mut();
-                    if stream.write_all(first.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    if stream.write_all(rest.as_bytes()).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
+    counting_upstream(move |mut stream| async move {
+        let mut reader = BufReader::new(&mut stream);
+        while read_request(&mut reader).await.is_some() {
+            // Written in two parts, so that the gateway reads the answer in more than one.
+            let (first, rest) = answer.split_at(answer.len() / 2);
+            let stream = reader.get_mut();
+            if stream.write_all(first.as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if stream.write_all(rest.as_bytes()).await.is_err() || close {
+                return;
+            }
         }
-    });
-    (url, accepted)
+    })
+    .await
 }
 
-/// Sends two GETs in turn; both must come back 200 with `body`.
-async fn get_twice(gateway: &TestGateway, body: &str) {
+/// Sends two GETs in turn through a gateway in front of an inventory answering `answer` (see
+/// [`upstream_answering`]): both must come back 200 with `body`, over `connections` connections
+/// to the instance in all.
+async fn get_twice(answer: &'static str, close: bool, body: &str, connections: usize) {
+    let (upstream, accepted) = upstream_answering(answer, close).await;
+    let gateway = gateway_in_front_of(&[upstream]).await;
     for n in 0..2 {
         let response = gateway.get("/api/movies").await;
         assert_eq!(response.status(), StatusCode::OK, "request {n}");
         assert_eq!(response.text().await.unwrap(), body, "request {n}");
     }
+    assert_eq!(accepted.load(Ordering::SeqCst), connections, "{answer:?}");
+    gateway.stop().await;
 }
 
 #[tokio::test]
 async fn answers_in_chunks_until_the_end_or_after_an_interim_answer_come_back_whole() {
     // In chunks, with an extension and a trailer: the connection is kept for the next request.
-    let (upstream, accepted) = upstream_answering(
+    let chunked =
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
-         3;x=y\r\n[1,\r\n2\r\n2]\r\n0\r\nx-trailer: 1\r\n\r\n",
-        false,
-    )
-    .await;
-    let gateway = gateway_in_front_of(&[upstream]).await;
-    get_twice(&gateway, "[1,2]").await;
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    gateway.stop().await;
-
+                   3;x=y\r\n[1,\r\n2\r\n2]\r\n0\r\nx-trailer: 1\r\n\r\n";
+    get_twice(chunked, false, "[1,2]", 1).await;
     // Until the connection ends: each answer takes a connection of its own.
-    let (upstream, accepted) = upstream_answering(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n[3]",
-        true,
-    )
-    .await;
-    let gateway = gateway_in_front_of(&[upstream]).await;
-    get_twice(&gateway, "[3]").await;
-    assert_eq!(accepted.load(Ordering::SeqCst), 2);
-    gateway.stop().await;
-
+    let until_closed = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n[3]";
+    get_twice(until_closed, true, "[3]", 2).await;
     // After a 100 Continue, which the client never sees.
-    let (upstream, accepted) = upstream_answering(
-        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n[4]",
-        false,
-    )
-    .await;
-    let gateway = gateway_in_front_of(&[upstream]).await;
-    get_twice(&gateway, "[4]").await;
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    gateway.stop().await;
+    let interim = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n[4]";
+    get_twice(interim, false, "[4]", 1).await;
 }
 
 #[tokio::test]
