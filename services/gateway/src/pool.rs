@@ -36,6 +36,9 @@ use crate::http1::{self, Decoded, Decoder, Head};
 
 /// How much room a read is given at least.
 const READ_CHUNK: usize = 16 * 1024;
+/// The most room a connection keeps for writing requests between two of them: one that carried a
+/// large body gives its room back rather than hold it while idle.
+const KEPT_WRITE_ROOM: usize = 64 * 1024;
 
 /// The connections of one instance.
 #[derive(Debug)]
@@ -297,6 +300,9 @@ impl Connection {
 
     async fn write_request(&mut self) -> io::Result<()> {
         self.stream.write_all(&self.write).await?;
+        if self.write.capacity() > KEPT_WRITE_ROOM {
+            self.write = Vec::new();
+        }
         self.stream.flush().await
     }
 
