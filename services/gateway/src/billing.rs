@@ -361,9 +361,6 @@ async fn connect_first<'a>(
                 tracing::warn!(broker = %amqp_url, "connecting to the message broker timed out");
             }
         }
-        if attempts.is_empty() && !more {
-            return None;
-        }
     }
 }
 

@@ -120,7 +120,8 @@ pub fn take_head(buffer: &mut BytesMut, method: &Method) -> io::Result<Option<He
         let http10 = answer.version == Some(0);
         let mut headers = HeaderMap::with_capacity(answer.headers.len());
         let mut length_field: Option<u64> = None;
-        let mut chunked = false;
+        // Whether Transfer-Encoding was sent, and whether its last coding is chunked.
+        let (mut coded, mut chunked) = (false, false);
         let mut close = http10;
         for field in answer.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| {
@@ -144,6 +145,7 @@ pub fn take_head(buffer: &mut BytesMut, method: &Method) -> io::Result<Option<He
             } else if name == header::TRANSFER_ENCODING {
                 // Only the last coding tells the framing; anything but chunked there is read until
                 // the connection ends.
+                coded = true;
                 chunked = value
                     .to_str()
                     .ok()
@@ -165,7 +167,7 @@ pub fn take_head(buffer: &mut BytesMut, method: &Method) -> io::Result<Option<He
             || status == StatusCode::NOT_MODIFIED
         {
             Framing::Length(0)
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        } else if coded {
             // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
             if chunked {
                 Framing::Chunked
