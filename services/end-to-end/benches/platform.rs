@@ -26,13 +26,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use bytes::Bytes;
+use bytes::BytesMut;
 use end_to_end::{
     amqp_url, database_url, free_ports, peak_rss_mib, service_binaries, Platform, Scratch, Service,
 };
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
+use gateway::http1;
+use http::Method;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeleteOptions,
@@ -40,6 +40,7 @@ use lapin::options::{
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Concurrent clients of the closed-loop HTTP loads.
 const CLIENTS: usize = 64;
@@ -47,8 +48,12 @@ const CLIENTS: usize = 64;
 /// Loads of a second or less moved the GET ratio by a fifth between two runs of the same binaries
 /// (0.92x and 1.11x); these take several seconds each.
 const PROXY_REQUESTS: usize = 80_000;
-/// Most orders posted through the gateway; each one is a broker round trip with a confirm.
-const PUBLISH_REQUESTS: usize = 60_000;
+/// Most orders posted through the gateway; each one is a broker round trip with a confirm. Rounds
+/// of a second or less (15,000 orders, and 25,000 for the raw publisher) gave round ratios from
+/// 0.36x to 1.23x within one run: a broker pause of a few hundred milliseconds, which either side
+/// may meet, halved a round. Rounds of several seconds each (60,000 and 100,000) stay within a
+/// few hundredths of each other, as the GET's do.
+const PUBLISH_REQUESTS: usize = 240_000;
 /// Time bound of each HTTP load.
 const LOAD_TIME_LIMIT: Duration = Duration::from_secs(20);
 /// The direct and proxied loads alternate in this many rounds, so that neither is measured only
@@ -56,8 +61,9 @@ const LOAD_TIME_LIMIT: Duration = Duration::from_secs(20);
 const PROXY_ROUNDS: u32 = 4;
 /// Requests sent before each measured load, so connection set-up and cold caches are not measured.
 const WARM_UP_REQUESTS: usize = 500;
-/// Orders the raw publisher queues while billing is stopped, then drained (with the gateways').
-const BACKLOG_ORDERS: usize = 100_000;
+/// Orders the raw publisher queues while billing is stopped, then drained (with the gateways'), in
+/// rounds of several seconds (see `PUBLISH_REQUESTS`).
+const BACKLOG_ORDERS: usize = 400_000;
 /// The publishes and the drain alternate with their references in this many rounds, as the GET
 /// loads do.
 const BROKER_ROUNDS: usize = 4;
@@ -274,72 +280,122 @@ async fn wait_for_orders(db: &mut PgConnection, expected: i64) -> Result<()> {
     }
 }
 
-/// A load's requests: the `host:port` they go to, and each one given its sequence number.
+/// A load's requests, each written whole beforehand and sent in turn, and the `host:port` they go
+/// to.
 #[derive(Clone)]
 struct Load {
     address: Arc<str>,
-    make: Arc<dyn Fn(usize) -> http::Request<Full<Bytes>> + Send + Sync>,
+    method: Method,
+    requests: Arc<[Vec<u8>]>,
 }
 
 impl Load {
     /// `GET` of `paths`, in turn, from `base` (`http://host:port`).
     fn get(base: &str, paths: Vec<String>) -> Result<Self> {
-        let address: Arc<str> = base.trim_start_matches("http://").into();
-        let host = http::HeaderValue::from_str(&address)?;
-        let uris = paths
-            .iter()
-            .map(|path| path.parse::<http::Uri>())
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            address,
-            make: Arc::new(move |n| {
-                let mut request = http::Request::new(Full::default());
-                *request.uri_mut() = uris[n % uris.len()].clone();
-                request
-                    .headers_mut()
-                    .insert(http::header::HOST, host.clone());
-                request
-            }),
-        })
+        Self::new(base, Method::GET, &paths, b"", b"")
     }
 
     /// `POST path` of `body` as JSON, the same for every request, to `base`.
     fn post_json(base: &str, path: &str, body: &Value) -> Result<Self> {
+        let body = serde_json::to_vec(body)?;
+        let fields = b"content-type: application/json\r\n";
+        Self::new(base, Method::POST, &[path.to_owned()], fields, &body)
+    }
+
+    fn new(
+        base: &str,
+        method: Method,
+        paths: &[String],
+        fields: &[u8],
+        body: &[u8],
+    ) -> Result<Self> {
         let address: Arc<str> = base.trim_start_matches("http://").into();
         let host = http::HeaderValue::from_str(&address)?;
-        let uri: http::Uri = path.parse()?;
-        let body = Bytes::from(serde_json::to_vec(body)?);
+        let requests = paths
+            .iter()
+            .map(|path| {
+                let mut request = Vec::new();
+                http1::write_request(&mut request, &method, "", path, &host, fields, body);
+                request
+            })
+            .collect();
         Ok(Self {
             address,
-            make: Arc::new(move |_| {
-                let mut request = http::Request::new(Full::new(body.clone()));
-                *request.method_mut() = http::Method::POST;
-                *request.uri_mut() = uri.clone();
-                let headers = request.headers_mut();
-                headers.insert(http::header::HOST, host.clone());
-                headers.insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                request
-            }),
+            method,
+            requests,
         })
     }
 }
 
-/// A kept-alive HTTP/1.1 connection of the load generator to `address`, straight on hyper: none
-/// of a general client's pool, redirects or URL parsing. The bench's client shares the cores
-/// with everything it measures; reqwest took 35 to 40 µs of CPU per request where this takes
-/// about a third of that.
-async fn load_connection(address: &str) -> Result<SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(address)
-        .await
-        .with_context(|| format!("connecting to {address}"))?;
-    stream.set_nodelay(true)?;
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    Ok(sender)
+/// A kept-alive HTTP/1.1 connection of the load generator: the request written whole, the answer
+/// read by the gateway's own parser for inventory's answers (`gateway::http1`), on the client's
+/// task. The bench's client shares the cores with everything it measures: reqwest took 35 to 40 µs
+/// of CPU per request, hyper's client connection (a task of its own, the request and its answer
+/// passed through channels) 18 to 29.
+struct LoadConnection {
+    stream: tokio::net::TcpStream,
+    buffer: BytesMut,
+}
+
+/// An answer as the load generator keeps it: the body only when the status is not a success, to
+/// say why.
+struct Answer {
+    status: http::StatusCode,
+    body: Vec<u8>,
+    keep_alive: bool,
+}
+
+impl LoadConnection {
+    async fn open(address: &str) -> Result<Self> {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .with_context(|| format!("connecting to {address}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buffer: BytesMut::with_capacity(16 * 1024),
+        })
+    }
+
+    /// Sends `request` and reads its answer whole.
+    async fn exchange(&mut self, request: &[u8], method: &Method) -> Result<Answer> {
+        self.stream.write_all(request).await?;
+        let head = loop {
+            if let Some(head) = http1::take_head(&mut self.buffer, method)? {
+                break head;
+            }
+            self.read()
+                .await?
+                .context("the server closed the connection before answering")?;
+        };
+        let mut body = Vec::new();
+        let mut decoder = http1::Decoder::new(head.framing);
+        loop {
+            match decoder.decode(&mut self.buffer)? {
+                http1::Decoded::Data(data) if !head.status.is_success() => {
+                    body.extend_from_slice(&data)
+                }
+                http1::Decoded::Data(_) => {}
+                http1::Decoded::Done => break,
+                http1::Decoded::NeedMore => match self.read().await? {
+                    Some(()) => {}
+                    None if decoder == http1::Decoder::UntilClose => break,
+                    None => bail!("the server closed the connection in the middle of an answer"),
+                },
+            }
+        }
+        Ok(Answer {
+            status: head.status,
+            body,
+            keep_alive: head.keep_alive,
+        })
+    }
+
+    /// Reads what the server sent: `None` once it closed the connection.
+    async fn read(&mut self) -> Result<Option<()>> {
+        self.buffer.reserve(4096);
+        Ok((self.stream.read_buf(&mut self.buffer).await? > 0).then_some(()))
+    }
 }
 
 /// What one closed-loop load measured.
@@ -393,30 +449,34 @@ async fn closed_loop(
         let (load, next) = (load.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let mut connection = load_connection(&load.address).await?;
+            let mut connection = Some(LoadConnection::open(&load.address).await?);
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= count || Instant::now() >= deadline {
                     return Ok::<_, anyhow::Error>(latencies);
                 }
                 let sent = Instant::now();
-                if connection.ready().await.is_err() {
-                    // The server closed the kept-alive connection since the last answer (nginx
-                    // does after `keepalive_requests`): nothing was sent, a new one takes it.
-                    connection = load_connection(&load.address).await?;
-                }
-                let response = connection
-                    .send_request((load.make)(n))
+                let open = match connection.as_mut() {
+                    Some(open) => open,
+                    // The server said it closes the connection after its last answer (nginx
+                    // does after `keepalive_requests`): a new one takes the next request.
+                    None => connection.insert(LoadConnection::open(&load.address).await?),
+                };
+                let request = &load.requests[n % load.requests.len()];
+                let answer = open
+                    .exchange(request, &load.method)
                     .await
                     .with_context(|| format!("request {n} to {}", load.address))?;
-                let status = response.status();
-                let body = response.into_body().collect().await?.to_bytes();
                 latencies.push(sent.elapsed());
                 ensure!(
-                    status.is_success(),
-                    "request {n}: {status} {}",
-                    String::from_utf8_lossy(&body)
+                    answer.status.is_success(),
+                    "request {n}: {} {}",
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body)
                 );
+                if !answer.keep_alive {
+                    connection = None;
+                }
             }
         }));
     }
