@@ -6,13 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::runtime::RuntimeFlavor;
 
 /// Reads `.env` when there is one (a convenience for local runs: in production systemd sets the
 /// environment; a malformed file is refused, without echoing its lines, which may hold
 /// passwords), parses the configuration (clap prints its message and exits 2 on a bad value), sets
-/// up tracing, then runs `serve` on a multi-threaded runtime until it returns. An error is logged
+/// up tracing, then runs `serve` on a runtime of the given flavor until it returns: a
+/// multi-threaded one, or one on the main thread alone (`CurrentThread`). An error is logged
 /// and printed on stderr with its cause chain, one cause per line; the exit code is then 1.
-pub fn service_main<C, F>(name: &str, serve: impl FnOnce(C) -> F) -> ExitCode
+pub fn service_main<C, F>(name: &str, flavor: RuntimeFlavor, serve: impl FnOnce(C) -> F) -> ExitCode
 where
     C: clap::Parser,
     F: Future<Output = anyhow::Result<()>>,
@@ -32,7 +34,13 @@ where
         eprintln!("error: {message}");
         return ExitCode::FAILURE;
     }
-    let result = tokio::runtime::Runtime::new()
+    let runtime = match flavor {
+        RuntimeFlavor::CurrentThread => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let result = runtime
         .context("cannot start the async runtime")
         .and_then(|runtime| runtime.block_on(serve(config)));
     match result {

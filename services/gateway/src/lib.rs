@@ -120,6 +120,13 @@ fn request_span(request: &Request) -> tracing::Span {
 
 /// Serves the gateway on `listener` until `shutdown` completes, then lets in-flight requests
 /// finish and closes the broker connection.
+///
+/// The caller's runtime must be single-threaded: its thread is the first serving thread
+/// ([`http_serve::FirstThread::Caller`]), and runs the broker connection's tasks too. Every order
+/// wakes them (its frames to write) and is woken by them (its confirm): from the connections of
+/// that thread, which takes every connection while it has room, without crossing threads. On
+/// the main runtime's threads apart from the serving ones, most of those wake-ups crossed
+/// threads (an eventfd write each, then a sleeping thread to wake).
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -173,6 +180,7 @@ pub async fn run(
         config.server.limits(),
         None,
         config.server_threads(),
+        http_serve::FirstThread::Caller,
         shutdown,
     )
     .await

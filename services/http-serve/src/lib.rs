@@ -236,7 +236,8 @@ pub async fn serve_tls(
 /// them spread over two). So the first thread always takes new connections and each other one
 /// only while the thread before it is busy; a thread too busy hands connections over (see
 /// `spread`). [`Limits::max_connections`] bounds all threads together.
-/// Tasks a handler spawns run on its thread; [`serving_thread`] tells which one it is.
+/// Tasks a handler spawns run on its thread; [`serving_thread`] tells which one it is. `first`
+/// says where the first thread runs: on a thread of its own, or on the caller's.
 /// Returns once `shutdown` has completed and every thread has drained its connections.
 pub async fn serve_on_threads(
     listener: TcpListener,
@@ -244,10 +245,24 @@ pub async fn serve_on_threads(
     limits: Limits,
     tls: Option<Arc<rustls::ServerConfig>>,
     threads: NonZeroUsize,
+    first: FirstThread,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let spread = spread::Threads::new(threads.get(), spread::Thresholds::DEFAULT);
-    serve_spread(listener, router, limits, tls, spread, shutdown).await
+    serve_spread(listener, router, limits, tls, spread, first, shutdown).await
+}
+
+/// Where the first of [`serve_on_threads`]' threads runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstThread {
+    /// A thread of its own, as every other one.
+    Own,
+    /// The caller's, whose runtime must then be single-threaded (an error otherwise). The tasks
+    /// the caller runs beside the server share that thread with the connections the first
+    /// thread serves, and wake them, and are woken by them, without crossing threads: the
+    /// gateway's broker connection, which every order goes through. A task there that blocks
+    /// its thread blocks those connections too.
+    Caller,
 }
 
 /// [`serve_on_threads`] on the threads of `spread`, whose thresholds tests choose.
@@ -257,8 +272,17 @@ async fn serve_spread(
     limits: Limits,
     tls: Option<Arc<rustls::ServerConfig>>,
     spread: Arc<spread::Threads>,
+    first: FirstThread,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if first == FirstThread::Caller
+        && tokio::runtime::Handle::current().runtime_flavor()
+            != tokio::runtime::RuntimeFlavor::CurrentThread
+    {
+        return Err(std::io::Error::other(
+            "the first serving thread can be the caller's only on a single-threaded runtime",
+        ));
+    }
     let listener = listener.into_std()?;
     let permits = Arc::new(Semaphore::new(limits.connections()));
     let connections = Connections::new(router, limits, tls);
@@ -275,6 +299,25 @@ async fn serve_spread(
             served: Err(std::io::Error::other("it panicked")),
             ended: ended.clone(),
         };
+        if index == 0 && first == FirstThread::Caller {
+            // A task of the caller's runtime, so on the caller's thread, which `serving_thread`
+            // already calls 0.
+            spread.register(index);
+            let spread = Some((spread, index));
+            tokio::spawn(async move {
+                // As on a thread of its own: the whole report moves in.
+                let mut ending = ending;
+                ending.served = match TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        let stop = stop.cancelled_owned();
+                        accept_loop(listener, connections, permits, spread, stop).await;
+                        Ok(())
+                    }
+                    Err(err) => Err(err),
+                };
+            });
+            continue;
+        }
         std::thread::Builder::new()
             .name(format!("http-{index}"))
             .spawn(move || {
@@ -704,7 +747,13 @@ mod tests {
     }
 
     async fn start(threads: usize, limits: Limits) -> Served {
-        start_spread(threads, limits, spread::Thresholds::DEFAULT).await
+        start_spread(
+            threads,
+            limits,
+            spread::Thresholds::DEFAULT,
+            FirstThread::Own,
+        )
+        .await
     }
 
     /// Thresholds a thread kept busy by `/spin` passes however busy the machine running the tests
@@ -719,6 +768,7 @@ mod tests {
         threads: usize,
         limits: Limits,
         thresholds: spread::Thresholds,
+        first: FirstThread,
     ) -> Served {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let address = listener.local_addr().expect("its address");
@@ -730,6 +780,7 @@ mod tests {
             limits,
             None,
             spread::Threads::new(threads, thresholds),
+            first,
             async move {
                 let _ = stop.await;
             },
@@ -818,7 +869,7 @@ mod tests {
 
     #[tokio::test]
     async fn while_a_thread_is_busy_the_next_one_takes_connections() {
-        let served = start_spread(2, Limits::default(), EAGER).await;
+        let served = start_spread(2, Limits::default(), EAGER, FirstThread::Own).await;
         let mut busy = on_thread_0(served.address).await;
         let request = "GET /spin/2000 HTTP/1.1\r\nhost: test\r\n\r\n";
         busy.write_all(request.as_bytes()).await.expect("sent");
@@ -841,7 +892,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_thread_too_busy_hands_connections_over_to_one_with_room() {
-        let served = start_spread(2, Limits::default(), EAGER).await;
+        let served = start_spread(2, Limits::default(), EAGER, FirstThread::Own).await;
         // Four connections on thread 0, as a light load leaves them.
         let mut clients = Vec::new();
         for _ in 0..4 {
@@ -979,6 +1030,36 @@ mod tests {
         }
         served.shutdown.send(()).expect("serving");
         served.served.await.expect("joined").expect("served");
+    }
+
+    #[tokio::test]
+    async fn the_first_thread_can_be_the_callers() {
+        let caller = std::thread::current().name().map(str::to_owned);
+        assert_ne!(caller.as_deref(), Some("http-0"));
+        // Eager thresholds, so that the second thread serves some of the connections too.
+        let served = start_spread(2, Limits::default(), EAGER, FirstThread::Caller).await;
+        let mut answers = Vec::new();
+        for _ in 0..20 {
+            answers.push(send(served.address, "/thread").await);
+        }
+        for answer in answers {
+            let answer = answer.await.expect("the answer");
+            let body = answer.rsplit("\r\n\r\n").next().expect("a body");
+            assert!(
+                body == format!("0 {caller:?} {caller:?}")
+                    || body == r#"1 Some("http-1") Some("http-1")"#,
+                "{answer}"
+            );
+        }
+        served.shutdown.send(()).expect("serving");
+        served.served.await.expect("joined").expect("served");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_first_thread_is_the_callers_only_on_a_single_threaded_runtime() {
+        let served = start_spread(2, Limits::default(), EAGER, FirstThread::Caller).await;
+        let refused = served.served.await.expect("joined").expect_err("refused");
+        assert!(refused.to_string().contains("single-threaded"), "{refused}");
     }
 
     #[tokio::test]
