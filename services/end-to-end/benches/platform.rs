@@ -5,8 +5,9 @@
 //! is measured around what it is compared with, so that a machine slowing down or speeding up
 //! during the run weighs on both alike: each comparison runs in rounds, ours and the reference in
 //! turn. Billing's drain is cut into rounds by stopping billing as systemd would and starting it
-//! again, and the raw consumer takes a backlog of its own in each round. Nothing consumes while
-//! orders are published, whoever publishes them. Each ratio is taken over all its rounds, and each
+//! again, and the raw consumer takes a quarter of a backlog of its own in each round (its queue
+//! filled in the publish rounds, beside billing's). Nothing consumes while orders are published,
+//! whoever publishes them, and each side of a broker round starts once the broker is quiet. Each ratio is taken over all its rounds, and each
 //! round's is printed too: how far one round can stray says how far to trust one run.
 //!
 //! Each load's CPU is read from `/proc` around it, by process (the services, nginx, PostgreSQL,
@@ -67,8 +68,13 @@ const BACKLOG_ORDERS: usize = 400_000;
 /// The publishes and the drain alternate with their references in this many rounds, as the GET
 /// loads do.
 const BROKER_ROUNDS: usize = 4;
-/// Orders the raw publisher queues in each round, and messages the raw consumer takes in each.
+/// Orders the raw publisher queues in each round.
 const RAW_ROUND: usize = BACKLOG_ORDERS / BROKER_ROUNDS;
+/// Messages the raw consumer takes in each round, from a queue filled for it: about as many as
+/// billing drains in one (a quarter of the raw publisher's and the gateways' orders). With a
+/// quarter of the raw publisher's alone, its rounds lasted under a second, and their ratios
+/// ranged from 0.66x to 1.24x within one run, as the publishes' did in rounds as short.
+const RAW_CONSUME_ROUND: usize = 2 * RAW_ROUND;
 /// Time bound of the naive insert loop; its rate is computed from the rows it managed.
 const NAIVE_TIME_LIMIT: Duration = Duration::from_secs(15);
 /// Movies the proxy loads read, in turn.
@@ -503,19 +509,51 @@ async fn measured_load(load: &Load, clients: usize, count: usize) -> Result<(usi
 }
 
 /// Runs the reference and ours one after the other: the reference first in even rounds and last
-/// in odd ones, so that neither is always measured on a machine warmer than the other's.
+/// in odd ones, so that neither is always measured on a machine warmer than the other's. Each
+/// starts once the broker is quiet ([`broker_quiet`]).
 async fn in_turn<A, B>(
     round: usize,
     reference: impl std::future::Future<Output = A>,
     ours: impl std::future::Future<Output = B>,
 ) -> (A, B) {
     if round.is_multiple_of(2) {
+        broker_quiet().await;
         let reference = reference.await;
+        broker_quiet().await;
         (reference, ours.await)
     } else {
+        broker_quiet().await;
         let ours = ours.await;
+        broker_quiet().await;
         (reference.await, ours)
     }
+}
+
+/// Longest wait for the broker to go quiet.
+const QUIET_LIMIT: Duration = Duration::from_secs(30);
+/// The broker is quiet when it used at most this share of a core over `QUIET_SAMPLE`.
+const QUIET_SHARE: f64 = 0.1;
+const QUIET_SAMPLE: Duration = Duration::from_millis(300);
+
+/// Waits until RabbitMQ has finished what the load before left it to do (a quorum queue writes
+/// the messages it confirmed to its segment files afterwards), so that no side of a round pays
+/// for the side or the untimed filling before it. The rounds of one run still differ (0.79x to
+/// 1.43x in the first run with it): the broker's own pauses, which no wait removes.
+async fn broker_quiet() {
+    let deadline = Instant::now() + QUIET_LIMIT;
+    let busiest = QUIET_SHARE * QUIET_SAMPLE.as_secs_f64() * TICKS_PER_SECOND;
+    while Instant::now() < deadline {
+        let before = CpuTimes::now();
+        tokio::time::sleep(QUIET_SAMPLE).await;
+        let mut used = CpuTimes::default();
+        used.add_since(&before);
+        if used.0.get("rabbitmq").copied().unwrap_or(0) as f64 <= busiest {
+            return;
+        }
+    }
+    progress(&format!(
+        "the broker was still busy after {QUIET_LIMIT:?}; going on"
+    ));
 }
 
 /// One comparison in rounds: in each, how many units (orders, rows, messages) ours and the
@@ -793,8 +831,8 @@ async fn publish_backlog(queue: &str, count: usize) -> Result<Duration> {
 }
 
 /// The raw consumer: takes `count` messages off `queue` with prefetch `RAW_PREFETCH`,
-/// acknowledging `RAW_ACK_EVERY` at a time, and does nothing else with them; then deletes the
-/// queue. The ceiling of any consumer of this broker. Returns the time it took.
+/// acknowledging `RAW_ACK_EVERY` at a time, and does nothing else with them. The ceiling of any
+/// consumer of this broker. Returns the time it took.
 async fn raw_consume(queue: &str, count: usize) -> Result<Duration> {
     let connection = connect_broker().await?;
     let channel = connection.create_channel().await?;
@@ -824,6 +862,14 @@ async fn raw_consume(queue: &str, count: usize) -> Result<Duration> {
         }
     }
     let elapsed = start.elapsed();
+    let _ = connection.close(200, "bye").await;
+    Ok(elapsed)
+}
+
+/// Deletes `queue` and its dead-letter queue.
+async fn delete_queues(queue: &str) -> Result<()> {
+    let connection = connect_broker().await?;
+    let channel = connection.create_channel().await?;
     for queue in [
         queue.to_owned(),
         service_common::queue::dead_letter_queue_name(queue),
@@ -833,7 +879,7 @@ async fn raw_consume(queue: &str, count: usize) -> Result<Duration> {
             .await?;
     }
     let _ = connection.close(200, "bye").await;
-    Ok(elapsed)
+    Ok(())
 }
 
 /// nginx in front of the same inventory, as an operator would put it: `proxy_pass` to an upstream
@@ -956,9 +1002,17 @@ async fn naive_inserts(database: &str, count: usize) -> Result<(usize, Duration)
 async fn main() -> Result<()> {
     let scratch = Scratch::create("bench").await?;
     let outcome = run(&scratch).await;
+    // The raw consumer's queue holds up to a run's backlog when a run fails.
+    let raw_deleted = delete_queues(&raw_queue(&scratch.queue())).await;
     let cleaned = scratch.drop_all().await;
     outcome?;
+    raw_deleted.context("removing the raw consumer's queue")?;
     cleaned.context("removing the scratch databases and queues")
+}
+
+/// The raw consumer's queue, beside billing's `queue`.
+fn raw_queue(queue: &str) -> String {
+    format!("{queue}-raw")
 }
 
 async fn run(scratch: &Scratch) -> Result<()> {
@@ -1043,6 +1097,7 @@ async fn run(scratch: &Scratch) -> Result<()> {
     let mut warm_up = 0;
     let mut raw_publish_cpu = CpuTimes::default();
     let mut publish_cpu = CpuTimes::default();
+    let raw_queue = raw_queue(&queue);
     for round in 0..BROKER_ROUNDS {
         progress(&format!(
             "publishes, round {} of {BROKER_ROUNDS}: the raw publisher and POST /api/billing through the gateway",
@@ -1061,6 +1116,10 @@ async fn run(scratch: &Scratch) -> Result<()> {
         publishes.add(load.requests, load.elapsed, RAW_ROUND, raw_time);
         warm_up += warmed;
         publish_rounds.push(load);
+        // The raw consumer's backlog, untimed, filled in the same rounds as billing's: both
+        // queues then hold messages of about the same ages when drained (where a quorum queue
+        // reads a message from may depend on how long ago it was written).
+        publish_backlog(&raw_queue, RAW_CONSUME_ROUND).await?;
     }
     let publish_load = LoadFigures::merge(publish_rounds);
     progress("POST /api/billing through the TLS gateway (AMQPS)");
@@ -1079,7 +1138,6 @@ async fn run(scratch: &Scratch) -> Result<()> {
 
     // Billing drains the backlog in as many rounds, stopped (as systemd stops it) at the end of
     // each but the last, and the raw consumer takes a backlog of its own queue in each round.
-    let raw_queue = format!("{queue}-raw");
     let mut db = PgConnection::connect(&billing_db).await?;
     let stored = highest_order_id(&mut db).await;
     ensure!(stored == 0, "{stored} orders stored before the drain");
@@ -1092,8 +1150,7 @@ async fn run(scratch: &Scratch) -> Result<()> {
             "drain, round {} of {BROKER_ROUNDS}: the raw consumer, from a queue of its own, and billing",
             round + 1
         ));
-        publish_backlog(&raw_queue, RAW_ROUND).await?;
-        let raw = raw_consume_cpu.around(raw_consume(&raw_queue, RAW_ROUND));
+        let raw = raw_consume_cpu.around(raw_consume(&raw_queue, RAW_CONSUME_ROUND));
         let target = (backlog * (round + 1) / BROKER_ROUNDS) as i64;
         // Stopped before the raw consumer's turn, so that it drains nothing meanwhile; left
         // running after the last round, with nothing left to drain, for its memory figure.
@@ -1101,7 +1158,7 @@ async fn run(scratch: &Scratch) -> Result<()> {
         let ours = drain_round(&mut platform, &mut db, target, &mut drain_cpu, !last);
         let (raw_time, drained) = in_turn(round, raw, ours).await;
         let (raw_time, drained) = (raw_time?, drained?);
-        drains.add(drained.rows, drained.steady, RAW_ROUND, raw_time);
+        drains.add(drained.rows, drained.steady, RAW_CONSUME_ROUND, raw_time);
         drain_from_start.0 += drained.rows_from_start;
         drain_from_start.1 += drained.from_start;
     }
@@ -1160,7 +1217,7 @@ async fn run(scratch: &Scratch) -> Result<()> {
             (
                 "raw consumer, per message",
                 &raw_consume_cpu,
-                BACKLOG_ORDERS,
+                drains.reference().units,
             ),
         ],
     });
