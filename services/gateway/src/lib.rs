@@ -124,9 +124,10 @@ fn request_span(request: &Request) -> tracing::Span {
 /// The caller's runtime must be single-threaded: its thread is the first serving thread
 /// ([`http_serve::FirstThread::Caller`]), and runs the broker connection's tasks too. Every order
 /// wakes them (its frames to write) and is woken by them (its confirm): from the connections of
-/// that thread, which takes every connection while it has room, without crossing threads. On
-/// the main runtime's threads apart from the serving ones, most of those wake-ups crossed
-/// threads (an eventfd write each, then a sleeping thread to wake).
+/// that thread, which takes every connection while it has room, without crossing threads. While
+/// those tasks ran on a multi-threaded runtime of their own, most of those wake-ups crossed
+/// threads (an eventfd write each, then a sleeping thread to wake): an order cost the gateway 27
+/// to 34 µs of CPU in `scripts/bench` then, and 19 to 24 since (README).
 pub async fn run(
     config: Config,
     listener: TcpListener,
