@@ -337,7 +337,7 @@ impl Load {
 /// read by the gateway's own parser for inventory's answers (`gateway::http1`), on the client's
 /// task. The bench's client shares the cores with everything it measures: reqwest took 35 to 40 µs
 /// of CPU per request, hyper's client connection (a task of its own, the request and its answer
-/// passed through channels) 16 to 29 in the runs of 2026-12-04, this 10 to 15 since.
+/// passed through channels) 16 to 29 in the runs of 2026-12-04, this 9 to 15 since.
 struct LoadConnection {
     stream: tokio::net::TcpStream,
     buffer: BytesMut,

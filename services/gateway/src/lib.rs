@@ -127,7 +127,7 @@ fn request_span(request: &Request) -> tracing::Span {
 /// that thread, which takes every connection while it has room, without crossing threads. While
 /// those tasks ran on a multi-threaded runtime of their own, most of those wake-ups crossed
 /// threads (an eventfd write each, then a sleeping thread to wake): an order cost the gateway 27
-/// to 34 µs of CPU in `scripts/bench` then, and 19 to 24 since (README).
+/// to 34 µs of CPU in `scripts/bench` then, and 18 to 24 since (README).
 pub async fn run(
     config: Config,
     listener: TcpListener,
