@@ -299,22 +299,21 @@ async fn serve_spread(
             served: Err(std::io::Error::other("it panicked")),
             ended: ended.clone(),
         };
+        // Run on the serving thread itself, wherever that is.
+        let serve = async move {
+            spread.register(index);
+            let listener = TcpListener::from_std(listener)?;
+            let stop = stop.cancelled_owned();
+            accept_loop(listener, connections, permits, Some((spread, index)), stop).await;
+            Ok(())
+        };
         if index == 0 && first == FirstThread::Caller {
             // A task of the caller's runtime, so on the caller's thread, which `serving_thread`
             // already calls 0.
-            spread.register(index);
-            let spread = Some((spread, index));
             tokio::spawn(async move {
                 // As on a thread of its own: the whole report moves in.
                 let mut ending = ending;
-                ending.served = match TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        let stop = stop.cancelled_owned();
-                        accept_loop(listener, connections, permits, spread, stop).await;
-                        Ok(())
-                    }
-                    Err(err) => Err(err),
-                };
+                ending.served = serve.await;
             });
             continue;
         }
@@ -324,19 +323,10 @@ async fn serve_spread(
                 // The whole report moves in, not just the field written: it is sent when dropped.
                 let mut ending = ending;
                 SERVING_THREAD.with(|thread| thread.set(index));
-                spread.register(index);
                 ending.served = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .and_then(|runtime| {
-                        runtime.block_on(async move {
-                            let listener = TcpListener::from_std(listener)?;
-                            let spread = Some((spread, index));
-                            let stop = stop.cancelled_owned();
-                            accept_loop(listener, connections, permits, spread, stop).await;
-                            Ok(())
-                        })
-                    });
+                    .and_then(|runtime| runtime.block_on(serve));
             })?;
     }
     drop((listener, ended));
