@@ -7,8 +7,9 @@
 //! turn. Billing's drain is cut into rounds by stopping billing as systemd would and starting it
 //! again, and the raw consumer takes a quarter of a backlog of its own in each round (its queue
 //! filled in the publish rounds, beside billing's). Nothing consumes while orders are published,
-//! whoever publishes them, and each side of a broker round starts once the broker is quiet. Each ratio is taken over all its rounds, and each
-//! round's is printed too: how far one round can stray says how far to trust one run.
+//! whoever publishes them, and each side of a broker round starts once the broker is quiet. Each
+//! ratio is taken over all its rounds, and each round's is printed too: how far one round can stray
+//! says how far to trust one run.
 //!
 //! Each load's CPU is read from `/proc` around it, by process (the services, nginx, PostgreSQL,
 //! RabbitMQ, this process as the client), and printed per request: where the time goes, and
@@ -52,8 +53,9 @@ const PROXY_REQUESTS: usize = 80_000;
 /// Most orders posted through the gateway; each one is a broker round trip with a confirm. Rounds
 /// of a second or less (15,000 orders, and 25,000 for the raw publisher) gave round ratios from
 /// 0.36x to 1.23x within one run: a broker pause of a few hundred milliseconds, which either side
-/// may meet, halved a round. Rounds of several seconds each (60,000 and 100,000) stay within a
-/// few hundredths of each other, as the GET's do.
+/// may meet, halved a round. Rounds of several seconds each (60,000 and 100,000) still differ
+/// (0.79x to 1.43x in one run): the ratio over all four is the figure, and it too is best compared
+/// over several runs.
 const PUBLISH_REQUESTS: usize = 240_000;
 /// Time bound of each HTTP load.
 const LOAD_TIME_LIMIT: Duration = Duration::from_secs(20);
